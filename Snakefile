@@ -1,0 +1,25 @@
+# prefixbench: what vLLM's automatic prefix caching buys on repeated-prefix traffic.
+# Run: snakemake --cores 1 --resources gpu=1   (see README.md)
+
+# The default config, unless a complete one is given (`--configfile config/test.yaml`); a
+# --configfile is merged key by key, so a smaller config could not drop the default's regimes.
+if not config.get("regimes"):
+
+    configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/model.smk"
+include: "rules/prompts.smk"
+include: "rules/serve.smk"
+include: "rules/aggregate.smk"
+include: "rules/charts.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        "results/prefix_caching_results.md",
+        "results/summary.csv",
+        CHARTS,
+    default_target: True

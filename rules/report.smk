@@ -1,0 +1,23 @@
+rule report:
+    """prefix_caching_results.md, every number and result sentence computed from this run's data."""
+    input:
+        template="scripts/prefixbench/templates/prefix_caching_results.md.j2",
+        summary="results/summary.csv",
+        speedup="results/speedup.csv",
+        info=expand("results/raw/{mode}/server.json", mode=MODES),
+        scripts=expand("results/servers/serve_slm_{mode}.sh", mode=MODES),
+        prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
+        charts=CHARTS,
+    output:
+        "results/prefix_caching_results.md",
+    conda:
+        "../envs/pipeline.yaml"
+    log:
+        "results/logs/report.log",
+    params:
+        target=TARGET_NAME,
+        model=MODEL,
+        block_size=TARGET["block_size"],
+        max_tokens=BENCH["max_tokens"],
+    script:
+        "../scripts/render_report.py"

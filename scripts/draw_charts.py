@@ -1,0 +1,10 @@
+"""Snakemake edge: the Altair charts (see prefixbench.charts)."""
+
+import sys
+from pathlib import Path
+
+from prefixbench.charts import draw_all
+
+snakemake = globals()["snakemake"]
+sys.stderr = open(snakemake.log[0], "w")
+draw_all(Path(snakemake.input.summary), Path(snakemake.input.speedup), Path(snakemake.params.outdir))

@@ -1,0 +1,94 @@
+"""Altair charts of the summary, saved as PNG and SVG through vl-convert (no network needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+
+MODE_COLORS = alt.Scale(domain=["no_prefix_cache", "with_prefix_cache"], range=["#d62728", "#1f77b4"])
+
+
+def _with_labels(summary: pl.DataFrame) -> pl.DataFrame:
+    return summary.with_columns(
+        pl.format("{} ({} tok)", pl.col("regime"), pl.col("prefix_len_tokens")).alias("prefix"),
+        pl.format("reuse {}%", pl.col("reuse_pct")).alias("reuse"),
+    )
+
+
+def ttft_vs_concurrency(summary: pl.DataFrame) -> alt.FacetChart:
+    """Mean TTFT against concurrency, cache off vs on, one panel per (prefix length, reuse)."""
+    df = _with_labels(summary)
+    base = alt.Chart(df).encode(
+        x=alt.X("concurrency:Q", scale=alt.Scale(type="log", base=2), title="concurrency (requests in flight)"),
+        y=alt.Y("mean_ttft_s:Q", title="mean TTFT (s)"),
+        color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
+        tooltip=["mode", "prefix_len_tokens", "reuse_pct", "concurrency", "mean_ttft_s", "p95_ttft_s"],
+    )
+    layer = base.mark_line(point=True) + base.mark_errorbar().encode(y="p50_ttft_s:Q", y2="p95_ttft_s:Q")
+    return layer.properties(width=220, height=160).facet(
+        column=alt.Column("prefix:N", title="shared prefix"), row=alt.Row("reuse:N", title=None)
+    ).properties(title="Time to first token vs concurrency (line: mean; bar: p50 to p95)")
+
+
+def throughput_vs_p95(summary: pl.DataFrame) -> alt.FacetChart:
+    """Output tokens/s against p95 end-to-end latency; each point is one concurrency level."""
+    df = _with_labels(summary)
+    base = alt.Chart(df).encode(
+        x=alt.X("p95_e2e_s:Q", title="p95 end-to-end latency (s)"),
+        y=alt.Y("tok_s:Q", title="output tokens/s"),
+        color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
+        order="concurrency:Q",
+        tooltip=["mode", "prefix_len_tokens", "reuse_pct", "concurrency", "tok_s", "p95_e2e_s"],
+    )
+    labels = base.mark_text(dx=8, dy=-6, fontSize=10).encode(text=alt.Text("concurrency:Q", format="d"))
+    return (base.mark_line(point=True) + labels).properties(width=220, height=160).facet(
+        column=alt.Column("prefix:N", title="shared prefix"), row=alt.Row("reuse:N", title=None)
+    ).properties(title="Throughput vs p95 latency (labels: concurrency); up and left is better")
+
+
+def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
+    """TTFT speed-up (off/on) as the prefix grows and as reuse falls, per concurrency."""
+    df = speedups.with_columns(
+        pl.format("reuse {}%", pl.col("reuse_pct")).alias("reuse"),
+        pl.format("c={}", pl.col("concurrency")).alias("conc"),
+    )
+    rule = alt.Chart(pl.DataFrame({"y": [1.0]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
+    by_len = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("prefix_len_tokens:Q", title="shared prefix length (tokens)"),
+        y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
+        color=alt.Color("reuse:N", title="reuse"),
+        tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
+    )
+    by_reuse = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("reuse_pct:Q", title="requests sharing the prefix (%)", scale=alt.Scale(domain=[0, 100])),
+        y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
+        color=alt.Color("prefix_len_tokens:N", title="prefix tokens"),
+        tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
+    )
+    top = alt.layer(by_len, rule, data=df).properties(width=200, height=160).facet(
+        column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency"))
+    ).properties(title="Speed-up as the prefix grows (dashed: no change)")
+    bottom = alt.layer(by_reuse, rule, data=df).properties(width=200, height=160).facet(
+        column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency"))
+    ).properties(title="Speed-up as reuse falls")
+    return alt.vconcat(top, bottom)
+
+
+def draw_all(summary_csv: Path, speedup_csv: Path, outdir: Path) -> list[Path]:
+    summary = pl.read_csv(summary_csv)
+    ratios = pl.read_csv(speedup_csv)
+    outdir.mkdir(parents=True, exist_ok=True)
+    charts = {
+        "ttft_vs_concurrency": ttft_vs_concurrency(summary),
+        "throughput_vs_p95": throughput_vs_p95(summary),
+        "speedup": speedup(ratios),
+    }
+    written = []
+    for name, chart in charts.items():
+        for ext in ("png", "svg"):
+            path = outdir / f"{name}.{ext}"
+            chart.save(str(path), scale_factor=2) if ext == "png" else chart.save(str(path))
+            written.append(path)
+    return written

@@ -1,0 +1,146 @@
+"""Async streaming client for `/v1/completions`: one record per request, ok or failed, never dropped.
+
+Closed loop: `concurrency` workers each send the next prompt as soon as their previous one ends.
+Records go to a sink as they complete, so a crash loses nothing already measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import aiohttp
+
+
+@dataclass
+class RequestRecord:
+    """What one request did. `status` is "ok" or "failed"; failed ones carry `error`."""
+
+    request_index: int
+    status: str = "failed"
+    error: str | None = None
+    http_status: int | None = None
+    start_s: float = 0.0
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    output_chunks: int = 0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    base_url: str
+    model: str
+    max_tokens: int = 32
+    request_timeout_s: float = 300.0
+    stall_timeout_s: float = 120.0
+    api_key: str | None = None
+
+
+def completion_payload(cfg: ClientConfig, prompt: str) -> dict:
+    """Fixed-length greedy generation (`ignore_eos`) so every mode decodes the same number of tokens."""
+    return {
+        "model": cfg.model, "prompt": prompt, "max_tokens": cfg.max_tokens, "temperature": 0.0,
+        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+    }
+
+
+def _apply_usage(rec: RequestRecord, usage: dict) -> None:
+    rec.prompt_tokens = usage.get("prompt_tokens")
+    rec.completion_tokens = usage.get("completion_tokens")
+    details = usage.get("prompt_tokens_details") or {}
+    rec.cached_tokens = details.get("cached_tokens")
+
+
+async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int, prompt: str, t_origin: float) -> RequestRecord:
+    """Send one streaming completion and time it; every failure mode ends as a failed record."""
+    rec = RequestRecord(request_index=index)
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_read=cfg.stall_timeout_s)
+    t0 = time.perf_counter()
+    rec.start_s = t0 - t_origin
+    last = t0
+    usage_seen = done = False
+    try:
+        async with session.post(f"{cfg.base_url}/v1/completions", json=completion_payload(cfg, prompt),
+                                headers=headers, timeout=timeout) as resp:
+            rec.http_status = resp.status
+            if resp.status != 200:
+                body = (await resp.text())[:300]
+                rec.error = f"HTTP {resp.status}: {body}"
+                rec.e2e_s = time.perf_counter() - t0
+                return rec
+            async for raw in resp.content:
+                line = raw.decode("utf-8", errors="replace").strip()
+                if not line or line.startswith(":"):
+                    continue
+                if not line.startswith("data:"):
+                    raise ValueError(f"unexpected SSE line {line[:80]!r}")
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise ValueError(f"server error in stream: {str(chunk['error'])[:200]}")
+                now = time.perf_counter()
+                choices = chunk.get("choices") or []
+                if choices and (choices[0].get("text") or rec.ttft_s is not None):
+                    if rec.ttft_s is None:
+                        rec.ttft_s = now - t0
+                    else:
+                        rec.itl_s.append(now - last)
+                    last = now
+                    rec.output_chunks += 1
+                if chunk.get("usage"):
+                    _apply_usage(rec, chunk["usage"])
+                    usage_seen = True
+        rec.e2e_s = time.perf_counter() - t0
+        if not done:
+            rec.error = "stream ended without [DONE]"
+        elif rec.ttft_s is None:
+            rec.error = "no token received"
+        elif not usage_seen:
+            rec.error = "no usage in stream"
+        else:
+            rec.status = "ok"
+    except asyncio.TimeoutError:
+        rec.error = f"timeout after {time.perf_counter() - t0:.1f} s"
+    except Exception as exc:  # noqa: BLE001 - any failure is a failed record, never a lost one
+        rec.error = f"{type(exc).__name__}: {exc}"[:300]
+    if rec.status != "ok" and rec.e2e_s is None:
+        rec.e2e_s = time.perf_counter() - t0
+    return rec
+
+
+async def run_closed_loop(cfg: ClientConfig, prompts: Sequence[tuple[int, str]], concurrency: int,
+                          on_record: Callable[[RequestRecord], None]) -> float:
+    """Send every prompt with at most `concurrency` in flight; returns the wall time in seconds."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+    for item in prompts:
+        queue.put_nowait(item)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    t_origin = time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            while True:
+                try:
+                    index, prompt = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                on_record(await send_one(session, cfg, index, prompt, t_origin))
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(prompts)))))
+    return time.perf_counter() - t_origin
+
+
+def record_dict(rec: RequestRecord, **context) -> dict:
+    return {**context, **asdict(rec)}

@@ -1,0 +1,91 @@
+"""Resolve a schema-validated config into the typed pieces each step needs, with checks the schema can't do."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from .corpus import DEFAULT_QUESTIONS
+from .measure import BenchSettings
+from .prompts import Regime, aligned_length
+from .server import ServerSpec
+
+QUESTION_ROOM_TOKENS = 64  # room for "\nQ: <question>\nA:" after the prefix
+
+
+class ConfigError(ValueError):
+    """A config value that is well-formed but unusable; the message names the key and the fix."""
+
+
+def has_cuda_gpu() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def target_name(config: dict[str, Any], gpu_present: bool | None = None) -> str:
+    want = config.get("target", "auto")
+    if want == "auto":
+        want = "gpu" if (has_cuda_gpu() if gpu_present is None else gpu_present) else "cpu"
+    if want not in config["targets"]:
+        raise ConfigError(f"targets.{want}: no such target in the config (target resolved to {want!r}); add it or set `target`")
+    return want
+
+
+def questions(config: dict[str, Any]) -> list[str]:
+    q = config.get("questions", "default")
+    return list(DEFAULT_QUESTIONS) if q == "default" else [s.strip() for s in q]
+
+
+def regimes(config: dict[str, Any]) -> dict[str, Regime]:
+    return {name: Regime(name, r["prefix_tokens"], r["workload"], tuple(r["reuse_pcts"]))
+            for name, r in config["regimes"].items()}
+
+
+def tokenizer_source(target: dict[str, Any]) -> str:
+    return target["model"].get("tokenizer", target["model"]["path"])
+
+
+def server_spec(config: dict[str, Any], target: dict[str, Any]) -> ServerSpec:
+    model = target["model"]
+    extra = list(target.get("extra_args", []))
+    if model["source"] == "dummy" and "--load-format" not in extra:
+        extra += ["--load-format", "dummy"]
+    if model.get("tokenizer") and "--tokenizer" not in extra:
+        extra += ["--tokenizer", model["tokenizer"]]
+    return ServerSpec(
+        python=target["python"], model=model["path"], served_model_name=model["served_name"],
+        host=config.get("server", {}).get("host", "127.0.0.1"), max_model_len=target["max_model_len"],
+        dtype=target["dtype"], extra_args=tuple(extra), env=dict(target.get("env", {})),
+    )
+
+
+def bench_settings(config: dict[str, Any]) -> BenchSettings:
+    b = config["benchmark"]
+    return BenchSettings(
+        max_tokens=b.get("max_tokens", 16), request_timeout_s=b.get("request_timeout_s", 300),
+        stall_timeout_s=b.get("stall_timeout_s", 120), warmup_requests=b.get("warmup_requests", 2),
+        reset_cache=b.get("reset_cache_between_points", True), sample_interval_s=b.get("sample_interval_s", 1.0),
+        max_failed_fraction=b.get("max_failed_fraction", 0.5),
+    )
+
+
+def check(config: dict[str, Any], target: dict[str, Any]) -> None:
+    """Cross-key checks, before any server starts."""
+    limit = target["max_model_len"] - config["benchmark"].get("max_tokens", 16) - QUESTION_ROOM_TOKENS
+    for name, r in config["regimes"].items():
+        n = aligned_length(r["prefix_tokens"], target["block_size"], config.get("align_to_block", True))
+        if n > limit:
+            raise ConfigError(
+                f"regimes.{name}.prefix_tokens={r['prefix_tokens']} does not fit the model context: max_model_len "
+                f"{target['max_model_len']} leaves at most {limit} prefix tokens after max_tokens and the question; "
+                "lower prefix_tokens or raise max_model_len"
+            )
+    if not questions(config) or any(not q for q in questions(config)):
+        raise ConfigError("questions: the list is empty or holds a blank question; give at least one question")

@@ -1,0 +1,268 @@
+"""One cache setting, end to end: start its server, warm it up, measure every point, tear it down.
+
+Each point (regime x reuse x concurrency) starts from a known cache state: the server is idle, its
+prefix cache is reset (dev-mode endpoint, loopback only), and the prefix-cache counters are read
+before and after, so every point has a *measured* hit rate. Memory (server RSS, GPU memory where
+there is one, vLLM's KV-cache usage) is sampled while the point runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from . import metrics as m
+from .client import ClientConfig, RequestRecord, record_dict, run_closed_loop
+from .corpus import text_of_at_least
+from .prompts import read_prompts
+from .server import ManagedServer, ServerError
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measurement point and where its records go."""
+
+    regime: str
+    reuse_pct: int
+    concurrency: int
+    prompts_path: Path
+    records_path: Path
+    meta_path: Path
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    max_tokens: int = 32
+    request_timeout_s: float = 300.0
+    stall_timeout_s: float = 120.0
+    warmup_requests: int = 2
+    reset_cache: bool = True
+    sample_interval_s: float = 1.0
+    max_failed_fraction: float = 0.5
+
+
+@dataclass
+class Sampler:
+    """Peak memory while a point runs: server RSS, GPU memory (nvidia-smi), KV-cache usage gauge."""
+
+    base_url: str
+    server_pid: int
+    interval_s: float
+    peak_rss_bytes: int = 0
+    peak_gpu_mem_mib: float | None = None
+    peak_kv_usage: float | None = None
+    samples: int = 0
+    _task: asyncio.Task | None = field(default=None, repr=False)
+
+    def rss_bytes(self) -> int:
+        import psutil
+
+        try:
+            root = psutil.Process(self.server_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    async def _run(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            self.peak_rss_bytes = max(self.peak_rss_bytes, self.rss_bytes())
+            gpu = gpu_memory_used_mib()
+            if gpu is not None:
+                self.peak_gpu_mem_mib = max(self.peak_gpu_mem_mib or 0.0, gpu)
+            try:
+                kv = (await fetch_metrics(session, self.base_url)).get(m.KV_USAGE)
+                if kv is not None:
+                    self.peak_kv_usage = max(self.peak_kv_usage or 0.0, kv)
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            self.samples += 1
+            await asyncio.sleep(self.interval_s)
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        self._task = asyncio.create_task(self._run(session))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+def gpu_memory_used_mib() -> float | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout
+        return sum(float(x) for x in out.split())
+    except (subprocess.SubprocessError, ValueError, OSError):
+        return None
+
+
+async def fetch_metrics(session: aiohttp.ClientSession, base_url: str) -> dict[str, float]:
+    async with session.get(f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+        r.raise_for_status()
+        return m.parse_metrics(await r.text())
+
+
+async def wait_idle(session: aiohttp.ClientSession, base_url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        cur = await fetch_metrics(session, base_url)
+        if cur.get(m.RUNNING, 0) == 0 and cur.get(m.WAITING, 0) == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise ServerError(f"server still busy {timeout_s:.0f} s after the previous point")
+
+
+async def reset_prefix_cache(session: aiohttp.ClientSession, base_url: str) -> str:
+    """'ok', or why not (the endpoint exists only in dev mode, which only loopback servers get)."""
+    try:
+        async with session.post(f"{base_url}/reset_prefix_cache", timeout=aiohttp.ClientTimeout(total=30)) as r:
+            return "ok" if r.status == 200 else f"HTTP {r.status}"
+    except aiohttp.ClientError as exc:
+        return f"unavailable ({type(exc).__name__})"
+
+
+def warmup_prompt(i: int, approx_tokens: int) -> str:
+    """A prompt sharing no block with any measured prompt (its own header and seed)."""
+    return "Warm-up. " + text_of_at_least("rag_document", f"warmup:{i}", approx_tokens * 4)
+
+
+async def measure_point(server: ManagedServer, model: str, point: Point, settings: BenchSettings,
+                        context: dict, server_pid: int) -> dict:
+    prompts = read_prompts(point.prompts_path)
+    prompts = [p for p in prompts if p["reuse_pct"] == point.reuse_pct]
+    if not prompts:
+        raise ValueError(f"{point.prompts_path}: no prompts for reuse {point.reuse_pct}%")
+    by_index = {p["request_index"]: p for p in prompts}
+    cfg = ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s)
+    async with aiohttp.ClientSession() as session:
+        await wait_idle(session, server.base_url)
+        reset = await reset_prefix_cache(session, server.base_url) if settings.reset_cache else "not requested"
+        before = await fetch_metrics(session, server.base_url)
+        sampler = Sampler(server.base_url, server_pid, settings.sample_interval_s)
+        sampler.start(session)
+        point.records_path.parent.mkdir(parents=True, exist_ok=True)
+        counts = {"ok": 0, "failed": 0}
+        try:
+            from tqdm import tqdm
+
+            with point.records_path.open("w") as fh, tqdm(total=len(prompts), file=sys.stderr, mininterval=2,
+                                                          desc=f"{context['mode']} {point.regime} reuse{point.reuse_pct} c{point.concurrency}") as bar:
+                def sink(rec: RequestRecord) -> None:
+                    src = by_index[rec.request_index]
+                    fh.write(json.dumps(record_dict(
+                        rec, **context, regime=point.regime, reuse_pct=point.reuse_pct, concurrency=point.concurrency,
+                        prefix_len_tokens=src["prefix_len_tokens"], workload=src.get("workload"), prefix_group=src.get("prefix_group"),
+                        expected_cached_tokens=src.get("expected_cached_tokens"),
+                    )) + "\n")
+                    fh.flush()
+                    counts[rec.status] += 1
+                    bar.update(1)
+
+                wall = await run_closed_loop(cfg, [(p["request_index"], p["prompt"]) for p in prompts],
+                                             point.concurrency, sink)
+        finally:
+            await sampler.stop()
+        server.check_alive()
+        after = await fetch_metrics(session, server.base_url)
+    delta = m.counter_delta(before, after)
+    meta = {
+        **context, "regime": point.regime, "reuse_pct": point.reuse_pct, "concurrency": point.concurrency,
+        "requests_sent": len(prompts), "requests_ok": counts["ok"], "requests_failed": counts["failed"],
+        "wall_s": wall, "cache_reset": reset, "counters_delta": delta, "measured_hit_rate": m.hit_rate(delta),
+        "peak_server_rss_gib": sampler.peak_rss_bytes / 2**30, "peak_gpu_mem_mib": sampler.peak_gpu_mem_mib,
+        "peak_kv_cache_usage": sampler.peak_kv_usage, "memory_samples": sampler.samples,
+    }
+    point.meta_path.write_text(json.dumps(meta, indent=2))
+    if counts["failed"] > settings.max_failed_fraction * len(prompts):
+        raise RuntimeError(
+            f"{counts['failed']} of {len(prompts)} requests failed at {point.regime} reuse {point.reuse_pct}% "
+            f"c{point.concurrency} (error budget {settings.max_failed_fraction:.0%}); see {point.records_path}"
+        )
+    return meta
+
+
+async def warm_up(server: ManagedServer, model: str, settings: BenchSettings, approx_tokens: int) -> list[dict]:
+    cfg = ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s)
+    out: list[dict] = []
+    prompts = [(i, warmup_prompt(i, approx_tokens)) for i in range(settings.warmup_requests)]
+    await run_closed_loop(cfg, prompts, 1, lambda r: out.append(record_dict(r)))
+    bad = [r for r in out if r["status"] != "ok"]
+    if bad:
+        raise ServerError(f"warm-up request failed: {bad[0]['error']}")
+    return out
+
+
+def server_version(python: str) -> str:
+    try:
+        return subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
+                              text=True, timeout=120, check=True).stdout.strip()
+    except (subprocess.SubprocessError, OSError):
+        return "unknown"
+
+
+def hardware() -> dict:
+    info = {"machine": platform.machine(), "cpu": platform.processor() or "unknown", "cpu_count": _cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if shutil.which("nvidia-smi"):
+        try:
+            info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                                         capture_output=True, text=True, timeout=10).stdout.strip()
+        except (subprocess.SubprocessError, OSError):
+            pass
+    return info
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def measure_mode(mode: str, script: Path, host: str, log_path: Path, server_info_path: Path, model: str,
+                 points: Sequence[Point], settings: BenchSettings, ready_timeout_s: float, python: str,
+                 extra_info: dict) -> None:
+    """Run every point of one cache setting against one server lifetime."""
+    context = {"mode": mode}
+    info = {"mode": mode, "script": str(script), "vllm_version": server_version(python), "hardware": hardware(),
+            "warmup_policy": (f"{settings.warmup_requests} warm-up request(s) of unrelated text after start; "
+                              + ("prefix cache reset and server idle before every point" if settings.reset_cache
+                                 else "no cache reset between points")),
+            **extra_info}
+    max_prefix = max(p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1])
+    with ManagedServer(script, host, log_path, ready_timeout_s) as server:
+        info["startup_s"] = server.startup_s
+        info["port"] = server.port
+        asyncio.run(warm_up(server, model, settings, max_prefix))
+        results = []
+        for point in points:
+            results.append(asyncio.run(measure_point(server, model, point, settings, context, server.proc.pid)))
+        info["points"] = len(results)
+    server_info_path.write_text(json.dumps(info, indent=2))

@@ -1,0 +1,322 @@
+"""Render prefix_caching_results.md: every figure and every result sentence is computed from the run's data.
+
+The functions here turn the summary into findings (numbers plus the sentence they support); the
+Jinja template only arranges them. Differences within NOISE of 1.0 are called "no measurable
+difference" rather than a win or a loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import polars as pl
+
+from .aggregate import SEED_COLUMNS
+
+NOISE = 0.05  # relative change treated as noise (one run per point)
+OFF, ON = "no_prefix_cache", "with_prefix_cache"
+
+
+def fmt_s(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def fmt_x(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}×"
+
+
+def fmt_pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def verdict(ratio: float | None, better: str = "faster", worse: str = "slower") -> str:
+    """Words for an off/on ratio where >1 means the cache helped."""
+    if ratio is None:
+        return "not measured"
+    if abs(ratio - 1) <= NOISE:
+        return f"no measurable difference ({fmt_x(ratio)}, within ±{NOISE:.0%})"
+    return f"{fmt_x(ratio)} {better}" if ratio > 1 else f"{fmt_x(1 / ratio)} {worse}"
+
+
+@dataclass
+class Finding:
+    answer: str
+    details: list[str]
+
+
+def _rows(df: pl.DataFrame) -> list[dict]:
+    return list(df.iter_rows(named=True))
+
+
+def ttft_finding(sp: pl.DataFrame) -> Finding:
+    top = sp.filter(pl.col("reuse_pct") == sp["reuse_pct"].max())
+    helped = top.filter(pl.col("ttft_speedup") > 1 + NOISE)
+    best = top.sort("ttft_speedup", descending=True).row(0, named=True)
+    lo, hi = top["ttft_speedup"].min(), top["ttft_speedup"].max()
+    if helped.height == top.height:
+        answer = (f"Yes. At {best['reuse_pct']}% reuse the cache cut mean TTFT at every point, by {fmt_x(lo)} to "
+                  f"{fmt_x(hi)}; the largest cut was {best['regime']} ({best['prefix_len_tokens']} tokens) at "
+                  f"concurrency {best['concurrency']}: {fmt_s(best['mean_ttft_s_off'])} → {fmt_s(best['mean_ttft_s_on'])}.")
+    elif helped.height == 0:
+        answer = (f"No. At {best['reuse_pct']}% reuse, no point showed a TTFT change beyond ±{NOISE:.0%} "
+                  f"(ratios {fmt_x(lo)} to {fmt_x(hi)}).")
+    else:
+        answer = (f"Partly. At {best['reuse_pct']}% reuse the cache cut mean TTFT at {helped.height} of {top.height} "
+                  f"points (ratios {fmt_x(lo)} to {fmt_x(hi)}; best: {best['regime']} at concurrency "
+                  f"{best['concurrency']}, {fmt_s(best['mean_ttft_s_off'])} → {fmt_s(best['mean_ttft_s_on'])}).")
+    details = [
+        f"{r['regime']} ({r['prefix_len_tokens']} tok), reuse {r['reuse_pct']}%, c={r['concurrency']}: "
+        f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}, {verdict(r['ttft_speedup'])}"
+        for r in _rows(sp)
+    ]
+    return Finding(answer, details)
+
+
+def throughput_at_p95(summary: pl.DataFrame) -> list[dict]:
+    """Per (regime, reuse): best tok/s of each mode with p95 E2E within the cache-off run's worst p95."""
+    out = []
+    for (regime, reuse), grp in summary.group_by(["regime", "reuse_pct"], maintain_order=True):
+        off = grp.filter(pl.col("mode") == OFF)
+        on = grp.filter(pl.col("mode") == ON)
+        if off.is_empty() or on.is_empty():
+            continue
+        budget = off.sort("concurrency")["p95_e2e_s"][-1]
+        best_off = off.filter(pl.col("p95_e2e_s") <= budget)["tok_s"].max()
+        best_on_rows = on.filter(pl.col("p95_e2e_s") <= budget).sort("tok_s", descending=True)
+        best_on = best_on_rows["tok_s"][0] if best_on_rows.height else None
+        out.append({
+            "regime": regime, "reuse_pct": reuse, "prefix_len_tokens": grp["prefix_len_tokens"][0],
+            "p95_budget_s": budget, "tok_s_off": best_off, "tok_s_on": best_on,
+            "conc_on": best_on_rows["concurrency"][0] if best_on_rows.height else None,
+            "gain": (best_on / best_off) if best_on and best_off else None,
+        })
+    return out
+
+
+def throughput_finding(summary: pl.DataFrame) -> Finding:
+    rows = throughput_at_p95(summary)
+    details = [
+        f"{r['regime']} ({r['prefix_len_tokens']} tok), reuse {r['reuse_pct']}%: within p95 E2E ≤ "
+        f"{fmt_s(r['p95_budget_s'])}, off {r['tok_s_off']:.1f} tok/s, on "
+        + (f"{r['tok_s_on']:.1f} tok/s (c={r['conc_on']}): {verdict(r['gain'], 'more', 'less')}"
+           if r["tok_s_on"] is not None else "no point within that p95")
+        for r in rows
+    ]
+    gains = [r["gain"] for r in rows if r["gain"] is not None]
+    if not gains:
+        return Finding("Not answerable from this run: no cache-on point stayed within the cache-off p95.", details)
+    more = sum(g > 1 + NOISE for g in gains)
+    if more == len(gains):
+        answer = f"Yes: at the same p95 budget the cache sustained {fmt_x(min(gains))} to {fmt_x(max(gains))} the throughput."
+    elif more == 0:
+        answer = (f"No measurable gain: at the same p95 budget, throughput ratios were {fmt_x(min(gains))} to "
+                  f"{fmt_x(max(gains))}.")
+    else:
+        answer = (f"In {more} of {len(gains)} regime/reuse cases: throughput ratios at the same p95 budget ranged "
+                  f"{fmt_x(min(gains))} to {fmt_x(max(gains))}.")
+    return Finding(answer + " (Budget: the cache-off run's p95 E2E at its highest concurrency.)", details)
+
+
+def memory_finding(summary: pl.DataFrame, infos: dict[str, dict]) -> Finding:
+    by_mode = {mode: summary.filter(pl.col("mode") == mode) for mode in (OFF, ON)}
+    rss = {m: d["peak_server_rss_gib"].max() for m, d in by_mode.items()}
+    kv = {m: d["peak_kv_cache_usage"].max() for m, d in by_mode.items()}
+    gpu = {m: d["peak_gpu_mem_mib"].max() for m, d in by_mode.items()}
+    details = [f"Peak server RSS (process tree): off {rss[OFF]:.2f} GiB, on {rss[ON]:.2f} GiB."]
+    if kv[OFF] is not None or kv[ON] is not None:
+        details.append(f"Peak vLLM KV-cache usage gauge: off {fmt_pct(kv[OFF])}, on {fmt_pct(kv[ON])}.")
+    if gpu[OFF] is not None and gpu[ON] is not None:
+        details.append(f"Peak GPU memory used: off {gpu[OFF]:.0f} MiB, on {gpu[ON]:.0f} MiB.")
+    diff = rss[ON] - rss[OFF]
+    rel = diff / rss[OFF] if rss[OFF] else 0.0
+    if abs(rel) <= NOISE:
+        answer = (f"No measurable overhead in process memory: peak RSS {rss[OFF]:.2f} GiB off vs {rss[ON]:.2f} GiB on "
+                  f"({diff:+.2f} GiB). vLLM preallocates its KV-cache pool either way; the cache only keeps freed "
+                  "blocks reusable until they are needed.")
+    else:
+        answer = f"Peak RSS differed by {diff:+.2f} GiB ({rel:+.0%}) with the cache on ({rss[OFF]:.2f} → {rss[ON]:.2f} GiB)."
+    if kv[OFF] is not None and kv[ON] is not None:
+        answer += (f" KV-cache usage peaked at {fmt_pct(kv[ON])} on vs {fmt_pct(kv[OFF])} off: shared blocks are "
+                   "counted once, so the same traffic occupies " + ("less" if kv[ON] < kv[OFF] else "no less") + " of the pool.")
+    return Finding(answer, details)
+
+
+def reuse_finding(sp: pl.DataFrame) -> Finding:
+    c1 = sp.filter(pl.col("concurrency") == sp["concurrency"].min())
+    details = []
+    for regime, grp in c1.group_by("regime", maintain_order=True):
+        parts = ", ".join(f"{r['reuse_pct']}% reuse {fmt_x(r['ttft_speedup'])}" for r in _rows(grp.sort("reuse_pct", descending=True)))
+        details.append(f"{regime} ({grp['prefix_len_tokens'][0]} tok, {_workload(grp)}) at c={grp['concurrency'][0]}: {parts}")
+    uniq = sp.drop_nulls("unique_prefix_ttft_speedup")
+    if uniq.height:
+        u_lo, u_hi = uniq["unique_prefix_ttft_speedup"].min(), uniq["unique_prefix_ttft_speedup"].max()
+        details.append(f"Requests with a unique (never-shared) prefix: off/on TTFT ratio {fmt_x(u_lo)} to {fmt_x(u_hi)} — "
+                       "the cache gives them nothing to reuse.")
+    best = c1.sort("ttft_speedup", descending=True).row(0, named=True)
+    answer = (f"The gain tracks how much of each prompt is a prefix already in cache. The best case here was "
+              f"{best['regime']} ({best['prefix_len_tokens']} tokens) at {best['reuse_pct']}% reuse: {fmt_x(best['ttft_speedup'])}. "
+              "Shapes that put the same long text in front of many requests benefit most: a fixed system prompt or tool "
+              "policy (the chat_policy regime), a RAG document asked about repeatedly (rag_document), and multi-turn chat, "
+              "where each turn's history is the next turn's prefix. Traffic whose long parts differ per request gains nothing.")
+    return Finding(answer, details)
+
+
+def _workload(grp: pl.DataFrame) -> str:
+    return grp["workload"][0]
+
+
+def prefix_length_finding(sp: pl.DataFrame) -> Finding:
+    top = sp.filter((pl.col("reuse_pct") == sp["reuse_pct"].max()))
+    details = []
+    trend = []
+    for conc, grp in top.group_by("concurrency", maintain_order=True):
+        g = grp.sort("prefix_len_tokens")
+        saved = [(r["prefix_len_tokens"], r["ttft_speedup"], r["mean_ttft_s_off"] - r["mean_ttft_s_on"]) for r in _rows(g)]
+        details.append(f"c={conc}: " + "; ".join(f"{n} tok {fmt_x(x)} (saves {fmt_s(s)})" for n, x, s in saved))
+        if conc == top["concurrency"].min():
+            trend = saved
+    if len(trend) < 2:
+        return Finding("Only one prefix length was measured, so the trend is not answerable from this run.", details)
+    (n0, x0, s0), (n1, x1, s1) = trend[0], trend[-1]
+    direction = "grew" if x1 > x0 * (1 + NOISE) else "shrank" if x1 < x0 * (1 - NOISE) else "stayed about the same"
+    answer = (f"At {top['reuse_pct'][0]}% reuse and concurrency {top['concurrency'].min()}, the TTFT speed-up {direction} "
+              f"from {fmt_x(x0)} at {n0} tokens to {fmt_x(x1)} at {n1} tokens, and the time saved per request went from "
+              f"{fmt_s(s0)} to {fmt_s(s1)}: the longer the shared prefix, the more prefill the cache skips.")
+    return Finding(answer, details)
+
+
+def hit_rate_model(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
+    on = summary.filter(pl.col("mode") == ON)
+    off = summary.filter(pl.col("mode") == OFF)
+    details = [
+        f"{r['regime']} reuse {r['reuse_pct']}% c={r['concurrency']}: measured hit rate {fmt_pct(r['measured_hit_rate'])} "
+        f"(expected {fmt_pct(r['expected_hit_rate'])} if requests ran one at a time)"
+        for r in _rows(on)
+    ]
+    off_hits = off["hit_tokens"].fill_null(0).sum()
+    details.append(f"Cache off: {off_hits:.0f} hit tokens in total (must be 0).")
+    reuses = sorted(set(summary["reuse_pct"].to_list()), reverse=True)
+    answer = (f"Reuse levels tested: {', '.join(f'{r}%' for r in reuses)} of requests sharing the prefix "
+              f"(measured token hit rates with the cache on: {fmt_pct(on['measured_hit_rate'].min())} to "
+              f"{fmt_pct(on['measured_hit_rate'].max())}).")
+    # Mixed traffic: mean TTFT ≈ f·TTFT(warm) + (1−f)·TTFT(cold); test it on the measured points.
+    preds = []
+    c_min = summary["concurrency"].min()
+    for regime in summary["regime"].unique(maintain_order=True).to_list():
+        full = on.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == c_min))
+        cold = off.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == c_min))
+        for r in _rows(on.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") < 100) & (pl.col("concurrency") == c_min))):
+            if full.is_empty() or cold.is_empty():
+                continue
+            f = r["reuse_pct"] / 100
+            pred = f * full["mean_ttft_s"][0] + (1 - f) * cold["mean_ttft_s"][0]
+            preds.append((regime, r["reuse_pct"], pred, r["mean_ttft_s"]))
+    for regime, reuse, pred, meas in preds:
+        details.append(f"{regime} at {reuse}% reuse, c={c_min}: model predicts mean TTFT {fmt_s(pred)}, measured {fmt_s(meas)} "
+                       f"({(meas / pred - 1):+.0%}).")
+    if preds:
+        err = max(abs(m / p - 1) for *_, p, m in preds)
+        answer += (f" Mixed traffic behaves like a blend: mean TTFT ≈ f·TTFT(warm) + (1−f)·TTFT(cold), with f the share of "
+                   f"requests that reuse a cached prefix; on this run that model was within {err:.0%} of the measured "
+                   "mixed-traffic TTFT. The benefit shrinks in proportion to the misses.")
+    return Finding(answer, details)
+
+
+def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int) -> list[str]:
+    top_reuse = sp["reuse_pct"].max()
+    c_min, c_max = sp["concurrency"].min(), sp["concurrency"].max()
+    big = sp.filter((pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == c_min)).sort("prefix_len_tokens").row(-1, named=True)
+    uniq = sp.drop_nulls("unique_prefix_ttft_speedup")
+    u = uniq["unique_prefix_ttft_speedup"].mean() if uniq.height else None
+    on = summary.filter(pl.col("mode") == ON)
+    hr = lambda c: on.filter((pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == c) & (pl.col("regime") == big["regime"]))["measured_hit_rate"][0]  # noqa: E731
+    h1, hmax = hr(c_min), hr(c_max)
+    bullets = [
+        f"**When to enable it:** whenever many requests start with the same long text. Here, with a "
+        f"{big['prefix_len_tokens']}-token shared prefix and {top_reuse}% reuse, first-token latency went from "
+        f"{fmt_s(big['mean_ttft_s_off'])} to {fmt_s(big['mean_ttft_s_on'])} ({fmt_x(big['ttft_speedup'])}); requests with "
+        f"no shared prefix saw {verdict(u)}" + (", so leaving it on costs little when nothing is shared." if u is None or u > 1 - NOISE else "."),
+        f"**How to tell it is working:** watch `vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total` on "
+        f"`/metrics` (this run: {fmt_pct(h1)} for {big['regime']} at {top_reuse}% reuse, c={c_min}) and per-request "
+        "`usage.prompt_tokens_details.cached_tokens` (server flag `--enable-prompt-tokens-details`). A rate near zero "
+        "despite a shared prompt means the prefix is not token-identical (a timestamp or user id near the top) or is being evicted.",
+    ]
+    if hmax is not None and h1 is not None and hmax < h1 * (1 - NOISE):
+        bullets.append(
+            f"**Failure mode:** a burst of requests for a prefix that is not cached yet all miss together, because "
+            f"blocks become reusable only once computed: at c={c_max} the same prompts hit {fmt_pct(hmax)} vs "
+            f"{fmt_pct(h1)} at c={c_min}. Warm the prefix (one request) before a burst, and keep it hot.")
+    else:
+        bullets.append(
+            f"**Failure mode:** only whole KV blocks ({block_size} tokens here) are reused and the last prompt token is "
+            "always recomputed, so a prefix that changes anywhere early (a timestamp in the system prompt) caches nothing; "
+            f"under memory pressure cached blocks are evicted first (hit rate at c={c_max}: {fmt_pct(hmax)}).")
+    bullets.append(
+        f"**For a product/SRE audience:** the server remembers the work it did reading a shared beginning of a prompt "
+        f"(system prompt, policy, document) and skips it for the next request that starts the same way; on this run that "
+        f"made the first token arrive {fmt_x(big['ttft_speedup'])} sooner for a {big['prefix_len_tokens']}-token shared prefix.")
+    return bullets
+
+
+def markdown_table(df: pl.DataFrame, columns: Sequence[str]) -> str:
+    def cell(v: object) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join("| " + " | ".join(cell(r[c]) for c in columns) + " |\n" for r in df.iter_rows(named=True))
+
+
+def prompt_strategy(prompt_paths: Sequence[Path]) -> list[dict]:
+    out = []
+    for path in prompt_paths:
+        recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        shared = next(r for r in recs if r["prefix_group"] == "shared") if any(r["prefix_group"] == "shared" for r in recs) else recs[0]
+        by_reuse: dict[int, list[dict]] = {}
+        for r in recs:
+            by_reuse.setdefault(r["reuse_pct"], []).append(r)
+        out.append({
+            "regime": recs[0]["regime"], "workload": recs[0]["workload"], "prefix_len_tokens": recs[0]["prefix_len_tokens"],
+            "prompt_tokens_min": min(r["prompt_len_tokens"] for r in recs),
+            "prompt_tokens_max": max(r["prompt_len_tokens"] for r in recs),
+            "reuse": {k: (sum(r["prefix_group"] == "shared" for r in v), len(v)) for k, v in sorted(by_reuse.items(), reverse=True)},
+            "excerpt": shared["prompt"].split("\nQ: ")[0][:240].replace("\n", " ") + " …",
+            "example_question": shared["question"],
+        })
+    return out
+
+
+def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info_paths: Sequence[Path],
+           script_paths: Sequence[Path], prompt_paths: Sequence[Path], model: dict, target: str, max_tokens: int,
+           block_size: int) -> None:
+    summary = pl.read_csv(summary_csv)
+    sp = pl.read_csv(speedup_csv)
+    infos = {json.loads(Path(p).read_text())["mode"]: json.loads(Path(p).read_text()) for p in info_paths}
+    info = infos.get(ON) or next(iter(infos.values()))
+    dummy = model.get("source") == "dummy"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    text = env.get_template(template.name).render(
+        info=info, infos=infos, target=target, model=model, dummy=dummy, max_tokens=max_tokens,
+        block_size=block_size, strategy=prompt_strategy(prompt_paths),
+        scripts={Path(p).name: Path(p).read_text() for p in script_paths},
+        seed_table=markdown_table(summary, SEED_COLUMNS),
+        extra_table=markdown_table(summary, ["mode", "regime", "reuse_pct", "concurrency", "requests_ok", "requests_failed",
+                                             "p50_ttft_s", "p95_ttft_s", "p99_e2e_s", "mean_itl_s", "measured_hit_rate",
+                                             "expected_hit_rate", "peak_server_rss_gib", "peak_kv_cache_usage"]),
+        ttft=ttft_finding(sp), throughput=throughput_finding(summary), memory=memory_finding(summary, infos),
+        shapes=reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
+        length=prefix_length_finding(sp), hitrate=hit_rate_model(summary, sp),
+        bullets=consulting_bullets(summary, sp, block_size),
+        n_points=summary.height, n_requests=int(summary["requests_sent"].sum()),
+        n_failed=int(summary["requests_failed"].sum()), fmt_s=fmt_s,
+    )
+    out.write_text(text)

@@ -1,0 +1,240 @@
+"""vLLM server lifecycle: the exact command as a script, start in its own process group, wait, tear down.
+
+The two cache settings differ only in the prefix-caching flag, which is always passed explicitly
+(V1 turns caching on by default). Teardown kills the whole process group on success, failure,
+Ctrl-C or SIGTERM, and the child gets PDEATHSIG so even a SIGKILLed parent leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CACHE_FLAGS = {"no_prefix_cache": "--no-enable-prefix-caching", "with_prefix_cache": "--enable-prefix-caching"}
+
+
+class ServerError(RuntimeError):
+    """The server could not start, or died; the message names the log and quotes its tail."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything that defines a server configuration apart from the port."""
+
+    python: str
+    model: str
+    served_model_name: str
+    host: str = "127.0.0.1"
+    max_model_len: int = 4096
+    dtype: str = "auto"
+    extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_argv(spec: ServerSpec, mode: str, port: str) -> list[str]:
+    """The vLLM OpenAI server command line for one cache setting."""
+    return [
+        spec.python, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", spec.model,
+        "--served-model-name", spec.served_model_name,
+        "--host", spec.host,
+        "--port", port,
+        "--max-model-len", str(spec.max_model_len),
+        "--dtype", spec.dtype,
+        "--enable-prompt-tokens-details",
+        *spec.extra_args,
+        CACHE_FLAGS[mode],
+    ]
+
+
+def server_env(spec: ServerSpec) -> dict[str, str]:
+    """Environment overrides; dev-mode endpoints (cache reset) only when bound to loopback."""
+    env = dict(spec.env)
+    if is_loopback(spec.host):
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+    else:
+        env.pop("VLLM_SERVER_DEV_MODE", None)
+    return env
+
+
+def render_script(spec: ServerSpec, mode: str) -> str:
+    """A runnable bash script holding the exact server command; the port is its first argument."""
+    env_lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(server_env(spec).items()))
+    words = [shlex.quote(a) if a != "__PORT__" else '"$PORT"' for a in server_argv(spec, mode, "__PORT__")]
+    cmd = words[0] + " " + words[1] + " " + words[2]
+    for w in words[3:]:
+        cmd += (" \\\n  " if w.startswith("--") else " ") + w
+    return (
+        "#!/usr/bin/env bash\n"
+        f"# prefixbench: vLLM server, {mode} (generated; only the prefix-caching flag differs between modes)\n"
+        "set -euo pipefail\n"
+        'PORT="${1:-8000}"\n'
+        f"{env_lines}"
+        f"exec {cmd}\n"
+    )
+
+
+def write_script(spec: ServerSpec, mode: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_script(spec, mode))
+    path.chmod(0o755)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _terminate_on_sigterm() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit so `finally` blocks (teardown) run."""
+    def handler(signum, _frame):
+        raise SystemExit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+class ManagedServer:
+    """Context manager: start the script in a new process group, wait until ready, always tear down."""
+
+    def __init__(self, script: Path, host: str, log_path: Path, ready_timeout_s: float, port: int | None = None,
+                 connect_host: str | None = None, term_grace_s: float = 15.0):
+        self.script, self.host, self.log_path = Path(script), host, Path(log_path)
+        self.ready_timeout_s, self.term_grace_s = ready_timeout_s, term_grace_s
+        self.port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
+        client_host = connect_host or ("127.0.0.1" if host in ("0.0.0.0", "::", "localhost") else host)
+        self.base_url = f"http://{client_host}:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+
+    def __enter__(self) -> ManagedServer:
+        _terminate_on_sigterm()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            ["bash", str(self.script), str(self.port)], stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        try:
+            self.wait_ready(t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - t0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ServerError(
+                f"vLLM server exited with code {self.proc.returncode}; log: {self.log_path}\n"
+                f"--- last lines ---\n{log_tail(self.log_path)}"
+            )
+
+    def wait_ready(self, t0: float) -> None:
+        while True:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/v1/models", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() - t0 > self.ready_timeout_s:
+                raise ServerError(
+                    f"vLLM server not ready after {self.ready_timeout_s:.0f} s; log: {self.log_path}\n"
+                    f"--- last lines ---\n{log_tail(self.log_path)}"
+                )
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        """SIGTERM the whole process group, then SIGKILL whatever is left after the grace period."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        kill_group(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=self.term_grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_group(pgid, signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 5
+        while group_alive(pgid) and time.monotonic() < deadline:
+            kill_group(pgid, signal.SIGKILL)
+            time.sleep(0.1)
+        self.proc = None
+        self._log.close()
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def group_pids(pgid: int) -> list[int]:
+    """PIDs of a process group (for memory sampling and orphan checks)."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid:
+                out.append(p.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+def quote_argv(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

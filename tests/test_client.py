@@ -1,0 +1,98 @@
+"""The streaming client's timing and failure accounting, against a local fake SSE server (a test double)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+
+from prefixbench.client import ClientConfig, run_closed_loop
+
+TTFT_DELAY, ITL_DELAY, N_TOKENS = 0.20, 0.05, 5
+
+
+def sse(obj) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    behaviour = body["prompt"]
+    assert body["stream"] is True and body["ignore_eos"] is True
+    if behaviour == "http500":
+        return web.Response(status=500, text="boom")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await asyncio.sleep(TTFT_DELAY)
+    for i in range(N_TOKENS):
+        if i:
+            await asyncio.sleep(ITL_DELAY if behaviour != "stall" else 5)
+        await resp.write(sse({"choices": [{"index": 0, "text": f"t{i}"}]}))
+        if behaviour == "broken" and i == 1:
+            await resp.write(b"data: {not json\n\n")
+            return resp
+    if behaviour != "nousage":
+        await resp.write(sse({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": N_TOKENS,
+                                                        "prompt_tokens_details": {"cached_tokens": 4}}}))
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+@pytest.fixture
+async def fake_server():
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def run(base, prompts, concurrency=1, stall=2.0):
+    out = []
+    cfg = ClientConfig(base, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=stall)
+    wall = await run_closed_loop(cfg, list(enumerate(prompts)), concurrency, out.append)
+    return sorted(out, key=lambda r: r.request_index), wall
+
+
+async def test_timings_match_server_delays(fake_server):
+    (rec,), _ = await run(fake_server, ["ok"])
+    assert rec.status == "ok", rec.error
+    assert TTFT_DELAY <= rec.ttft_s < TTFT_DELAY + 0.1
+    expected_e2e = TTFT_DELAY + (N_TOKENS - 1) * ITL_DELAY
+    assert expected_e2e <= rec.e2e_s < expected_e2e + 0.15
+    assert len(rec.itl_s) == N_TOKENS - 1 and all(ITL_DELAY * 0.8 <= x < ITL_DELAY + 0.05 for x in rec.itl_s)
+    assert (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens) == (10, N_TOKENS, 4)
+
+
+async def test_concurrency_overlaps_requests(fake_server):
+    recs, wall = await run(fake_server, ["ok"] * 8, concurrency=4)
+    assert all(r.status == "ok" for r in recs)
+    one = TTFT_DELAY + (N_TOKENS - 1) * ITL_DELAY
+    assert 2 * one <= wall < 2 * one + 0.3  # two waves of four
+
+
+@pytest.mark.parametrize("behaviour, error", [
+    ("http500", "HTTP 500"), ("broken", "JSONDecodeError"), ("nousage", "no usage"), ("stall", "timeout"),
+])
+async def test_failures_are_recorded_not_dropped(fake_server, behaviour, error):
+    recs, _ = await run(fake_server, ["ok", behaviour, "ok"], concurrency=2, stall=0.5)
+    assert [r.status for r in recs] == ["ok", "failed", "ok"]
+    assert error in recs[1].error
+    assert recs[1].e2e_s is not None
+
+
+async def test_connection_refused_is_a_failed_record():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recs, _ = await run(f"http://127.0.0.1:{port}", ["a", "b"])
+    assert [r.status for r in recs] == ["failed", "failed"]
+    assert all("Connect" in r.error or "connect" in r.error for r in recs)
