@@ -3,6 +3,7 @@ rule charts:
     input:
         summary="results/summary.csv",
         speedup="results/speedup.csv",
+        code=package_files("charts"),
     output:
         CHARTS,
     conda:

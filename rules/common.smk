@@ -64,3 +64,8 @@ def model_inputs():
 def tokenizer_inputs():
     source = pbconfig.tokenizer_source(TARGET)
     return [source] if source in model_inputs() else []
+
+
+def package_files(*modules):
+    """The package modules a rule runs, as inputs: editing one reruns that step (and what depends on it)."""
+    return [f"scripts/prefixbench/{m}.py" for m in modules]

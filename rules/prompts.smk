@@ -2,6 +2,7 @@ rule prompts:
     """Tokenizer-exact prompts of one prefix regime, every reuse level, re-tokenized and checked."""
     input:
         tokenizer=tokenizer_inputs(),
+        code=package_files("prompts", "corpus", "tokenizer"),
     output:
         "results/prompts/{regime}.jsonl",
     conda:

@@ -18,6 +18,7 @@ rule measure:
         script="results/servers/serve_slm_{mode}.sh",
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         model=model_inputs(),
+        code=package_files("measure", "client", "server", "metrics"),
     output:
         records=point_files("jsonl"),
         meta=point_files("meta.json"),

@@ -99,7 +99,8 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
         (pl.col("requests_ok") / pl.col("wall_s")).alias("req_s"),
         (pl.col("requests_failed") / pl.col("requests_sent")).alias("error_rate"),
         (pl.col("cached_tokens") / pl.col("prompt_tokens")).alias("client_cached_fraction"),
-        (pl.col("expected_cached_tokens") / pl.col("prompt_tokens")).alias("expected_hit_rate"),
+        pl.when(pl.col("mode") == "no_prefix_cache").then(0.0)
+        .otherwise(pl.col("expected_cached_tokens") / pl.col("prompt_tokens")).alias("expected_hit_rate"),
         (pl.col("server_ttft_sum_s") / pl.col("server_ttft_count")).alias("server_mean_ttft_s"),
         (pl.col("server_e2e_sum_s") / pl.col("server_e2e_count")).alias("server_mean_e2e_s"),
     )

@@ -17,16 +17,22 @@ def _with_labels(summary: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _concurrency_axis(summary: pl.DataFrame) -> alt.X:
+    levels = sorted(set(summary["concurrency"].to_list()))
+    return alt.X("concurrency:Q", scale=alt.Scale(type="log", base=2), title="concurrency (requests in flight)",
+                 axis=alt.Axis(values=levels, format="d"))
+
+
 def ttft_vs_concurrency(summary: pl.DataFrame) -> alt.FacetChart:
     """Mean TTFT against concurrency, cache off vs on, one panel per (prefix length, reuse)."""
     df = _with_labels(summary)
     base = alt.Chart(df).encode(
-        x=alt.X("concurrency:Q", scale=alt.Scale(type="log", base=2), title="concurrency (requests in flight)"),
-        y=alt.Y("mean_ttft_s:Q", title="mean TTFT (s)"),
+        x=_concurrency_axis(summary),
+        y=alt.Y("mean_ttft_s:Q", title="TTFT (s)"),
         color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
         tooltip=["mode", "prefix_len_tokens", "reuse_pct", "concurrency", "mean_ttft_s", "p95_ttft_s"],
     )
-    layer = base.mark_line(point=True) + base.mark_errorbar().encode(y="p50_ttft_s:Q", y2="p95_ttft_s:Q")
+    layer = base.mark_line(point=True) + base.mark_errorbar().encode(y=alt.Y("p50_ttft_s:Q", title="TTFT (s)"), y2="p95_ttft_s:Q")
     return layer.properties(width=220, height=160).facet(
         column=alt.Column("prefix:N", title="shared prefix"), row=alt.Row("reuse:N", title=None)
     ).properties(title="Time to first token vs concurrency (line: mean; bar: p50 to p95)")
@@ -54,14 +60,15 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
         pl.format("reuse {}%", pl.col("reuse_pct")).alias("reuse"),
         pl.format("c={}", pl.col("concurrency")).alias("conc"),
     )
-    rule = alt.Chart(pl.DataFrame({"y": [1.0]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
-    by_len = alt.Chart(df).mark_line(point=True).encode(
+    # Layers carry no data of their own, so the facet splits the layered data per panel.
+    rule = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(1.0))
+    by_len = alt.Chart().mark_line(point=True).encode(
         x=alt.X("prefix_len_tokens:Q", title="shared prefix length (tokens)"),
         y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
         color=alt.Color("reuse:N", title="reuse"),
         tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
     )
-    by_reuse = alt.Chart(df).mark_line(point=True).encode(
+    by_reuse = alt.Chart().mark_line(point=True).encode(
         x=alt.X("reuse_pct:Q", title="requests sharing the prefix (%)", scale=alt.Scale(domain=[0, 100])),
         y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
         color=alt.Color("prefix_len_tokens:N", title="prefix tokens"),
@@ -73,7 +80,7 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
     bottom = alt.layer(by_reuse, rule, data=df).properties(width=200, height=160).facet(
         column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency"))
     ).properties(title="Speed-up as reuse falls")
-    return alt.vconcat(top, bottom)
+    return alt.vconcat(top, bottom).resolve_scale(color="independent")
 
 
 def draw_all(summary_csv: Path, speedup_csv: Path, outdir: Path) -> list[Path]:

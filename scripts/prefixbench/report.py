@@ -150,14 +150,13 @@ def memory_finding(summary: pl.DataFrame, infos: dict[str, dict]) -> Finding:
 def reuse_finding(sp: pl.DataFrame) -> Finding:
     c1 = sp.filter(pl.col("concurrency") == sp["concurrency"].min())
     details = []
-    for regime, grp in c1.group_by("regime", maintain_order=True):
+    for (regime,), grp in c1.group_by("regime", maintain_order=True):
         parts = ", ".join(f"{r['reuse_pct']}% reuse {fmt_x(r['ttft_speedup'])}" for r in _rows(grp.sort("reuse_pct", descending=True)))
         details.append(f"{regime} ({grp['prefix_len_tokens'][0]} tok, {_workload(grp)}) at c={grp['concurrency'][0]}: {parts}")
-    uniq = sp.drop_nulls("unique_prefix_ttft_speedup")
-    if uniq.height:
-        u_lo, u_hi = uniq["unique_prefix_ttft_speedup"].min(), uniq["unique_prefix_ttft_speedup"].max()
-        details.append(f"Requests with a unique (never-shared) prefix: off/on TTFT ratio {fmt_x(u_lo)} to {fmt_x(u_hi)} — "
-                       "the cache gives them nothing to reuse.")
+    u = unique_prefix_ratio(sp)
+    if u is not None:
+        details.append(f"Requests with a unique (never-shared) prefix, at concurrency {sp['concurrency'].min()} (no queueing "
+                       f"behind cached requests): {verdict(u)} with the cache on.")
     best = c1.sort("ttft_speedup", descending=True).row(0, named=True)
     answer = (f"The gain tracks how much of each prompt is a prefix already in cache. The best case here was "
               f"{best['regime']} ({best['prefix_len_tokens']} tokens) at {best['reuse_pct']}% reuse: {fmt_x(best['ttft_speedup'])}. "
@@ -165,6 +164,12 @@ def reuse_finding(sp: pl.DataFrame) -> Finding:
               "policy (the chat_policy regime), a RAG document asked about repeatedly (rag_document), and multi-turn chat, "
               "where each turn's history is the next turn's prefix. Traffic whose long parts differ per request gains nothing.")
     return Finding(answer, details)
+
+
+def unique_prefix_ratio(sp: pl.DataFrame) -> float | None:
+    """Off/on mean TTFT of never-shared-prefix requests at the lowest concurrency: the cost of caching a miss."""
+    rows = sp.filter(pl.col("concurrency") == sp["concurrency"].min()).drop_nulls("unique_prefix_ttft_speedup")
+    return rows["unique_prefix_ttft_speedup"].mean() if rows.height else None
 
 
 def _workload(grp: pl.DataFrame) -> str:
@@ -175,7 +180,7 @@ def prefix_length_finding(sp: pl.DataFrame) -> Finding:
     top = sp.filter((pl.col("reuse_pct") == sp["reuse_pct"].max()))
     details = []
     trend = []
-    for conc, grp in top.group_by("concurrency", maintain_order=True):
+    for (conc,), grp in top.group_by("concurrency", maintain_order=True):
         g = grp.sort("prefix_len_tokens")
         saved = [(r["prefix_len_tokens"], r["ttft_speedup"], r["mean_ttft_s_off"] - r["mean_ttft_s_on"]) for r in _rows(g)]
         details.append(f"c={conc}: " + "; ".join(f"{n} tok {fmt_x(x)} (saves {fmt_s(s)})" for n, x, s in saved))
@@ -232,8 +237,7 @@ def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int)
     top_reuse = sp["reuse_pct"].max()
     c_min, c_max = sp["concurrency"].min(), sp["concurrency"].max()
     big = sp.filter((pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == c_min)).sort("prefix_len_tokens").row(-1, named=True)
-    uniq = sp.drop_nulls("unique_prefix_ttft_speedup")
-    u = uniq["unique_prefix_ttft_speedup"].mean() if uniq.height else None
+    u = unique_prefix_ratio(sp)
     on = summary.filter(pl.col("mode") == ON)
     hr = lambda c: on.filter((pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == c) & (pl.col("regime") == big["regime"]))["measured_hit_rate"][0]  # noqa: E731
     h1, hmax = hr(c_min), hr(c_max)
@@ -241,7 +245,8 @@ def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int)
         f"**When to enable it:** whenever many requests start with the same long text. Here, with a "
         f"{big['prefix_len_tokens']}-token shared prefix and {top_reuse}% reuse, first-token latency went from "
         f"{fmt_s(big['mean_ttft_s_off'])} to {fmt_s(big['mean_ttft_s_on'])} ({fmt_x(big['ttft_speedup'])}); requests with "
-        f"no shared prefix saw {verdict(u)}" + (", so leaving it on costs little when nothing is shared." if u is None or u > 1 - NOISE else "."),
+        f"no shared prefix (c={c_min}) saw {verdict(u)}" + (", so leaving it on costs little when nothing is shared."
+                                                     if u is not None and u > 1 - NOISE else "."),
         f"**How to tell it is working:** watch `vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total` on "
         f"`/metrics` (this run: {fmt_pct(h1)} for {big['regime']} at {top_reuse}% reuse, c={c_min}) and per-request "
         "`usage.prompt_tokens_details.cached_tokens` (server flag `--enable-prompt-tokens-details`). A rate near zero "
@@ -255,8 +260,9 @@ def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int)
     else:
         bullets.append(
             f"**Failure mode:** only whole KV blocks ({block_size} tokens here) are reused and the last prompt token is "
-            "always recomputed, so a prefix that changes anywhere early (a timestamp in the system prompt) caches nothing; "
-            f"under memory pressure cached blocks are evicted first (hit rate at c={c_max}: {fmt_pct(hmax)}).")
+            "always recomputed, so a prefix that changes anywhere early (a timestamp in the system prompt) caches nothing, "
+            "and under memory pressure cached blocks are evicted. Concurrent first requests of a cold prefix can also miss "
+            f"together; this run did not show it (hit rate {fmt_pct(hmax)} at c={c_max} vs {fmt_pct(h1)} at c={c_min}).")
     bullets.append(
         f"**For a product/SRE audience:** the server remembers the work it did reading a shared beginning of a prompt "
         f"(system prompt, policy, document) and skips it for the next request that starts the same way; on this run that "
