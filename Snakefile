@@ -9,6 +9,12 @@ if not config.get("regimes"):
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    mode="|".join(MODES),
+    regime="|".join(REGIMES),
+
 include: "rules/model.smk"
 include: "rules/prompts.smk"
 include: "rules/serve.smk"

@@ -36,13 +36,11 @@ POINTS = [
     for reuse in regime.reuse_pcts
     for conc in CONCURRENCY
 ]
+REPORT_TEMPLATE = config.get("report_template") or os.path.join(
+    SCRIPTS_DIR, "prefixbench", "templates", "prefix_caching_results.md.j2"
+)
 CHART_NAMES = ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"]
 CHARTS = [f"results/charts/{n}.{ext}" for n in CHART_NAMES for ext in ("png", "svg")]
-
-
-wildcard_constraints:
-    mode="|".join(MODES),
-    regime="|".join(REGIMES) if REGIMES else "[a-z][a-z0-9_]*",
 
 
 def point_files(suffix):
@@ -67,5 +65,5 @@ def tokenizer_inputs():
 
 
 def package_files(*modules):
-    """The package modules a rule runs, as inputs: editing one reruns that step (and what depends on it)."""
-    return [f"scripts/prefixbench/{m}.py" for m in modules]
+    """Package modules as inputs of the step that runs them: editing one reruns that step and what follows."""
+    return [os.path.join(SCRIPTS_DIR, "prefixbench", f"{m}.py") for m in modules]

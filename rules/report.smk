@@ -1,7 +1,7 @@
 rule report:
     """prefix_caching_results.md, every number and result sentence computed from this run's data."""
     input:
-        template="scripts/prefixbench/templates/prefix_caching_results.md.j2",
+        template=REPORT_TEMPLATE,
         summary="results/summary.csv",
         speedup="results/speedup.csv",
         info=expand("results/raw/{mode}/server.json", mode=MODES),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,5 +88,9 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
                 f"{target['max_model_len']} leaves at most {limit} prefix tokens after max_tokens and the question; "
                 "lower prefix_tokens or raise max_model_len"
             )
+    model = target["model"]
+    if model["source"] == "path" and not Path(model["path"]).is_dir():
+        raise ConfigError(f"model.path={model['path']!r}: no such folder (source: path); point it at a model folder "
+                          "or use source: hub for a hub id")
     if not questions(config) or any(not q for q in questions(config)):
         raise ConfigError("questions: the list is empty or holds a blank question; give at least one question")

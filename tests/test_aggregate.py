@@ -1,0 +1,60 @@
+"""Aggregation: the seed's columns first, the numbers right, failures counted and never hidden."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from prefixbench.aggregate import SEED_COLUMNS, load_meta, load_records, speedups, summarize
+from synthetic import write_run
+
+
+@pytest.fixture
+def summary(tmp_path):
+    recs, metas = write_run(tmp_path, failed_at=("no_prefix_cache", "large", 100, 4))
+    return summarize(load_records(recs), load_meta(metas))
+
+
+def test_seed_columns_first_and_one_row_per_point(summary):
+    assert summary.columns[:8] == SEED_COLUMNS
+    assert summary.height == 2 * 2 * 2 * 2
+    assert summary.select(["mode", "regime", "reuse_pct", "concurrency"]).is_unique().all()
+
+
+def test_values(summary):
+    row = summary.filter((pl.col("mode") == "with_prefix_cache") & (pl.col("regime") == "large")
+                         & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)).row(0, named=True)
+    assert row["mean_ttft_s"] == pytest.approx((1.024 + 9 * 0.05) / 10)
+    assert row["mean_e2e_s"] == pytest.approx((1.024 + 9 * 0.05) / 10 + 0.16)
+    assert row["mean_ttft_shared_s"] == pytest.approx((1.024 + 9 * 0.05) / 10)
+    assert row["tok_s"] == pytest.approx(10 * 8 / 2.0)
+    assert row["measured_hit_rate"] == pytest.approx(9 * 1024 / (10 * 1036))
+    assert row["expected_hit_rate"] == pytest.approx(9 * 1024 / (10 * 1036))
+    off = summary.filter((pl.col("mode") == "no_prefix_cache") & (pl.col("regime") == "medium")
+                         & (pl.col("reuse_pct") == 50) & (pl.col("concurrency") == 4)).row(0, named=True)
+    assert off["mean_ttft_s"] == pytest.approx(0.512 * 1.3)
+    assert off["expected_hit_rate"] == 0.0
+    assert off["p95_e2e_s"] == pytest.approx(0.512 * 1.3 + 0.16)
+
+
+def test_failures_counted_and_noted(summary):
+    row = summary.filter((pl.col("mode") == "no_prefix_cache") & (pl.col("regime") == "large")
+                         & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 4)).row(0, named=True)
+    assert (row["requests_ok"], row["requests_failed"], row["requests_sent"]) == (9, 1, 10)
+    assert row["error_rate"] == pytest.approx(0.1)
+    assert "1 of 10 failed, means over ok only" in row["notes"]
+    assert row["tok_s"] == pytest.approx(9 * 8 / 2.0)
+
+
+def test_speedups(summary):
+    sp = speedups(summary)
+    row = sp.filter((pl.col("regime") == "large") & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)).row(0, named=True)
+    # 1 cold shared + 9 warm: mean on = (1.024 + 9*0.05)/10 vs off 1.024
+    assert row["ttft_speedup"] == pytest.approx(1.024 / ((1.024 + 9 * 0.05) / 10))
+    assert sp.height == 8
+
+
+def test_no_records_is_an_error(tmp_path):
+    (tmp_path / "e.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no request records"):
+        load_records([tmp_path / "e.jsonl"])

@@ -1,0 +1,100 @@
+"""Bad configuration is rejected before any server starts, with a message naming the key."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prefixbench import config as pbconfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+SCHEMA = ROOT / "config/schema/config.schema.yaml"
+
+
+def validate(cfg):
+    from snakemake.utils import validate as sm_validate
+
+    sm_validate(copy.deepcopy(cfg), str(SCHEMA))
+
+
+def test_default_and_test_configs_are_valid():
+    validate(DEFAULT)
+    validate(yaml.safe_load((ROOT / "config/test.yaml").read_text()))
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c.update(surprise=1), "surprise"),
+    (lambda c: c["benchmark"].update(concurrency=[0]), "concurrency"),
+    (lambda c: c["benchmark"].update(concurrency=[-4]), "concurrency"),
+    (lambda c: c["benchmark"].update(concurrency=[]), "concurrency"),
+    (lambda c: c.update(questions=[]), "questions"),
+    (lambda c: c["regimes"]["medium"].update(reuse_pcts=[150]), "reuse_pcts"),
+    (lambda c: c["regimes"]["medium"].update(workload="poetry"), "workload"),
+    (lambda c: c["targets"]["cpu"]["model"].pop("path"), "path"),
+])
+def test_schema_rejects(mutate, needle):
+    from snakemake.exceptions import WorkflowError
+
+    cfg = copy.deepcopy(DEFAULT)
+    mutate(cfg)
+    with pytest.raises(WorkflowError, match=needle):
+        validate(cfg)
+
+
+def test_prefix_longer_than_context_names_key_and_fix():
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["regimes"]["large"]["prefix_tokens"] = 5000
+    with pytest.raises(pbconfig.ConfigError, match=r"regimes\.large\.prefix_tokens=5000.*max_model_len"):
+        pbconfig.check(cfg, cfg["targets"]["cpu"])
+
+
+def test_missing_model_folder():
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["targets"]["cpu"]["model"].update(source="path", path="/nonexistent/model")
+    with pytest.raises(pbconfig.ConfigError, match="no such folder"):
+        pbconfig.check(cfg, cfg["targets"]["cpu"])
+
+
+def test_target_selection():
+    assert pbconfig.target_name({"target": "auto", "targets": DEFAULT["targets"]}, gpu_present=False) == "cpu"
+    assert pbconfig.target_name({"target": "auto", "targets": DEFAULT["targets"]}, gpu_present=True) == "gpu"
+    with pytest.raises(pbconfig.ConfigError, match="targets.gpu"):
+        pbconfig.target_name({"target": "gpu", "targets": {"cpu": DEFAULT["targets"]["cpu"]}})
+
+
+def test_snakemake_reports_bad_config_before_running(tmp_path):
+    bad = copy.deepcopy(yaml.safe_load((ROOT / "config/test.yaml").read_text()))
+    bad["benchmark"]["concurrency"] = [0]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "concurrency" in out.stderr + out.stdout and "Traceback" not in out.stderr
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=10)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(["benchmark", "regimes", "server", "questions", "target", "seed"]), value=json_values)
+def test_config_fuzz_gives_clear_errors(key, value):
+    """Any value anywhere: accepted, or a WorkflowError/ConfigError — never another exception."""
+    from snakemake.exceptions import WorkflowError
+
+    cfg = copy.deepcopy(DEFAULT)
+    cfg[key] = value
+    try:
+        validate(cfg)
+        pbconfig.check(cfg, cfg["targets"][pbconfig.target_name(cfg, gpu_present=False)])
+    except (WorkflowError, pbconfig.ConfigError):
+        pass

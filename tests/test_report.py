@@ -1,0 +1,93 @@
+"""Report rendering from data: the numbers in its sentences are the data's, and 'no difference' is said when true."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from prefixbench.aggregate import load_meta, load_records, speedups, summarize
+from prefixbench.report import NOISE, render, ttft_finding, verdict
+from synthetic import write_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2"
+
+
+def make_inputs(tmp_path, **kw):
+    recs, metas = write_run(tmp_path / "raw", **kw)
+    summary = summarize(load_records(recs), load_meta(metas))
+    summary.write_csv(tmp_path / "summary.csv")
+    speedups(summary).write_csv(tmp_path / "speedup.csv")
+    infos = []
+    for mode in ("no_prefix_cache", "with_prefix_cache"):
+        p = tmp_path / f"{mode}.json"
+        p.write_text(json.dumps({"mode": mode, "vllm_version": "9.9.9", "startup_s": 12.5, "warmup_policy": "reset before every point",
+                                 "hardware": {"cpu": "Test CPU", "cpu_count": 2}}))
+        infos.append(p)
+    scripts = []
+    for mode in ("no_prefix_cache", "with_prefix_cache"):
+        p = tmp_path / f"serve_slm_{mode}.sh"
+        p.write_text(f"exec vllm --{mode}\n")
+        scripts.append(p)
+    prompts = tmp_path / "medium.jsonl"
+    prompts.write_text(json.dumps({"prompt": "PREFIX\nQ: Why?\nA:", "prefix_len_tokens": 512, "workload": "chat_policy",
+                                   "regime": "medium", "reuse_pct": 100, "request_index": 0, "question": "Why?",
+                                   "prefix_group": "shared", "prompt_len_tokens": 520, "expected_cached_tokens": 0}) + "\n")
+    return summary, infos, scripts, [prompts]
+
+
+def render_md(tmp_path, model=None, **kw) -> tuple[str, pl.DataFrame]:
+    summary, infos, scripts, prompts = make_inputs(tmp_path, **kw)
+    out = tmp_path / "report.md"
+    render(TEMPLATE, out, tmp_path / "summary.csv", tmp_path / "speedup.csv", infos, scripts, prompts,
+           model or {"source": "smollm2_package", "path": "m", "served_name": "s"}, "cpu", 8, 128)
+    return out.read_text(), summary
+
+
+def test_report_sections_and_numbers(tmp_path):
+    md, summary = render_md(tmp_path)
+    for heading in ["## Prefix strategy", "## The two server commands", "## Summary per (prefix length, concurrency)",
+                    "## Hit rate mental model", "## Consulting-ready conclusion", "**Did it increase throughput at the same p95?**",
+                    "**Extra memory overhead?**", "**What workload shapes benefit most?**", "**How does the benefit change"]:
+        assert heading in md
+    assert "| mode | prefix_len_tokens | concurrency | mean_ttft_s | mean_e2e_s | p95_e2e_s | tok_s | notes |" in md
+    assert "exec vllm --no_prefix_cache" in md and "Test CPU" in md and "vLLM 9.9.9" in md
+    assert "charts/ttft_vs_concurrency.png" in md
+    assert "None" not in md and "n/a" not in md
+    # The headline TTFT sentence carries the data's own numbers.
+    sp = speedups(summary).filter(pl.col("reuse_pct") == 100)
+    assert f"{sp['ttft_speedup'].min():.2f}× to {sp['ttft_speedup'].max():.2f}×" in md
+    assert "random weights" not in md.lower()
+    assert "1 of 10 failed" not in md
+
+
+def test_failures_show_in_report(tmp_path):
+    md, _ = render_md(tmp_path, failed_at=("no_prefix_cache", "large", 100, 4))
+    assert "1 failed" in md and "1 of 10 failed, means over ok only" in md
+
+
+def test_dummy_weights_are_stated(tmp_path):
+    md, _ = render_md(tmp_path, model={"source": "dummy", "path": "m", "served_name": "s"})
+    assert "Random weights" in md and "--load-format dummy" in md
+
+
+def test_no_difference_is_said_plainly():
+    assert verdict(1.0 + NOISE / 2).startswith("no measurable difference")
+    assert verdict(2.0) == "2.00× faster" and verdict(0.5) == "2.00× slower"
+    sp = pl.DataFrame({"regime": ["a", "a"], "prefix_len_tokens": [512, 512], "reuse_pct": [100, 100], "concurrency": [1, 4],
+                       "ttft_speedup": [1.01, 0.99], "mean_ttft_s_off": [0.1, 0.2], "mean_ttft_s_on": [0.099, 0.202]})
+    assert ttft_finding(sp).answer.startswith("No.")
+
+
+@pytest.mark.parametrize("name", ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"])
+def test_charts_render(tmp_path, name):
+    from prefixbench.charts import draw_all
+
+    make_inputs(tmp_path)
+    written = draw_all(tmp_path / "summary.csv", tmp_path / "speedup.csv", tmp_path / "charts")
+    png = tmp_path / "charts" / f"{name}.png"
+    assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert (tmp_path / "charts" / f"{name}.svg").read_text().lstrip().startswith("<svg")
