@@ -14,3 +14,21 @@ if MODEL["source"] == "smollm2_package":
             converter=os.path.join(SCRIPTS_DIR, "prefixbench", "convert_smollm2.py"),
         shell:
             "{params.python} {params.converter} {output} --dtype {params.dtype} > {log} 2>&1"
+
+
+if MODEL["source"] == "dummy":
+
+    rule dummy_model:
+        """A config.json of a known architecture plus the shipped tokenizer, served with --load-format dummy."""
+        input:
+            tokenizer="resources/tokenizers/SmolLM2-135M-Instruct",
+        output:
+            directory(MODEL["path"]),
+        conda:
+            "../envs/pipeline.yaml"
+        log:
+            "results/logs/dummy_model.log",
+        params:
+            shape=MODEL.get("shape", "phi3-mini"),
+        script:
+            "../scripts/make_dummy_model.py"

@@ -8,7 +8,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from .corpus import DEFAULT_QUESTIONS
+from .corpus import DEFAULT_QUESTIONS, question_variants
 from .measure import BenchSettings
 from .prompts import Regime, aligned_length
 from .server import ServerSpec
@@ -41,7 +41,11 @@ def target_name(config: dict[str, Any], gpu_present: bool | None = None) -> str:
 
 def questions(config: dict[str, Any]) -> list[str]:
     q = config.get("questions", "default")
-    return list(DEFAULT_QUESTIONS) if q == "default" else [s.strip() for s in q]
+    if q == "default":
+        return list(DEFAULT_QUESTIONS)
+    if isinstance(q, dict):
+        return question_variants(q["count"])
+    return [s.strip() for s in q]
 
 
 def regimes(config: dict[str, Any]) -> dict[str, Regime]:

@@ -118,3 +118,24 @@ DEFAULT_QUESTIONS = [
     "Who approves account credits?",
     "How do I contact the security team?",
 ]
+
+_ASKS = [
+    "How do I request {item} for {product}?", "Who handles {item} on the {team} team?",
+    "How long do {item} take?", "Can I get {item} through {channel}?",
+    "What is the policy on {item} for enterprise customers?", "Why are my {item} delayed?",
+    "What information do you need for {item}?", "Can {item} be escalated to the {team} team?",
+]
+
+
+def question_variants(n: int) -> list[str]:
+    """`n` distinct questions: the built-in ones first, then deterministic variants (for high concurrency)."""
+    out = list(DEFAULT_QUESTIONS[:n])
+    combos = ((a, item, i) for i, item in enumerate(_ITEMS) for a in _ASKS)
+    for ask, item, i in combos:
+        if len(out) >= n:
+            break
+        out.append(ask.format(item=item, product=_PRODUCTS[i % len(_PRODUCTS)], team=_TEAMS[i % len(_TEAMS)],
+                              channel=_CHANNELS[i % len(_CHANNELS)]))
+    if len(out) < n:
+        raise ValueError(f"at most {len(DEFAULT_QUESTIONS) + len(_ASKS) * len(_ITEMS)} generated questions; asked for {n}")
+    return out
