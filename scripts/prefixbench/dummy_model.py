@@ -6,6 +6,7 @@ traffic without downloading weights (the outputs are noise, and every report say
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -25,16 +26,20 @@ SHAPES: dict[str, dict] = {
 
 
 def make_dummy_model(shape: str, tokenizer_dir: Path, out_dir: Path) -> None:
+    """Write config.json for `shape` and the tokenizer files (tokenizer.json is shipped gzipped)."""
     tok_files = [p for p in Path(tokenizer_dir).iterdir() if p.is_file() and p.name != "README.md"]
-    if not any(p.name == "tokenizer.json" for p in tok_files):
-        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer.json")
-    tok = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())
+    packed = Path(tokenizer_dir) / "tokenizer.json.gz"
+    if not packed.exists():
+        raise FileNotFoundError(f"{packed} missing")
+    tok = json.loads(gzip.decompress(packed.read_bytes()))
     ids = list(tok["model"]["vocab"].values()) + [t["id"] for t in tok.get("added_tokens", [])]
     vocab_size = max(ids) + 1
     out_dir.mkdir(parents=True, exist_ok=True)
     config = dict(SHAPES[shape], vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (out_dir / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
     for p in tok_files:
-        shutil.copy(p, out_dir / p.name)
+        if p != packed:
+            shutil.copy(p, out_dir / p.name)
     (out_dir / "SOURCE.json").write_text(json.dumps({"weights": "random (--load-format dummy)", "shape": shape,
                                                      "tokenizer": str(tokenizer_dir)}))
