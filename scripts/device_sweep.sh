@@ -8,7 +8,8 @@ set -euo pipefail
 config=$1 name=$2
 out=${OUT:-/tmp/out}
 mkdir -p .venv-server/bin "$out"
-ln -sf "$(command -v python3)" .venv-server/bin/python     # the configs' server python
+printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > .venv-server/bin/python  # the configs' server python
+chmod +x .venv-server/bin/python
 export VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-/tmp/vllm-cache}  # torch.compile cache shared by both servers
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/$name.gpu.txt"
 t0=$(date +%s)

@@ -34,7 +34,7 @@ def ttft_vs_concurrency(summary: pl.DataFrame) -> alt.FacetChart:
     )
     layer = base.mark_line(point=True) + base.mark_errorbar().encode(y=alt.Y("p50_ttft_s:Q", title="TTFT (s)"), y2="p95_ttft_s:Q")
     return layer.properties(width=220, height=160).facet(
-        column=alt.Column("prefix:N", title="shared prefix"), row=alt.Row("reuse:N", title=None)
+        column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")), row=alt.Row("reuse:N", title=None)
     ).properties(title="Time to first token vs concurrency (line: mean; bar: p50 to p95)")
 
 
@@ -50,7 +50,7 @@ def throughput_vs_p95(summary: pl.DataFrame) -> alt.FacetChart:
     )
     labels = base.mark_text(dx=8, dy=-6, fontSize=10).encode(text=alt.Text("concurrency:Q", format="d"))
     return (base.mark_line(point=True) + labels).properties(width=220, height=160).facet(
-        column=alt.Column("prefix:N", title="shared prefix"), row=alt.Row("reuse:N", title=None)
+        column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")), row=alt.Row("reuse:N", title=None)
     ).properties(title="Throughput vs p95 latency (labels: concurrency); up and left is better")
 
 

@@ -142,8 +142,13 @@ def memory_finding(summary: pl.DataFrame, infos: dict[str, dict]) -> Finding:
     else:
         answer = f"Peak RSS differed by {diff:+.2f} GiB ({rel:+.0%}) with the cache on ({rss[OFF]:.2f} → {rss[ON]:.2f} GiB)."
     if kv[OFF] is not None and kv[ON] is not None:
-        answer += (f" KV-cache usage peaked at {fmt_pct(kv[ON])} on vs {fmt_pct(kv[OFF])} off: shared blocks are "
-                   "counted once, so the same traffic occupies " + ("less" if kv[ON] < kv[OFF] else "no less") + " of the pool.")
+        answer += f" KV-cache usage peaked at {kv[ON]:.1%} of the pool with the cache on vs {kv[OFF]:.1%} off"
+        if kv[ON] < kv[OFF] * (1 - NOISE) and kv[OFF] - kv[ON] >= 0.005:
+            answer += ": shared blocks are held once for all the requests using them, so the same traffic used less of it."
+        elif kv[ON] > kv[OFF] * (1 + NOISE) and kv[ON] - kv[OFF] >= 0.005:
+            answer += ": cached blocks stay resident after their requests end, until evicted."
+        else:
+            answer += " (no measurable difference)."
     return Finding(answer, details)
 
 
@@ -157,9 +162,10 @@ def reuse_finding(sp: pl.DataFrame) -> Finding:
     if u is not None:
         details.append(f"Requests with a unique (never-shared) prefix, at concurrency {sp['concurrency'].min()} (no queueing "
                        f"behind cached requests): {verdict(u)} with the cache on.")
-    best = c1.sort("ttft_speedup", descending=True).row(0, named=True)
+    best = sp.sort("ttft_speedup", descending=True).row(0, named=True)
     answer = (f"The gain tracks how much of each prompt is a prefix already in cache. The best case here was "
-              f"{best['regime']} ({best['prefix_len_tokens']} tokens) at {best['reuse_pct']}% reuse: {fmt_x(best['ttft_speedup'])}. "
+              f"{best['regime']} ({best['prefix_len_tokens']} tokens, {best['workload']}) at {best['reuse_pct']}% reuse "
+              f"and concurrency {best['concurrency']}: {fmt_x(best['ttft_speedup'])}. "
               "Shapes that put the same long text in front of many requests benefit most: a fixed system prompt or tool "
               "policy (the chat_policy regime), a RAG document asked about repeatedly (rag_document), and multi-turn chat, "
               "where each turn's history is the next turn's prefix. Traffic whose long parts differ per request gains nothing.")
@@ -177,22 +183,33 @@ def _workload(grp: pl.DataFrame) -> str:
 
 
 def prefix_length_finding(sp: pl.DataFrame) -> Finding:
+    """Speed-up and time saved per request from the shortest to the longest prefix, at each concurrency."""
     top = sp.filter((pl.col("reuse_pct") == sp["reuse_pct"].max()))
-    details = []
-    trend = []
+    details, trends = [], []
     for (conc,), grp in top.group_by("concurrency", maintain_order=True):
         g = grp.sort("prefix_len_tokens")
         saved = [(r["prefix_len_tokens"], r["ttft_speedup"], r["mean_ttft_s_off"] - r["mean_ttft_s_on"]) for r in _rows(g)]
         details.append(f"c={conc}: " + "; ".join(f"{n} tok {fmt_x(x)} (saves {fmt_s(s)})" for n, x, s in saved))
-        if conc == top["concurrency"].min():
-            trend = saved
-    if len(trend) < 2:
+        if len(saved) >= 2:
+            trends.append((conc, saved[0], saved[-1]))
+    if not trends:
         return Finding("Only one prefix length was measured, so the trend is not answerable from this run.", details)
-    (n0, x0, s0), (n1, x1, s1) = trend[0], trend[-1]
-    direction = "grew" if x1 > x0 * (1 + NOISE) else "shrank" if x1 < x0 * (1 - NOISE) else "stayed about the same"
-    answer = (f"At {top['reuse_pct'][0]}% reuse and concurrency {top['concurrency'].min()}, the TTFT speed-up {direction} "
-              f"from {fmt_x(x0)} at {n0} tokens to {fmt_x(x1)} at {n1} tokens, and the time saved per request went from "
-              f"{fmt_s(s0)} to {fmt_s(s1)}: the longer the shared prefix, the more prefill the cache skips.")
+
+    def direction(a: float, b: float) -> str:
+        return "grew" if b > a * (1 + NOISE) else "shrank" if b < a * (1 - NOISE) else "stayed about the same"
+
+    parts = [f"at c={c} the speed-up {direction(x0, x1)} from {fmt_x(x0)} at {n0} tokens to {fmt_x(x1)} at {n1} "
+             f"(time saved per request {fmt_s(s0)} → {fmt_s(s1)})" for c, (n0, x0, s0), (n1, x1, s1) in trends]
+    grew = sum(s1 > s0 * (1 + NOISE) for _, (_, _, s0), (_, _, s1) in trends)
+    if grew == len(trends):
+        tail = "At every concurrency the longer prefix saved more time per request: the cache skips more prefill."
+    elif grew == 0:
+        tail = ("At no concurrency did the longer prefix save more time per request: on this setup prefill of these "
+                "lengths is not what dominates TTFT (fixed per-request overhead does).")
+    else:
+        tail = (f"The longer prefix saved more time per request at {grew} of {len(trends)} concurrency levels; where it "
+                "did not, fixed per-request overhead, not prefill, dominates TTFT.")
+    answer = f"At {top['reuse_pct'][0]}% reuse, " + "; ".join(parts) + ". " + tail
     return Finding(answer, details)
 
 
