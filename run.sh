@@ -15,6 +15,9 @@ PY="${PYTHON:-python3}"
 
 log() { printf '[prefixbench] %s\n' "$*" >&2; }
 
+# pip, minus this machine's noise about configured package folders that do not exist.
+pip_quiet() { "$@" 2> >(grep -v "^WARNING: Location '" >&2); }
+
 stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 ensure_env() {  # ensure_env DIR STAMP INSTALL_FUNCTION
@@ -25,21 +28,21 @@ ensure_env() {  # ensure_env DIR STAMP INSTALL_FUNCTION
   log "creating $dir (this happens once; a few minutes)"
   rm -rf "$dir"
   "$PY" -m venv "$dir"
-  "$dir/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >/dev/null
+  pip_quiet "$dir/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >/dev/null
   "$install" "$dir"
   echo "$stamp" > "$dir/.prefixbench-stamp"
 }
 
-install_pipeline() { "$1/bin/pip" install --quiet --disable-pip-version-check -r envs/pipeline.txt; }
+install_pipeline() { pip_quiet "$1/bin/pip" install --quiet --disable-pip-version-check -r envs/pipeline.txt; }
 
 install_server_cpu() {
-  "$1/bin/pip" install --quiet --disable-pip-version-check -r envs/server-cpu.txt
-  "$1/bin/pip" install --quiet --disable-pip-version-check --no-deps -r envs/server-cpu-nodeps.txt
+  pip_quiet "$1/bin/pip" install --quiet --disable-pip-version-check -r envs/server-cpu.txt
+  pip_quiet "$1/bin/pip" install --quiet --disable-pip-version-check --no-deps -r envs/server-cpu-nodeps.txt
   # Built for CUDA torch, these break `import transformers` beside torch+cpu; vLLM serves without them.
   "$1/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 }
 
-install_server_gpu() { "$1/bin/pip" install --quiet --disable-pip-version-check -r envs/server-gpu.txt; }
+install_server_gpu() { pip_quiet "$1/bin/pip" install --quiet --disable-pip-version-check -r envs/server-gpu.txt; }
 
 target="${PREFIXBENCH_TARGET:-}"
 if [[ -z "$target" ]]; then

@@ -28,6 +28,7 @@ rule measure:
     log:
         server="results/logs/server_{mode}.log",
         measure="results/logs/measure_{mode}.log",
+        records="results/logs/records_{mode}.jsonl",
     params:
         points=POINTS,
         bench=BENCH,

@@ -17,5 +17,5 @@ points = [
 measure_mode(
     mode, Path(snakemake.input.script), p.host, Path(snakemake.log.server), Path(snakemake.output.info),
     p.served_name, points, BenchSettings(**p.bench), p.ready_timeout_s, p.python,
-    extra_info={"target": p.target, "model": dict(p.model)},
+    extra_info={"target": p.target, "model": dict(p.model)}, journal_path=Path(snakemake.log.records),
 )

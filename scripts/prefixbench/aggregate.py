@@ -92,6 +92,10 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
         pl.col("expected_cached_tokens").sum().alias("expected_cached_tokens"),
         pl.col("ttft_s").filter(ok & (pl.col("prefix_group") == "shared")).mean().alias("mean_ttft_shared_s"),
         pl.col("ttft_s").filter(ok & (pl.col("prefix_group") != "shared")).mean().alias("mean_ttft_unique_s"),
+        # Cold: the first request of the shared prefix (a miss by construction); warm: the ones after it.
+        pl.col("ttft_s").filter(ok & (pl.col("prefix_group") == "shared") & (pl.col("expected_cached_tokens") == 0))
+        .mean().alias("mean_ttft_cold_s"),
+        pl.col("ttft_s").filter(ok & (pl.col("expected_cached_tokens") > 0)).mean().alias("mean_ttft_warm_s"),
     )
     df = per_point.join(meta, on=KEYS, how="left").with_columns(
         (pl.col("completion_tokens") / pl.col("wall_s")).alias("tok_s"),
@@ -103,6 +107,9 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.col("expected_cached_tokens") / pl.col("prompt_tokens")).alias("expected_hit_rate"),
         (pl.col("server_ttft_sum_s") / pl.col("server_ttft_count")).alias("server_mean_ttft_s"),
         (pl.col("server_e2e_sum_s") / pl.col("server_e2e_count")).alias("server_mean_e2e_s"),
+    ).with_columns(
+        (pl.col("mean_ttft_s") - pl.col("server_mean_ttft_s")).alias("ttft_gap_s"),
+        (pl.col("mean_e2e_s") - pl.col("server_mean_e2e_s")).alias("e2e_gap_s"),
     )
     df = df.with_columns(pl.Series("notes", [_notes(r) for r in df.iter_rows(named=True)], dtype=pl.String))
     df = df.with_columns(pl.col("mode").replace_strict(MODE_ORDER, default=9).alias("_mode_order")).sort(

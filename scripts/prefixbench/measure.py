@@ -9,6 +9,7 @@ there is one, vLLM's KV-cache usage) is sampled while the point runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import platform
 import shutil
@@ -18,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import aiohttp
 
@@ -149,7 +151,9 @@ def warmup_prompt(i: int, approx_tokens: int) -> str:
 
 
 async def measure_point(server: ManagedServer, model: str, point: Point, settings: BenchSettings,
-                        context: dict, server_pid: int) -> dict:
+                        context: dict, server_pid: int, journal: TextIO | None = None) -> dict:
+    """Measure one point. Each record goes to the point's file and, when given, to `journal`: a log
+    that Snakemake keeps even when the job fails (it deletes a failed job's outputs)."""
     prompts = read_prompts(point.prompts_path)
     prompts = [p for p in prompts if p["reuse_pct"] == point.reuse_pct]
     if not prompts:
@@ -171,12 +175,15 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
                                                           desc=f"{context['mode']} {point.regime} reuse{point.reuse_pct} c{point.concurrency}") as bar:
                 def sink(rec: RequestRecord) -> None:
                     src = by_index[rec.request_index]
-                    fh.write(json.dumps(record_dict(
+                    line = json.dumps(record_dict(
                         rec, **context, regime=point.regime, reuse_pct=point.reuse_pct, concurrency=point.concurrency,
                         prefix_len_tokens=src["prefix_len_tokens"], workload=src.get("workload"), prefix_group=src.get("prefix_group"),
                         expected_cached_tokens=src.get("expected_cached_tokens"),
-                    )) + "\n")
-                    fh.flush()
+                    )) + "\n"
+                    for out in (fh, journal):
+                        if out is not None:
+                            out.write(line)
+                            out.flush()
                     counts[rec.status] += 1
                     bar.update(1)
 
@@ -248,8 +255,8 @@ def _cpu_count() -> int:
 
 def measure_mode(mode: str, script: Path, host: str, log_path: Path, server_info_path: Path, model: str,
                  points: Sequence[Point], settings: BenchSettings, ready_timeout_s: float, python: str,
-                 extra_info: dict) -> None:
-    """Run every point of one cache setting against one server lifetime."""
+                 extra_info: dict, journal_path: Path | None = None) -> None:
+    """Run every point of one cache setting against one server lifetime (records also to `journal_path`)."""
     context = {"mode": mode}
     info = {"mode": mode, "script": str(script), "vllm_version": server_version(python), "hardware": hardware(),
             "warmup_policy": (f"{settings.warmup_requests} warm-up request(s) of unrelated text after start; "
@@ -257,12 +264,13 @@ def measure_mode(mode: str, script: Path, host: str, log_path: Path, server_info
                                  else "no cache reset between points")),
             **extra_info}
     max_prefix = max(p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1])
-    with ManagedServer(script, host, log_path, ready_timeout_s) as server:
+    with (journal_path.open("w") if journal_path else contextlib.nullcontext()) as journal, \
+            ManagedServer(script, host, log_path, ready_timeout_s) as server:
         info["startup_s"] = server.startup_s
         info["port"] = server.port
         asyncio.run(warm_up(server, model, settings, max_prefix))
         results = []
         for point in points:
-            results.append(asyncio.run(measure_point(server, model, point, settings, context, server.proc.pid)))
+            results.append(asyncio.run(measure_point(server, model, point, settings, context, server.proc.pid, journal)))
         info["points"] = len(results)
     server_info_path.write_text(json.dumps(info, indent=2))

@@ -18,6 +18,7 @@ import polars as pl
 from .aggregate import SEED_COLUMNS
 
 NOISE = 0.05  # relative change treated as noise (one run per point)
+GAP_FLAG_S, GAP_FLAG_FRAC = 0.05, 0.25  # client-vs-server gap beyond loopback overhead: both exceeded
 OFF, ON = "no_prefix_cache", "with_prefix_cache"
 
 
@@ -250,6 +251,65 @@ def hit_rate_model(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
     return Finding(answer, details)
 
 
+def timing_flags(summary: pl.DataFrame) -> pl.DataFrame:
+    """Points whose client-vs-server mean TTFT or E2E gap exceeds both GAP_FLAG_S and GAP_FLAG_FRAC."""
+    def off(gap: str, server: str) -> pl.Expr:
+        return (pl.col(gap).abs() > GAP_FLAG_S) & (pl.col(gap).abs() > GAP_FLAG_FRAC * pl.col(server))
+    return summary.filter(off("ttft_gap_s", "server_mean_ttft_s") | off("e2e_gap_s", "server_mean_e2e_s"))
+
+
+def hit_flags(summary: pl.DataFrame, block_size: int) -> pl.DataFrame:
+    """Points whose server-counted hits differ from the generator's expectation by more than a block per request;
+    with the cache off, any hit at all."""
+    on = pl.col("mode") == ON
+    diff = (pl.col("hit_tokens").fill_null(0) - pl.col("expected_cached_tokens")).abs()
+    return summary.filter((on & (diff > block_size * pl.col("requests_sent")))
+                          | (~on & (pl.col("hit_tokens").fill_null(0) > 0)))
+
+
+def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
+    details = []
+    timed = summary.drop_nulls("server_mean_ttft_s")
+    if timed.height:
+        details.append(
+            f"Client minus server mean TTFT (server: `vllm:time_to_first_token_seconds`, deltas around each point): "
+            f"{fmt_s(timed['ttft_gap_s'].min())} to {fmt_s(timed['ttft_gap_s'].max())}; end-to-end "
+            f"(`vllm:e2e_request_latency_seconds`): {fmt_s(timed['e2e_gap_s'].min())} to {fmt_s(timed['e2e_gap_s'].max())}.")
+        tf = timing_flags(timed)
+        details.append("No point's gap exceeds loopback overhead (flag: over both "
+                       f"{fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%} of the server's figure)." if tf.is_empty() else
+                       f"Flagged, gap beyond loopback overhead (over both {fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%}): " +
+                       ", ".join(f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% c={r['concurrency']} "
+                                 f"(TTFT gap {fmt_s(r['ttft_gap_s'])})" for r in _rows(tf)) +
+                       ". Queueing in the API server before the engine sees a request counts for the client only.")
+    else:
+        details.append("The server exposed no latency histograms, so client timings could not be cross-checked.")
+    on = summary.filter(pl.col("mode") == ON)
+    hf = hit_flags(summary, block_size)
+    details.append(
+        f"Cache hits, server counters vs the prompt generator's expectation (whole {block_size}-token blocks of the shared "
+        "prefix, last prompt token recomputed, first request of a prefix a miss): " +
+        ("every point within a block per request." if hf.is_empty() else
+         "disagreeing at " + ", ".join(f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% c={r['concurrency']} "
+                                       f"({r['hit_tokens']:.0f} vs {r['expected_cached_tokens']})" for r in _rows(hf)) + "."))
+    client_cached = int(on["cached_tokens"].fill_null(0).sum())
+    server_hits = int(on["hit_tokens"].fill_null(0).sum())
+    details.append(f"Per-request `cached_tokens` reported to the client sum to {client_cached} with the cache on; the "
+                   f"server's hit counter moved by {server_hits}" + (" (equal)." if client_cached == server_hits else "."))
+    off_hits = summary.filter(pl.col("mode") == OFF)["hit_tokens"].fill_null(0).sum()
+    details.append(f"With the cache off the server counted {off_hits:.0f} hit tokens" + (" (as it must)." if off_hits == 0 else ": a defect."))
+    ok = timing_flags(timed).is_empty() if timed.height else False
+    answer = ("All cross-checks agree." if ok and hf.is_empty() and off_hits == 0 else
+              "Some cross-checks disagree; the flagged points are listed below.")
+    return Finding(answer, details)
+
+
+def cold_warm_table(summary: pl.DataFrame) -> str:
+    on = summary.filter(pl.col("mode") == ON).select(
+        "regime", "reuse_pct", "concurrency", "mean_ttft_cold_s", "mean_ttft_warm_s", "mean_ttft_unique_s")
+    return markdown_table(on, on.columns)
+
+
 def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int) -> list[str]:
     top_reuse = sp["reuse_pct"].max()
     c_min, c_max = sp["concurrency"].min(), sp["concurrency"].max()
@@ -339,6 +399,7 @@ def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info
         shapes=reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
         length=prefix_length_finding(sp), hitrate=hit_rate_model(summary, sp),
         bullets=consulting_bullets(summary, sp, block_size),
+        checks=cross_checks(summary, block_size), cold_warm=cold_warm_table(summary),
         n_points=summary.height, n_requests=int(summary["requests_sent"].sum()),
         n_failed=int(summary["requests_failed"].sum()), fmt_s=fmt_s,
     )

@@ -1,0 +1,57 @@
+"""The measure step's orchestration against a fake vLLM process: records, counters, crash behaviour."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefixbench.measure import BenchSettings, Point, measure_mode
+from prefixbench.prompts import write_jsonl
+from prefixbench.server import ServerError
+
+HERE = Path(__file__).resolve().parent
+
+
+def setup(tmp_path, die_after=0, n=6):
+    script = tmp_path / "serve.sh"
+    env = f"FAKE_DIE_AFTER={die_after} " if die_after else ""
+    script.write_text(f"#!/usr/bin/env bash\n{env}exec {sys.executable} {HERE / 'fake_vllm.py'} $1\n")
+    prompts = tmp_path / "r.jsonl"
+    write_jsonl([{"prompt": f"PREFIX {'x ' * 20}\nQ: q{i}\nA:", "prefix_len_tokens": 21, "reuse_pct": 100,
+                  "request_index": i, "prefix_group": "shared", "workload": "chat_policy",
+                  "expected_cached_tokens": 0 if i == 0 else 16} for i in range(n)], prompts)
+    points = [Point("r", 100, c, prompts, tmp_path / f"c{c}.jsonl", tmp_path / f"c{c}.meta.json") for c in (1, 2)]
+    return script, points
+
+
+def run(tmp_path, script, points, journal):
+    measure_mode("with_prefix_cache", script, "127.0.0.1", tmp_path / "server.log", tmp_path / "server.json", "fake",
+                 points, BenchSettings(max_tokens=4, warmup_requests=1, sample_interval_s=0.2), 30, sys.executable,
+                 {}, journal_path=journal)
+
+
+def test_every_point_measured_with_counters(tmp_path):
+    script, points = setup(tmp_path)
+    run(tmp_path, script, points, tmp_path / "journal.jsonl")
+    for p in points:
+        recs = [json.loads(x) for x in p.records_path.read_text().splitlines()]
+        assert len(recs) == 6 and all(r["status"] == "ok" for r in recs)
+        meta = json.loads(p.meta_path.read_text())
+        assert meta["cache_reset"] == "ok" and meta["requests_ok"] == 6
+        assert meta["counters_delta"]["vllm:prefix_cache_hits_total"] == sum(r["cached_tokens"] for r in recs) > 0
+    assert len((tmp_path / "journal.jsonl").read_text().splitlines()) == 12
+    assert json.loads((tmp_path / "server.json").read_text())["points"] == 2
+
+
+def test_server_dying_mid_point_keeps_the_records(tmp_path):
+    script, points = setup(tmp_path, die_after=4)  # 1 warm-up + 3 measured requests, then the server dies
+    with pytest.raises((ServerError, RuntimeError)) as exc:
+        run(tmp_path, script, points, tmp_path / "journal.jsonl")
+    assert "exited" in str(exc.value) or "failed" in str(exc.value)
+    journal = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    ok = [r for r in journal if r["status"] == "ok"]
+    assert len(ok) == 3
+    assert all(r["status"] in ("ok", "failed") for r in journal)
