@@ -150,6 +150,17 @@ def warmup_prompt(i: int, approx_tokens: int) -> str:
     return "Warm-up. " + text_of_at_least("rag_document", f"warmup:{i}", approx_tokens * 4)
 
 
+@contextlib.asynccontextmanager
+async def server_calls(server: ManagedServer):
+    """Turn a failed call to the server into a ServerError that says whether the process died."""
+    try:
+        yield
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        server.check_alive()
+        raise ServerError(f"server at {server.base_url} stopped answering ({type(exc).__name__}: {exc}); "
+                          f"log: {server.log_path}") from None
+
+
 async def measure_point(server: ManagedServer, model: str, point: Point, settings: BenchSettings,
                         context: dict, server_pid: int, journal: TextIO | None = None) -> dict:
     """Measure one point. Each record goes to the point's file and, when given, to `journal`: a log
@@ -161,9 +172,10 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
     by_index = {p["request_index"]: p for p in prompts}
     cfg = ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s)
     async with aiohttp.ClientSession() as session:
-        await wait_idle(session, server.base_url)
-        reset = await reset_prefix_cache(session, server.base_url) if settings.reset_cache else "not requested"
-        before = await fetch_metrics(session, server.base_url)
+        async with server_calls(server):
+            await wait_idle(session, server.base_url)
+            reset = await reset_prefix_cache(session, server.base_url) if settings.reset_cache else "not requested"
+            before = await fetch_metrics(session, server.base_url)
         sampler = Sampler(server.base_url, server_pid, settings.sample_interval_s)
         sampler.start(session)
         point.records_path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +204,8 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
         finally:
             await sampler.stop()
         server.check_alive()
-        after = await fetch_metrics(session, server.base_url)
+        async with server_calls(server):
+            after = await fetch_metrics(session, server.base_url)
     delta = m.counter_delta(before, after)
     meta = {
         **context, "regime": point.regime, "reuse_pct": point.reuse_pct, "concurrency": point.concurrency,
