@@ -3,7 +3,7 @@ rule aggregate:
     input:
         records=all_point_files("jsonl"),
         meta=all_point_files("meta.json"),
-        code=package_files("aggregate"),
+        code=package_files("aggregate", "stats"),
     output:
         summary="results/summary.csv",
         speedup="results/speedup.csv",

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
+from .stats import bootstrap_ratio_ci
+
 SEED_COLUMNS = ["mode", "prefix_len_tokens", "concurrency", "mean_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "notes"]
 KEYS = ["mode", "regime", "reuse_pct", "concurrency"]
 MODE_ORDER = {"no_prefix_cache": 0, "with_prefix_cache": 1}
@@ -136,7 +138,23 @@ def speedups(summary: pl.DataFrame) -> pl.DataFrame:
     ).sort(["prefix_len_tokens", "regime", "reuse_pct", "concurrency"], descending=[False, False, True, False])
 
 
+def with_confidence(sp: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
+    """Add 95% bootstrap CIs (over requests) of the TTFT and E2E off/on ratios to each speed-up row."""
+    ok = records.filter(pl.col("status") == "ok")
+    groups = {key: grp for key, grp in ok.group_by(["mode", "regime", "reuse_pct", "concurrency"])}
+    cols: dict[str, list] = {c: [] for c in ("ttft_speedup_lo", "ttft_speedup_hi", "e2e_speedup_lo", "e2e_speedup_hi")}
+    for r in sp.iter_rows(named=True):
+        point = (r["regime"], r["reuse_pct"], r["concurrency"])
+        off, on = groups.get(("no_prefix_cache", *point)), groups.get(("with_prefix_cache", *point))
+        for metric, name in (("ttft_s", "ttft_speedup"), ("e2e_s", "e2e_speedup")):
+            ci = None if off is None or on is None else bootstrap_ratio_ci(off[metric].to_numpy(), on[metric].to_numpy())
+            cols[f"{name}_lo"].append(ci[0] if ci else None)
+            cols[f"{name}_hi"].append(ci[1] if ci else None)
+    return sp.with_columns(*(pl.Series(name, values, dtype=pl.Float64) for name, values in cols.items()))
+
+
 def write_summary(record_paths: Iterable[Path], meta_paths: Iterable[Path], summary_csv: Path, speedup_csv: Path) -> None:
-    summary = summarize(load_records(record_paths), load_meta(meta_paths))
+    records = load_records(record_paths)
+    summary = summarize(records, load_meta(meta_paths))
     summary.write_csv(summary_csv, float_precision=6)
-    speedups(summary).write_csv(speedup_csv, float_precision=6)
+    with_confidence(speedups(summary), records).write_csv(speedup_csv, float_precision=6)

@@ -1,8 +1,8 @@
 """Render prefix_caching_results.md: every figure and every result sentence is computed from the run's data.
 
 The functions here turn the summary into findings (numbers plus the sentence they support); the
-Jinja template only arranges them. Differences within NOISE of 1.0 are called "no measurable
-difference" rather than a win or a loss.
+Jinja template only arranges them. An off/on ratio whose 95% bootstrap CI includes 1 (or, where no CI
+exists, that is within NOISE of 1) is called "no measurable difference" rather than a win or a loss.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import polars as pl
 
 from .aggregate import SEED_COLUMNS
 
-NOISE = 0.05  # relative change treated as noise (one run per point)
+NOISE = 0.05  # relative change treated as noise where no confidence interval is available
 GAP_FLAG_S, GAP_FLAG_FRAC = 0.05, 0.25  # client-vs-server gap beyond loopback overhead: both exceeded
 OFF, ON = "no_prefix_cache", "with_prefix_cache"
 
@@ -36,13 +36,32 @@ def fmt_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
-def verdict(ratio: float | None, better: str = "faster", worse: str = "slower") -> str:
-    """Words for an off/on ratio where >1 means the cache helped."""
+def verdict(ratio: float | None, better: str = "faster", worse: str = "slower",
+            ci: tuple[float | None, float | None] | None = None) -> str:
+    """Words for an off/on ratio where >1 means the cache helped; a CI that includes 1 means noise."""
     if ratio is None:
         return "not measured"
+    if ci and ci[0] is not None and ci[1] is not None:
+        band = f"95% CI {ci[0]:.2f}–{ci[1]:.2f}"
+        if ci[0] <= 1 <= ci[1]:
+            return f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)"
+        if ratio > 1:
+            return f"{fmt_x(ratio)} {better} ({band})"
+        return f"{fmt_x(1 / ratio)} {worse} (95% CI {1 / ci[1]:.2f}–{1 / ci[0]:.2f})"
     if abs(ratio - 1) <= NOISE:
         return f"no measurable difference ({fmt_x(ratio)}, within ±{NOISE:.0%})"
     return f"{fmt_x(ratio)} {better}" if ratio > 1 else f"{fmt_x(1 / ratio)} {worse}"
+
+
+def ci_of(row: dict, name: str) -> tuple[float | None, float | None] | None:
+    lo, hi = row.get(f"{name}_lo"), row.get(f"{name}_hi")
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+def helped(row: dict, name: str = "ttft_speedup") -> bool:
+    """The cache helped beyond noise: the CI lies above 1 (or, without a CI, the ratio beats NOISE)."""
+    ci = ci_of(row, name)
+    return ci[0] > 1 if ci else row[name] > 1 + NOISE
 
 
 @dataclass
@@ -57,25 +76,28 @@ def _rows(df: pl.DataFrame) -> list[dict]:
 
 def ttft_finding(sp: pl.DataFrame) -> Finding:
     top = sp.filter(pl.col("reuse_pct") == sp["reuse_pct"].max())
-    helped = top.filter(pl.col("ttft_speedup") > 1 + NOISE)
+    n_helped = sum(helped(r) for r in _rows(top))
     best = top.sort("ttft_speedup", descending=True).row(0, named=True)
     lo, hi = top["ttft_speedup"].min(), top["ttft_speedup"].max()
-    if helped.height == top.height:
+    if n_helped == top.height:
         answer = (f"Yes. At {best['reuse_pct']}% reuse the cache cut mean TTFT at every point, by {fmt_x(lo)} to "
                   f"{fmt_x(hi)}; the largest cut was {best['regime']} ({best['prefix_len_tokens']} tokens) at "
                   f"concurrency {best['concurrency']}: {fmt_s(best['mean_ttft_s_off'])} → {fmt_s(best['mean_ttft_s_on'])}.")
-    elif helped.height == 0:
-        answer = (f"No. At {best['reuse_pct']}% reuse, no point showed a TTFT change beyond ±{NOISE:.0%} "
+    elif n_helped == 0:
+        answer = (f"No. At {best['reuse_pct']}% reuse, no point showed a TTFT cut beyond noise "
                   f"(ratios {fmt_x(lo)} to {fmt_x(hi)}).")
     else:
-        answer = (f"Partly. At {best['reuse_pct']}% reuse the cache cut mean TTFT at {helped.height} of {top.height} "
+        answer = (f"Partly. At {best['reuse_pct']}% reuse the cache cut mean TTFT beyond noise at {n_helped} of {top.height} "
                   f"points (ratios {fmt_x(lo)} to {fmt_x(hi)}; best: {best['regime']} at concurrency "
                   f"{best['concurrency']}, {fmt_s(best['mean_ttft_s_off'])} → {fmt_s(best['mean_ttft_s_on'])}).")
     details = [
         f"{r['regime']} ({r['prefix_len_tokens']} tok), reuse {r['reuse_pct']}%, c={r['concurrency']}: "
-        f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}, {verdict(r['ttft_speedup'])}"
+        f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}, {verdict(r['ttft_speedup'], ci=ci_of(r, 'ttft_speedup'))}"
         for r in _rows(sp)
     ]
+    if any(ci_of(r, "ttft_speedup") for r in _rows(sp)):
+        answer += (" Intervals are 95% bootstrap CIs over the point's requests; a difference whose interval includes 1 "
+                   "is reported as no measurable difference.")
     return Finding(answer, details)
 
 
