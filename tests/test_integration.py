@@ -79,7 +79,7 @@ def test_summary_is_complete_and_accounts_for_every_request(pipeline_run):
     work, _, cfg = pipeline_run
     s = pl.read_csv(work / "results/summary.csv")
     assert s.columns[:8] == SEED_COLUMNS
-    n_q = len(cfg["questions"])
+    n_q = len(cfg["questions"]) * cfg["benchmark"]["repeats"]
     assert s.height == 2 * len(cfg["regimes"]["small"]["reuse_pcts"]) * len(cfg["benchmark"]["concurrency"])
     assert set(s["mode"]) == {"no_prefix_cache", "with_prefix_cache"}
     assert (s["requests_sent"] == n_q).all() and (s["requests_ok"] + s["requests_failed"] == s["requests_sent"]).all()

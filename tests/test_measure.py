@@ -27,10 +27,10 @@ def setup(tmp_path, die_after=0, n=6):
     return script, points
 
 
-def run(tmp_path, script, points, journal):
+def run(tmp_path, script, points, journal, repeats=1):
     measure_mode("with_prefix_cache", script, "127.0.0.1", tmp_path / "server.log", tmp_path / "server.json", "fake",
-                 points, BenchSettings(max_tokens=4, warmup_requests=1, sample_interval_s=0.2), 30, sys.executable,
-                 {}, journal_path=journal)
+                 points, BenchSettings(max_tokens=4, warmup_requests=1, sample_interval_s=0.2, repeats=repeats), 30,
+                 sys.executable, {}, journal_path=journal)
 
 
 def test_every_point_measured_with_counters(tmp_path):
@@ -55,3 +55,16 @@ def test_server_dying_mid_point_keeps_the_records(tmp_path):
     ok = [r for r in journal if r["status"] == "ok"]
     assert len(ok) == 3
     assert all(r["status"] in ("ok", "failed") for r in journal)
+
+
+def test_repeats_each_start_from_a_reset_cache(tmp_path):
+    script, points = setup(tmp_path)
+    run(tmp_path, script, points, None, repeats=2)
+    recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
+    assert len(recs) == 12 and sorted({r["repeat"] for r in recs}) == [0, 1]
+    meta = json.loads(points[0].meta_path.read_text())
+    per = meta["counters_delta_per_repeat"]
+    assert len(per) == 2 and per[0]["vllm:prefix_cache_hits_total"] == per[1]["vllm:prefix_cache_hits_total"] > 0
+    assert meta["requests_sent"] == 12 and len(meta["wall_s_per_repeat"]) == 2
+    first_of_each = [r for r in recs if r["request_index"] == 0]
+    assert [r["cached_tokens"] for r in first_of_each] == [0, 0]  # reset before each repeat

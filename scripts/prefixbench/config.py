@@ -77,7 +77,7 @@ def bench_settings(config: dict[str, Any]) -> BenchSettings:
         max_tokens=b.get("max_tokens", 16), request_timeout_s=b.get("request_timeout_s", 300),
         stall_timeout_s=b.get("stall_timeout_s", 120), warmup_requests=b.get("warmup_requests", 2),
         reset_cache=b.get("reset_cache_between_points", True), sample_interval_s=b.get("sample_interval_s", 1.0),
-        max_failed_fraction=b.get("max_failed_fraction", 0.5),
+        max_failed_fraction=b.get("max_failed_fraction", 0.5), repeats=b.get("repeats", 3),
     )
 
 

@@ -51,6 +51,7 @@ class BenchSettings:
     reset_cache: bool = True
     sample_interval_s: float = 1.0
     max_failed_fraction: float = 0.5
+    repeats: int = 1
 
 
 @dataclass
@@ -163,61 +164,73 @@ async def server_calls(server: ManagedServer):
 
 async def measure_point(server: ManagedServer, model: str, point: Point, settings: BenchSettings,
                         context: dict, server_pid: int, journal: TextIO | None = None) -> dict:
-    """Measure one point. Each record goes to the point's file and, when given, to `journal`: a log
-    that Snakemake keeps even when the job fails (it deletes a failed job's outputs)."""
-    prompts = read_prompts(point.prompts_path)
-    prompts = [p for p in prompts if p["reuse_pct"] == point.reuse_pct]
+    """Measure one point `settings.repeats` times, each from a reset cache on an idle server.
+
+    Each record goes to the point's file and, when given, to `journal`: a log that Snakemake keeps even
+    when the job fails (it deletes a failed job's outputs)."""
+    from tqdm import tqdm
+
+    prompts = [p for p in read_prompts(point.prompts_path) if p["reuse_pct"] == point.reuse_pct]
     if not prompts:
         raise ValueError(f"{point.prompts_path}: no prompts for reuse {point.reuse_pct}%")
     by_index = {p["request_index"]: p for p in prompts}
     cfg = ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s)
+    point.records_path.parent.mkdir(parents=True, exist_ok=True)
+    counts = {"ok": 0, "failed": 0}
+    walls: list[float] = []
+    deltas: list[dict[str, float]] = []
+    resets: list[str] = []
+    sampler = Sampler(server.base_url, server_pid, settings.sample_interval_s)
+    desc = f"{context['mode']} {point.regime} reuse{point.reuse_pct} c{point.concurrency}"
     async with aiohttp.ClientSession() as session:
-        async with server_calls(server):
-            await wait_idle(session, server.base_url)
-            reset = await reset_prefix_cache(session, server.base_url) if settings.reset_cache else "not requested"
-            before = await fetch_metrics(session, server.base_url)
-        sampler = Sampler(server.base_url, server_pid, settings.sample_interval_s)
         sampler.start(session)
-        point.records_path.parent.mkdir(parents=True, exist_ok=True)
-        counts = {"ok": 0, "failed": 0}
         try:
-            from tqdm import tqdm
+            with point.records_path.open("w") as fh, \
+                    tqdm(total=len(prompts) * settings.repeats, file=sys.stderr, mininterval=2, desc=desc) as bar:
+                for repeat in range(settings.repeats):
+                    async with server_calls(server):
+                        await wait_idle(session, server.base_url)
+                        resets.append(await reset_prefix_cache(session, server.base_url)
+                                      if settings.reset_cache else "not requested")
+                        before = await fetch_metrics(session, server.base_url)
 
-            with point.records_path.open("w") as fh, tqdm(total=len(prompts), file=sys.stderr, mininterval=2,
-                                                          desc=f"{context['mode']} {point.regime} reuse{point.reuse_pct} c{point.concurrency}") as bar:
-                def sink(rec: RequestRecord) -> None:
-                    src = by_index[rec.request_index]
-                    line = json.dumps(record_dict(
-                        rec, **context, regime=point.regime, reuse_pct=point.reuse_pct, concurrency=point.concurrency,
-                        prefix_len_tokens=src["prefix_len_tokens"], workload=src.get("workload"), prefix_group=src.get("prefix_group"),
-                        expected_cached_tokens=src.get("expected_cached_tokens"),
-                    )) + "\n"
-                    for out in (fh, journal):
-                        if out is not None:
-                            out.write(line)
-                            out.flush()
-                    counts[rec.status] += 1
-                    bar.update(1)
+                    def sink(rec: RequestRecord, repeat: int = repeat) -> None:
+                        src = by_index[rec.request_index]
+                        line = json.dumps(record_dict(
+                            rec, **context, regime=point.regime, reuse_pct=point.reuse_pct,
+                            concurrency=point.concurrency, repeat=repeat, prefix_len_tokens=src["prefix_len_tokens"],
+                            workload=src.get("workload"), prefix_group=src.get("prefix_group"),
+                            expected_cached_tokens=src.get("expected_cached_tokens"),
+                        )) + "\n"
+                        for out in (fh, journal):
+                            if out is not None:
+                                out.write(line)
+                                out.flush()
+                        counts[rec.status] += 1
+                        bar.update(1)
 
-                wall = await run_closed_loop(cfg, [(p["request_index"], p["prompt"]) for p in prompts],
-                                             point.concurrency, sink)
+                    walls.append(await run_closed_loop(cfg, [(p["request_index"], p["prompt"]) for p in prompts],
+                                                       point.concurrency, sink))
+                    server.check_alive()
+                    async with server_calls(server):
+                        deltas.append(m.counter_delta(before, await fetch_metrics(session, server.base_url)))
         finally:
             await sampler.stop()
-        server.check_alive()
-        async with server_calls(server):
-            after = await fetch_metrics(session, server.base_url)
-    delta = m.counter_delta(before, after)
+    delta = {k: sum(d.get(k, 0.0) for d in deltas) for k in {k for d in deltas for k in d}}
+    sent = len(prompts) * settings.repeats
     meta = {
         **context, "regime": point.regime, "reuse_pct": point.reuse_pct, "concurrency": point.concurrency,
-        "requests_sent": len(prompts), "requests_ok": counts["ok"], "requests_failed": counts["failed"],
-        "wall_s": wall, "cache_reset": reset, "counters_delta": delta, "measured_hit_rate": m.hit_rate(delta),
+        "repeats": settings.repeats, "requests_sent": sent, "requests_ok": counts["ok"],
+        "requests_failed": counts["failed"], "wall_s": sum(walls), "wall_s_per_repeat": walls,
+        "cache_reset": next((r for r in resets if r != "ok"), "ok"), "counters_delta": delta,
+        "counters_delta_per_repeat": deltas, "measured_hit_rate": m.hit_rate(delta),
         "peak_server_rss_gib": sampler.peak_rss_bytes / 2**30, "peak_gpu_mem_mib": sampler.peak_gpu_mem_mib,
         "peak_kv_cache_usage": sampler.peak_kv_usage, "memory_samples": sampler.samples,
     }
     point.meta_path.write_text(json.dumps(meta, indent=2))
-    if counts["failed"] > settings.max_failed_fraction * len(prompts):
+    if counts["failed"] > settings.max_failed_fraction * sent:
         raise RuntimeError(
-            f"{counts['failed']} of {len(prompts)} requests failed at {point.regime} reuse {point.reuse_pct}% "
+            f"{counts['failed']} of {sent} requests failed at {point.regime} reuse {point.reuse_pct}% "
             f"c{point.concurrency} (error budget {settings.max_failed_fraction:.0%}); see {point.records_path}"
         )
     return meta
