@@ -12,5 +12,7 @@ rule charts:
         "results/logs/charts.log",
     params:
         outdir=lambda w, output: os.path.dirname(output[0]),
+        names=CHART_NAMES,
+        slo=config["benchmark"].get("slo", {}),
     script:
         "../scripts/draw_charts.py"

@@ -29,23 +29,28 @@ QUESTIONS = pbconfig.questions(config)
 CONCURRENCY = sorted(config["benchmark"]["concurrency"])
 SERVER_SPEC = pbconfig.server_spec(config, TARGET)
 BENCH = asdict(pbconfig.bench_settings(config))
-# Every measurement point of one server lifetime: (regime, reuse %, concurrency).
+RATES = sorted(config["benchmark"].get("request_rates", []))
+# Every measurement point of one server lifetime: (regime, reuse %, concurrency, request rate);
+# closed-loop points have rate 0, open-loop points concurrency 0.
 POINTS = [
-    (name, reuse, conc)
+    (name, reuse, conc, rate)
     for name, regime in REGIMES.items()
     for reuse in regime.reuse_pcts
-    for conc in CONCURRENCY
+    for conc, rate in [(c, 0.0) for c in CONCURRENCY] + [(0, r) for r in RATES]
 ]
 REPORT_TEMPLATE = config.get("report_template") or os.path.join(
     SCRIPTS_DIR, "prefixbench", "templates", "prefix_caching_results.md.j2"
 )
-CHART_NAMES = ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"]
+CHART_NAMES = ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"] + (["open_loop"] if RATES else [])
 CHARTS = [f"results/charts/{n}.{ext}" for n in CHART_NAMES for ext in ("png", "svg")]
 
 
 def point_files(suffix):
     """Per-point outputs of one mode (the {mode} wildcard is kept)."""
-    return [f"results/raw/{{mode}}/{r}/reuse{u}_c{c}.{suffix}" for r, u, c in POINTS]
+    return [
+        f"results/raw/{{mode}}/{r}/reuse{u}_{f'rate{q:g}' if q else f'c{c}'}.{suffix}"
+        for r, u, c, q in POINTS
+    ]
 
 
 def all_point_files(suffix):

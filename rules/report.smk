@@ -8,7 +8,7 @@ rule report:
         scripts=expand("results/servers/serve_slm_{mode}.sh", mode=MODES),
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         charts=CHARTS,
-        code=package_files("report"),
+        code=package_files("report", "charts"),
     output:
         "results/prefix_caching_results.md",
     conda:
@@ -19,6 +19,7 @@ rule report:
         target=TARGET_NAME,
         model=MODEL,
         block_size=TARGET["block_size"],
+        slo=config["benchmark"].get("slo", {}),
         max_tokens=BENCH["max_tokens"],
     script:
         "../scripts/render_report.py"

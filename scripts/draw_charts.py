@@ -7,4 +7,5 @@ from prefixbench.charts import draw_all
 
 snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log[0], "w")
-draw_all(Path(snakemake.input.summary), Path(snakemake.input.speedup), Path(snakemake.params.outdir))
+p = snakemake.params
+draw_all(Path(snakemake.input.summary), Path(snakemake.input.speedup), Path(p.outdir), list(p.names), dict(p.slo))

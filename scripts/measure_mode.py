@@ -11,8 +11,8 @@ p = snakemake.params
 mode = snakemake.wildcards.mode
 prompts = {Path(f).stem: Path(f) for f in snakemake.input.prompts}
 points = [
-    Point(regime, reuse, conc, prompts[regime], Path(rec), Path(meta))
-    for (regime, reuse, conc), rec, meta in zip(p.points, snakemake.output.records, snakemake.output.meta)
+    Point(regime, reuse, conc, prompts[regime], Path(rec), Path(meta), rate)
+    for (regime, reuse, conc, rate), rec, meta in zip(p.points, snakemake.output.records, snakemake.output.meta)
 ]
 measure_mode(
     mode, Path(snakemake.input.script), p.host, Path(snakemake.log.server), Path(snakemake.output.info),

@@ -15,28 +15,30 @@ def ttft_for(mode: str, prefix: int, warm_hit: bool, conc: int) -> float:
 
 
 def write_run(root: Path, regimes=(("medium", 512), ("large", 1024)), reuses=(100, 50), concs=(1, 4),
-              n=10, failed_at=None, max_tokens=8) -> tuple[list[Path], list[Path]]:
+              n=10, failed_at=None, max_tokens=8, rates=()) -> tuple[list[Path], list[Path]]:
     recs, metas = [], []
     for mode in MODES:
         for regime, prefix in regimes:
             for reuse in reuses:
-                for conc in concs:
+                for conc, rate in [(c, 0.0) for c in concs] + [(0, r) for r in rates]:
                     d = root / mode / regime
                     d.mkdir(parents=True, exist_ok=True)
-                    rp, mp = d / f"reuse{reuse}_c{conc}.jsonl", d / f"reuse{reuse}_c{conc}.meta.json"
+                    label = f"rate{rate:g}" if rate else f"c{conc}"
+                    rp, mp = d / f"reuse{reuse}_{label}.jsonl", d / f"reuse{reuse}_{label}.meta.json"
+                    load = rate / 2 if rate else conc  # open loop: latency grows with the offered rate
                     n_shared = round(n * reuse / 100)
                     lines, hits, queries, ok = [], 0, 0, 0
                     for i in range(n):
                         group = "shared" if i < n_shared else f"unique-{i:03d}"
                         warm = group == "shared" and i > 0
-                        ttft = ttft_for(mode, prefix, warm, conc)
+                        ttft = ttft_for(mode, prefix, warm, load)
                         failed = failed_at == (mode, regime, reuse, conc) and i == 0
                         cached = (prefix if warm and mode == "with_prefix_cache" else 0)
                         hits += cached
                         queries += prefix + 12 if mode == "with_prefix_cache" else 0
                         ok += not failed
                         lines.append({
-                            "mode": mode, "regime": regime, "reuse_pct": reuse, "concurrency": conc,
+                            "mode": mode, "regime": regime, "reuse_pct": reuse, "concurrency": conc, "request_rate": rate,
                             "prefix_len_tokens": prefix, "workload": "chat_policy", "prefix_group": group,
                             "expected_cached_tokens": prefix if warm else 0, "request_index": i,
                             "status": "failed" if failed else "ok", "error": "timeout after 1.0 s" if failed else None,
@@ -45,9 +47,11 @@ def write_run(root: Path, regimes=(("medium", 512), ("large", 1024)), reuses=(10
                             "prompt_tokens": None if failed else prefix + 12, "completion_tokens": None if failed else max_tokens,
                             "cached_tokens": None if failed else cached, "output_chunks": max_tokens,
                         })
+                    _ = ttft_for
                     rp.write_text("".join(json.dumps(x) + "\n" for x in lines))
                     mp.write_text(json.dumps({
-                        "mode": mode, "regime": regime, "reuse_pct": reuse, "concurrency": conc, "requests_sent": n,
+                        "mode": mode, "regime": regime, "reuse_pct": reuse, "concurrency": conc, "request_rate": rate,
+                        "requests_sent": n,
                         "requests_ok": ok, "requests_failed": n - ok, "wall_s": 2.0, "cache_reset": "ok",
                         "counters_delta": {"vllm:prefix_cache_queries_total": queries, "vllm:prefix_cache_hits_total": hits,
                                            "vllm:time_to_first_token_seconds_sum": 1.0, "vllm:time_to_first_token_seconds_count": n,

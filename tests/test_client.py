@@ -8,7 +8,7 @@ import json
 import pytest
 from aiohttp import web
 
-from prefixbench.client import ClientConfig, run_closed_loop
+from prefixbench.client import ClientConfig, arrival_offsets, run_closed_loop, run_open_loop
 
 TTFT_DELAY, ITL_DELAY, N_TOKENS = 0.20, 0.05, 5
 
@@ -96,3 +96,30 @@ async def test_connection_refused_is_a_failed_record():
     recs, _ = await run(f"http://127.0.0.1:{port}", ["a", "b"])
     assert [r.status for r in recs] == ["failed", "failed"]
     assert all("Connect" in r.error or "connect" in r.error for r in recs)
+
+
+def test_arrival_schedule_rate_and_burstiness():
+    import statistics
+
+    for burst in (0.5, 1.0, 4.0):
+        t = arrival_offsets(4000, rate=10.0, burstiness=burst, seed=1)
+        gaps = [b - a for a, b in zip(t, t[1:])]
+        assert statistics.mean(gaps) == pytest.approx(0.1, rel=0.08)
+        cv = statistics.pstdev(gaps) / statistics.mean(gaps)
+        assert cv == pytest.approx(burst ** -0.5, rel=0.1)  # gamma: CV = 1/sqrt(shape)
+    assert arrival_offsets(5, 2.0, 1.0, seed=3) == arrival_offsets(5, 2.0, 1.0, seed=3)
+    with pytest.raises(ValueError):
+        arrival_offsets(3, 0.0, 1.0, 0)
+
+
+async def test_open_loop_sends_on_schedule_not_on_completion(fake_server):
+    out = []
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10)
+    rate = 20.0  # one request every ~50 ms, each lasting ~400 ms: many in flight at once
+    wall = await run_open_loop(cfg, list(enumerate(["ok"] * 10)), rate, 1.0, 0, out.append)
+    assert len(out) == 10 and all(r.status == "ok" for r in out)
+    starts = sorted(r.start_s for r in out)
+    expected = arrival_offsets(10, rate, 1.0, 0)
+    assert all(abs(a - b) < 0.05 for a, b in zip(starts, expected))
+    one = TTFT_DELAY + (N_TOKENS - 1) * ITL_DELAY
+    assert wall < expected[-1] + one + 0.3  # closed loop at c=1 would take 10 x one

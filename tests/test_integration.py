@@ -70,7 +70,7 @@ def test_outputs_exist(pipeline_run):
                 "results/logs/server_no_prefix_cache.log", "results/logs/server_with_prefix_cache.log",
                 "results/prompts/small.jsonl"]:
         assert (work / rel).is_file(), rel
-    for name in ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"]:
+    for name in ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "open_loop"]:
         assert (work / f"results/charts/{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (work / f"results/charts/{name}.svg").stat().st_size > 1000
 
@@ -80,7 +80,9 @@ def test_summary_is_complete_and_accounts_for_every_request(pipeline_run):
     s = pl.read_csv(work / "results/summary.csv")
     assert s.columns[:8] == SEED_COLUMNS
     n_q = len(cfg["questions"]) * cfg["benchmark"]["repeats"]
-    assert s.height == 2 * len(cfg["regimes"]["small"]["reuse_pcts"]) * len(cfg["benchmark"]["concurrency"])
+    loads = len(cfg["benchmark"]["concurrency"]) + len(cfg["benchmark"]["request_rates"])
+    assert s.height == 2 * len(cfg["regimes"]["small"]["reuse_pcts"]) * loads
+    assert (s.filter(pl.col("request_rate") > 0)["concurrency"] == 0).all()
     assert set(s["mode"]) == {"no_prefix_cache", "with_prefix_cache"}
     assert (s["requests_sent"] == n_q).all() and (s["requests_ok"] + s["requests_failed"] == s["requests_sent"]).all()
     assert (s["requests_failed"] == 0).all()
@@ -95,13 +97,14 @@ def test_cache_counters_behave(pipeline_run):
     s = pl.read_csv(work / "results/summary.csv")
     off = s.filter(pl.col("mode") == "no_prefix_cache")
     assert off["hit_tokens"].fill_null(0).sum() == 0 and off["cached_tokens"].sum() == 0
-    on = s.filter((pl.col("mode") == "with_prefix_cache") & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)).row(0, named=True)
+    on = s.filter((pl.col("mode") == "with_prefix_cache") & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)
+                  & (pl.col("request_rate") == 0)).row(0, named=True)
     assert on["hit_tokens"] > 0
     block = 128
     # Sequential, reset before the point: measured hits equal the generator's expectation within a block per request.
     assert abs(on["hit_tokens"] - on["expected_cached_tokens"]) <= block * on["requests_sent"]
     assert on["cached_tokens"] == on["hit_tokens"]
-    off_row = off.filter((pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)).row(0, named=True)
+    off_row = off.filter((pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1) & (pl.col("request_rate") == 0)).row(0, named=True)
     assert on["mean_ttft_s"] < off_row["mean_ttft_s"], "a cached 256-token prefix should cut TTFT on this model"
     for meta in (work / "results/raw").rglob("*.meta.json"):
         assert json.loads(meta.read_text())["cache_reset"] == "ok"
@@ -116,6 +119,7 @@ def test_report_is_from_this_run(pipeline_run):
     first = s.row(0, named=True)
     assert f"| {first['mode']} | {first['prefix_len_tokens']} | {first['concurrency']} | {first['mean_ttft_s']:.4g} |" in md
     assert "--no-enable-prefix-caching" in md and "--enable-prefix-caching" in md
+    assert "Open loop: goodput" in md and "## Cross-checks" in md
 
 
 def test_no_server_process_left(pipeline_run):

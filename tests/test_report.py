@@ -39,11 +39,11 @@ def make_inputs(tmp_path, **kw):
     return summary, infos, scripts, [prompts]
 
 
-def render_md(tmp_path, model=None, **kw) -> tuple[str, pl.DataFrame]:
+def render_md(tmp_path, model=None, slo=None, **kw) -> tuple[str, pl.DataFrame]:
     summary, infos, scripts, prompts = make_inputs(tmp_path, **kw)
     out = tmp_path / "report.md"
     render(TEMPLATE, out, tmp_path / "summary.csv", tmp_path / "speedup.csv", infos, scripts, prompts,
-           model or {"source": "smollm2_package", "path": "m", "served_name": "s"}, "cpu", 8, 128)
+           model or {"source": "smollm2_package", "path": "m", "served_name": "s"}, "cpu", 8, 128, slo)
     return out.read_text(), summary
 
 
@@ -91,3 +91,18 @@ def test_charts_render(tmp_path, name):
     png = tmp_path / "charts" / f"{name}.png"
     assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert (tmp_path / "charts" / f"{name}.svg").read_text().lstrip().startswith("<svg")
+
+
+def test_open_loop_goodput(tmp_path):
+    # Synthetic open loop: TTFT grows by 10% per 2 req/s offered; cold large prefix = 1.024 s.
+    md, summary = render_md(tmp_path, rates=(2.0, 8.0), slo={"p95_ttft_s": 1.1, "p95_e2e_s": 10.0})
+    assert "**Open loop: goodput with and without the cache.**" in md and "charts/open_loop.png" in md
+    assert "open loop 2 req/s" in md  # the seed table's notes say which rows are open loop
+    # large, reuse 100%: cache off p95 TTFT 1.024 s at 2 req/s (meets 1.1 s), 1.33 s at 8 (misses); cache on
+    # p95 0.76 s at 8 req/s (one cold request among ten) -> goodput 2 vs 8 req/s.
+    assert "large (1024 tok), reuse 100%: cache off 2 req/s (achieved 5.00), on 8 req/s (achieved 5.00), 4.00×" in md
+
+
+def test_no_open_loop_section_without_rates(tmp_path):
+    md, _ = render_md(tmp_path)
+    assert "Open loop" not in md

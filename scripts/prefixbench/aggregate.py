@@ -15,7 +15,7 @@ import polars as pl
 from .stats import bootstrap_ratio_ci
 
 SEED_COLUMNS = ["mode", "prefix_len_tokens", "concurrency", "mean_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "notes"]
-KEYS = ["mode", "regime", "reuse_pct", "concurrency"]
+KEYS = ["mode", "regime", "reuse_pct", "concurrency", "request_rate"]
 MODE_ORDER = {"no_prefix_cache": 0, "with_prefix_cache": 1}
 
 
@@ -27,7 +27,10 @@ def load_records(paths: Iterable[Path]) -> pl.DataFrame:
     if not rows:
         raise ValueError("no request records to aggregate")
     df = pl.DataFrame(rows, infer_schema_length=None)
+    if "request_rate" not in df.columns:  # records from before open-loop points existed
+        df = df.with_columns(pl.lit(0.0).alias("request_rate"))
     return df.with_columns(
+        pl.col("request_rate").cast(pl.Float64),
         pl.col("itl_s").list.mean().alias("itl_mean_s"),
         pl.col("cached_tokens").cast(pl.Int64, strict=False),
         pl.col("completion_tokens").cast(pl.Int64, strict=False),
@@ -40,6 +43,7 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
     for path in paths:
         meta = json.loads(Path(path).read_text())
         delta = meta.get("counters_delta", {})
+        meta.setdefault("request_rate", 0.0)
         rows.append({
             **{k: meta[k] for k in KEYS}, "wall_s": meta["wall_s"], "requests_sent": meta["requests_sent"],
             "cache_reset": meta["cache_reset"], "measured_hit_rate": meta["measured_hit_rate"],
@@ -52,7 +56,7 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
             "peak_server_rss_gib": meta.get("peak_server_rss_gib"), "peak_gpu_mem_mib": meta.get("peak_gpu_mem_mib"),
             "peak_kv_cache_usage": meta.get("peak_kv_cache_usage"),
         })
-    return pl.DataFrame(rows, infer_schema_length=None, schema_overrides={
+    return pl.DataFrame(rows, infer_schema_length=None, schema_overrides={"request_rate": pl.Float64,
         "measured_hit_rate": pl.Float64, "hit_tokens": pl.Float64, "query_tokens": pl.Float64,
         "server_ttft_sum_s": pl.Float64, "server_ttft_count": pl.Float64, "server_e2e_sum_s": pl.Float64,
         "server_e2e_count": pl.Float64, "peak_gpu_mem_mib": pl.Float64, "peak_kv_cache_usage": pl.Float64,
@@ -62,6 +66,8 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
 
 def _notes(row: dict) -> str:
     parts = [f"reuse {row['reuse_pct']}%"]
+    if row["request_rate"]:
+        parts.insert(0, f"open loop {row['request_rate']:g} req/s")
     if row["measured_hit_rate"] is not None:
         parts.append(f"hit rate {row['measured_hit_rate']:.0%}")
     if row["requests_failed"]:
@@ -115,8 +121,8 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
     )
     df = df.with_columns(pl.Series("notes", [_notes(r) for r in df.iter_rows(named=True)], dtype=pl.String))
     df = df.with_columns(pl.col("mode").replace_strict(MODE_ORDER, default=9).alias("_mode_order")).sort(
-        ["prefix_len_tokens", "regime", pl.col("reuse_pct"), "_mode_order", "concurrency"],
-        descending=[False, False, True, False, False],
+        ["prefix_len_tokens", "regime", pl.col("reuse_pct"), "_mode_order", "request_rate", "concurrency"],
+        descending=[False, False, True, False, False, False],
     ).drop("_mode_order")
     rest = [c for c in df.columns if c not in SEED_COLUMNS]
     return df.select(SEED_COLUMNS + rest)
@@ -126,7 +132,7 @@ def speedups(summary: pl.DataFrame) -> pl.DataFrame:
     """Off/on ratios per (regime, reuse, concurrency): >1 means the cache helped."""
     cols = ["mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "measured_hit_rate",
             "mean_ttft_unique_s", "mean_ttft_shared_s", "peak_server_rss_gib", "peak_gpu_mem_mib", "peak_kv_cache_usage"]
-    keys = ["regime", "prefix_len_tokens", "reuse_pct", "concurrency"]
+    keys = ["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "request_rate"]
     off = summary.filter(pl.col("mode") == "no_prefix_cache").select(keys + cols).rename({c: f"{c}_off" for c in cols})
     on = summary.filter(pl.col("mode") == "with_prefix_cache").select(keys + cols).rename({c: f"{c}_on" for c in cols})
     return off.join(on, on=keys, how="inner").with_columns(
@@ -135,16 +141,17 @@ def speedups(summary: pl.DataFrame) -> pl.DataFrame:
         (pl.col("mean_e2e_s_off") / pl.col("mean_e2e_s_on")).alias("e2e_speedup"),
         (pl.col("tok_s_on") / pl.col("tok_s_off")).alias("throughput_gain"),
         (pl.col("mean_ttft_unique_s_off") / pl.col("mean_ttft_unique_s_on")).alias("unique_prefix_ttft_speedup"),
-    ).sort(["prefix_len_tokens", "regime", "reuse_pct", "concurrency"], descending=[False, False, True, False])
+    ).sort(["prefix_len_tokens", "regime", "reuse_pct", "request_rate", "concurrency"],
+           descending=[False, False, True, False, False])
 
 
 def with_confidence(sp: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
     """Add 95% bootstrap CIs (over requests) of the TTFT and E2E off/on ratios to each speed-up row."""
     ok = records.filter(pl.col("status") == "ok")
-    groups = {key: grp for key, grp in ok.group_by(["mode", "regime", "reuse_pct", "concurrency"])}
+    groups = {key: grp for key, grp in ok.group_by(KEYS)}
     cols: dict[str, list] = {c: [] for c in ("ttft_speedup_lo", "ttft_speedup_hi", "e2e_speedup_lo", "e2e_speedup_hi")}
     for r in sp.iter_rows(named=True):
-        point = (r["regime"], r["reuse_pct"], r["concurrency"])
+        point = (r["regime"], r["reuse_pct"], r["concurrency"], r["request_rate"])
         off, on = groups.get(("no_prefix_cache", *point)), groups.get(("with_prefix_cache", *point))
         for metric, name in (("ttft_s", "ttft_speedup"), ("e2e_s", "e2e_speedup")):
             ci = None if off is None or on is None else bootstrap_ratio_ci(off[metric].to_numpy(), on[metric].to_numpy())

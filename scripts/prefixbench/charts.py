@@ -10,6 +10,14 @@ import polars as pl
 MODE_COLORS = alt.Scale(domain=["no_prefix_cache", "with_prefix_cache"], range=["#d62728", "#1f77b4"])
 
 
+def closed_loop(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("request_rate") == 0) if "request_rate" in df.columns else df
+
+
+def open_loop(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("request_rate") > 0) if "request_rate" in df.columns else df.clear()
+
+
 def _with_labels(summary: pl.DataFrame) -> pl.DataFrame:
     return summary.with_columns(
         pl.format("{} ({} tok)", pl.col("regime"), pl.col("prefix_len_tokens")).alias("prefix"),
@@ -25,6 +33,7 @@ def _concurrency_axis(summary: pl.DataFrame) -> alt.X:
 
 def ttft_vs_concurrency(summary: pl.DataFrame) -> alt.FacetChart:
     """Mean TTFT against concurrency, cache off vs on, one panel per (prefix length, reuse)."""
+    summary = closed_loop(summary)
     df = _with_labels(summary)
     base = alt.Chart(df).encode(
         x=_concurrency_axis(summary),
@@ -40,7 +49,7 @@ def ttft_vs_concurrency(summary: pl.DataFrame) -> alt.FacetChart:
 
 def throughput_vs_p95(summary: pl.DataFrame) -> alt.FacetChart:
     """Output tokens/s against p95 end-to-end latency; each point is one concurrency level."""
-    df = _with_labels(summary)
+    df = _with_labels(closed_loop(summary))
     base = alt.Chart(df).encode(
         x=alt.X("p95_e2e_s:Q", title="p95 end-to-end latency (s)"),
         y=alt.Y("tok_s:Q", title="output tokens/s"),
@@ -56,7 +65,7 @@ def throughput_vs_p95(summary: pl.DataFrame) -> alt.FacetChart:
 
 def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
     """TTFT speed-up (off/on) as the prefix grows and as reuse falls, per concurrency."""
-    df = speedups.with_columns(
+    df = closed_loop(speedups).with_columns(
         pl.format("reuse {}%", pl.col("reuse_pct")).alias("reuse"),
         pl.format("c={}", pl.col("concurrency")).alias("conc"),
     )
@@ -83,15 +92,34 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
     return alt.vconcat(top, bottom).resolve_scale(color="independent")
 
 
-def draw_all(summary_csv: Path, speedup_csv: Path, outdir: Path) -> list[Path]:
+def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
+    """p95 TTFT against offered request rate (open loop), with the SLO as a dashed line."""
+    df = _with_labels(open_loop(summary))
+    base = alt.Chart().encode(
+        x=alt.X("request_rate:Q", title="offered load (requests/s, open loop)"),
+        y=alt.Y("p95_ttft_s:Q", title="p95 TTFT (s)", scale=alt.Scale(type="log")),
+        color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
+        tooltip=["mode", "prefix_len_tokens", "reuse_pct", "request_rate", "p95_ttft_s", "p95_e2e_s", "req_s"],
+    )
+    target = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(slo.get("p95_ttft_s", 1.0)))
+    return alt.layer(base.mark_line(point=True), target, data=df).properties(width=220, height=160).facet(
+        column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
+        row=alt.Row("reuse:N", title=None),
+    ).properties(title=f"Open loop: p95 TTFT vs offered load (dashed: SLO {slo.get('p95_ttft_s', 1.0):g} s)")
+
+
+def draw_all(summary_csv: Path, speedup_csv: Path, outdir: Path, names: list[str] | None = None,
+             slo: dict | None = None) -> list[Path]:
     summary = pl.read_csv(summary_csv)
     ratios = pl.read_csv(speedup_csv)
     outdir.mkdir(parents=True, exist_ok=True)
-    charts = {
-        "ttft_vs_concurrency": ttft_vs_concurrency(summary),
-        "throughput_vs_p95": throughput_vs_p95(summary),
-        "speedup": speedup(ratios),
+    makers = {
+        "ttft_vs_concurrency": lambda: ttft_vs_concurrency(summary),
+        "throughput_vs_p95": lambda: throughput_vs_p95(summary),
+        "speedup": lambda: speedup(ratios),
+        "open_loop": lambda: open_loop_latency(summary, slo or {}),
     }
+    charts = {name: makers[name]() for name in (names or ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"])}
     written = []
     for name, chart in charts.items():
         for ext in ("png", "svg"):

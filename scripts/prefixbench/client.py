@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -139,6 +140,40 @@ async def run_closed_loop(cfg: ClientConfig, prompts: Sequence[tuple[int, str]],
                 on_record(await send_one(session, cfg, index, prompt, t_origin))
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, len(prompts)))))
+    return time.perf_counter() - t_origin
+
+
+def arrival_offsets(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
+    """Send times (s from start) of an open-loop schedule: gamma inter-arrivals with mean 1/rate.
+
+    burstiness = the gamma shape: 1 is a Poisson process, <1 burstier, >1 more regular (as in vllm bench serve)."""
+    if rate <= 0 or burstiness <= 0:
+        raise ValueError("rate and burstiness must be > 0")
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.gammavariate(burstiness, 1.0 / (rate * burstiness))
+    return out
+
+
+async def run_open_loop(cfg: ClientConfig, prompts: Sequence[tuple[int, str]], rate: float, burstiness: float,
+                        seed: int, on_record: Callable[[RequestRecord], None]) -> float:
+    """Send each prompt at its scheduled time whatever is in flight (open loop); returns the wall time."""
+    offsets = arrival_offsets(len(prompts), rate, burstiness, seed)
+    connector = aiohttp.TCPConnector(limit=0)
+    t_origin = time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one(index: int, prompt: str) -> None:
+            on_record(await send_one(session, cfg, index, prompt, t_origin))
+
+        tasks = []
+        for (index, prompt), at in zip(prompts, offsets):
+            delay = t_origin + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(index, prompt)))
+        await asyncio.gather(*tasks)
     return time.perf_counter() - t_origin
 
 

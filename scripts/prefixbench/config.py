@@ -78,6 +78,7 @@ def bench_settings(config: dict[str, Any]) -> BenchSettings:
         stall_timeout_s=b.get("stall_timeout_s", 120), warmup_requests=b.get("warmup_requests", 2),
         reset_cache=b.get("reset_cache_between_points", True), sample_interval_s=b.get("sample_interval_s", 1.0),
         max_failed_fraction=b.get("max_failed_fraction", 0.5), repeats=b.get("repeats", 3),
+        burstiness=b.get("burstiness", 1.0), seed=config.get("seed", 7),
     )
 
 

@@ -24,7 +24,7 @@ from typing import TextIO
 import aiohttp
 
 from . import metrics as m
-from .client import ClientConfig, RequestRecord, record_dict, run_closed_loop
+from .client import ClientConfig, RequestRecord, record_dict, run_closed_loop, run_open_loop
 from .corpus import text_of_at_least
 from .prompts import read_prompts
 from .server import ManagedServer, ServerError
@@ -36,10 +36,15 @@ class Point:
 
     regime: str
     reuse_pct: int
-    concurrency: int
+    concurrency: int  # closed loop: requests in flight; 0 for an open-loop point
     prompts_path: Path
     records_path: Path
     meta_path: Path
+    request_rate: float = 0.0  # open loop: mean arrivals per second; 0 for a closed-loop point
+
+    @property
+    def label(self) -> str:
+        return f"rate{self.request_rate:g}" if self.request_rate else f"c{self.concurrency}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class BenchSettings:
     sample_interval_s: float = 1.0
     max_failed_fraction: float = 0.5
     repeats: int = 1
+    burstiness: float = 1.0
+    seed: int = 0
 
 
 @dataclass
@@ -181,7 +188,7 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
     deltas: list[dict[str, float]] = []
     resets: list[str] = []
     sampler = Sampler(server.base_url, server_pid, settings.sample_interval_s)
-    desc = f"{context['mode']} {point.regime} reuse{point.reuse_pct} c{point.concurrency}"
+    desc = f"{context['mode']} {point.regime} reuse{point.reuse_pct} {point.label}"
     async with aiohttp.ClientSession() as session:
         sampler.start(session)
         try:
@@ -198,7 +205,8 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
                         src = by_index[rec.request_index]
                         line = json.dumps(record_dict(
                             rec, **context, regime=point.regime, reuse_pct=point.reuse_pct,
-                            concurrency=point.concurrency, repeat=repeat, prefix_len_tokens=src["prefix_len_tokens"],
+                            concurrency=point.concurrency, request_rate=point.request_rate, repeat=repeat,
+                            prefix_len_tokens=src["prefix_len_tokens"],
                             workload=src.get("workload"), prefix_group=src.get("prefix_group"),
                             expected_cached_tokens=src.get("expected_cached_tokens"),
                         )) + "\n"
@@ -209,8 +217,10 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
                         counts[rec.status] += 1
                         bar.update(1)
 
-                    walls.append(await run_closed_loop(cfg, [(p["request_index"], p["prompt"]) for p in prompts],
-                                                       point.concurrency, sink))
+                    items = [(p["request_index"], p["prompt"]) for p in prompts]
+                    walls.append(await (
+                        run_open_loop(cfg, items, point.request_rate, settings.burstiness, settings.seed + repeat, sink)
+                        if point.request_rate else run_closed_loop(cfg, items, point.concurrency, sink)))
                     server.check_alive()
                     async with server_calls(server):
                         deltas.append(m.counter_delta(before, await fetch_metrics(session, server.base_url)))
@@ -220,6 +230,7 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
     sent = len(prompts) * settings.repeats
     meta = {
         **context, "regime": point.regime, "reuse_pct": point.reuse_pct, "concurrency": point.concurrency,
+        "request_rate": point.request_rate, "burstiness": settings.burstiness if point.request_rate else None,
         "repeats": settings.repeats, "requests_sent": sent, "requests_ok": counts["ok"],
         "requests_failed": counts["failed"], "wall_s": sum(walls), "wall_s_per_repeat": walls,
         "cache_reset": next((r for r in resets if r != "ok"), "ok"), "counters_delta": delta,
@@ -231,7 +242,7 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
     if counts["failed"] > settings.max_failed_fraction * sent:
         raise RuntimeError(
             f"{counts['failed']} of {sent} requests failed at {point.regime} reuse {point.reuse_pct}% "
-            f"c{point.concurrency} (error budget {settings.max_failed_fraction:.0%}); see {point.records_path}"
+            f"{point.label} (error budget {settings.max_failed_fraction:.0%}); see {point.records_path}"
         )
     return meta
 

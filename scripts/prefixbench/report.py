@@ -16,6 +16,7 @@ import jinja2
 import polars as pl
 
 from .aggregate import SEED_COLUMNS
+from .charts import closed_loop, open_loop
 
 NOISE = 0.05  # relative change treated as noise where no confidence interval is available
 GAP_FLAG_S, GAP_FLAG_FRAC = 0.05, 0.25  # client-vs-server gap beyond loopback overhead: both exceeded
@@ -273,6 +274,10 @@ def hit_rate_model(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
     return Finding(answer, details)
 
 
+def load_label(row: dict) -> str:
+    return f"open loop {row['request_rate']:g} req/s" if row.get("request_rate") else f"c={row['concurrency']}"
+
+
 def timing_flags(summary: pl.DataFrame) -> pl.DataFrame:
     """Points whose client-vs-server mean TTFT or E2E gap exceeds both GAP_FLAG_S and GAP_FLAG_FRAC."""
     def off(gap: str, server: str) -> pl.Expr:
@@ -301,7 +306,7 @@ def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
         details.append("No point's gap exceeds loopback overhead (flag: over both "
                        f"{fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%} of the server's figure)." if tf.is_empty() else
                        f"Flagged, gap beyond loopback overhead (over both {fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%}): " +
-                       ", ".join(f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% c={r['concurrency']} "
+                       ", ".join(f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% {load_label(r)} "
                                  f"(TTFT gap {fmt_s(r['ttft_gap_s'])})" for r in _rows(tf)) +
                        ". Queueing in the API server before the engine sees a request counts for the client only.")
     else:
@@ -312,7 +317,7 @@ def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
         f"Cache hits, server counters vs the prompt generator's expectation (whole {block_size}-token blocks of the shared "
         "prefix, last prompt token recomputed, first request of a prefix a miss): " +
         ("every point within a block per request." if hf.is_empty() else
-         "disagreeing at " + ", ".join(f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% c={r['concurrency']} "
+         "disagreeing at " + ", ".join(f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% {load_label(r)} "
                                        f"({r['hit_tokens']:.0f} vs {r['expected_cached_tokens']})" for r in _rows(hf)) + "."))
     client_cached = int(on["cached_tokens"].fill_null(0).sum())
     server_hits = int(on["hit_tokens"].fill_null(0).sum())
@@ -323,6 +328,49 @@ def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
     ok = timing_flags(timed).is_empty() if timed.height else False
     answer = ("All cross-checks agree." if ok and hf.is_empty() and off_hits == 0 else
               "Some cross-checks disagree; the flagged points are listed below.")
+    return Finding(answer, details)
+
+
+def goodput_rows(summary: pl.DataFrame, slo: dict) -> list[dict]:
+    """Per (regime, reuse, mode): the highest offered open-loop rate met within the SLO with no failed request."""
+    ttft_t, e2e_t = slo.get("p95_ttft_s", 1.0), slo.get("p95_e2e_s", 10.0)
+    out = []
+    for (regime, reuse, mode), grp in open_loop(summary).group_by(["regime", "reuse_pct", "mode"], maintain_order=True):
+        meets = grp.filter((pl.col("p95_ttft_s") <= ttft_t) & (pl.col("p95_e2e_s") <= e2e_t) & (pl.col("requests_failed") == 0))
+        best = meets.sort("request_rate", descending=True).row(0, named=True) if meets.height else None
+        out.append({"regime": regime, "reuse_pct": reuse, "mode": mode, "prefix_len_tokens": grp["prefix_len_tokens"][0],
+                    "rates": grp["request_rate"].sort().to_list(),
+                    "goodput_rate": best["request_rate"] if best else 0.0,
+                    "achieved_req_s": best["req_s"] if best else None})
+    return out
+
+
+def goodput_finding(summary: pl.DataFrame, slo: dict) -> Finding | None:
+    rows = goodput_rows(summary, slo)
+    if not rows:
+        return None
+    by = {(r["regime"], r["reuse_pct"], r["mode"]): r for r in rows}
+    details, pairs = [], []
+    for (regime, reuse, mode), off in by.items():
+        if mode != OFF or (regime, reuse, ON) not in by:
+            continue
+        on = by[(regime, reuse, ON)]
+        pairs.append((off["goodput_rate"], on["goodput_rate"], max(off["rates"])))
+        ratio = on["goodput_rate"] / off["goodput_rate"] if off["goodput_rate"] else None
+
+        def show(r: dict) -> str:
+            if not r["goodput_rate"]:
+                return "none of the offered rates"
+            return f"{r['goodput_rate']:g} req/s (achieved {r['achieved_req_s']:.2f})"
+        details.append(f"{regime} ({off['prefix_len_tokens']} tok), reuse {reuse}%: cache off {show(off)}, on {show(on)}"
+                       + (f", {fmt_x(ratio)}" if ratio else "") + f"; offered {', '.join(f'{x:g}' for x in off['rates'])} req/s")
+    target = f"p95 TTFT ≤ {fmt_s(slo.get('p95_ttft_s', 1.0))} and p95 E2E ≤ {fmt_s(slo.get('p95_e2e_s', 10.0))}"
+    higher = sum(on > off for off, on, _ in pairs)
+    capped = sum(on == off == top for off, on, top in pairs)
+    answer = (f"Goodput here is the highest offered request rate (open loop, gamma arrivals) a mode served within {target} "
+              f"with no failed request. The cache raised it in {higher} of {len(pairs)} regime/reuse cases")
+    answer += (f"; in {capped} both modes met the target at the highest rate offered, so higher rates are needed to "
+               "separate them." if capped else ".")
     return Finding(answer, details)
 
 
@@ -401,9 +449,12 @@ def prompt_strategy(prompt_paths: Sequence[Path]) -> list[dict]:
 
 def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info_paths: Sequence[Path],
            script_paths: Sequence[Path], prompt_paths: Sequence[Path], model: dict, target: str, max_tokens: int,
-           block_size: int) -> None:
-    summary = pl.read_csv(summary_csv)
-    sp = pl.read_csv(speedup_csv)
+           block_size: int, slo: dict | None = None) -> None:
+    everything = pl.read_csv(summary_csv)
+    if "request_rate" not in everything.columns:
+        everything = everything.with_columns(pl.lit(0.0).alias("request_rate"))
+    summary = closed_loop(everything)  # the seed's questions are about the concurrency sweep
+    sp = closed_loop(pl.read_csv(speedup_csv))
     infos = {json.loads(Path(p).read_text())["mode"]: json.loads(Path(p).read_text()) for p in info_paths}
     info = infos.get(ON) or next(iter(infos.values()))
     dummy = model.get("source") == "dummy"
@@ -413,16 +464,17 @@ def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info
         info=info, infos=infos, target=target, model=model, dummy=dummy, max_tokens=max_tokens,
         block_size=block_size, strategy=prompt_strategy(prompt_paths),
         scripts={Path(p).name: Path(p).read_text() for p in script_paths},
-        seed_table=markdown_table(summary, SEED_COLUMNS),
-        extra_table=markdown_table(summary, ["mode", "regime", "reuse_pct", "concurrency", "requests_ok", "requests_failed",
+        seed_table=markdown_table(everything, SEED_COLUMNS),
+        extra_table=markdown_table(everything, ["mode", "regime", "reuse_pct", "concurrency", "requests_ok", "requests_failed",
                                              "p50_ttft_s", "p95_ttft_s", "p99_e2e_s", "mean_itl_s", "measured_hit_rate",
                                              "expected_hit_rate", "peak_server_rss_gib", "peak_kv_cache_usage"]),
         ttft=ttft_finding(sp), throughput=throughput_finding(summary), memory=memory_finding(summary, infos),
         shapes=reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
         length=prefix_length_finding(sp), hitrate=hit_rate_model(summary, sp),
         bullets=consulting_bullets(summary, sp, block_size),
-        checks=cross_checks(summary, block_size), cold_warm=cold_warm_table(summary),
-        n_points=summary.height, n_requests=int(summary["requests_sent"].sum()),
-        n_failed=int(summary["requests_failed"].sum()), fmt_s=fmt_s,
+        checks=cross_checks(everything, block_size), cold_warm=cold_warm_table(summary),
+        goodput=goodput_finding(everything, slo or {}),
+        n_points=everything.height, n_requests=int(everything["requests_sent"].sum()),
+        n_failed=int(everything["requests_failed"].sum()), fmt_s=fmt_s,
     )
     out.write_text(text)
