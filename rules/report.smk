@@ -8,7 +8,8 @@ rule report:
         scripts=expand("results/servers/serve_slm_{mode}.sh", mode=MODES),
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         charts=CHARTS,
-        code=package_files("report", "charts"),
+        code=package_files("report", "charts", "ideal"),
+        model=model_inputs(),
     output:
         "results/prefix_caching_results.md",
     conda:
