@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Cross-check prefixbench's client against vLLM's own `vllm bench serve` on the same server and prompts.
+
+Starts one server from a generated script (cache on by default), then, each from a reset prefix cache:
+prefixbench's closed-loop client, and `vllm bench serve` with the same prompts (its custom JSONL
+dataset, no chat template, fixed output length, same concurrency). Prints both tools' mean/p95 TTFT
+and E2E side by side with their ratio, and writes them as JSON.
+
+  .venv/bin/python scripts/peer_compare.py --prompts results/prompts/large.jsonl --reuse 100 --concurrency 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aiohttp  # noqa: E402
+
+from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
+from prefixbench.measure import reset_prefix_cache, wait_idle, warmup_prompt  # noqa: E402
+from prefixbench.prompts import read_prompts  # noqa: E402
+from prefixbench.server import ManagedServer  # noqa: E402
+
+
+def p95(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[94]
+
+
+async def reset(base_url: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        await wait_idle(s, base_url)
+        status = await reset_prefix_cache(s, base_url)
+        if status != "ok":
+            raise RuntimeError(f"prefix cache reset failed: {status}")
+
+
+async def prefixbench_run(base_url: str, model: str, prompts: list[str], conc: int, max_tokens: int) -> dict:
+    await reset(base_url)
+    recs = []
+    await run_closed_loop(ClientConfig(base_url, model, max_tokens), list(enumerate(prompts)), conc, recs.append)
+    ok = [r for r in recs if r.status == "ok"]
+    if len(ok) != len(recs):
+        raise RuntimeError(f"{len(recs) - len(ok)} prefixbench requests failed: {recs[0].error}")
+    ttft, e2e = [r.ttft_s for r in ok], [r.e2e_s for r in ok]
+    return {"mean_ttft_s": statistics.mean(ttft), "p95_ttft_s": p95(ttft), "mean_e2e_s": statistics.mean(e2e),
+            "p95_e2e_s": p95(e2e), "requests": len(ok)}
+
+
+def peer_run(python: str, base_url: str, model: str, tokenizer: str, prompts: list[str], conc: int,
+             max_tokens: int, workdir: Path) -> dict:
+    asyncio.run(reset(base_url))
+    data = workdir / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    cmd = [python, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm", "--base-url", base_url,
+           "--endpoint", "/v1/completions", "--model", model, "--tokenizer", tokenizer, "--dataset-name", "custom",
+           "--dataset-path", str(data), "--custom-output-len", str(max_tokens), "--skip-chat-template",
+           "--disable-shuffle", "--num-prompts", str(len(prompts)), "--max-concurrency", str(conc),
+           "--request-rate", "inf", "--ignore-eos", "--percentile-metrics", "ttft,e2el", "--metric-percentiles", "95",
+           "--save-result", "--result-dir", str(workdir), "--result-filename", "peer.json", "--disable-tqdm"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    res = json.loads((workdir / "peer.json").read_text())
+    return {"mean_ttft_s": res["mean_ttft_ms"] / 1000, "p95_ttft_s": res["p95_ttft_ms"] / 1000,
+            "mean_e2e_s": res["mean_e2el_ms"] / 1000, "p95_e2e_s": res["p95_e2el_ms"] / 1000,
+            "requests": res["completed"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--script", default="results/servers/serve_slm_with_prefix_cache.sh")
+    ap.add_argument("--prompts", required=True, type=Path)
+    ap.add_argument("--reuse", type=int, default=100)
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="served model name")
+    ap.add_argument("--tokenizer", default="resources/models/SmolLM2-135M-Instruct")
+    ap.add_argument("--python", default=".venv-server/bin/python", help="the server environment (has vllm)")
+    ap.add_argument("--out", type=Path, default=Path("results/peer_compare.json"))
+    args = ap.parse_args()
+
+    prompts = [p["prompt"] for p in read_prompts(args.prompts) if p["reuse_pct"] == args.reuse]
+    with tempfile.TemporaryDirectory() as tmp, \
+            ManagedServer(Path(args.script), "127.0.0.1", Path(tmp) / "server.log", 900) as server:
+        asyncio.run(run_closed_loop(ClientConfig(server.base_url, args.model, args.max_tokens),
+                                    [(0, warmup_prompt(0, 1024)), (1, warmup_prompt(1, 1024))], 1, lambda r: None))
+        ours = asyncio.run(prefixbench_run(server.base_url, args.model, prompts, args.concurrency, args.max_tokens))
+        peer = peer_run(args.python, server.base_url, args.model, args.tokenizer, prompts, args.concurrency,
+                        args.max_tokens, Path(tmp))
+    rows = {k: {"prefixbench": ours[k], "vllm_bench_serve": peer[k], "ratio": ours[k] / peer[k]}
+            for k in ("mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s")}
+    result = {"prompts": str(args.prompts), "reuse_pct": args.reuse, "concurrency": args.concurrency,
+              "max_tokens": args.max_tokens, "requests": {"prefixbench": ours["requests"], "vllm_bench_serve": peer["requests"]},
+              "metrics": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"{'metric':<12} {'prefixbench':>12} {'vllm bench':>12} {'ratio':>7}")
+    for k, r in rows.items():
+        print(f"{k:<12} {r['prefixbench']:>12.4f} {r['vllm_bench_serve']:>12.4f} {r['ratio']:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()
