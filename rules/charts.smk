@@ -3,7 +3,8 @@ rule charts:
     input:
         summary="results/summary.csv",
         speedup="results/speedup.csv",
-        code=package_files("charts"),
+        code=package_files("charts", "ideal"),
+        model=model_inputs(),
     output:
         CHARTS,
     conda:
@@ -14,5 +15,7 @@ rule charts:
         outdir=lambda w, output: os.path.dirname(output[0]),
         names=CHART_NAMES,
         slo=config["benchmark"].get("slo", {}),
+        model_dir=lambda w, input: input.model[0] if input.model else "",
+        block_size=TARGET["block_size"],
     script:
         "../scripts/draw_charts.py"

