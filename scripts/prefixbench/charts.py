@@ -118,14 +118,14 @@ def ideal_chart(summary: pl.DataFrame, shape: Shape | None, block_size: int) -> 
         return alt.Chart(pl.DataFrame({"t": ["Not computed: no local model config.json"]})).mark_text(size=14).encode(
             text="t:N").properties(width=400, height=60, title="Expected vs measured TTFT")
     data = pl.DataFrame([{"regime": f"{r['regime']} ({r['prefix_len_tokens']} tok)", "kind": kind, "ttft_s": r[key],
-                          "order": i} for r in rows for i, (kind, key) in enumerate(
+                          "order": i, "prefix_len_tokens": r["prefix_len_tokens"]} for r in rows for i, (kind, key) in enumerate(
                          [("cold (cache off)", "cold_s"), ("ideal warm (FLOPs)", "ideal_s"), ("measured warm", "warm_s")])])
     return alt.Chart(data).mark_bar().encode(
         x=alt.X("kind:N", title=None, sort=alt.SortField("order"), axis=alt.Axis(labelAngle=0)),
         y=alt.Y("ttft_s:Q", title="TTFT (s)"),
         color=alt.Color("kind:N", title=None, sort=alt.SortField("order"),
                         scale=alt.Scale(range=["#d62728", "#98df8a", "#1f77b4"])),
-        column=alt.Column("regime:N", title="shared prefix"),
+        column=alt.Column("regime:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
         tooltip=["regime", "kind", "ttft_s"],
     ).properties(width=260, height=200, title="TTFT: cache off, the FLOPs ideal with the prefix cached, and measured")
 
