@@ -307,7 +307,12 @@ def measure_mode(mode: str, script: Path, host: str, log_path: Path, server_info
         info["port"] = server.port
         asyncio.run(warm_up(server, model, settings, max_prefix))
         results = []
-        for point in points:
-            results.append(asyncio.run(measure_point(server, model, point, settings, context, server.proc.pid, journal)))
+        for i, point in enumerate(points, 1):
+            meta = asyncio.run(measure_point(server, model, point, settings, context, server.proc.pid, journal))
+            results.append(meta)
+            # One line per point on stdout (the console), while the progress bars go to the job's log.
+            print(f"[prefixbench] {mode} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
+                  f"{point.label}: {meta['requests_ok']}/{meta['requests_sent']} ok in {meta['wall_s']:.1f} s",
+                  flush=True)
         info["points"] = len(results)
     server_info_path.write_text(json.dumps(info, indent=2))
