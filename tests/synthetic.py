@@ -47,7 +47,6 @@ def write_run(root: Path, regimes=(("medium", 512), ("large", 1024)), reuses=(10
                             "prompt_tokens": None if failed else prefix + 12, "completion_tokens": None if failed else max_tokens,
                             "cached_tokens": None if failed else cached, "output_chunks": max_tokens,
                         })
-                    _ = ttft_for
                     rp.write_text("".join(json.dumps(x) + "\n" for x in lines))
                     mp.write_text(json.dumps({
                         "mode": mode, "regime": regime, "reuse_pct": reuse, "concurrency": conc, "request_rate": rate,

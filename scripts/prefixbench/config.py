@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any
 
 from .corpus import DEFAULT_QUESTIONS, question_variants
