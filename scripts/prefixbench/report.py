@@ -238,7 +238,7 @@ def prefix_length_finding(sp: pl.DataFrame) -> Finding:
     return Finding(answer, details)
 
 
-def hit_rate_model(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
+def hit_rate_model(summary: pl.DataFrame) -> Finding:
     on = summary.filter(pl.col("mode") == ON)
     off = summary.filter(pl.col("mode") == OFF)
     details = [
@@ -496,7 +496,7 @@ def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info
                                              "expected_hit_rate", "peak_server_rss_gib", "peak_kv_cache_usage"]),
         ttft=ttft_finding(sp), throughput=throughput_finding(summary), memory=memory_finding(summary, infos),
         shapes=reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
-        length=prefix_length_finding(sp), hitrate=hit_rate_model(summary, sp),
+        length=prefix_length_finding(sp), hitrate=hit_rate_model(summary),
         bullets=consulting_bullets(summary, sp, block_size),
         checks=cross_checks(everything, block_size), cold_warm=cold_warm_table(summary),
         goodput=goodput_finding(everything, slo or {}),
