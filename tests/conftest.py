@@ -35,3 +35,32 @@ def smollm2_tokenizer(smollm2_dir):
     from prefixbench.tokenizer import load_tokenizer
 
     return load_tokenizer(str(smollm2_dir))
+
+
+RELIABILITY_DIR = ROOT / "results" / "reliability"
+
+
+@pytest.fixture
+def reliability():
+    """Record what a fault scenario injected and observed; docs/RELIABILITY.md is rendered from these."""
+    def record(scenario: str, title: str, injected: str, observed: dict) -> None:
+        import json
+
+        RELIABILITY_DIR.mkdir(parents=True, exist_ok=True)
+        (RELIABILITY_DIR / f"{scenario}.json").write_text(
+            json.dumps({"scenario": scenario, "title": title, "injected": injected, "observed": observed}, indent=2))
+    return record
+
+
+def pytest_sessionstart(session):
+    """Observations belong to one session: a partial run must not mix with an older full one."""
+    for old in RELIABILITY_DIR.glob("*.json"):
+        old.unlink()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Render docs/RELIABILITY.md from the scenarios this session recorded (only when all tests passed)."""
+    if exitstatus == 0 and RELIABILITY_DIR.is_dir() and any(RELIABILITY_DIR.glob("*.json")):
+        from prefixbench.reliability import render_reliability
+
+        render_reliability(RELIABILITY_DIR, ROOT / "docs" / "RELIABILITY.md")

@@ -12,6 +12,8 @@ from aiohttp import web
 
 STATE = {"served": 0, "queries": 0, "hits": 0, "cached": set()}
 DIE_AFTER = int(os.environ.get("FAKE_DIE_AFTER", "0"))
+STALL_EVERY = int(os.environ.get("FAKE_STALL_EVERY", "0"))  # every Nth request stops mid-stream
+BROKEN_EVERY = int(os.environ.get("FAKE_BROKEN_EVERY", "0"))  # every Nth request sends a malformed SSE line
 
 
 async def models(_):
@@ -36,6 +38,9 @@ async def reset(_):
 
 
 async def completions(request):
+    key = os.environ.get("VLLM_API_KEY")
+    if key and request.headers.get("Authorization") != f"Bearer {key}":
+        return web.json_response({"error": "Unauthorized"}, status=401)
     body = await request.json()
     STATE["served"] += 1
     if DIE_AFTER and STATE["served"] > DIE_AFTER:
@@ -49,9 +54,15 @@ async def completions(request):
     STATE["hits"] += cached
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
+    n = STATE["served"]
     for i in range(body["max_tokens"]):
         await asyncio.sleep(0.005)
         await resp.write(f"data: {json.dumps({'choices': [{'index': 0, 'text': f' t{i}'}]})}\n\n".encode())
+        if i == 1 and STALL_EVERY and n % STALL_EVERY == 0:
+            await asyncio.sleep(3600)
+        if i == 1 and BROKEN_EVERY and n % BROKEN_EVERY == 0:
+            await resp.write(b"data: {oops\n\n")
+            return resp
     usage = {"prompt_tokens": n_prompt, "completion_tokens": body["max_tokens"],
              "prompt_tokens_details": {"cached_tokens": cached}}
     await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())

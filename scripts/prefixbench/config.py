@@ -67,6 +67,7 @@ def server_spec(config: dict[str, Any], target: dict[str, Any]) -> ServerSpec:
         python=target["python"], model=model["path"], served_model_name=model["served_name"],
         host=config.get("server", {}).get("host", "127.0.0.1"), max_model_len=target["max_model_len"],
         dtype=target["dtype"], extra_args=tuple(extra), env=dict(target.get("env", {})),
+        api_key_env=config.get("server", {}).get("api_key_env"),
     )
 
 
@@ -78,6 +79,7 @@ def bench_settings(config: dict[str, Any]) -> BenchSettings:
         reset_cache=b.get("reset_cache_between_points", True), sample_interval_s=b.get("sample_interval_s", 1.0),
         max_failed_fraction=b.get("max_failed_fraction", 0.5), repeats=b.get("repeats", 3),
         burstiness=b.get("burstiness", 1.0), seed=config.get("seed", 7),
+        api_key_env=config.get("server", {}).get("api_key_env"),
     )
 
 

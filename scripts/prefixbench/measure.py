@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -59,6 +60,14 @@ class BenchSettings:
     repeats: int = 1
     burstiness: float = 1.0
     seed: int = 0
+    api_key_env: str | None = None  # name of the environment variable holding the API key, never the key
+
+
+def client_config(server: ManagedServer, model: str, settings: BenchSettings) -> ClientConfig:
+    """The client's settings; the API key is read from the environment here and goes nowhere but the header."""
+    key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    return ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s,
+                        settings.stall_timeout_s, key)
 
 
 @dataclass
@@ -181,7 +190,7 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
     if not prompts:
         raise ValueError(f"{point.prompts_path}: no prompts for reuse {point.reuse_pct}%")
     by_index = {p["request_index"]: p for p in prompts}
-    cfg = ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s)
+    cfg = client_config(server, model, settings)
     point.records_path.parent.mkdir(parents=True, exist_ok=True)
     counts = {"ok": 0, "failed": 0}
     walls: list[float] = []
@@ -248,7 +257,7 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
 
 
 async def warm_up(server: ManagedServer, model: str, settings: BenchSettings, approx_tokens: int) -> list[dict]:
-    cfg = ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s)
+    cfg = client_config(server, model, settings)
     out: list[dict] = []
     prompts = [(i, warmup_prompt(i, approx_tokens)) for i in range(settings.warmup_requests)]
     await run_closed_loop(cfg, prompts, 1, lambda r: out.append(record_dict(r)))

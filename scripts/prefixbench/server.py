@@ -40,6 +40,7 @@ class ServerSpec:
     dtype: str = "auto"
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    api_key_env: str | None = None  # the script exports VLLM_API_KEY from it: the key itself is never written
 
 
 def is_loopback(host: str) -> bool:
@@ -80,6 +81,8 @@ def server_env(spec: ServerSpec) -> dict[str, str]:
 def render_script(spec: ServerSpec, mode: str) -> str:
     """A runnable bash script holding the exact server command; the port is its first argument."""
     env_lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(server_env(spec).items()))
+    if spec.api_key_env:  # vLLM reads VLLM_API_KEY; the script names the variable, never the key
+        env_lines += f'export VLLM_API_KEY="${{{spec.api_key_env}:?set {spec.api_key_env} to the API key}}"\n'
     words = [shlex.quote(a) if a != "__PORT__" else '"$PORT"' for a in server_argv(spec, mode, "__PORT__")]
     cmd = words[0] + " " + words[1] + " " + words[2]
     for w in words[3:]:

