@@ -43,6 +43,18 @@ def procs_matching(needle: str) -> list[int]:
     return out
 
 
+def procs_in(workdir: Path) -> list[int]:
+    """Processes whose working directory is `workdir` (everything a pipeline run there started)."""
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.pid != os.getpid() and p.cwd() == str(workdir):
+                out.append(p.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
 def real_spec(smollm2_dir: Path, **kw) -> ServerSpec:
     base = dict(python=str(SERVER_PYTHON), model=str(smollm2_dir), served_model_name="smollm2", max_model_len=1024,
                 dtype="bfloat16", env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"})
@@ -202,21 +214,21 @@ def test_sigint_to_snakemake_leaves_nothing_and_rerun_resumes(tmp_path, smollm2_
     while time.monotonic() < deadline and not (log.exists() and "Application startup complete" in log.read_text()):
         time.sleep(0.5)
     assert log.exists() and "Application startup complete" in log.read_text(), "server never became ready"
-    servers_before = procs_matching(str(smollm2_dir))
+    servers_before = [p for p in procs_in(tmp_path) if p != proc.pid]  # server, engine, measuring job
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground process group
     proc.wait(timeout=120)
-    while procs_matching(str(smollm2_dir)) and time.monotonic() - t0 < 30:
+    while procs_in(tmp_path) and time.monotonic() - t0 < 30:
         time.sleep(0.1)
     gone = time.monotonic() - t0
-    left = procs_matching(str(smollm2_dir))
+    left = procs_in(tmp_path)
     assert servers_before and not left
     assert not (tmp_path / "results/raw/no_prefix_cache/server.json").exists()
     rerun = subprocess.run(cmd + ["--rerun-incomplete"], capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (tmp_path / "results/prefix_caching_results.md").exists()
     reliability("s5_sigint_snakemake", "", "SIGINT to snakemake's process group once the first server was ready",
-                {"server processes before": len(servers_before), "all gone after (s)": round(gone, 1),
+                {"processes of the run before (server, engine, job)": len(servers_before), "all gone after (s)": round(gone, 1),
                  "processes left": len(left), "snakemake exit code": proc.returncode,
                  "rerun (--rerun-incomplete)": "completed, report written"})
 
