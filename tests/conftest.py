@@ -59,8 +59,10 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Render docs/RELIABILITY.md from the scenarios this session recorded (only when all tests passed)."""
-    if exitstatus == 0 and RELIABILITY_DIR.is_dir() and any(RELIABILITY_DIR.glob("*.json")):
-        from prefixbench.reliability import render_reliability
+    """Render docs/RELIABILITY.md when this session passed and recorded every scenario (a partial run, such as
+    `pytest -k`, leaves the document as it was)."""
+    from prefixbench.reliability import SCENARIOS, render_reliability
 
+    recorded = {p.stem for p in RELIABILITY_DIR.glob("*.json")}
+    if exitstatus == 0 and recorded >= set(SCENARIOS):
         render_reliability(RELIABILITY_DIR, ROOT / "docs" / "RELIABILITY.md")
