@@ -8,7 +8,7 @@ rule report:
         scripts=expand("results/servers/serve_slm_{mode}.sh", mode=MODES),
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         charts=CHARTS,
-        code=package_files("report", "charts", "ideal"),
+        code=package_files("report", "charts", "ideal", "aggregate"),
         model=model_inputs(),
     output:
         "results/prefix_caching_results.md",

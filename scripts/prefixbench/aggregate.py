@@ -64,6 +64,15 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
     })
 
 
+def closed_loop(df: pl.DataFrame) -> pl.DataFrame:
+    """Concurrency-sweep rows (request_rate 0); tables from before open-loop points are all closed loop."""
+    return df.filter(pl.col("request_rate") == 0) if "request_rate" in df.columns else df
+
+
+def open_loop(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("request_rate") > 0) if "request_rate" in df.columns else df.clear()
+
+
 def _notes(row: dict) -> str:
     parts = [f"reuse {row['reuse_pct']}%"]
     if row["request_rate"]:

@@ -7,17 +7,10 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from .aggregate import closed_loop, open_loop
 from .ideal import Shape, ideal_rows, load_shape
 
 MODE_COLORS = alt.Scale(domain=["no_prefix_cache", "with_prefix_cache"], range=["#d62728", "#1f77b4"])
-
-
-def closed_loop(df: pl.DataFrame) -> pl.DataFrame:
-    return df.filter(pl.col("request_rate") == 0) if "request_rate" in df.columns else df
-
-
-def open_loop(df: pl.DataFrame) -> pl.DataFrame:
-    return df.filter(pl.col("request_rate") > 0) if "request_rate" in df.columns else df.clear()
 
 
 def _with_labels(summary: pl.DataFrame) -> pl.DataFrame:
@@ -112,8 +105,7 @@ def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
 
 def ideal_chart(summary: pl.DataFrame, shape: Shape | None, block_size: int) -> alt.Chart:
     """Cold, FLOPs-ideal and measured warm TTFT per regime (full reuse, lowest concurrency)."""
-    rows = ideal_rows(summary if "request_rate" in summary.columns else summary.with_columns(pl.lit(0.0).alias("request_rate")),
-                      shape, block_size) if shape else []
+    rows = ideal_rows(summary, shape, block_size) if shape else []
     if not rows:
         return alt.Chart(pl.DataFrame({"t": ["Not computed: no local model config.json"]})).mark_text(size=14).encode(
             text="t:N").properties(width=400, height=60, title="Expected vs measured TTFT")

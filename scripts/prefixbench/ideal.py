@@ -62,7 +62,9 @@ def ideal_rows(summary, shape: Shape, block_size: int) -> list[dict]:
     ideal for a warm request, and the measured warm TTFT (cache on)."""
     import polars as pl
 
-    closed = summary.filter(pl.col("request_rate") == 0) if "request_rate" in summary.columns else summary
+    from .aggregate import closed_loop
+
+    closed = closed_loop(summary)
     c_min, top = closed["concurrency"].min(), closed["reuse_pct"].max()
     pick = closed.filter((pl.col("concurrency") == c_min) & (pl.col("reuse_pct") == top))
     rows = []

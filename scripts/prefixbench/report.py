@@ -15,8 +15,7 @@ from pathlib import Path
 import jinja2
 import polars as pl
 
-from .aggregate import SEED_COLUMNS
-from .charts import closed_loop, open_loop
+from .aggregate import SEED_COLUMNS, closed_loop, open_loop
 from .ideal import Shape, ideal_rows, load_shape
 
 NOISE = 0.05  # relative change treated as noise where no confidence interval is available
@@ -481,7 +480,7 @@ def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info
         everything = everything.with_columns(pl.lit(0.0).alias("request_rate"))
     summary = closed_loop(everything)  # the seed's questions are about the concurrency sweep
     sp = closed_loop(pl.read_csv(speedup_csv))
-    infos = {json.loads(Path(p).read_text())["mode"]: json.loads(Path(p).read_text()) for p in info_paths}
+    infos = {i["mode"]: i for i in (json.loads(Path(p).read_text()) for p in info_paths)}
     info = infos.get(ON) or next(iter(infos.values()))
     dummy = model.get("source") == "dummy"
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
