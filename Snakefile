@@ -11,9 +11,24 @@ if not config.get("regimes"):
 include: "rules/common.smk"
 
 
+report: "report/workflow.rst"
+
+
+
 wildcard_constraints:
     mode="|".join(MODES),
     regime="|".join(REGIMES),
+
+# Cheap steps run beside Snakemake; on a cluster only `measure` (and model conversion) become jobs.
+localrules:
+    all,
+    server_script,
+    prompts,
+    aggregate,
+    regime_table,
+    charts,
+    report,
+
 
 include: "rules/model.smk"
 include: "rules/prompts.smk"
@@ -28,4 +43,5 @@ rule all:
         "results/prefix_caching_results.md",
         "results/summary.csv",
         CHARTS,
+        REGIME_TABLES,
     default_target: True

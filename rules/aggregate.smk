@@ -5,11 +5,30 @@ rule aggregate:
         meta=all_point_files("meta.json"),
         code=package_files("aggregate", "stats"),
     output:
-        summary="results/summary.csv",
-        speedup="results/speedup.csv",
+        summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables",
+                       labels={"table": "every point"}),
+        speedup=report("results/speedup.csv", caption="../report/speedup.rst", category="Tables",
+                       labels={"table": "off/on ratios"}),
     conda:
         "../envs/pipeline.yaml"
     log:
         "results/logs/aggregate.log",
     script:
         "../scripts/aggregate_results.py"
+
+
+rule regime_table:
+    """One prefix regime under one cache setting, filed in Snakemake's report by regime and setting."""
+    input:
+        summary="results/summary.csv",
+        code=package_files("aggregate"),
+    output:
+        report("results/tables/{regime}/{mode}.csv", caption="../report/regime_table.rst",
+               category="Regime {regime}", subcategory="{mode}",
+               labels={"regime": "{regime}", "cache setting": "{mode}"}),
+    conda:
+        "../envs/pipeline.yaml"
+    log:
+        "results/logs/regime_table/{regime}_{mode}.log",
+    script:
+        "../scripts/regime_table.py"

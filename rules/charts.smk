@@ -6,7 +6,7 @@ rule charts:
         code=package_files("charts", "ideal", "aggregate"),
         model=model_inputs(),
     output:
-        CHARTS,
+        CHART_OUTPUTS,
     conda:
         "../envs/pipeline.yaml"
     log:

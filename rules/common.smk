@@ -45,6 +45,19 @@ CHART_NAMES = ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"] +
 CHARTS = [f"results/charts/{n}.{ext}" for n in CHART_NAMES for ext in ("png", "svg")]
 
 
+def chart_output(path):
+    """A chart output; the PNGs are filed in Snakemake's report (`--report`)."""
+    name = os.path.basename(path).split(".")[0]
+    if not path.endswith(".png"):
+        return path
+    return report(path, caption=f"../report/charts/{name}.rst", category="Charts",
+                  labels={"chart": name.replace("_", " ")})
+
+
+CHART_OUTPUTS = [chart_output(f) for f in CHARTS]
+REGIME_TABLES = [f"results/tables/{r}/{m}.csv" for r in REGIMES for m in MODES]
+
+
 def point_files(suffix):
     """Per-point outputs of one mode (the {mode} wildcard is kept)."""
     return [

@@ -18,6 +18,9 @@ if MODEL["source"] == "smollm2_package":
 
 if MODEL["source"] == "dummy":
 
+    localrules:
+        dummy_model,
+
     rule dummy_model:
         """A config.json of a known architecture plus the shipped tokenizer, served with --load-format dummy."""
         input:

@@ -11,7 +11,8 @@ rule report:
         code=package_files("report", "charts", "ideal", "aggregate"),
         model=model_inputs(),
     output:
-        "results/prefix_caching_results.md",
+        report("results/prefix_caching_results.md", caption="../report/results.rst", category="Report",
+               labels={"document": "prefix_caching_results.md"}),
     conda:
         "../envs/pipeline.yaml"
     log:

@@ -1,7 +1,8 @@
 rule server_script:
     """The exact server command of one cache setting, as the seed's executable script (port = $1)."""
     output:
-        "results/servers/serve_slm_{mode}.sh",
+        report("results/servers/serve_slm_{mode}.sh", caption="../report/server_script.rst",
+               category="Servers", subcategory="{mode}", labels={"cache setting": "{mode}"}),
     conda:
         "../envs/pipeline.yaml"
     log:

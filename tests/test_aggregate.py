@@ -58,3 +58,18 @@ def test_no_records_is_an_error(tmp_path):
     (tmp_path / "e.jsonl").write_text("")
     with pytest.raises(ValueError, match="no request records"):
         load_records([tmp_path / "e.jsonl"])
+
+
+def test_regime_mode_table_keeps_one_regime_and_setting():
+    from prefixbench.aggregate import regime_mode_table
+
+    summary = pl.DataFrame({
+        "mode": ["no_prefix_cache", "with_prefix_cache", "with_prefix_cache", "with_prefix_cache"],
+        "regime": ["a", "a", "a", "b"], "reuse_pct": [100, 50, 100, 100], "concurrency": [1, 1, 1, 1],
+        "request_rate": [0.0, 0.0, 0.0, 0.0], "mean_ttft_s": [1.0, 2.0, 3.0, 4.0], "unrelated": [0, 0, 0, 0],
+    })
+    t = regime_mode_table(summary, "a", "with_prefix_cache")
+    assert t["mean_ttft_s"].to_list() == [3.0, 2.0]  # reuse 100 first
+    assert "unrelated" not in t.columns and "mode" not in t.columns
+    with pytest.raises(ValueError, match="no rows"):
+        regime_mode_table(summary, "c", "with_prefix_cache")

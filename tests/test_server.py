@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +115,45 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().split()[2] != "Z"
+
+
+def test_port_taken_by_another_server_is_never_measured(tmp_path, monkeypatch):
+    """Two jobs on one node can get the same free port: the loser restarts on a fresh port, and never
+    mistakes the winner's server for its own."""
+    import prefixbench.server as server_mod
+
+    fake = Path(__file__).parent / "fake_vllm.py"
+    other_port = server_mod.free_port()
+    other = subprocess.Popen([sys.executable, str(fake), str(other_port)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", other_port)) == 0:
+                    break
+            time.sleep(0.1)
+        ports = iter([other_port])
+        real_free_port = server_mod.free_port
+        monkeypatch.setattr(server_mod, "free_port", lambda host="127.0.0.1": next(ports, None) or real_free_port(host))
+        script = fake_script(tmp_path, f"exec {sys.executable} {fake} $PORT\n")
+        with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20) as srv:
+            assert srv.port != other_port
+            assert srv.owns_port()
+            assert srv.base_url.endswith(f":{srv.port}")
+        assert f"port {other_port}" in (tmp_path / "server.log").read_text()
+        assert "restarting on port" in (tmp_path / "server.log").read_text()
+        assert other.poll() is None, "the other job's server was touched"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_port_the_caller_chose_is_kept(tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        script = fake_script(tmp_path, f"exec {sys.executable} {Path(__file__).parent / 'fake_vllm.py'} $PORT\n")
+        with pytest.raises(ServerError):
+            with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=5, port=port):
+                pass

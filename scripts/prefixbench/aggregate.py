@@ -174,3 +174,17 @@ def write_summary(record_paths: Iterable[Path], meta_paths: Iterable[Path], summ
     summary = summarize(records, load_meta(meta_paths))
     summary.write_csv(summary_csv, float_precision=6)
     with_confidence(speedups(summary), records).write_csv(speedup_csv, float_precision=6)
+
+
+REGIME_TABLE_COLUMNS = ["reuse_pct", "concurrency", "request_rate", "requests_sent", "requests_ok", "requests_failed",
+                        "mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "cached_tokens",
+                        "expected_cached_tokens", "measured_hit_rate", "notes"]
+
+
+def regime_mode_table(summary: pl.DataFrame, regime: str, mode: str) -> pl.DataFrame:
+    """The summary rows of one prefix regime under one cache setting: the unit Snakemake's report files by."""
+    rows = summary.filter((pl.col("regime") == regime) & (pl.col("mode") == mode))
+    if rows.is_empty():
+        raise ValueError(f"summary has no rows for regime {regime!r} and mode {mode!r}")
+    return rows.select([c for c in REGIME_TABLE_COLUMNS if c in rows.columns]).sort(
+        ["reuse_pct", "request_rate", "concurrency"], descending=[True, False, False])

@@ -131,6 +131,19 @@ def _terminate_on_sigterm() -> None:
         signal.signal(sig, handler)
 
 
+PORT_ATTEMPTS = 3
+
+
+def port_was_taken(log_path: Path, offset: int) -> bool:
+    """Whether the server's log since `offset` says its port was already in use."""
+    try:
+        with log_path.open("rb") as fh:
+            fh.seek(offset)
+            return b"Address already in use" in fh.read()
+    except OSError:
+        return False
+
+
 class ManagedServer:
     """Context manager: start the script in a new process group, wait until ready, always tear down."""
 
@@ -138,28 +151,71 @@ class ManagedServer:
                  connect_host: str | None = None, term_grace_s: float = 15.0):
         self.script, self.host, self.log_path = Path(script), host, Path(log_path)
         self.ready_timeout_s, self.term_grace_s = ready_timeout_s, term_grace_s
-        self.port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
-        client_host = connect_host or ("127.0.0.1" if host in ("0.0.0.0", "::", "localhost") else host)
-        self.base_url = f"http://{client_host}:{self.port}"
+        self.port_fixed = port is not None  # a port the caller asked for is never swapped for another
+        self.port = port or free_port(self._bind_host())
+        self._client_host = connect_host or ("127.0.0.1" if host in ("0.0.0.0", "::", "localhost") else host)
+        self.base_url = f"http://{self._client_host}:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
 
     def __enter__(self) -> ManagedServer:
         _terminate_on_sigterm()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            ["bash", str(self.script), str(self.port)], stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        try:
-            self.wait_ready(t0)
-        except BaseException:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._log = self.log_path.open("ab")
+            self.proc = subprocess.Popen(
+                ["bash", str(self.script), str(self.port)], stdout=self._log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+            try:
+                self.wait_ready(t0)
+                if self.port_fixed or self.owns_port():
+                    break
+                lost = f"another process answers on port {self.port}"
+            except ServerError:
+                if self.port_fixed or attempt == PORT_ATTEMPTS or not port_was_taken(self.log_path, log_start):
+                    self.stop()
+                    raise
+                lost = f"port {self.port} was taken"
+            except BaseException:
+                self.stop()
+                raise
+            # Another job on this node took the port between free_port() and the bind: try a fresh one.
             self.stop()
-            raise
+            if attempt == PORT_ATTEMPTS:
+                raise ServerError(f"{lost}, {PORT_ATTEMPTS} times in a row; log: {self.log_path}")
+            self.port = free_port(self._bind_host())
+            self.base_url = f"http://{self._client_host}:{self.port}"
+            with self.log_path.open("a") as fh:
+                fh.write(f"[prefixbench] {lost}; restarting on port {self.port}\n")
         self.startup_s = time.monotonic() - t0
         return self
+
+    def _bind_host(self) -> str:
+        return self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
+
+    def owns_port(self) -> bool:
+        """Whether the server answering on our port is ours (a process of our group listens on it).
+
+        Two jobs on one node can be handed the same free port; the one that loses the bind must not
+        measure the other's server."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return False
+        for p in procs:
+            try:
+                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
+                       for c in p.net_connections(kind="inet")):
+                    return True
+            except psutil.Error:
+                continue
+        return False
 
     def __exit__(self, *exc) -> None:
         self.stop()
