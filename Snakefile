@@ -22,7 +22,6 @@ wildcard_constraints:
 # Cheap steps run beside Snakemake; on a cluster only `measure` (and model conversion) become jobs.
 localrules:
     all,
-    server_script,
     prompts,
     aggregate,
     regime_table,

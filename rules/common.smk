@@ -23,11 +23,14 @@ try:
 except pbconfig.ConfigError as exc:
     raise WorkflowError(f"Invalid configuration: {exc}") from None
 
-MODEL = TARGET["model"]
+ENDPOINT_MODE = pbconfig.is_endpoint(TARGET)
+MODEL = pbconfig.model_of(TARGET)
 REGIMES = pbconfig.regimes(config)
 QUESTIONS = pbconfig.questions(config)
 CONCURRENCY = sorted(config["benchmark"]["concurrency"])
-SERVER_SPEC = pbconfig.server_spec(config, TARGET)
+SERVER_SPEC = None if ENDPOINT_MODE else pbconfig.server_spec(config, TARGET)
+# What stands for each cache setting: the server script prefixbench runs, or the existing endpoint it measures.
+SERVER_FILE = "results/servers/endpoint_{mode}.json" if ENDPOINT_MODE else "results/servers/serve_slm_{mode}.sh"
 BENCH = asdict(pbconfig.bench_settings(config))
 RATES = sorted(config["benchmark"].get("request_rates", []))
 # Every measurement point of one server lifetime: (regime, reuse %, concurrency, request rate);

@@ -5,7 +5,7 @@ rule report:
         summary="results/summary.csv",
         speedup="results/speedup.csv",
         info=expand("results/raw/{mode}/server.json", mode=MODES),
-        scripts=expand("results/servers/serve_slm_{mode}.sh", mode=MODES),
+        scripts=expand(SERVER_FILE, mode=MODES),
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         charts=CHARTS,
         code=package_files("report", "charts", "ideal", "aggregate"),

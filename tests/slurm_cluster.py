@@ -174,7 +174,7 @@ PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP
             kv = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
             if "JobId" in kv:
                 rows.append({k: kv.get(k, "") for k in ("JobId", "JobName", "JobState", "Partition", "ExitCode",
-                                                         "NodeList", "TresPerNode", "Comment", "RunTime")})
+                                                         "NodeList", "TresPerJob", "TRES", "RunTime")})
         return rows
 
     def stop(self) -> None:

@@ -16,17 +16,12 @@ import psutil
 import pytest
 import yaml
 
+from conftest import snakemake
 from prefixbench.aggregate import SEED_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_PYTHON = ROOT / ".venv-server" / "bin" / "python"
 pytestmark = pytest.mark.integration
-
-
-def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
-           str(configfile), "--cores", "1", "--resources", "gpu=1", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def jobs_of(dry_run_output: str) -> set[str]:
@@ -42,25 +37,6 @@ def jobs_of(dry_run_output: str) -> set[str]:
             break
         out.add(parts[0])
     return out
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    if not SERVER_PYTHON.exists():
-        pytest.fail(f"{SERVER_PYTHON} missing: run the tests with ./run.sh test, which creates it")
-    work = tmp_path_factory.mktemp("pipeline")
-    cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
-    cpu = cfg["targets"]["cpu"]
-    cpu["python"] = str(SERVER_PYTHON)
-    cpu["model"]["path"] = str(ROOT / "resources/models/SmolLM2-135M-Instruct")
-    template = work / "report.md.j2"
-    template.write_text((ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2").read_text())
-    cfg["report_template"] = str(template)
-    configfile = work / "test.yaml"
-    configfile.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(work, configfile)
-    assert proc.returncode == 0, f"pipeline failed:\n{proc.stderr[-6000:]}"
-    return work, configfile, cfg
 
 
 def test_outputs_exist(pipeline_run):
@@ -145,3 +121,16 @@ def test_reruns_rebuild_only_what_changed(pipeline_run):
     more_cfg.write_text(yaml.safe_dump(more))
     jobs = jobs_of(snakemake(work, more_cfg, "-n").stdout)
     assert "measure" in jobs and "prompts" not in jobs
+
+
+def test_snakemake_report_files_charts_and_tables_by_regime_and_setting(pipeline_run):
+    work, configfile, _ = pipeline_run
+    proc = snakemake(work, configfile, "--report", "report.html")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (work / "report.html").read_text()
+    for text in ["Regime small", "Charts", "Tables", "Servers", "Report",  # categories
+                 "ttft vs concurrency", "cache setting",  # labels
+                 "Mean time to first token against concurrency",  # a chart's caption
+                 "every measured point of this", "tokenizer-exact"]:  # the regime table caption, the workflow text
+        assert text in html, text
+    assert (work / "results/tables/small/with_prefix_cache.csv").is_file()

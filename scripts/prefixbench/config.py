@@ -52,8 +52,22 @@ def regimes(config: dict[str, Any]) -> dict[str, Regime]:
             for name, r in config["regimes"].items()}
 
 
+def is_endpoint(target: dict[str, Any]) -> bool:
+    """Existing servers (targets.endpoint) rather than ones prefixbench starts."""
+    return "endpoints" in target
+
+
+def model_of(target: dict[str, Any]) -> dict[str, Any]:
+    """The model as the steps see it; for endpoints, its tokenizer and the name the cache-on endpoint serves."""
+    if is_endpoint(target):
+        return {"source": "endpoint", "path": target["tokenizer"], "tokenizer": target["tokenizer"],
+                "served_name": target["endpoints"]["with_prefix_cache"]["model"]}
+    return target["model"]
+
+
 def tokenizer_source(target: dict[str, Any]) -> str:
-    return target["model"].get("tokenizer", target["model"]["path"])
+    model = model_of(target)
+    return model.get("tokenizer", model["path"])
 
 
 def server_spec(config: dict[str, Any], target: dict[str, Any]) -> ServerSpec:
@@ -94,7 +108,7 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
                 f"{target['max_model_len']} leaves at most {limit} prefix tokens after max_tokens and the question; "
                 "lower prefix_tokens or raise max_model_len"
             )
-    model = target["model"]
+    model = model_of(target)
     if model["source"] == "path" and not Path(model["path"]).is_dir():
         raise ConfigError(f"model.path={model['path']!r}: no such folder (source: path); point it at a model folder "
                           "or use source: hub for a hub id")

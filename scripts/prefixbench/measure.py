@@ -27,6 +27,7 @@ import aiohttp
 from . import metrics as m
 from .client import ClientConfig, RequestRecord, record_dict, run_closed_loop, run_open_loop
 from .corpus import text_of_at_least
+from .endpoint import Capabilities, Endpoint, probe, redact_url
 from .prompts import read_prompts
 from .server import ManagedServer, ServerError
 
@@ -63,11 +64,27 @@ class BenchSettings:
     api_key_env: str | None = None  # name of the environment variable holding the API key, never the key
 
 
-def client_config(server: ManagedServer, model: str, settings: BenchSettings) -> ClientConfig:
-    """The client's settings; the API key is read from the environment here and goes nowhere but the header."""
-    key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+def api_key(settings: BenchSettings) -> str | None:
+    """The API key, read from the environment at the moment it is needed; it goes nowhere but a header."""
+    return os.environ.get(settings.api_key_env) if settings.api_key_env else None
+
+
+def auth_headers(settings: BenchSettings) -> dict[str, str]:
+    key = api_key(settings)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def client_config(server: ManagedServer | Endpoint, model: str, settings: BenchSettings) -> ClientConfig:
     return ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s,
-                        settings.stall_timeout_s, key)
+                        settings.stall_timeout_s, api_key(settings))
+
+
+def capabilities_of(server: ManagedServer | Endpoint) -> Capabilities:
+    """A server we started is vLLM with everything on; an endpoint has what its probe found."""
+    if isinstance(server, Endpoint):
+        return server.capabilities
+    return Capabilities(metrics=True, prefix_cache_counters=True, latency_histograms=True, idle_gauges=True,
+                        kv_usage=True, cache_reset="ok")
 
 
 @dataclass
@@ -75,8 +92,9 @@ class Sampler:
     """Peak memory while a point runs: server RSS, GPU memory (nvidia-smi), KV-cache usage gauge."""
 
     base_url: str
-    server_pid: int
+    server_pid: int | None  # None: a remote endpoint, whose memory this machine can't see
     interval_s: float
+    metrics: bool = True
     peak_rss_bytes: int = 0
     peak_gpu_mem_mib: float | None = None
     peak_kv_usage: float | None = None
@@ -86,6 +104,8 @@ class Sampler:
     def rss_bytes(self) -> int:
         import psutil
 
+        if self.server_pid is None:
+            return 0
         try:
             root = psutil.Process(self.server_pid)
             procs = [root, *root.children(recursive=True)]
@@ -106,10 +126,10 @@ class Sampler:
             if gpu is not None:
                 self.peak_gpu_mem_mib = max(self.peak_gpu_mem_mib or 0.0, gpu)
             try:
-                kv = (await fetch_metrics(session, self.base_url)).get(m.KV_USAGE)
+                kv = (await fetch_metrics(session, self.base_url)).get(m.KV_USAGE) if self.metrics else None
                 if kv is not None:
                     self.peak_kv_usage = max(self.peak_kv_usage or 0.0, kv)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             self.samples += 1
             await asyncio.sleep(self.interval_s)
@@ -168,18 +188,18 @@ def warmup_prompt(i: int, approx_tokens: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def server_calls(server: ManagedServer):
+async def server_calls(server: ManagedServer | Endpoint):
     """Turn a failed call to the server into a ServerError that says whether the process died."""
     try:
         yield
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         server.check_alive()
         raise ServerError(f"server at {server.base_url} stopped answering ({type(exc).__name__}: {exc}); "
                           f"log: {server.log_path}") from None
 
 
-async def measure_point(server: ManagedServer, model: str, point: Point, settings: BenchSettings,
-                        context: dict, server_pid: int, journal: TextIO | None = None) -> dict:
+async def measure_point(server: ManagedServer | Endpoint, model: str, point: Point, settings: BenchSettings,
+                        context: dict, server_pid: int | None, journal: TextIO | None = None) -> dict:
     """Measure one point `settings.repeats` times, each from a reset cache on an idle server.
 
     Each record goes to the point's file and, when given, to `journal`: a log that Snakemake keeps even
@@ -196,19 +216,29 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
     walls: list[float] = []
     deltas: list[dict[str, float]] = []
     resets: list[str] = []
-    sampler = Sampler(server.base_url, server_pid, settings.sample_interval_s)
+    caps = capabilities_of(server)
+    sampler = Sampler(server.base_url, server_pid, settings.sample_interval_s, caps.metrics)
     desc = f"{context['mode']} {point.regime} reuse{point.reuse_pct} {point.label}"
-    async with aiohttp.ClientSession() as session:
+
+    async def counters(session: aiohttp.ClientSession) -> dict[str, float]:
+        return await fetch_metrics(session, server.base_url) if caps.metrics else {}
+
+    async with aiohttp.ClientSession(headers=auth_headers(settings)) as session:
         sampler.start(session)
         try:
             with point.records_path.open("w") as fh, \
                     tqdm(total=len(prompts) * settings.repeats, file=sys.stderr, mininterval=2, desc=desc) as bar:
                 for repeat in range(settings.repeats):
                     async with server_calls(server):
-                        await wait_idle(session, server.base_url)
-                        resets.append(await reset_prefix_cache(session, server.base_url)
-                                      if settings.reset_cache else "not requested")
-                        before = await fetch_metrics(session, server.base_url)
+                        if caps.idle_gauges:
+                            await wait_idle(session, server.base_url)
+                        if not settings.reset_cache:
+                            resets.append("not requested")
+                        elif caps.cache_reset == "ok":
+                            resets.append(await reset_prefix_cache(session, server.base_url))
+                        else:
+                            resets.append(caps.cache_reset)
+                        before = await counters(session)
 
                     def sink(rec: RequestRecord, repeat: int = repeat) -> None:
                         src = by_index[rec.request_index]
@@ -232,7 +262,7 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
                         if point.request_rate else run_closed_loop(cfg, items, point.concurrency, sink)))
                     server.check_alive()
                     async with server_calls(server):
-                        deltas.append(m.counter_delta(before, await fetch_metrics(session, server.base_url)))
+                        deltas.append(m.counter_delta(before, await counters(session)))
         finally:
             await sampler.stop()
     delta = {k: sum(d.get(k, 0.0) for d in deltas) for k in {k for d in deltas for k in d}}
@@ -244,7 +274,7 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
         "requests_failed": counts["failed"], "wall_s": sum(walls), "wall_s_per_repeat": walls,
         "cache_reset": next((r for r in resets if r != "ok"), "ok"), "counters_delta": delta,
         "counters_delta_per_repeat": deltas, "measured_hit_rate": m.hit_rate(delta),
-        "peak_server_rss_gib": sampler.peak_rss_bytes / 2**30, "peak_gpu_mem_mib": sampler.peak_gpu_mem_mib,
+        "peak_server_rss_gib": sampler.peak_rss_bytes / 2**30 if server_pid is not None else None, "peak_gpu_mem_mib": sampler.peak_gpu_mem_mib,
         "peak_kv_cache_usage": sampler.peak_kv_usage, "memory_samples": sampler.samples,
     }
     point.meta_path.write_text(json.dumps(meta, indent=2))
@@ -256,7 +286,7 @@ async def measure_point(server: ManagedServer, model: str, point: Point, setting
     return meta
 
 
-async def warm_up(server: ManagedServer, model: str, settings: BenchSettings, approx_tokens: int) -> list[dict]:
+async def warm_up(server: ManagedServer | Endpoint, model: str, settings: BenchSettings, approx_tokens: int) -> list[dict]:
     cfg = client_config(server, model, settings)
     out: list[dict] = []
     prompts = [(i, warmup_prompt(i, approx_tokens)) for i in range(settings.warmup_requests)]
@@ -299,29 +329,59 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def measure_points(mode: str, server: ManagedServer | Endpoint, model: str, points: Sequence[Point],
+                   settings: BenchSettings, journal: TextIO | None) -> int:
+    """Warm the server up, then every point in order; one console line per point."""
+    context = {"mode": mode}
+    max_prefix = max(p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1])
+    asyncio.run(warm_up(server, model, settings, max_prefix))
+    for i, point in enumerate(points, 1):
+        pid = server.proc.pid if server.proc is not None else None
+        meta = asyncio.run(measure_point(server, model, point, settings, context, pid, journal))
+        # One line per point on stdout (the console), while the progress bars go to the job's log.
+        print(f"[prefixbench] {mode} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
+              f"{point.label}: {meta['requests_ok']}/{meta['requests_sent']} ok in {meta['wall_s']:.1f} s",
+              flush=True)
+    return len(points)
+
+
+def warmup_policy(settings: BenchSettings) -> str:
+    return (f"{settings.warmup_requests} warm-up request(s) of unrelated text after start; "
+            + ("prefix cache reset and server idle before every point" if settings.reset_cache
+               else "no cache reset between points"))
+
+
 def measure_mode(mode: str, script: Path, host: str, log_path: Path, server_info_path: Path, model: str,
                  points: Sequence[Point], settings: BenchSettings, ready_timeout_s: float, python: str,
                  extra_info: dict, journal_path: Path | None = None) -> None:
     """Run every point of one cache setting against one server lifetime (records also to `journal_path`)."""
-    context = {"mode": mode}
     info = {"mode": mode, "script": str(script), "vllm_version": server_version(python), "hardware": hardware(),
-            "warmup_policy": (f"{settings.warmup_requests} warm-up request(s) of unrelated text after start; "
-                              + ("prefix cache reset and server idle before every point" if settings.reset_cache
-                                 else "no cache reset between points")),
-            **extra_info}
-    max_prefix = max(p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1])
+            "warmup_policy": warmup_policy(settings), "started_by_prefixbench": True, **extra_info}
     with (journal_path.open("w") if journal_path else contextlib.nullcontext()) as journal, \
-            ManagedServer(script, host, log_path, ready_timeout_s) as server:
+            ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings)) as server:
         info["startup_s"] = server.startup_s
         info["port"] = server.port
-        asyncio.run(warm_up(server, model, settings, max_prefix))
-        results = []
-        for i, point in enumerate(points, 1):
-            meta = asyncio.run(measure_point(server, model, point, settings, context, server.proc.pid, journal))
-            results.append(meta)
-            # One line per point on stdout (the console), while the progress bars go to the job's log.
-            print(f"[prefixbench] {mode} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
-                  f"{point.label}: {meta['requests_ok']}/{meta['requests_sent']} ok in {meta['wall_s']:.1f} s",
-                  flush=True)
-        info["points"] = len(results)
+        info["points"] = measure_points(mode, server, model, points, settings, journal)
+    server_info_path.write_text(json.dumps(info, indent=2))
+
+
+def measure_endpoint(mode: str, endpoint: Endpoint, server_info_path: Path, points: Sequence[Point],
+                     settings: BenchSettings, extra_info: dict, journal_path: Path | None = None) -> None:
+    """Every point of one cache setting against an existing endpoint: probe it, use what it offers, say the rest."""
+    caps = asyncio.run(probe(endpoint, api_key(settings), settings.reset_cache))
+    with endpoint.log_path.open("w") as log:
+        log.write(f"endpoint {redact_url(endpoint.base_url)} model {endpoint.model}: {caps}\n")
+    if caps.cache_reset != "ok" and settings.reset_cache:
+        settings_note = f"; cache reset unavailable ({caps.cache_reset})"
+    else:
+        settings_note = ""
+    info = {"mode": mode, "started_by_prefixbench": False,
+            "endpoint": {"base_url": redact_url(endpoint.base_url), "model": endpoint.model,
+                         "api_key_env": endpoint.api_key_env},
+            "capabilities": {k: v for k, v in vars(caps).items()}, "not_measured": caps.not_measured(),
+            "vllm_version": caps.version or "unknown (the endpoint has no /version)",
+            "hardware": {"client": hardware(), "server": "a remote endpoint: not visible to prefixbench"},
+            "warmup_policy": warmup_policy(settings) + settings_note, "startup_s": None, **extra_info}
+    with (journal_path.open("w") if journal_path else contextlib.nullcontext()) as journal:
+        info["points"] = measure_points(mode, endpoint, endpoint.model, points, settings, journal)
     server_info_path.write_text(json.dumps(info, indent=2))

@@ -152,6 +152,8 @@ def memory_finding(summary: pl.DataFrame, infos: dict[str, dict]) -> Finding:
     rss = {m: d["peak_server_rss_gib"].max() for m, d in by_mode.items()}
     kv = {m: d["peak_kv_cache_usage"].max() for m, d in by_mode.items()}
     gpu = {m: d["peak_gpu_mem_mib"].max() for m, d in by_mode.items()}
+    if rss[OFF] is None or rss[ON] is None:
+        return remote_memory_finding(kv)
     details = [f"Peak server RSS (process tree): off {rss[OFF]:.2f} GiB, on {rss[ON]:.2f} GiB."]
     if kv[OFF] is not None or kv[ON] is not None:
         details.append(f"Peak vLLM KV-cache usage gauge: off {fmt_pct(kv[OFF])}, on {fmt_pct(kv[ON])}.")
@@ -173,6 +175,16 @@ def memory_finding(summary: pl.DataFrame, infos: dict[str, dict]) -> Finding:
             answer += ": cached blocks stay resident after their requests end, until evicted."
         else:
             answer += " (no measurable difference)."
+    return Finding(answer, details)
+
+
+def remote_memory_finding(kv: dict[str, float | None]) -> Finding:
+    """Existing endpoints: no process memory to read; the KV-cache gauge where their /metrics has it."""
+    answer = "Not measurable here: the servers are existing endpoints, not processes on this machine, so their memory was not read."
+    details = []
+    if kv[OFF] is not None and kv[ON] is not None:
+        answer += f" Their KV-cache usage gauge peaked at {kv[OFF]:.1%} of the pool with the cache off and {kv[ON]:.1%} on."
+        details.append("KV-cache usage from each endpoint's `vllm:kv_cache_usage_perc` gauge, sampled during every point.")
     return Finding(answer, details)
 
 
@@ -312,6 +324,13 @@ def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
     else:
         details.append("The server exposed no latency histograms, so client timings could not be cross-checked.")
     on = summary.filter(pl.col("mode") == ON)
+    if summary["hit_tokens"].is_null().all():
+        client_cached = int(on["cached_tokens"].fill_null(0).sum())
+        details.append("No server-side prefix-cache counters (`/metrics` without `vllm:prefix_cache_hits_total`): hits "
+                       f"could not be counted by the server. Per-request `cached_tokens` sum to {client_cached} with the "
+                       f"cache on and {int(summary.filter(pl.col('mode') == OFF)['cached_tokens'].fill_null(0).sum())} "
+                       "with it off.")
+        return Finding("Cross-checks were limited to what the endpoints expose (see below).", details)
     hf = hit_flags(summary, block_size)
     details.append(
         f"Cache hits, server counters vs the prompt generator's expectation (whole {block_size}-token blocks of the shared "
@@ -472,6 +491,15 @@ def prompt_strategy(prompt_paths: Sequence[Path]) -> list[dict]:
     return out
 
 
+def not_measured(endpoints: dict[str, dict]) -> list[str]:
+    """What the endpoints kept the run from measuring, each item once, naming the settings it applies to."""
+    where: dict[str, list[str]] = {}
+    for mode, info in endpoints.items():
+        for item in info.get("not_measured", []):
+            where.setdefault(item, []).append(mode)
+    return [item if len(modes) == len(endpoints) else f"{item} ({', '.join(modes)} only)" for item, modes in where.items()]
+
+
 def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info_paths: Sequence[Path],
            script_paths: Sequence[Path], prompt_paths: Sequence[Path], model: dict, target: str, max_tokens: int,
            block_size: int, slo: dict | None = None) -> None:
@@ -482,6 +510,7 @@ def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info
     sp = closed_loop(pl.read_csv(speedup_csv))
     infos = {i["mode"]: i for i in (json.loads(Path(p).read_text()) for p in info_paths)}
     info = infos.get(ON) or next(iter(infos.values()))
+    endpoints = {mode: i for mode, i in infos.items() if not i.get("started_by_prefixbench", True)}
     dummy = model.get("source") == "dummy"
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
@@ -489,6 +518,7 @@ def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info
         info=info, infos=infos, target=target, model=model, dummy=dummy, max_tokens=max_tokens,
         block_size=block_size, strategy=prompt_strategy(prompt_paths),
         scripts={Path(p).name: Path(p).read_text() for p in script_paths},
+        endpoints=endpoints, not_measured=not_measured(endpoints),
         seed_table=markdown_table(everything, SEED_COLUMNS),
         extra_table=markdown_table(everything, ["mode", "regime", "reuse_pct", "concurrency", "requests_ok", "requests_failed",
                                              "p50_ttft_s", "p95_ttft_s", "p99_e2e_s", "mean_itl_s", "measured_hit_rate",

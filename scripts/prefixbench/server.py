@@ -14,6 +14,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -127,6 +128,8 @@ def _terminate_on_sigterm() -> None:
     """Turn SIGTERM/SIGHUP into SystemExit so `finally` blocks (teardown) run."""
     def handler(signum, _frame):
         raise SystemExit(128 + signum)
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; a server started from a helper thread relies on PDEATHSIG
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
 
@@ -148,7 +151,8 @@ class ManagedServer:
     """Context manager: start the script in a new process group, wait until ready, always tear down."""
 
     def __init__(self, script: Path, host: str, log_path: Path, ready_timeout_s: float, port: int | None = None,
-                 connect_host: str | None = None, term_grace_s: float = 15.0):
+                 connect_host: str | None = None, term_grace_s: float = 15.0, api_key: str | None = None):
+        self._api_key = api_key  # sent with the readiness probe of a server that requires one; never stored elsewhere
         self.script, self.host, self.log_path = Path(script), host, Path(log_path)
         self.ready_timeout_s, self.term_grace_s = ready_timeout_s, term_grace_s
         self.port_fixed = port is not None  # a port the caller asked for is never swapped for another
@@ -230,10 +234,18 @@ class ManagedServer:
     def wait_ready(self, t0: float) -> None:
         while True:
             self.check_alive()
+            req = urllib.request.Request(f"{self.base_url}/v1/models")
+            if self._api_key:
+                req.add_header("Authorization", f"Bearer {self._api_key}")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/v1/models", timeout=5) as r:
+                with urllib.request.urlopen(req, timeout=5) as r:
                     if r.status == 200:
                         return
+            except urllib.error.HTTPError as exc:
+                if exc.code in (401, 403) and self.owns_port():
+                    raise ServerError(
+                        f"vLLM server on port {self.port} refused the readiness probe (HTTP {exc.code}): it requires "
+                        "an API key and " + ("refused the one given" if self._api_key else "none was given")) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             if time.monotonic() - t0 > self.ready_timeout_s:

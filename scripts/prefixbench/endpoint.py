@@ -1,0 +1,147 @@
+"""Existing OpenAI-compatible endpoints: benchmark a deployment that already runs instead of starting one.
+
+Two endpoints stand for the two cache settings (e.g. two deployments, one with prefix caching off).
+prefixbench does not own these servers, so it cannot time their start, read their memory, or see
+their GPU; it probes what each endpoint offers (vLLM's `/metrics` counters and latency histograms,
+`/reset_prefix_cache`, `/version`) once, uses what is there, and records the rest as not measured so
+the report can say so. The API key is read from the named environment variable at the moment it is
+sent and is never written anywhere; a base URL is recorded without any user:password part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from . import metrics as m
+from .server import ServerError
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials or query (tokens sometimes ride in either)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+@dataclass
+class Capabilities:
+    """What one endpoint offered when probed; everything missing here is reported as not measured."""
+
+    models: list[str] = field(default_factory=list)
+    metrics: bool = False               # /metrics answered in Prometheus format
+    prefix_cache_counters: bool = False  # vllm:prefix_cache_{queries,hits}_total among them
+    latency_histograms: bool = False     # server-side TTFT / E2E, for the client cross-check
+    idle_gauges: bool = False            # running/waiting gauges: "server idle before a point"
+    kv_usage: bool = False
+    cache_reset: str = "not tried"       # "ok", or why not
+    version: str | None = None
+
+    def not_measured(self) -> list[str]:
+        """Plain sentences: what this endpoint kept the run from measuring."""
+        out = ["server start time and server process memory (prefixbench did not start this server)",
+               "GPU memory of the server (not visible from the benchmark machine)"]
+        if not self.metrics:
+            out.append("everything server-side from `/metrics`: prefix-cache hits, server-side latency, KV-cache "
+                       "usage (the endpoint does not serve Prometheus metrics)")
+        else:
+            if not self.prefix_cache_counters:
+                out.append("prefix-cache hit counters (`vllm:prefix_cache_hits_total` not exported): hits rest on "
+                           "the `cached_tokens` the endpoint reports per request, if any")
+            if not self.latency_histograms:
+                out.append("server-side TTFT/E2E histograms, so client timings were not cross-checked")
+            if not self.kv_usage:
+                out.append("KV-cache usage")
+        if not self.idle_gauges:
+            out.append("that the server was idle before each point (no running/waiting gauges): other traffic on "
+                       "a shared deployment would be measured too")
+        if self.cache_reset != "ok":
+            out.append(f"a cache reset before each point ({self.cache_reset}): points start from whatever the "
+                       "endpoint's cache already holds, so cold-start hits are not guaranteed")
+        if not self.version:
+            out.append("the engine version (no `/version`)")
+        return out
+
+
+@dataclass
+class Endpoint:
+    """An existing server, used where measure.py expects a ManagedServer (same base_url/check_alive surface)."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    log_path: Path = Path("endpoint.log")
+    proc = None
+    port: int | None = None
+    startup_s: float | None = None
+    capabilities: Capabilities = field(default_factory=Capabilities)
+
+    def __post_init__(self) -> None:
+        # OpenAI-style base URLs often carry /v1; the client adds it itself.
+        self.base_url = self.base_url.rstrip("/").removesuffix("/v1")
+
+    def check_alive(self) -> None:
+        """A remote server has no process to poll; a dead one shows up as failed requests."""
+
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+async def probe(endpoint: Endpoint, api_key: str | None, try_reset: bool) -> Capabilities:
+    """Ask the endpoint what it offers; fail clearly when it can't serve the benchmark at all."""
+    caps = Capabilities()
+    url = redact_url(endpoint.base_url)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(headers=endpoint.headers(api_key), timeout=timeout) as s:
+        try:
+            async with s.get(f"{endpoint.base_url}/v1/models") as r:
+                if r.status in (401, 403):
+                    hint = (f"the key in ${endpoint.api_key_env} was refused" if endpoint.api_key_env
+                            else "it wants an API key: set api_key_env to the name of the variable holding it")
+                    raise ServerError(f"endpoint {url} answered HTTP {r.status} on /v1/models: {hint}")
+                r.raise_for_status()
+                caps.models = [d.get("id", "") for d in (await r.json(content_type=None)).get("data", [])]
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise ServerError(f"endpoint {url} is not an OpenAI-compatible server we can reach "
+                              f"({type(exc).__name__}: {exc})") from None
+        if endpoint.model not in caps.models:
+            raise ServerError(f"endpoint {url} does not serve model {endpoint.model!r}; it serves {caps.models}")
+        try:
+            async with s.get(f"{endpoint.base_url}/metrics") as r:
+                if r.status == 200:
+                    names = m.parse_metrics(await r.text())
+                    caps.metrics = True
+                    caps.prefix_cache_counters = m.PREFIX_HITS in names and m.PREFIX_QUERIES in names
+                    caps.latency_histograms = all(f"{h}_count" in names for h in m.HISTOGRAMS)
+                    caps.idle_gauges = m.RUNNING in names and m.WAITING in names
+                    caps.kv_usage = m.KV_USAGE in names
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            pass
+        try:
+            async with s.get(f"{endpoint.base_url}/version") as r:
+                if r.status == 200:
+                    caps.version = str((await r.json(content_type=None)).get("version")) or None
+        except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
+            pass
+        if try_reset:
+            try:
+                async with s.post(f"{endpoint.base_url}/reset_prefix_cache") as r:
+                    caps.cache_reset = "ok" if r.status == 200 else f"HTTP {r.status}"
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                caps.cache_reset = f"unavailable ({type(exc).__name__})"
+        else:
+            caps.cache_reset = "not requested (benchmark.reset_cache_between_points: false)"
+    endpoint.capabilities = caps
+    return caps
