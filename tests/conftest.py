@@ -97,3 +97,25 @@ def pipeline_run(tmp_path_factory):
     proc = snakemake(work, configfile)
     assert proc.returncode == 0, f"pipeline failed:\n{proc.stderr[-6000:]}"
     return work, configfile, yaml.safe_load(configfile.read_text())
+
+
+@pytest.fixture
+def fake_vllm_port():
+    """A running fake_vllm.py (the SSE test double) on a free loopback port; killed afterwards."""
+    import socket
+    import time
+
+    from prefixbench.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "fake_vllm.py"), str(port)],
+                            start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield port
+    proc.kill()
+    proc.wait()

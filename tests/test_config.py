@@ -98,3 +98,12 @@ def test_config_fuzz_gives_clear_errors(key, value):
         pbconfig.check(cfg, cfg["targets"][pbconfig.target_name(cfg, gpu_present=False)])
     except (WorkflowError, pbconfig.ConfigError):
         pass
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_workflow_profiles_load(profile):
+    """Both profiles parse and plan the whole pipeline (the SLURM one runs for real in test_slurm.py)."""
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", str(ROOT / "profiles" / profile),
+                          "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "measure" in out.stdout

@@ -17,7 +17,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-
 from prefixbench.endpoint import Capabilities, redact_url
 from prefixbench.server import ManagedServer, render_script
 from test_faults import real_spec
@@ -74,7 +73,7 @@ def endpoints(tmp_path_factory, smollm2_dir):
             with s:
                 ready.wait()
                 done.wait()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread below
+        except BaseException as exc:
             errors.append(exc)
             ready.abort()
 
@@ -115,8 +114,8 @@ def endpoint_config(work: Path, servers: dict[str, ManagedServer], smollm2_dir: 
 
 
 def run_pipeline(work: Path, configfile: Path, env: dict, *targets: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "--configfile",
-           str(configfile), "--cores", "1", "--resources", "gpu=1", *targets]
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-s", str(ROOT / "Snakefile"), "-d", str(work),
+           "--configfile", str(configfile), "--cores", "1", "--resources", "gpu=1"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
 
 
@@ -180,3 +179,29 @@ def test_a_refused_key_fails_clearly(endpoints, smollm2_dir, tmp_path):
     log = (tmp_path / "results/logs/measure_no_prefix_cache.log").read_text()
     assert "HTTP 401" in log and "$PREFIXBENCH_TEST_WRONG_KEY was refused" in log
     assert "not-the-key" not in log + proc.stderr + proc.stdout
+
+
+@pytest.fixture
+def fake_endpoint(fake_vllm_port):
+    return f"http://127.0.0.1:{fake_vllm_port}"
+
+
+async def test_probe_records_what_the_endpoint_offers(fake_endpoint):
+    from prefixbench.endpoint import Endpoint, probe
+
+    caps = await probe(Endpoint(fake_endpoint + "/v1/", "fake"), None, try_reset=True)
+    assert caps.models == ["fake"] and caps.metrics and caps.prefix_cache_counters and caps.idle_gauges
+    assert caps.cache_reset == "ok"
+    assert not caps.latency_histograms and caps.version is None  # the stand-in exports neither
+    said = " ".join(caps.not_measured())
+    assert "histograms" in said and "/version" in said and "reset" not in said
+
+
+async def test_probe_names_the_models_an_endpoint_serves(fake_endpoint):
+    from prefixbench.endpoint import Endpoint, probe
+    from prefixbench.server import ServerError
+
+    with pytest.raises(ServerError, match=r"does not serve model 'llama'.*\['fake'\]"):
+        await probe(Endpoint(fake_endpoint, "llama"), None, try_reset=False)
+    with pytest.raises(ServerError, match="not an OpenAI-compatible server we can reach"):
+        await probe(Endpoint("http://127.0.0.1:9", "fake"), None, try_reset=False)

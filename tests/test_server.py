@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, group_alive, render_script, server_argv
 
 SPEC = ServerSpec(python="/opt/py", model="m", served_model_name="s", env={"A": "1"})
@@ -117,35 +116,25 @@ def _alive(pid: int) -> bool:
         return fh.read().split()[2] != "Z"
 
 
-def test_port_taken_by_another_server_is_never_measured(tmp_path, monkeypatch):
+def test_port_taken_by_another_server_is_never_measured(tmp_path, monkeypatch, fake_vllm_port):
     """Two jobs on one node can get the same free port: the loser restarts on a fresh port, and never
-    mistakes the winner's server for its own."""
+    mistakes the winner's server (here a stand-in already listening) for its own."""
     import prefixbench.server as server_mod
 
     fake = Path(__file__).parent / "fake_vllm.py"
-    other_port = server_mod.free_port()
-    other = subprocess.Popen([sys.executable, str(fake), str(other_port)], start_new_session=True)
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", other_port)) == 0:
-                    break
-            time.sleep(0.1)
-        ports = iter([other_port])
-        real_free_port = server_mod.free_port
-        monkeypatch.setattr(server_mod, "free_port", lambda host="127.0.0.1": next(ports, None) or real_free_port(host))
-        script = fake_script(tmp_path, f"exec {sys.executable} {fake} $PORT\n")
-        with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20) as srv:
-            assert srv.port != other_port
-            assert srv.owns_port()
-            assert srv.base_url.endswith(f":{srv.port}")
-        assert f"port {other_port}" in (tmp_path / "server.log").read_text()
-        assert "restarting on port" in (tmp_path / "server.log").read_text()
-        assert other.poll() is None, "the other job's server was touched"
-    finally:
-        other.kill()
-        other.wait()
+    other_port = fake_vllm_port
+    ports = iter([other_port])
+    real_free_port = server_mod.free_port
+    monkeypatch.setattr(server_mod, "free_port", lambda host="127.0.0.1": next(ports, None) or real_free_port(host))
+    script = fake_script(tmp_path, f"exec {sys.executable} {fake} $PORT\n")
+    with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20) as srv:
+        assert srv.port != other_port
+        assert srv.owns_port()
+        assert srv.base_url.endswith(f":{srv.port}")
+    log = (tmp_path / "server.log").read_text()
+    assert f"port {other_port}" in log and "restarting on port" in log
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", other_port)) == 0, "the other job's server was touched"
 
 
 def test_a_port_the_caller_chose_is_kept(tmp_path):

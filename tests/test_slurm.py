@@ -17,7 +17,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from conftest import write_test_config
 from slurm_cluster import SlurmCluster, conflict, install
 
@@ -75,7 +74,7 @@ def test_slurm_run_has_the_local_runs_outputs(slurm_run, pipeline_run):
     assert s_slurm.columns == s_local.columns
     assert s_slurm.select(KEYS + ["requests_sent"]).sort(KEYS).equals(s_local.select(KEYS + ["requests_sent"]).sort(KEYS))
     assert (s_slurm["requests_failed"] == 0).all()
-    headings = lambda d: [ln for ln in (d / "results/prefix_caching_results.md").read_text().splitlines()  # noqa: E731
+    headings = lambda d: [ln for ln in (d / "results/prefix_caching_results.md").read_text().splitlines()
                           if ln.startswith("#")]
     assert headings(work) == headings(local)
 
@@ -86,7 +85,9 @@ def test_only_measure_jobs_reach_the_scheduler_and_ask_for_a_gpu(slurm_run):
     for job in jobs:
         assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
         assert job["Partition"] == "gpu" and "gpu" in job["TresPerJob"], job
-    assert "rule_measure" in {p.name for p in (work / ".snakemake/slurm_logs").iterdir()}
+    log = proc.stdout + proc.stderr  # Snakemake's side of the same jobs
+    for job in jobs:
+        assert f"with SLURM jobid {job['JobId']} " in log, job
     for mode in ("no_prefix_cache", "with_prefix_cache"):
         info = json.loads((work / f"results/raw/{mode}/server.json").read_text())
         assert info["started_by_prefixbench"] and info["port"] > 0
