@@ -91,3 +91,54 @@ def test_only_measure_jobs_reach_the_scheduler_and_ask_for_a_gpu(slurm_run):
     for mode in ("no_prefix_cache", "with_prefix_cache"):
         info = json.loads((work / f"results/raw/{mode}/server.json").read_text())
         assert info["started_by_prefixbench"] and info["port"] > 0
+
+
+def test_scancel_mid_measurement_leaves_no_server(slurm, smollm2_dir, tmp_path, reliability):
+    """What a cluster does to a job past its time limit or cancelled by its owner: SIGTERM, then SIGKILL."""
+    import psutil
+    import yaml
+
+    cfg = yaml.safe_load(write_test_config(tmp_path).read_text())
+    cfg["questions"] = {"count": 32}  # a point long enough to cancel in the middle of
+    cfg["benchmark"].update(concurrency=[1], repeats=1, request_rates=[], max_tokens=16)
+    cfg["regimes"]["small"]["reuse_pcts"] = [100]
+    configfile = tmp_path / "cancel.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "results/raw/no_prefix_cache/server.json", "-s", str(ROOT / "Snakefile"),
+           "-d", str(tmp_path), "--configfile", str(configfile), "--workflow-profile", str(ROOT / "profiles/slurm"),
+           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm.env)
+
+    def vllm_procs() -> list[int]:
+        out = []
+        for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
+            if p.info["cwd"] == str(tmp_path) and "vllm" in " ".join(p.info["cmdline"] or []).lower():
+                out.append(p.pid)
+        return out
+
+    records = tmp_path / "results/logs/records_no_prefix_cache.jsonl"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and not (records.exists() and len(records.read_text().splitlines()) >= 3):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    running = [j for j in slurm.jobs() if j["JobState"] == "RUNNING"]
+    assert len(running) == 1, running
+    before = vllm_procs()
+    t0 = time.monotonic()
+    subprocess.run(["scancel", running[0]["JobId"]], check=True, env=slurm.env)
+    while vllm_procs() and time.monotonic() - t0 < 120:
+        time.sleep(0.1)
+    gone = time.monotonic() - t0
+    left = vllm_procs()
+    out, _ = proc.communicate(timeout=300)
+    state = next(j["JobState"] for j in slurm.jobs() if j["JobId"] == running[0]["JobId"])
+    assert before and not left
+    assert state == "CANCELLED" and proc.returncode != 0
+    assert f"SLURM-job '{running[0]['JobId']}' failed" in out
+    assert not (tmp_path / "results/raw/no_prefix_cache/server.json").exists()
+    kept = len(records.read_text().splitlines())
+    assert kept >= 3
+    reliability("s9_slurm_cancel", "", "scancel of the running measure job after its first 3 requests",
+                {"scheduler state": state, "vLLM processes of the job before": len(before),
+                 "all gone after (s)": round(gone, 1), "processes left": len(left),
+                 "snakemake exit code": proc.returncode, "records kept in the journal": kept})

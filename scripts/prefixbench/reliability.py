@@ -18,6 +18,7 @@ SCENARIOS = {
     "s6_bad_config": "6. Bad configuration (schema, cross-checks, fuzzing)",
     "s7_soak": "7. Soak: many requests at high concurrency",
     "s8_api_key": "Security: a planted API key",
+    "s9_slurm_cancel": "9. SLURM job cancelled mid-measurement (scancel)",
 }
 
 
