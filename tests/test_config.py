@@ -107,3 +107,16 @@ def test_workflow_profiles_load(profile):
                           "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "measure" in out.stdout
+
+
+def test_endpoint_config_resolves_and_refuses_credentials_in_urls():
+    cfg = yaml.safe_load((ROOT / "config/endpoints.yaml").read_text())
+    target = cfg["targets"]["endpoint"]
+    assert pbconfig.target_name(cfg) == "endpoint" and pbconfig.is_endpoint(target)
+    assert pbconfig.tokenizer_source(target) == "microsoft/Phi-3-mini-4k-instruct"
+    assert pbconfig.model_of(target)["served_name"] == "phi-3-mini-4k-instruct"
+    pbconfig.check(cfg, target)
+    bad = copy.deepcopy(cfg)
+    bad["targets"]["endpoint"]["endpoints"]["with_prefix_cache"]["base_url"] = "http://me:s3cret@10.0.0.6:8000"
+    with pytest.raises(pbconfig.ConfigError, match="api_key_env"):
+        pbconfig.check(bad, bad["targets"]["endpoint"])

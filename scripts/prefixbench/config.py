@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .corpus import DEFAULT_QUESTIONS, question_variants
 from .measure import BenchSettings
@@ -108,6 +109,11 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
                 f"{target['max_model_len']} leaves at most {limit} prefix tokens after max_tokens and the question; "
                 "lower prefix_tokens or raise max_model_len"
             )
+    for mode, ep in target.get("endpoints", {}).items():
+        parts = urlsplit(ep["base_url"])
+        if parts.username or parts.password or parts.query:
+            raise ConfigError(f"targets.endpoint.endpoints.{mode}.base_url carries credentials or a query; give the "
+                              "bare URL and put the key in an environment variable named by api_key_env")
     model = model_of(target)
     if model["source"] == "path" and not Path(model["path"]).is_dir():
         raise ConfigError(f"model.path={model['path']!r}: no such folder (source: path); point it at a model folder "
