@@ -44,6 +44,11 @@ class ClientConfig:
     api_key: str | None = None
 
 
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The Authorization header for an API key (none without one); the only place a key is put anywhere."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def completion_payload(cfg: ClientConfig, prompt: str) -> dict:
     """Fixed-length greedy generation (`ignore_eos`) so every mode decodes the same number of tokens."""
     return {
@@ -62,7 +67,7 @@ def _apply_usage(rec: RequestRecord, usage: dict) -> None:
 async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int, prompt: str, t_origin: float) -> RequestRecord:
     """Send one streaming completion and time it; every failure mode ends as a failed record."""
     rec = RequestRecord(request_index=index)
-    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    headers = bearer(cfg.api_key)
     timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_read=cfg.stall_timeout_s)
     t0 = time.perf_counter()
     rec.start_s = t0 - t_origin

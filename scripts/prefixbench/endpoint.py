@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from . import metrics as m
+from .client import bearer
 from .server import ServerError
 
 
@@ -89,9 +90,6 @@ class Endpoint:
     def check_alive(self) -> None:
         """A remote server has no process to poll; a dead one shows up as failed requests."""
 
-    def headers(self, api_key: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
     def __enter__(self) -> Endpoint:
         return self
 
@@ -104,7 +102,7 @@ async def probe(endpoint: Endpoint, api_key: str | None, try_reset: bool) -> Cap
     caps = Capabilities()
     url = redact_url(endpoint.base_url)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(headers=endpoint.headers(api_key), timeout=timeout) as s:
+    async with aiohttp.ClientSession(headers=bearer(api_key), timeout=timeout) as s:
         try:
             async with s.get(f"{endpoint.base_url}/v1/models") as r:
                 if r.status in (401, 403):

@@ -18,14 +18,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import aiohttp
 
 from . import metrics as m
-from .client import ClientConfig, RequestRecord, record_dict, run_closed_loop, run_open_loop
+from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop
 from .corpus import text_of_at_least
 from .endpoint import Capabilities, Endpoint, probe, redact_url
 from .prompts import read_prompts
@@ -67,11 +67,6 @@ class BenchSettings:
 def api_key(settings: BenchSettings) -> str | None:
     """The API key, read from the environment at the moment it is needed; it goes nowhere but a header."""
     return os.environ.get(settings.api_key_env) if settings.api_key_env else None
-
-
-def auth_headers(settings: BenchSettings) -> dict[str, str]:
-    key = api_key(settings)
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def client_config(server: ManagedServer | Endpoint, model: str, settings: BenchSettings) -> ClientConfig:
@@ -223,7 +218,7 @@ async def measure_point(server: ManagedServer | Endpoint, model: str, point: Poi
     async def counters(session: aiohttp.ClientSession) -> dict[str, float]:
         return await fetch_metrics(session, server.base_url) if caps.metrics else {}
 
-    async with aiohttp.ClientSession(headers=auth_headers(settings)) as session:
+    async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
         sampler.start(session)
         try:
             with point.records_path.open("w") as fh, \
@@ -378,7 +373,7 @@ def measure_endpoint(mode: str, endpoint: Endpoint, server_info_path: Path, poin
     info = {"mode": mode, "started_by_prefixbench": False,
             "endpoint": {"base_url": redact_url(endpoint.base_url), "model": endpoint.model,
                          "api_key_env": endpoint.api_key_env},
-            "capabilities": {k: v for k, v in vars(caps).items()}, "not_measured": caps.not_measured(),
+            "capabilities": asdict(caps), "not_measured": caps.not_measured(),
             "vllm_version": caps.version or "unknown (the endpoint has no /version)",
             "hardware": {"client": hardware(), "server": "a remote endpoint: not visible to prefixbench"},
             "warmup_policy": warmup_policy(settings) + settings_note, "startup_s": None, **extra_info}

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .client import bearer
+
 CACHE_FLAGS = {"no_prefix_cache": "--no-enable-prefix-caching", "with_prefix_cache": "--enable-prefix-caching"}
 
 
@@ -234,9 +236,7 @@ class ManagedServer:
     def wait_ready(self, t0: float) -> None:
         while True:
             self.check_alive()
-            req = urllib.request.Request(f"{self.base_url}/v1/models")
-            if self._api_key:
-                req.add_header("Authorization", f"Bearer {self._api_key}")
+            req = urllib.request.Request(f"{self.base_url}/v1/models", headers=bearer(self._api_key))
             try:
                 with urllib.request.urlopen(req, timeout=5) as r:
                     if r.status == 200:
