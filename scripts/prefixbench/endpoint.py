@@ -31,6 +31,21 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
+async def fetch_metrics(session: aiohttp.ClientSession, base_url: str) -> dict[str, float]:
+    async with session.get(f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+        r.raise_for_status()
+        return m.parse_metrics(await r.text())
+
+
+async def reset_prefix_cache(session: aiohttp.ClientSession, base_url: str) -> str:
+    """'ok', or why not (the endpoint exists only in dev mode, which only loopback servers get)."""
+    try:
+        async with session.post(f"{base_url}/reset_prefix_cache", timeout=aiohttp.ClientTimeout(total=30)) as r:
+            return "ok" if r.status == 200 else f"HTTP {r.status}"
+    except aiohttp.ClientError as exc:
+        return f"unavailable ({type(exc).__name__})"
+
+
 @dataclass
 class Capabilities:
     """What one endpoint offered when probed; everything missing here is reported as not measured."""
@@ -117,14 +132,12 @@ async def probe(endpoint: Endpoint, api_key: str | None, try_reset: bool) -> Cap
         if endpoint.model not in caps.models:
             raise ServerError(f"endpoint {url} does not serve model {endpoint.model!r}; it serves {caps.models}")
         try:
-            async with s.get(f"{endpoint.base_url}/metrics") as r:
-                if r.status == 200:
-                    names = m.parse_metrics(await r.text())
-                    caps.metrics = True
-                    caps.prefix_cache_counters = m.PREFIX_HITS in names and m.PREFIX_QUERIES in names
-                    caps.latency_histograms = all(f"{h}_count" in names for h in m.HISTOGRAMS)
-                    caps.idle_gauges = m.RUNNING in names and m.WAITING in names
-                    caps.kv_usage = m.KV_USAGE in names
+            names = await fetch_metrics(s, endpoint.base_url)
+            caps.metrics = True
+            caps.prefix_cache_counters = m.PREFIX_HITS in names and m.PREFIX_QUERIES in names
+            caps.latency_histograms = all(f"{h}_count" in names for h in m.HISTOGRAMS)
+            caps.idle_gauges = m.RUNNING in names and m.WAITING in names
+            caps.kv_usage = m.KV_USAGE in names
         except (TimeoutError, aiohttp.ClientError, ValueError):
             pass
         try:
@@ -135,9 +148,8 @@ async def probe(endpoint: Endpoint, api_key: str | None, try_reset: bool) -> Cap
             pass
         if try_reset:
             try:
-                async with s.post(f"{endpoint.base_url}/reset_prefix_cache") as r:
-                    caps.cache_reset = "ok" if r.status == 200 else f"HTTP {r.status}"
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                caps.cache_reset = await reset_prefix_cache(s, endpoint.base_url)
+            except TimeoutError as exc:
                 caps.cache_reset = f"unavailable ({type(exc).__name__})"
         else:
             caps.cache_reset = "not requested (benchmark.reset_cache_between_points: false)"

@@ -27,7 +27,7 @@ import aiohttp
 from . import metrics as m
 from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop
 from .corpus import text_of_at_least
-from .endpoint import Capabilities, Endpoint, probe, redact_url
+from .endpoint import Capabilities, Endpoint, fetch_metrics, probe, redact_url, reset_prefix_cache
 from .prompts import read_prompts
 from .server import ManagedServer, ServerError
 
@@ -152,12 +152,6 @@ def gpu_memory_used_mib() -> float | None:
         return None
 
 
-async def fetch_metrics(session: aiohttp.ClientSession, base_url: str) -> dict[str, float]:
-    async with session.get(f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
-        r.raise_for_status()
-        return m.parse_metrics(await r.text())
-
-
 async def wait_idle(session: aiohttp.ClientSession, base_url: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -166,15 +160,6 @@ async def wait_idle(session: aiohttp.ClientSession, base_url: str, timeout_s: fl
             return
         await asyncio.sleep(0.2)
     raise ServerError(f"server still busy {timeout_s:.0f} s after the previous point")
-
-
-async def reset_prefix_cache(session: aiohttp.ClientSession, base_url: str) -> str:
-    """'ok', or why not (the endpoint exists only in dev mode, which only loopback servers get)."""
-    try:
-        async with session.post(f"{base_url}/reset_prefix_cache", timeout=aiohttp.ClientTimeout(total=30)) as r:
-            return "ok" if r.status == 200 else f"HTTP {r.status}"
-    except aiohttp.ClientError as exc:
-        return f"unavailable ({type(exc).__name__})"
 
 
 def warmup_prompt(i: int, approx_tokens: int) -> str:
