@@ -26,11 +26,13 @@ ensure_env() {  # ensure_env DIR STAMP INSTALL_FUNCTION
     return
   fi
   log "creating $dir (this happens once; a few minutes)"
+  local t0=$SECONDS
   rm -rf "$dir"
   "$PY" -m venv "$dir"
   pip_quiet "$dir/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >/dev/null
   "$install" "$dir"
   echo "$stamp" > "$dir/.prefixbench-stamp"
+  echo $((SECONDS - t0)) > "$dir/.prefixbench-build-seconds"   # read by scripts/where_the_time_goes.py
 }
 
 install_pipeline() { pip_quiet "$1/bin/pip" install --quiet --disable-pip-version-check -r envs/pipeline.txt; }

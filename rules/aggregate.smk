@@ -13,6 +13,8 @@ rule aggregate:
         "../envs/pipeline.yaml"
     log:
         "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
     script:
         "../scripts/aggregate_results.py"
 

@@ -11,6 +11,8 @@ rule charts:
         "../envs/pipeline.yaml"
     log:
         "results/logs/charts.log",
+    benchmark:
+        "results/benchmarks/charts.tsv"
     params:
         outdir=lambda w, output: os.path.dirname(output[0]),
         names=CHART_NAMES,

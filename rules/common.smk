@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from dataclasses import asdict
 
@@ -16,6 +17,26 @@ from prefixbench import config as pbconfig  # noqa: E402
 
 validate(config, "../config/schema/config.schema.yaml")
 
+
+def stop_now(signum, frame):
+    """SIGTERM (kill, a service manager, a CI runner) stops the run at once, as Ctrl-C does.
+
+    Snakemake's own handler waits for running jobs to finish (a `measure` job can take an hour); this
+    one passes the signal to every process of the run, whose `finally` blocks tear the servers down
+    and keep what was measured, then lets Snakemake clean up as after Ctrl-C."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    raise KeyboardInterrupt
+
+
+onstart:
+    signal.signal(signal.SIGTERM, stop_now)
+
 try:
     TARGET_NAME = pbconfig.target_name(config)
     TARGET = config["targets"][TARGET_NAME]
@@ -28,10 +49,15 @@ MODEL = pbconfig.model_of(TARGET)
 REGIMES = pbconfig.regimes(config)
 QUESTIONS = pbconfig.questions(config)
 CONCURRENCY = sorted(config["benchmark"]["concurrency"])
-SERVER_SPEC = None if ENDPOINT_MODE else pbconfig.server_spec(config, TARGET)
+# A CPU target's dtype follows this machine's CPU flags (`auto`: bfloat16 only where the CPU computes it natively).
+DTYPE_CHOICE = pbconfig.dtype_choice(TARGET_NAME, TARGET)
+SERVER_SPEC = None if ENDPOINT_MODE else pbconfig.server_spec(config, TARGET, DTYPE_CHOICE)
 # What stands for each cache setting: the server script prefixbench runs, or the existing endpoint it measures.
 SERVER_FILE = "results/servers/endpoint_{mode}.json" if ENDPOINT_MODE else "results/servers/serve_slm_{mode}.sh"
 BENCH = asdict(pbconfig.bench_settings(config))
+# With a time budget, a calibration start times the server and plans how many requests each point sends.
+TIME_BUDGET_S = config["benchmark"].get("time_budget_s")
+PLAN_FILE = "results/calibration.json" if TIME_BUDGET_S and not ENDPOINT_MODE else None
 RATES = sorted(config["benchmark"].get("request_rates", []))
 # Every measurement point of one server lifetime: (regime, reuse %, concurrency, request rate);
 # closed-loop points have rate 0, open-loop points concurrency 0.

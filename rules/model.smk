@@ -8,6 +8,8 @@ if MODEL["source"] == "smollm2_package":
             "../envs/server-cpu.yaml"
         log:
             "results/logs/convert_smollm2.log",
+        benchmark:
+            "results/benchmarks/convert_smollm2.tsv"
         params:
             python=TARGET["python"],
             dtype="bfloat16",

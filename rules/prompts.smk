@@ -9,6 +9,8 @@ rule prompts:
         "../envs/pipeline.yaml"
     log:
         "results/logs/prompts/{regime}.log",
+    benchmark:
+        "results/benchmarks/prompts_{regime}.tsv"
     params:
         regime=lambda w: asdict(REGIMES[w.regime]),
         questions=QUESTIONS,

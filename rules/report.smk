@@ -17,6 +17,8 @@ rule report:
         "../envs/pipeline.yaml"
     log:
         "results/logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
     params:
         target=TARGET_NAME,
         model=MODEL,

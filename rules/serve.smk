@@ -37,6 +37,38 @@ else:
             "../scripts/write_server_script.py"
 
 
+if PLAN_FILE:
+
+    rule calibrate:
+        """A server start before the measured ones: times cold requests, plans the sweep to the time budget,
+        and leaves the compile caches warm for both cache settings."""
+        input:
+            script=SERVER_FILE.format(mode="no_prefix_cache"),
+            prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
+            model=model_inputs(),
+            code=package_files("calibrate", "plan", "client", "server", "settings", "corpus", "prompts"),
+        output:
+            PLAN_FILE,
+        conda:
+            "../envs/pipeline.yaml"
+        log:
+            server="results/logs/server_calibrate.log",
+            calibrate="results/logs/calibrate.log",
+        benchmark:
+            "results/benchmarks/calibrate.tsv"
+        params:
+            points=POINTS,
+            bench=BENCH,
+            budget_s=TIME_BUDGET_S,
+            host=config["server"]["host"],
+            ready_timeout_s=config["server"]["ready_timeout_s"],
+            served_name=MODEL["served_name"],
+        resources:
+            gpu=1,
+        script:
+            "../scripts/calibrate.py"
+
+
 rule measure:
     """One server lifetime per cache setting: start, wait ready, warm up, measure every point, tear down
     (endpoint mode: probe the existing endpoint and measure every point against it)."""
@@ -44,7 +76,9 @@ rule measure:
         script=SERVER_FILE,
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         model=model_inputs(),
-        code=package_files("measure", "client", "server", "metrics", "endpoint"),
+        plan=[PLAN_FILE] if PLAN_FILE else [],
+        code=package_files("measure", "client", "server", "metrics", "endpoint", "settings", "host", "plan",
+                           "calibrate", "corpus", "prompts"),
     output:
         records=point_files("jsonl"),
         meta=point_files("meta.json"),
@@ -55,17 +89,20 @@ rule measure:
         server="results/logs/server_{mode}.log",
         measure="results/logs/measure_{mode}.log",
         records="results/logs/records_{mode}.jsonl",
+    benchmark:
+        "results/benchmarks/measure_{mode}.tsv"
     params:
         points=POINTS,
         bench=BENCH,
-        host=config.get("server", {}).get("host", "127.0.0.1"),
-        ready_timeout_s=config.get("server", {}).get("ready_timeout_s", 900),
+        host=config["server"]["host"],
+        ready_timeout_s=config["server"]["ready_timeout_s"],
         served_name=MODEL["served_name"],
         python=TARGET.get("python", ""),
         target=TARGET_NAME,
         model=MODEL,
         endpoint=lambda w: TARGET["endpoints"][w.mode] if ENDPOINT_MODE else {},
         description=TARGET.get("description", ""),
+        dtype_choice=DTYPE_CHOICE.as_dict() if DTYPE_CHOICE else {},
     resources:
         gpu=1,
     script:

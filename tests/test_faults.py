@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from prefixbench.client import ClientConfig, run_closed_loop
+from prefixbench.host import cpu_dtype, read_cpu_info
 from prefixbench.measure import BenchSettings, Point, measure_mode
 from prefixbench.prompts import write_jsonl
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, write_script
@@ -57,7 +58,7 @@ def procs_in(workdir: Path) -> list[int]:
 
 def real_spec(smollm2_dir: Path, **kw) -> ServerSpec:
     base = dict(python=str(SERVER_PYTHON), model=str(smollm2_dir), served_model_name="smollm2", max_model_len=1024,
-                dtype="bfloat16", env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"})
+                dtype=cpu_dtype("auto", read_cpu_info()).dtype, env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"})
     return ServerSpec(**{**base, **kw})
 
 

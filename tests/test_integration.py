@@ -98,6 +98,34 @@ def test_report_is_from_this_run(pipeline_run):
     assert "Open loop: goodput" in md and "## Cross-checks" in md
 
 
+def test_calibration_plans_the_sweep_and_the_report_says_so(pipeline_run):
+    work, _, cfg = pipeline_run
+    plan = json.loads((work / "results/calibration.json").read_text())
+    rates = plan["rates"]
+    assert rates["prefill_s_per_token"] > 0 and rates["decode_s_per_token"] > 0
+    # The fit is checked against the calibration's own cold requests: each within 50% of its TTFT.
+    for r in plan["calibration"]["requests"]:
+        predicted = rates["fixed_s"] + rates["prefill_s_per_token"] * r["prompt_tokens"]
+        assert abs(predicted - r["ttft_s"]) <= 0.5 * r["ttft_s"] + 0.05, (r, rates)
+    assert plan["budget_s"] == cfg["benchmark"]["time_budget_s"] and not plan["trimmed"]
+    info = json.loads((work / "results/raw/no_prefix_cache/server.json").read_text())
+    choice = info["dtype_choice"]
+    assert choice["dtype"] in ("bfloat16", "float32")
+    assert (choice["dtype"] == "bfloat16") == any(f in choice["flags"] for f in ("avx512_bf16", "amx_bf16"))
+    assert f"--dtype {choice['dtype']}" in (work / "results/servers/serve_slm_no_prefix_cache.sh").read_text()
+    md = (work / "results/prefix_caching_results.md").read_text()
+    assert f"| Dtype | `{choice['dtype']}` on {choice['cpu']}" in md
+    assert "| Time budget | the full sweep fits" in md and "nothing trimmed" in md
+    # Every measured point's console line tells the elapsed time and the estimate of the rest.
+    console = (work / "console.txt").read_text()
+    n_points = len(plan["points"])
+    for mode in ("no_prefix_cache", "with_prefix_cache"):
+        assert f"[prefixbench] {mode}: {n_points} points, about" in console
+        lines = [ln for ln in console.splitlines() if f"[prefixbench] {mode} point " in ln]
+        assert len(lines) == n_points and all("elapsed" in ln and " left" in ln for ln in lines)
+        assert lines[-1].endswith("about 0 s left")
+
+
 def test_no_server_process_left(pipeline_run):
     work, _, _ = pipeline_run
     left = []

@@ -79,9 +79,9 @@ def test_slurm_run_has_the_local_runs_outputs(slurm_run, pipeline_run):
     assert headings(work) == headings(local)
 
 
-def test_only_measure_jobs_reach_the_scheduler_and_ask_for_a_gpu(slurm_run):
+def test_only_server_jobs_reach_the_scheduler_and_ask_for_a_gpu(slurm_run):
     work, jobs, proc = slurm_run
-    assert len(jobs) == 2, jobs  # one per cache setting; the cheap rules stayed local (localrules)
+    assert len(jobs) == 3, jobs  # the calibration start, one per cache setting; the cheap rules stayed local
     for job in jobs:
         assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
         assert job["Partition"] == "gpu" and "gpu" in job["TresPerJob"], job

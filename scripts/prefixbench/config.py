@@ -9,9 +9,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .corpus import DEFAULT_QUESTIONS, question_variants
-from .measure import BenchSettings
+from .host import CpuInfo, DtypeChoice, cpu_dtype, read_cpu_info
 from .prompts import Regime, aligned_length
 from .server import ServerSpec
+from .settings import BenchSettings
 
 QUESTION_ROOM_TOKENS = 64  # room for "\nQ: <question>\nA:" after the prefix
 
@@ -71,7 +72,15 @@ def tokenizer_source(target: dict[str, Any]) -> str:
     return model.get("tokenizer", model["path"])
 
 
-def server_spec(config: dict[str, Any], target: dict[str, Any]) -> ServerSpec:
+def dtype_choice(target_name: str, target: dict[str, Any], cpu: CpuInfo | None = None) -> DtypeChoice | None:
+    """The CPU target's dtype, decided by this machine's CPU flags (`auto`: bfloat16 only where native)."""
+    if target_name != "cpu" or is_endpoint(target):
+        return None
+    return cpu_dtype(target["dtype"], cpu or read_cpu_info())
+
+
+def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoice | None = None) -> ServerSpec:
+    """The server of a target; a CPU target's dtype as `dtype_choice` resolved it."""
     model = target["model"]
     extra = list(target.get("extra_args", []))
     if model["source"] == "dummy" and "--load-format" not in extra:
@@ -81,7 +90,7 @@ def server_spec(config: dict[str, Any], target: dict[str, Any]) -> ServerSpec:
     return ServerSpec(
         python=target["python"], model=model["path"], served_model_name=model["served_name"],
         host=config.get("server", {}).get("host", "127.0.0.1"), max_model_len=target["max_model_len"],
-        dtype=target["dtype"], extra_args=tuple(extra), env=dict(target.get("env", {})),
+        dtype=dtype.dtype if dtype else target["dtype"], extra_args=tuple(extra), env=dict(target.get("env", {})),
         api_key_env=config.get("server", {}).get("api_key_env"),
     )
 
@@ -114,6 +123,9 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
         if parts.username or parts.password or parts.query:
             raise ConfigError(f"targets.endpoint.endpoints.{mode}.base_url carries credentials or a query; give the "
                               "bare URL and put the key in an environment variable named by api_key_env")
+    if is_endpoint(target) and config["benchmark"].get("time_budget_s"):
+        raise ConfigError("benchmark.time_budget_s: the calibration starts a server, so it applies only to servers "
+                          "prefixbench starts; remove it for target: endpoint")
     model = model_of(target)
     if model["source"] == "path" and not Path(model["path"]).is_dir():
         raise ConfigError(f"model.path={model['path']!r}: no such folder (source: path); point it at a model folder "

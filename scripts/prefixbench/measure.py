@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,9 +25,12 @@ import aiohttp
 from . import metrics as m
 from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop
 from .corpus import text_of_at_least
+from .host import hardware
+from .plan import Eta, fmt_duration
 from .endpoint import Capabilities, Endpoint, fetch_metrics, probe, redact_url, reset_prefix_cache
 from .prompts import read_prompts
 from .server import ManagedServer, ServerError
+from .settings import BenchSettings, api_key
 
 
 @dataclass(frozen=True)
@@ -43,30 +44,12 @@ class Point:
     records_path: Path
     meta_path: Path
     request_rate: float = 0.0  # open loop: mean arrivals per second; 0 for a closed-loop point
+    request_indices: tuple[int, ...] | None = None  # the plan's subset of the reuse level's requests; None = all
+    estimated_s: float | None = None  # the plan's estimate of this point's duration (all repeats)
 
     @property
     def label(self) -> str:
         return f"rate{self.request_rate:g}" if self.request_rate else f"c{self.concurrency}"
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    max_tokens: int = 32
-    request_timeout_s: float = 300.0
-    stall_timeout_s: float = 120.0
-    warmup_requests: int = 2
-    reset_cache: bool = True
-    sample_interval_s: float = 1.0
-    max_failed_fraction: float = 0.5
-    repeats: int = 1
-    burstiness: float = 1.0
-    seed: int = 0
-    api_key_env: str | None = None  # name of the environment variable holding the API key, never the key
-
-
-def api_key(settings: BenchSettings) -> str | None:
-    """The API key, read from the environment at the moment it is needed; it goes nowhere but a header."""
-    return os.environ.get(settings.api_key_env) if settings.api_key_env else None
 
 
 def client_config(server: ManagedServer | Endpoint, model: str, settings: BenchSettings) -> ClientConfig:
@@ -186,7 +169,8 @@ async def measure_point(server: ManagedServer | Endpoint, model: str, point: Poi
     when the job fails (it deletes a failed job's outputs)."""
     from tqdm import tqdm
 
-    prompts = [p for p in read_prompts(point.prompts_path) if p["reuse_pct"] == point.reuse_pct]
+    prompts = [p for p in read_prompts(point.prompts_path) if p["reuse_pct"] == point.reuse_pct
+               and (point.request_indices is None or p["request_index"] in point.request_indices)]
     if not prompts:
         raise ValueError(f"{point.prompts_path}: no prompts for reuse {point.reuse_pct}%")
     by_index = {p["request_index"]: p for p in prompts}
@@ -285,44 +269,36 @@ def server_version(python: str) -> str:
         return "unknown"
 
 
-def hardware() -> dict:
-    info = {"machine": platform.machine(), "cpu": platform.processor() or "unknown", "cpu_count": _cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if shutil.which("nvidia-smi"):
-        try:
-            info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                         capture_output=True, text=True, timeout=10).stdout.strip()
-        except (subprocess.SubprocessError, OSError):
-            pass
-    return info
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
-
-
 def measure_points(mode: str, server: ManagedServer | Endpoint, model: str, points: Sequence[Point],
                    settings: BenchSettings, journal: TextIO | None) -> int:
-    """Warm the server up, then every point in order; one console line per point."""
+    """Warm the server up, then every point in order; one console line per point, with the time left."""
     context = {"mode": mode}
     max_prefix = max(p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1])
+    t0 = time.monotonic()
     asyncio.run(warm_up(server, model, settings, max_prefix))
+    eta = Eta(point_estimates(points))
+    if all(p.estimated_s is not None for p in points):
+        print(f"[prefixbench] {mode}: {len(points)} points, about {fmt_duration(eta.remaining_s())} "
+              "(calibrated estimate)", flush=True)
     for i, point in enumerate(points, 1):
         pid = server.proc.pid if server.proc is not None else None
+        t_point = time.monotonic()
         meta = asyncio.run(measure_point(server, model, point, settings, context, pid, journal))
+        eta.point_done(time.monotonic() - t_point)
         # One line per point on stdout (the console), while the progress bars go to the job's log.
         print(f"[prefixbench] {mode} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
-              f"{point.label}: {meta['requests_ok']}/{meta['requests_sent']} ok in {meta['wall_s']:.1f} s",
+              f"{point.label}: {meta['requests_ok']}/{meta['requests_sent']} ok in {meta['wall_s']:.1f} s; "
+              f"elapsed {fmt_duration(time.monotonic() - t0)}, about {fmt_duration(eta.remaining_s())} left",
               flush=True)
     return len(points)
+
+
+def point_estimates(points: Sequence[Point]) -> list[float]:
+    """The plan's estimate per point, or, without a plan, its request count (the ETA scales either by the pace so far)."""
+    if all(p.estimated_s is not None for p in points):
+        return [float(p.estimated_s) for p in points]
+    return [float(len(p.request_indices)) if p.request_indices is not None else
+            float(sum(1 for r in read_prompts(p.prompts_path) if r["reuse_pct"] == p.reuse_pct)) for p in points]
 
 
 def warmup_policy(settings: BenchSettings) -> str:

@@ -256,13 +256,16 @@ class ManagedServer:
             time.sleep(1.0)
 
     def stop(self) -> None:
-        """SIGTERM the whole process group, then SIGKILL whatever is left after the grace period."""
+        """SIGTERM the whole process group, then SIGKILL whatever is left after the grace period.
+
+        A server that never became ready gets no grace: mid-start (torch.compile) vLLM ignores SIGTERM
+        for tens of seconds, and there is nothing to shut down cleanly."""
         if self.proc is None:
             return
         pgid = self.proc.pid
         kill_group(pgid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=self.term_grace_s)
+            self.proc.wait(timeout=self.term_grace_s if self.startup_s is not None else 0.5)
         except subprocess.TimeoutExpired:
             pass
         kill_group(pgid, signal.SIGKILL)

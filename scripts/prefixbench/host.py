@@ -1,0 +1,90 @@
+"""Facts about the machine a run happens on: CPU model and flags, the dtype the CPU can compute, GPUs.
+
+The CPU target's dtype matters more than anything else on a small machine: without AVX-512-BF16 or
+AMX-BF16, torch emulates bfloat16 and a SmolLM2 prefill runs ~40x slower than in float32 (measured on
+an AVX2-only EPYC: 1.3 vs 53.7 GFLOP/s). So `dtype: auto` on the CPU is decided here from the flags.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # either one: bfloat16 matmuls run in hardware
+SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # the flags a reader needs to see
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    flags: frozenset[str]
+
+
+def read_cpu_info(cpuinfo: str | None = None) -> CpuInfo:
+    """Model name and flags from /proc/cpuinfo (or the given text); empty flags where it can't be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model: str | None = None
+    flags: frozenset[str] = frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = frozenset(value.split())
+    return CpuInfo(model or platform.processor() or "unknown", flags)
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The dtype a CPU server runs in, and why: the report's setup table states it."""
+
+    dtype: str
+    requested: str
+    cpu: str
+    flags: tuple[str, ...]  # the deciding flags this CPU has (of SHOWN_FLAGS)
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cpu_dtype(requested: str, cpu: CpuInfo) -> DtypeChoice:
+    """Resolve a CPU target's dtype: `auto` is bfloat16 only where the CPU computes it natively, else float32."""
+    native = [f for f in BF16_FLAGS if f in cpu.flags]
+    shown = tuple(f for f in SHOWN_FLAGS if f in cpu.flags)
+    if requested != "auto":
+        note = ""
+        if requested == "bfloat16" and not native:
+            note = "; this CPU has no avx512_bf16/amx_bf16, so bfloat16 is emulated (expect a ~40x slower prefill)"
+        return DtypeChoice(requested, requested, cpu.model, shown, f"set in the config{note}")
+    if native:
+        return DtypeChoice("bfloat16", "auto", cpu.model, shown, f"auto: {' and '.join(native)} present (native bfloat16)")
+    return DtypeChoice("float32", "auto", cpu.model, shown,
+                       "auto: no avx512_bf16 or amx_bf16 flag, so bfloat16 would be emulated; float32 instead")
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def hardware() -> dict:
+    """What the report's setup table shows about this machine."""
+    cpu = read_cpu_info()
+    info = {"machine": platform.machine(), "cpu": cpu.model, "cpu_count": cpu_count(),
+            "cpu_flags": [f for f in SHOWN_FLAGS if f in cpu.flags]}
+    if shutil.which("nvidia-smi"):
+        try:
+            info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                                         capture_output=True, text=True, timeout=10).stdout.strip()
+        except (subprocess.SubprocessError, OSError):
+            pass
+    return info

@@ -1,0 +1,195 @@
+"""Size the sweep to a time budget from the server's measured speed, and estimate what remains.
+
+A 2-core machine may be an AVX-512 Xeon or an AVX2-only EPYC: the same sweep takes minutes on one and
+an hour on the other. So a calibration (a server start before the measured ones, which also warms the
+compile caches) measures the served model's fixed cost per request, prefill seconds per token and decode
+seconds per token, and this module turns that into a plan: how many of each point's requests to send so
+the slower cache setting fits `benchmark.time_budget_s`. Every point keeps its reuse mix, and cache off
+and on send exactly the same requests, so the comparison stays paired; the report says what was trimmed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from . import MODES
+
+
+@dataclass(frozen=True)
+class Rates:
+    """The served model's speed, fitted from cold requests of several lengths (TTFT = fixed + prefill x tokens)."""
+
+    fixed_s: float
+    prefill_s_per_token: float
+    decode_s_per_token: float
+
+    def request_s(self, uncached_tokens: int, max_tokens: int) -> float:
+        """One request alone on the server: its uncached prefill, then max_tokens - 1 decode steps."""
+        return self.fixed_s + self.prefill_s_per_token * uncached_tokens + self.decode_s_per_token * max(max_tokens - 1, 0)
+
+
+def fit_rates(samples: Sequence[tuple[int, float, float, int]]) -> Rates:
+    """Least-squares TTFT = fixed + a * prompt_tokens, and the median decode time per token.
+
+    `samples` are (prompt_tokens, ttft_s, e2e_s, completion_tokens) of cold requests sent one at a time."""
+    if len({s[0] for s in samples}) < 2:
+        raise ValueError("calibration needs cold requests of at least two prompt lengths")
+    xs = [float(s[0]) for s in samples]
+    ys = [s[1] for s in samples]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    slope = max(slope, 0.0)
+    fixed = max(my - slope * mx, 0.0)
+    per_token = sorted((e2e - ttft) / (n - 1) for _, ttft, e2e, n in samples if n and n > 1)
+    decode = per_token[len(per_token) // 2] if per_token else 0.0
+    return Rates(fixed, slope, decode)
+
+
+def uncached_tokens(prompt: dict, mode: str) -> int:
+    cached = (prompt.get("expected_cached_tokens") or 0) if mode == "with_prefix_cache" else 0
+    return prompt["prompt_len_tokens"] - cached
+
+
+def point_seconds(rates: Rates, prompts: Sequence[dict], mode: str, concurrency: int, request_rate: float,
+                  max_tokens: int) -> float:
+    """Estimated duration of one pass over `prompts`.
+
+    Prefill work adds up (a CPU engine computes one batch at a time); decode steps are shared by the
+    requests in flight; an open-loop point lasts at least as long as its arrivals."""
+    if not prompts:
+        return 0.0
+    prefill = sum(rates.fixed_s + rates.prefill_s_per_token * uncached_tokens(p, mode) for p in prompts)
+    width = concurrency if concurrency else max(1, len(prompts))
+    decode = rates.decode_s_per_token * max(max_tokens - 1, 0) * math.ceil(len(prompts) / min(width, len(prompts)))
+    work = prefill + decode
+    return max(work, len(prompts) / request_rate) if request_rate else work
+
+
+def choose(prompts: Sequence[dict], n: int, reuse_pct: int) -> list[dict]:
+    """The first `n` prompts of a reuse level that keep its mix (shared vs unique prefixes), in request order.
+
+    The first shared prompt stays first among the shared ones, so the cold/warm expectation holds."""
+    if n >= len(prompts):
+        return list(prompts)
+    shared = [p for p in prompts if p.get("prefix_group") == "shared"]
+    unique = [p for p in prompts if p.get("prefix_group") != "shared"]
+    n_shared = min(len(shared), round(n * reuse_pct / 100))
+    if 0 < reuse_pct < 100 and n >= 2:
+        n_shared = min(max(n_shared, 1), n - 1, len(shared))
+    n_unique = min(len(unique), n - n_shared)
+    n_shared = min(len(shared), n - n_unique)
+    picked = shared[:n_shared] + unique[:n_unique]
+    return sorted(picked, key=lambda p: p["request_index"])
+
+
+@dataclass(frozen=True)
+class PlannedPoint:
+    regime: str
+    reuse_pct: int
+    concurrency: int
+    request_rate: float
+    available: int
+    request_indices: tuple[int, ...]
+    estimated_s: dict[str, float]  # per cache setting, all repeats
+
+
+def min_requests(concurrency: int, available: int) -> int:
+    """The fewest requests a point can honestly have: one full round at its concurrency (open loop: 4), at least 2."""
+    return min(available, max(2, concurrency or 4))
+
+
+def make_plan(rates: Rates, points: Sequence[tuple[str, int, int, float]], prompts_by_regime: dict[str, list[dict]],
+              budget_s: float | None, max_tokens: int, repeats: int, steps: int = 100) -> dict:
+    """The largest common fraction of every point's requests whose slower cache setting fits `budget_s`."""
+
+    def planned(fraction: float) -> list[PlannedPoint]:
+        out = []
+        for regime, reuse, conc, rate in points:
+            pool = [p for p in prompts_by_regime[regime] if p["reuse_pct"] == reuse]
+            n = max(min_requests(conc, len(pool)), math.ceil(fraction * len(pool)))
+            chosen = choose(pool, n, reuse)
+            est = {m: repeats * point_seconds(rates, chosen, m, conc, rate, max_tokens) for m in MODES}
+            out.append(PlannedPoint(regime, reuse, conc, rate, len(pool),
+                                    tuple(p["request_index"] for p in chosen), est))
+        return out
+
+    def total(pts: list[PlannedPoint]) -> dict[str, float]:
+        return {m: sum(p.estimated_s[m] for p in pts) for m in MODES}
+
+    full = planned(1.0)
+    fraction, chosen = 1.0, full
+    if budget_s is not None:
+        for k in range(steps, 0, -1):
+            fraction, chosen = k / steps, planned(k / steps)
+            if max(total(chosen).values()) <= budget_s:
+                break
+    est = total(chosen)
+    trimmed = any(len(p.request_indices) < p.available for p in chosen)
+    return {
+        "budget_s": budget_s,
+        "rates": asdict(rates),
+        "fraction": fraction,
+        "trimmed": trimmed,
+        "over_budget": budget_s is not None and max(est.values()) > budget_s,
+        "estimated_s": est,
+        "full_estimated_s": total(full),
+        "requests_planned": sum(len(p.request_indices) for p in chosen) * repeats,
+        "requests_full": sum(p.available for p in chosen) * repeats,
+        "points": [asdict(p) for p in chosen],
+    }
+
+
+def plan_summary(plan: dict) -> str:
+    """One sentence for the console and the report: what the budget did, and the speed it was planned from."""
+    r = plan["rates"]
+    speed = (f"; calibrated on cold requests: {r['fixed_s'] * 1e3:.0f} ms fixed + {r['prefill_s_per_token'] * 1e3:.2f} ms "
+             f"per prompt token, {r['decode_s_per_token'] * 1e3:.0f} ms per output token")
+    return _budget_sentence(plan) + speed
+
+
+def _budget_sentence(plan: dict) -> str:
+    est, full = plan["estimated_s"], plan["full_estimated_s"]
+    slow = max(full.values())
+    if plan["budget_s"] is None:
+        return f"no time budget: every request is sent (about {fmt_duration(slow)} for the slower cache setting)"
+    if not plan["trimmed"]:
+        return (f"the full sweep fits the {fmt_duration(plan['budget_s'])} budget (about {fmt_duration(slow)} "
+                "for the slower cache setting): nothing trimmed")
+    over = " (the smallest honest sweep still exceeds the budget)" if plan["over_budget"] else ""
+    return (f"the full sweep would take about {fmt_duration(slow)} with the cache off, over the "
+            f"{fmt_duration(plan['budget_s'])} budget: each point sends {plan['requests_planned']} of "
+            f"{plan['requests_full']} requests in all (the same ones in both settings, each point's reuse mix kept), "
+            f"about {fmt_duration(max(est.values()))}{over}")
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    h, minutes = divmod(minutes, 60)
+    return f"{h} h {minutes:02d} min"
+
+
+@dataclass
+class Eta:
+    """Elapsed time and an estimate of the rest, corrected by how the estimates have fared so far."""
+
+    estimates_s: list[float]  # one per point, in the order they run
+    done_s: float = 0.0
+    done_estimated_s: float = 0.0
+    finished: int = 0
+
+    def point_done(self, actual_s: float) -> None:
+        self.done_estimated_s += self.estimates_s[self.finished]
+        self.done_s += actual_s
+        self.finished += 1
+
+    def remaining_s(self) -> float:
+        rest = sum(self.estimates_s[self.finished:])
+        scale = self.done_s / self.done_estimated_s if self.done_estimated_s > 0 else 1.0
+        return rest * scale

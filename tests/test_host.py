@@ -1,0 +1,53 @@
+"""The CPU target's dtype follows the CPU's flags: bfloat16 only where the hardware computes it."""
+
+from __future__ import annotations
+
+from prefixbench.config import dtype_choice, server_spec
+from prefixbench.host import CpuInfo, cpu_dtype, read_cpu_info
+
+EPYC = """processor\t: 0
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse sse2 avx avx2 fma bmi2
+processor\t: 1
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse sse2 avx avx2 fma bmi2
+"""
+XEON = """model name\t: Intel(R) Xeon(R) Platinum 8481C
+flags\t\t: avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+"""
+
+
+def test_cpuinfo_is_parsed():
+    cpu = read_cpu_info(EPYC)
+    assert cpu.model == "AMD EPYC 7B13"
+    assert "avx2" in cpu.flags and "avx512f" not in cpu.flags
+
+
+def test_auto_is_float32_without_native_bf16():
+    choice = cpu_dtype("auto", read_cpu_info(EPYC))
+    assert choice.dtype == "float32"
+    assert choice.flags == ("avx2",)
+    assert "emulated" in choice.reason
+
+
+def test_auto_is_bfloat16_with_avx512_bf16_or_amx():
+    assert cpu_dtype("auto", read_cpu_info(XEON)).dtype == "bfloat16"
+    assert cpu_dtype("auto", CpuInfo("x", frozenset({"avx512_bf16"}))).dtype == "bfloat16"
+    assert cpu_dtype("auto", CpuInfo("x", frozenset({"amx_bf16"}))).dtype == "bfloat16"
+    assert cpu_dtype("auto", CpuInfo("x", frozenset({"avx512f", "avx2"}))).dtype == "float32"
+
+
+def test_an_explicit_dtype_is_kept_and_warned_about():
+    choice = cpu_dtype("bfloat16", read_cpu_info(EPYC))
+    assert choice.dtype == "bfloat16" and "emulated" in choice.reason
+    assert cpu_dtype("float32", read_cpu_info(XEON)).dtype == "float32"
+
+
+def test_the_server_command_gets_the_resolved_dtype():
+    target = {"python": "p", "model": {"source": "path", "path": "m", "served_name": "s"}, "max_model_len": 512,
+              "dtype": "auto", "block_size": 128}
+    cfg = {"server": {"host": "127.0.0.1"}}
+    on_epyc = dtype_choice("cpu", target, read_cpu_info(EPYC))
+    assert server_spec(cfg, target, on_epyc).dtype == "float32"
+    assert server_spec(cfg, target, dtype_choice("cpu", target, read_cpu_info(XEON))).dtype == "bfloat16"
+    assert dtype_choice("gpu", target, read_cpu_info(EPYC)) is None  # a GPU target's dtype is the engine's business
