@@ -32,10 +32,21 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer(smollm2_dir):
+def smollm2_tokenizer(tmp_path_factory):
+    """SmolLM2's real tokenizer from the copy shipped in resources/tokenizers/: no vLLM, no model conversion."""
+    import gzip
+    import shutil
+
     from prefixbench.tokenizer import load_tokenizer
 
-    return load_tokenizer(str(smollm2_dir))
+    shipped = ROOT / "resources" / "tokenizers" / "SmolLM2-135M-Instruct"
+    folder = tmp_path_factory.mktemp("tokenizer")
+    for f in shipped.iterdir():
+        if f.name.endswith(".gz"):
+            (folder / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+        else:
+            shutil.copy(f, folder / f.name)
+    return load_tokenizer(str(folder))
 
 
 RELIABILITY_DIR = ROOT / "results" / "reliability"

@@ -42,7 +42,8 @@ def write_run(root: Path, regimes=(("medium", 512), ("large", 1024)), reuses=(10
                             "prefix_len_tokens": prefix, "workload": "chat_policy", "prefix_group": group,
                             "expected_cached_tokens": prefix if warm else 0, "request_index": i,
                             "status": "failed" if failed else "ok", "error": "timeout after 1.0 s" if failed else None,
-                            "http_status": 200, "start_s": 0.0, "ttft_s": None if failed else ttft,
+                            "http_status": 200, "start_s": (i // max(conc, 1)) * (ttft + 0.02 * max_tokens) if not rate
+                            else i / rate, "ttft_s": None if failed else ttft,
                             "e2e_s": 1.0 if failed else ttft + 0.02 * max_tokens, "itl_s": [] if failed else [0.02] * (max_tokens - 1),
                             "prompt_tokens": None if failed else prefix + 12, "completion_tokens": None if failed else max_tokens,
                             "cached_tokens": None if failed else cached, "output_chunks": max_tokens,

@@ -26,6 +26,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     await asyncio.sleep(TTFT_DELAY)
+    if behaviour == "pairs":  # vLLM with continuous usage: the first chunk 1 token, then 2 tokens a chunk
+        for done in (1, 3, N_TOKENS):
+            if done > 1:
+                await asyncio.sleep(ITL_DELAY)
+            await resp.write(sse({"choices": [{"index": 0, "text": "tt"}],
+                                  "usage": {"prompt_tokens": 10, "completion_tokens": done}}))
+        await resp.write(sse({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": N_TOKENS}}))
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
     for i in range(N_TOKENS):
         if i:
             await asyncio.sleep(ITL_DELAY if behaviour != "stall" else 5)
@@ -68,6 +77,17 @@ async def test_timings_match_server_delays(fake_server):
     assert expected_e2e <= rec.e2e_s < expected_e2e + 0.15
     assert len(rec.itl_s) == N_TOKENS - 1 and all(ITL_DELAY * 0.8 <= x < ITL_DELAY + 0.05 for x in rec.itl_s)
     assert (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens) == (10, N_TOKENS, 4)
+    assert rec.tpot_s == pytest.approx((rec.e2e_s - rec.ttft_s) / (N_TOKENS - 1))
+
+
+async def test_itl_is_per_token_when_chunks_carry_several(fake_server):
+    (rec,), _ = await run(fake_server, ["pairs"])
+    assert rec.status == "ok", rec.error
+    assert rec.output_chunks == 3 and rec.chunk_tokens == [2, 2]
+    assert len(rec.chunk_gaps_s) == 2 and all(ITL_DELAY * 0.8 <= g < ITL_DELAY + 0.05 for g in rec.chunk_gaps_s)
+    # Each gap spread over the 2 tokens it carried: 4 per-token values, half a chunk gap each.
+    assert len(rec.itl_s) == N_TOKENS - 1 and all(ITL_DELAY / 2 * 0.8 <= x < ITL_DELAY / 2 + 0.03 for x in rec.itl_s)
+    assert rec.tpot_s == pytest.approx(sum(rec.chunk_gaps_s) / (N_TOKENS - 1), rel=0.05)
 
 
 async def test_concurrency_overlaps_requests(fake_server):

@@ -165,6 +165,30 @@ def test_endpoint_mode_uses_what_each_endpoint_offers_and_says_the_rest(endpoint
 
 
 @pytest.mark.integration
+def test_aa_the_same_server_measured_twice_is_no_measurable_difference(endpoints, smollm2_dir, tmp_path):
+    """The A/A test: both 'settings' are the same real cache-on server, so every difference is noise and none may
+    be claimed as a cache effect."""
+    same = {"no_prefix_cache": endpoints["with_prefix_cache"], "with_prefix_cache": endpoints["with_prefix_cache"]}
+    configfile = endpoint_config(tmp_path, same, smollm2_dir, KEY_ENV)
+    cfg = yaml.safe_load(configfile.read_text())
+    cfg["targets"]["endpoint"]["endpoints"]["no_prefix_cache"].pop("api_key_env")
+    cfg["questions"] = {"count": 12}
+    cfg["regimes"]["small"]["reuse_pcts"] = [100, 50, 0]
+    cfg["benchmark"].update(concurrency=[1, 2])
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = run_pipeline(tmp_path, configfile, dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sp = pl.read_csv(tmp_path / "results/speedup.csv")
+    assert sp.height == 6 and sp["ttft_speedup_lo"].drop_nulls().len() >= 3  # intervals exist where rounds allow
+    md = (tmp_path / "results/prefix_caching_results.md").read_text()
+    ttft = md[md.index("**Did prefix caching reduce TTFT"):md.index("**Did it increase throughput")]
+    assert "No claim." in ttft, ttft
+    claims = [ln for ln in ttft.splitlines() if ln.startswith("- ") and (" faster (" in ln or " slower (" in ln)]
+    assert not claims, claims
+    assert "## The A/A control" in md
+
+
+@pytest.mark.integration
 def test_the_api_key_is_written_nowhere(endpoint_run):
     leaked = [str(p) for p in endpoint_run.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert not leaked

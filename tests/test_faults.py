@@ -78,6 +78,7 @@ def fake_script(tmp_path: Path, env: str) -> Path:
 
 # 1. The server cannot start ------------------------------------------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", ["s1_bad_flag", "s1_bad_model", "s1_port_taken"])
 def test_server_cannot_start(tmp_path, smollm2_dir, reliability, case):
     held = None
@@ -114,6 +115,7 @@ def test_server_cannot_start(tmp_path, smollm2_dir, reliability, case):
 
 # 2. The server dies mid-point ------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
     script = tmp_path / "serve.sh"
     write_script(real_spec(smollm2_dir), "with_prefix_cache", script)
@@ -197,41 +199,82 @@ def test_malformed_streams_and_error_budget(tmp_path, reliability):
                  "over budget (10%)": f"run stops with 'error budget' error, {kept} of 12 records kept"})
 
 
-# 5. Ctrl-C to snakemake ------------------------------------------------------------------------------
+# 5. Stopping a run: SIGTERM to snakemake mid-measurement, Ctrl-C during a server's start -----------------
 
-def test_sigint_to_snakemake_leaves_nothing_and_rerun_resumes(tmp_path, smollm2_dir, reliability):
+def small_pipeline_config(tmp_path: Path, smollm2_dir: Path) -> list[str]:
+    """The snakemake command of a one-point run of config/test.yaml (no calibration start)."""
     cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     cfg["targets"]["cpu"]["python"] = str(SERVER_PYTHON)
     cfg["targets"]["cpu"]["model"]["path"] = str(smollm2_dir)
     cfg["benchmark"].update(concurrency=[1], repeats=1, request_rates=[], max_tokens=4)
+    cfg["benchmark"].pop("time_budget_s", None)
     cfg["regimes"]["small"]["reuse_pcts"] = [100]
     configfile = tmp_path / "c.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
-           str(configfile), "--cores", "1", "--resources", "gpu=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    log = tmp_path / "results/logs/server_no_prefix_cache.log"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and not (log.exists() and "Application startup complete" in log.read_text()):
-        time.sleep(0.5)
-    assert log.exists() and "Application startup complete" in log.read_text(), "server never became ready"
-    servers_before = [p for p in procs_in(tmp_path) if p != proc.pid]  # server, engine, measuring job
-    t0 = time.monotonic()
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground process group
-    proc.wait(timeout=120)
-    while procs_in(tmp_path) and time.monotonic() - t0 < 30:
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
+            str(configfile), "--cores", "1", "--resources", "gpu=1"]
+
+
+def wait_for(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not pred():
+        time.sleep(0.2)
+    assert pred(), what
+
+
+def gone_after(tmp_path: Path, t0: float, limit_s: float = 60) -> tuple[float, list[int]]:
+    while procs_in(tmp_path) and time.monotonic() - t0 < limit_s:
         time.sleep(0.1)
-    gone = time.monotonic() - t0
-    left = procs_in(tmp_path)
-    assert servers_before and not left
-    assert not (tmp_path / "results/raw/no_prefix_cache/server.json").exists()
+    return time.monotonic() - t0, procs_in(tmp_path)
+
+
+@pytest.mark.integration
+def test_sigterm_to_snakemake_stops_at_once_keeps_records_and_rerun_resumes(tmp_path, smollm2_dir, reliability):
+    """What `kill PID`, a service manager or a CI runner does: SIGTERM to snakemake's main process only."""
+    cmd = small_pipeline_config(tmp_path, smollm2_dir)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    def measured() -> int:
+        return sum(p.read_text().count("\n") for p in (tmp_path / "results/logs").glob("records_*.jsonl"))
+
+    wait_for(lambda: measured() >= 1, 900, "no request was measured")
+    running = [p for p in procs_in(tmp_path) if p != proc.pid]  # server, engine, measuring job
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)  # the main process only, not its group
+    proc.wait(timeout=120)
+    gone, left = gone_after(tmp_path, t0)
+    kept = measured()
+    assert running and not left and gone < 15, (gone, left)
+    assert proc.returncode != 0 and kept >= 1
+    assert not any((tmp_path / "results/raw").glob("*/server.json"))  # an incomplete job leaves no outputs
     rerun = subprocess.run(cmd + ["--rerun-incomplete"], capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (tmp_path / "results/prefix_caching_results.md").exists()
-    reliability("s5_sigint_snakemake", "", "SIGINT to snakemake's process group once the first server was ready",
-                {"processes of the run before (server, engine, job)": len(servers_before), "all gone after (s)": round(gone, 1),
-                 "processes left": len(left), "snakemake exit code": proc.returncode,
-                 "rerun (--rerun-incomplete)": "completed, report written"})
+    reliability("s5_sigterm_snakemake", "", "SIGTERM to snakemake's main process (not its group) mid-measurement",
+                {"processes of the run before (server, engine, job)": len(running), "all gone after (s)": round(gone, 1),
+                 "processes left": len(left), "records kept in the journal": kept,
+                 "snakemake exit code": proc.returncode, "rerun (--rerun-incomplete)": "completed, report written"})
+
+
+@pytest.mark.integration
+def test_ctrl_c_during_server_start_stops_at_once(tmp_path, smollm2_dir, reliability):
+    cmd = small_pipeline_config(tmp_path, smollm2_dir)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    def server_log() -> str:
+        return "".join(p.read_text() for p in (tmp_path / "results/logs").glob("server_*.log"))
+
+    # Mid-start: the engine has begun loading (or compiling), the API does not answer yet.
+    wait_for(lambda: "Loading weights" in server_log() or "Warming up" in server_log(), 600,
+             "the server never began loading")
+    assert "Application startup complete" not in server_log()
+    running = [p for p in procs_in(tmp_path) if p != proc.pid]
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground process group
+    proc.wait(timeout=120)
+    gone, left = gone_after(tmp_path, t0)
+    assert running and not left and gone < 10, (gone, left)
+    reliability("s5_sigint_start", "", "Ctrl-C (SIGINT to snakemake's process group) while the first server loads",
+                {"processes of the run before (server, engine, job)": len(running), "all gone after (s)": round(gone, 1),
+                 "processes left": len(left), "snakemake exit code": proc.returncode})
 
 
 # 6. Bad configuration --------------------------------------------------------------------------------

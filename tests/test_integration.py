@@ -114,7 +114,8 @@ def test_calibration_plans_the_sweep_and_the_report_says_so(pipeline_run):
     assert (choice["dtype"] == "bfloat16") == any(f in choice["flags"] for f in ("avx512_bf16", "amx_bf16"))
     assert f"--dtype {choice['dtype']}" in (work / "results/servers/serve_slm_no_prefix_cache.sh").read_text()
     md = (work / "results/prefix_caching_results.md").read_text()
-    assert f"| Dtype | `{choice['dtype']}` on {choice['cpu']}" in md
+    assert f"| Dtype | `{choice['dtype']}`, chosen by the CPU's flags ({choice['reason']})" in md
+    assert choice['cpu'] in md
     assert "| Time budget | the full sweep fits" in md and "nothing trimmed" in md
     # Every measured point's console line tells the elapsed time and the estimate of the rest.
     console = (work / "console.txt").read_text()

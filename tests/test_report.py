@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefixbench.aggregate import load_meta, load_records, speedups, summarize
-from prefixbench.report import NOISE, render, ttft_finding, verdict
+from prefixbench.aggregate import load_meta, load_records, speedups, summarize, with_confidence
+from prefixbench.report import render, ttft_finding, verdict
 from synthetic import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,9 +18,10 @@ TEMPLATE = ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2"
 
 def make_inputs(tmp_path, **kw):
     recs, metas = write_run(tmp_path / "raw", **kw)
-    summary = summarize(load_records(recs), load_meta(metas))
+    records = load_records(recs)
+    summary = summarize(records, load_meta(metas))
     summary.write_csv(tmp_path / "summary.csv")
-    speedups(summary).write_csv(tmp_path / "speedup.csv")
+    with_confidence(speedups(summary), records).write_csv(tmp_path / "speedup.csv")
     infos = []
     for mode in ("no_prefix_cache", "with_prefix_cache"):
         p = tmp_path / f"{mode}.json"
@@ -48,7 +49,7 @@ def render_md(tmp_path, model=None, slo=None, **kw) -> tuple[str, pl.DataFrame]:
 
 
 def test_report_sections_and_numbers(tmp_path):
-    md, summary = render_md(tmp_path)
+    md, summary = render_md(tmp_path, n=40)  # 10 rounds at c=4: enough for an interval at every point
     for heading in ["## Prefix strategy", "## The two server commands", "## Summary per (prefix length, concurrency)",
                     "## Hit rate mental model", "## Consulting-ready conclusion", "**Did it increase throughput at the same p95?**",
                     "**Extra memory overhead?**", "**What workload shapes benefit most?**", "**How does the benefit change"]:
@@ -58,10 +59,12 @@ def test_report_sections_and_numbers(tmp_path):
     assert "charts/ttft_vs_concurrency.png" in md
     assert "None" not in md and "n/a" not in md
     # The headline TTFT sentence carries the data's own numbers.
-    sp = speedups(summary).filter(pl.col("reuse_pct") == 100)
-    assert f"{sp['ttft_speedup'].min():.2f}× to {sp['ttft_speedup'].max():.2f}×" in md
+    sp = speedups(summary).filter(pl.col("reuse_pct") == 100).sort("ttft_speedup")
+    best = sp.row(-1, named=True)
+    assert (f"Yes. At 100% reuse the cache cut mean TTFT at every point, beyond the A/A noise floor" in md
+            and f"the largest cut {best['regime']} ({best['prefix_len_tokens']} tokens) at concurrency" in md)
     assert "random weights" not in md.lower()
-    assert "1 of 10 failed" not in md
+    assert "1 of 40 failed" not in md
 
 
 def test_failures_show_in_report(tmp_path):
@@ -74,12 +77,21 @@ def test_dummy_weights_are_stated(tmp_path):
     assert "Random weights" in md and "--load-format dummy" in md
 
 
-def test_no_difference_is_said_plainly():
-    assert verdict(1.0 + NOISE / 2).startswith("no measurable difference")
-    assert verdict(2.0) == "2.00× faster" and verdict(0.5) == "2.00× slower"
+def test_no_claim_without_an_interval_or_inside_the_aa_floor():
+    assert verdict(2.0).startswith("2.00× off/on, not claimed (no interval")
+    assert verdict(1.3, ci=(0.9, 1.6)).startswith("no measurable difference")
+    # The interval excludes 1 but not the noise two identical setups showed: no claim.
+    assert verdict(1.15, ci=(1.05, 1.25), floor=(0.85, 1.2)).startswith("no difference beyond the A/A noise floor")
+    assert verdict(1.5, ci=(1.3, 1.7), floor=(0.85, 1.2)) == "1.50× faster (95% CI 1.30–1.70)"
+    assert verdict(0.5, ci=(0.4, 0.6), floor=(0.9, 1.1)) == "2.00× slower (95% CI 1.67–2.50)"
     sp = pl.DataFrame({"regime": ["a", "a"], "prefix_len_tokens": [512, 512], "reuse_pct": [100, 100], "concurrency": [1, 4],
                        "ttft_speedup": [1.01, 0.99], "mean_ttft_s_off": [0.1, 0.2], "mean_ttft_s_on": [0.099, 0.202]})
-    assert ttft_finding(sp).answer.startswith("No.")
+    assert ttft_finding(sp).answer.startswith("No claim.")
+    sp = sp.with_columns(pl.Series("ttft_speedup", [1.5, 1.6]), pl.Series("ttft_speedup_lo", [1.3, 1.1]),
+                         pl.Series("ttft_speedup_hi", [1.7, 2.0]), pl.Series("aa_ttft_lo", [0.9, 0.9]),
+                         pl.Series("aa_ttft_hi", [1.2, 1.2]))
+    answer = ttft_finding(sp).answer
+    assert answer.startswith("Partly.") and "at 1 of 2 points" in answer  # c=4's 1.1 lies inside the A/A band
 
 
 @pytest.mark.parametrize("name", ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"])

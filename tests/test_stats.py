@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from prefixbench.report import verdict
-from prefixbench.stats import bootstrap_ratio_ci
+from prefixbench.stats import (
+    bootstrap_ratio_ci,
+    busy_periods,
+    closed_loop_rounds,
+    cluster_ratio_ci,
+    outside_floor,
+    steady_window,
+)
 
 
 def test_ci_excludes_one_for_a_real_difference():
@@ -35,3 +42,46 @@ def test_verdict_uses_the_interval():
     assert verdict(1.3, ci=(0.9, 1.6)).startswith("no measurable difference (1.30×, 95% CI 0.90–1.60 includes 1)")
     assert verdict(1.3, ci=(1.1, 1.5)) == "1.30× faster (95% CI 1.10–1.50)"
     assert verdict(0.5, ci=(0.4, 0.6)) == "2.00× slower (95% CI 1.67–2.50)"
+
+
+def test_a_wave_is_one_cluster_so_the_interval_widens():
+    """Requests of one round share their TTFT: resampling requests as if independent overstates certainty."""
+    rng = np.random.default_rng(3)
+    waves_off = np.repeat(rng.normal(1.0, 0.15, 6), 8)  # 6 rounds of 8 requests, one TTFT per round
+    waves_on = np.repeat(rng.normal(1.0, 0.15, 6), 8)
+    clusters = np.repeat(np.arange(6), 8)
+    naive = bootstrap_ratio_ci(waves_off, waves_on)
+    honest = cluster_ratio_ci(waves_off, clusters, waves_on, clusters)
+    assert honest[1] - honest[0] > 2 * (naive[1] - naive[0])
+    assert honest[0] <= 1 <= honest[1]
+
+
+def test_one_cluster_gives_no_interval():
+    assert cluster_ratio_ci(np.ones(4), [0] * 4, np.ones(4), [0, 1, 2, 3]) is None
+
+
+def test_rounds_and_busy_periods():
+    assert closed_loop_rounds([0.3, 0.0, 0.1, 0.2, 0.5], 2) == [1, 0, 0, 1, 2]
+    assert busy_periods([0.0, 0.5, 3.0, 3.1], [1.0, 2.0, 3.5, 3.2]) == [0, 0, 1, 1]
+
+
+def test_outside_floor():
+    assert not outside_floor(None, None)
+    assert not outside_floor((0.9, 1.2), None)
+    assert outside_floor((1.1, 1.3), None)
+    assert not outside_floor((1.1, 1.3), (0.8, 1.15))
+    assert outside_floor((1.2, 1.3), (0.8, 1.15)) and outside_floor((0.5, 0.7), (0.8, 1.15))
+
+
+def test_steady_window_drops_the_ramp_up_burst_and_the_drain():
+    # c=2, 6 requests of 1 s each, sent as workers free up: sends at 0,0,1,1,2,2; ends at 1,1,2,2,3,3.
+    start = [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+    e2e = [1.0] * 6
+    # Opening at the first completion (t=1): the burst of two is out. Closing at the first completion after the
+    # last send (t=3): requests ending by then are in.
+    assert steady_window(start, e2e, 2) == [False, False, True, True, True, True]
+    # The drain: a slow last request keeps one worker busy after the other ran dry.
+    start = [0.0, 0.0, 1.0, 1.0, 2.0, 2.5]
+    e2e = [1.0, 1.0, 1.0, 1.6, 0.5, 2.0]  # the second worker runs dry at 2.6
+    assert steady_window(start, e2e, 2) == [False, False, True, True, True, False]
+    assert steady_window([0.0, 1.0], [1.0, 1.0], 1) == [True, True]  # one at a time: no ramp, no drain

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .stats import bootstrap_ratio_ci
+from .stats import busy_periods, closed_loop_rounds, cluster_ratio_ci, steady_window
 
 SEED_COLUMNS = ["mode", "prefix_len_tokens", "concurrency", "mean_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "notes"]
 KEYS = ["mode", "regime", "reuse_pct", "concurrency", "request_rate"]
@@ -29,13 +29,38 @@ def load_records(paths: Iterable[Path]) -> pl.DataFrame:
     df = pl.DataFrame(rows, infer_schema_length=None)
     if "request_rate" not in df.columns:  # records from before open-loop points existed
         df = df.with_columns(pl.lit(0.0).alias("request_rate"))
-    return df.with_columns(
+    if "tpot_s" not in df.columns:  # records from before per-token latencies existed
+        df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("tpot_s"))
+    if "schedule_lag_s" not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("schedule_lag_s"))
+    if "repeat" not in df.columns:
+        df = df.with_columns(pl.lit(0, dtype=pl.Int64).alias("repeat"))
+    lag = pl.col("schedule_lag_s").cast(pl.Float64).fill_null(0.0)
+    df = df.with_columns(
+        # Open loop: latency from the scheduled send, so a late client cannot hide queueing (coordinated omission).
+        pl.when(pl.col("request_rate") > 0).then(pl.col("ttft_s") + lag).otherwise(pl.col("ttft_s")).alias("ttft_s"),
+        pl.when(pl.col("request_rate") > 0).then(pl.col("e2e_s") + lag).otherwise(pl.col("e2e_s")).alias("e2e_s"),
+    )
+    return with_window(df).with_columns(
         pl.col("request_rate").cast(pl.Float64),
-        pl.col("itl_s").list.mean().alias("itl_mean_s"),
+        pl.col("itl_s").list.mean().alias("itl_mean_s"),  # per output token (client.per_token_latencies)
+        pl.col("tpot_s").cast(pl.Float64),
         pl.col("cached_tokens").cast(pl.Int64, strict=False),
         pl.col("completion_tokens").cast(pl.Int64, strict=False),
         pl.col("prompt_tokens").cast(pl.Int64, strict=False),
     )
+
+
+def with_window(records: pl.DataFrame) -> pl.DataFrame:
+    """Mark each request in or out of its pass's steady-state window (stats.steady_window; open loop: all in)."""
+    parts = []
+    for (_, _, _, conc, rate, _), grp in records.group_by(KEYS + ["repeat"], maintain_order=True):
+        if rate:
+            flags = [True] * grp.height
+        else:
+            flags = steady_window(grp["start_s"].fill_null(0.0).to_list(), grp["e2e_s"].to_list(), int(conc))
+        parts.append(grp.with_columns(pl.Series("in_window", flags, dtype=pl.Boolean)))
+    return pl.concat(parts, how="diagonal_relaxed")
 
 
 def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
@@ -55,6 +80,7 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
             "server_e2e_count": delta.get("vllm:e2e_request_latency_seconds_count"),
             "peak_server_rss_gib": meta.get("peak_server_rss_gib"), "peak_gpu_mem_mib": meta.get("peak_gpu_mem_mib"),
             "peak_kv_cache_usage": meta.get("peak_kv_cache_usage"),
+            "wall_s_per_repeat": [float(w) for w in meta.get("wall_s_per_repeat") or [meta["wall_s"]]],
         })
     return pl.DataFrame(rows, infer_schema_length=None, schema_overrides={"request_rate": pl.Float64,
         "measured_hit_rate": pl.Float64, "hit_tokens": pl.Float64, "query_tokens": pl.Float64,
@@ -86,14 +112,34 @@ def _notes(row: dict) -> str:
     return "; ".join(parts)
 
 
+def repeat_throughput(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
+    """Output tokens/s of each repeat of a point, and their range: the spread a throughput claim must clear."""
+    if "repeat" not in records.columns:
+        records = records.with_columns(pl.lit(0, dtype=pl.Int64).alias("repeat"))
+    tokens = records.filter(pl.col("status") == "ok").group_by(KEYS + ["repeat"]).agg(
+        pl.col("completion_tokens").sum().alias("tokens"))
+    walls = meta.select(KEYS + ["wall_s_per_repeat"]).explode("wall_s_per_repeat").with_columns(
+        pl.int_range(pl.len()).over(KEYS).alias("repeat")).rename({"wall_s_per_repeat": "wall"})
+    per = tokens.join(walls, on=KEYS + ["repeat"], how="inner").with_columns((pl.col("tokens") / pl.col("wall")).alias("t"))
+    return per.group_by(KEYS).agg(
+        pl.len().alias("repeats_measured"),
+        pl.when(pl.len() >= 2).then(pl.col("t").min()).alias("tok_s_lo"),
+        pl.when(pl.len() >= 2).then(pl.col("t").max()).alias("tok_s_hi"),
+    )
+
+
 def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
-    ok = pl.col("status") == "ok"
+    """One row per point. Counts, tokens and hits cover every request; latencies cover the steady-state window."""
+    counted = pl.col("status") == "ok"
+    ok = counted & pl.col("in_window")
     per_point = records.group_by(KEYS).agg(
         pl.col("prefix_len_tokens").first(),
         pl.col("workload").first(),
         pl.len().alias("requests_recorded"),
-        ok.sum().alias("requests_ok"),
-        (~ok).sum().alias("requests_failed"),
+        counted.sum().alias("requests_ok"),
+        (~counted).sum().alias("requests_failed"),
+        ok.sum().alias("window_requests"),
+        pl.col("schedule_lag_s").cast(pl.Float64).max().alias("max_schedule_lag_s"),
         pl.col("ttft_s").filter(ok).mean().alias("mean_ttft_s"),
         pl.col("ttft_s").filter(ok).quantile(0.5, "linear").alias("p50_ttft_s"),
         pl.col("ttft_s").filter(ok).quantile(0.95, "linear").alias("p95_ttft_s"),
@@ -102,19 +148,25 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
         pl.col("e2e_s").filter(ok).quantile(0.5, "linear").alias("p50_e2e_s"),
         pl.col("e2e_s").filter(ok).quantile(0.95, "linear").alias("p95_e2e_s"),
         pl.col("e2e_s").filter(ok).quantile(0.99, "linear").alias("p99_e2e_s"),
+        # Every request, as the server's histograms count them (the client-vs-server cross-check).
+        pl.col("ttft_s").filter(counted).mean().alias("mean_ttft_all_s"),
+        pl.col("e2e_s").filter(counted).mean().alias("mean_e2e_all_s"),
         pl.col("itl_mean_s").filter(ok).mean().alias("mean_itl_s"),
-        pl.col("completion_tokens").filter(ok).sum().alias("completion_tokens"),
-        pl.col("prompt_tokens").filter(ok).sum().alias("prompt_tokens"),
-        pl.col("cached_tokens").filter(ok).sum().alias("cached_tokens"),
+        pl.col("tpot_s").filter(ok).mean().alias("mean_tpot_s"),
+        pl.col("completion_tokens").filter(counted).sum().alias("completion_tokens"),
+        pl.col("prompt_tokens").filter(counted).sum().alias("prompt_tokens"),
+        pl.col("cached_tokens").filter(counted).sum().alias("cached_tokens"),
         pl.col("expected_cached_tokens").sum().alias("expected_cached_tokens"),
-        pl.col("ttft_s").filter(ok & (pl.col("prefix_group") == "shared")).mean().alias("mean_ttft_shared_s"),
-        pl.col("ttft_s").filter(ok & (pl.col("prefix_group") != "shared")).mean().alias("mean_ttft_unique_s"),
+        pl.col("ttft_s").filter(counted & (pl.col("prefix_group") == "shared")).mean().alias("mean_ttft_shared_s"),
+        pl.col("ttft_s").filter(counted & (pl.col("prefix_group") != "shared")).mean().alias("mean_ttft_unique_s"),
+        # Cache behaviour, over every request (the cold one is sent first, before any window opens).
         # Cold: the first request of the shared prefix (a miss by construction); warm: the ones after it.
-        pl.col("ttft_s").filter(ok & (pl.col("prefix_group") == "shared") & (pl.col("expected_cached_tokens") == 0))
+        pl.col("ttft_s").filter(counted & (pl.col("prefix_group") == "shared") & (pl.col("expected_cached_tokens") == 0))
         .mean().alias("mean_ttft_cold_s"),
-        pl.col("ttft_s").filter(ok & (pl.col("expected_cached_tokens") > 0)).mean().alias("mean_ttft_warm_s"),
+        pl.col("ttft_s").filter(counted & (pl.col("expected_cached_tokens") > 0)).mean().alias("mean_ttft_warm_s"),
     )
-    df = per_point.join(meta, on=KEYS, how="left").with_columns(
+    df = per_point.join(meta, on=KEYS, how="left").join(repeat_throughput(records, meta), on=KEYS, how="left").drop(
+        "wall_s_per_repeat").with_columns(
         (pl.col("completion_tokens") / pl.col("wall_s")).alias("tok_s"),
         (pl.col("prompt_tokens") / pl.col("wall_s")).alias("prompt_tok_s"),
         (pl.col("requests_ok") / pl.col("wall_s")).alias("req_s"),
@@ -125,8 +177,8 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
         (pl.col("server_ttft_sum_s") / pl.col("server_ttft_count")).alias("server_mean_ttft_s"),
         (pl.col("server_e2e_sum_s") / pl.col("server_e2e_count")).alias("server_mean_e2e_s"),
     ).with_columns(
-        (pl.col("mean_ttft_s") - pl.col("server_mean_ttft_s")).alias("ttft_gap_s"),
-        (pl.col("mean_e2e_s") - pl.col("server_mean_e2e_s")).alias("e2e_gap_s"),
+        (pl.col("mean_ttft_all_s") - pl.col("server_mean_ttft_s")).alias("ttft_gap_s"),
+        (pl.col("mean_e2e_all_s") - pl.col("server_mean_e2e_s")).alias("e2e_gap_s"),
     )
     df = df.with_columns(pl.Series("notes", [_notes(r) for r in df.iter_rows(named=True)], dtype=pl.String))
     df = df.with_columns(pl.col("mode").replace_strict(MODE_ORDER, default=9).alias("_mode_order")).sort(
@@ -154,19 +206,85 @@ def speedups(summary: pl.DataFrame) -> pl.DataFrame:
            descending=[False, False, True, False, False])
 
 
-def with_confidence(sp: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
-    """Add 95% bootstrap CIs (over requests) of the TTFT and E2E off/on ratios to each speed-up row."""
+def with_clusters(records: pl.DataFrame) -> pl.DataFrame:
+    """Each record's cluster for the bootstrap: (repeat, round of c sends) closed loop, (repeat, busy period) open loop."""
+    if "repeat" not in records.columns:
+        records = records.with_columns(pl.lit(0, dtype=pl.Int64).alias("repeat"))
+    parts = []
+    for (_, _, _, conc, rate, repeat), grp in records.group_by(KEYS + ["repeat"], maintain_order=True):
+        start = grp["start_s"].fill_null(0.0).to_list()
+        if rate:
+            end = [s + (e or 0.0) for s, e in zip(start, grp["e2e_s"].fill_null(0.0).to_list())]
+            local = busy_periods(start, end)
+        else:
+            local = closed_loop_rounds(start, int(conc))
+        parts.append(grp.with_columns(pl.Series("cluster", [f"{repeat}:{c}" for c in local], dtype=pl.String)))
+    return pl.concat(parts, how="diagonal_relaxed")
+
+
+def _ci(off: pl.DataFrame | None, on: pl.DataFrame | None, metric: str) -> tuple[float, float] | None:
+    if off is None or on is None or off.is_empty() or on.is_empty():
+        return None
+    return cluster_ratio_ci(off[metric].to_numpy(), off["cluster"].to_list(), on[metric].to_numpy(), on["cluster"].to_list())
+
+
+def aa_requests(records: pl.DataFrame) -> pl.DataFrame:
+    """The built-in A/A control: requests that can hit nothing in either setting, where neighbours can't help them.
+
+    Unique-prefix requests at the lowest concurrency (one at a time: no cached request ahead in the queue), and every
+    request of a 0%-reuse point."""
     ok = records.filter(pl.col("status") == "ok")
+    closed = ok.filter(pl.col("request_rate") == 0)
+    if closed.is_empty():
+        return closed
+    c_min = closed["concurrency"].min()
+    return closed.filter(((pl.col("concurrency") == c_min) & (pl.col("prefix_group") != "shared"))
+                         | (pl.col("reuse_pct") == 0))
+
+
+def aa_floor(records: pl.DataFrame) -> pl.DataFrame:
+    """Per regime (and `*` for all): the off/on ratio of the A/A requests and its clustered 95% CI."""
+    aa = aa_requests(records).with_columns(
+        pl.concat_str([pl.col("reuse_pct"), pl.col("concurrency"), pl.col("cluster")], separator="/").alias("cluster"))
+    rows = []
+    scopes = [("*", aa)] + [(r, g) for (r,), g in aa.group_by("regime", maintain_order=True)]
+    for regime, grp in scopes:
+        off, on = (grp.filter(pl.col("mode") == m) for m in ("no_prefix_cache", "with_prefix_cache"))
+        row = {"regime": regime, "aa_requests_off": off.height, "aa_requests_on": on.height}
+        for metric, name in (("ttft_s", "aa_ttft"), ("e2e_s", "aa_e2e")):
+            ci = _ci(off, on, metric)
+            row[f"{name}_ratio"] = off[metric].mean() / on[metric].mean() if off.height and on.height else None
+            row[f"{name}_lo"], row[f"{name}_hi"] = ci if ci else (None, None)
+        rows.append(row)
+    schema = {"regime": pl.String, "aa_requests_off": pl.Int64, "aa_requests_on": pl.Int64,
+              **{f"{n}_{k}": pl.Float64 for n in ("aa_ttft", "aa_e2e") for k in ("ratio", "lo", "hi")}}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def with_confidence(sp: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
+    """Add clustered 95% bootstrap CIs of the TTFT and E2E off/on ratios, and the regime's A/A floor, to each row."""
+    ok = with_clusters(records.filter((pl.col("status") == "ok") & pl.col("in_window")))
     groups = {key: grp for key, grp in ok.group_by(KEYS)}
-    cols: dict[str, list] = {c: [] for c in ("ttft_speedup_lo", "ttft_speedup_hi", "e2e_speedup_lo", "e2e_speedup_hi")}
+    cols: dict[str, list] = {c: [] for c in ("ttft_speedup_lo", "ttft_speedup_hi", "e2e_speedup_lo", "e2e_speedup_hi",
+                                             "clusters_off", "clusters_on")}
     for r in sp.iter_rows(named=True):
         point = (r["regime"], r["reuse_pct"], r["concurrency"], r["request_rate"])
         off, on = groups.get(("no_prefix_cache", *point)), groups.get(("with_prefix_cache", *point))
         for metric, name in (("ttft_s", "ttft_speedup"), ("e2e_s", "e2e_speedup")):
-            ci = None if off is None or on is None else bootstrap_ratio_ci(off[metric].to_numpy(), on[metric].to_numpy())
+            ci = _ci(off, on, metric)
             cols[f"{name}_lo"].append(ci[0] if ci else None)
             cols[f"{name}_hi"].append(ci[1] if ci else None)
-    return sp.with_columns(*(pl.Series(name, values, dtype=pl.Float64) for name, values in cols.items()))
+        cols["clusters_off"].append(off["cluster"].n_unique() if off is not None else 0)
+        cols["clusters_on"].append(on["cluster"].n_unique() if on is not None else 0)
+    out = sp.with_columns(*(pl.Series(name, values, dtype=pl.Float64 if "speedup" in name else pl.Int64)
+                            for name, values in cols.items()))
+    floor = aa_floor(ok)
+    overall = floor.filter(pl.col("regime") == "*").drop("regime")
+    per_regime = floor.filter(pl.col("regime") != "*")
+    out = out.join(per_regime, on="regime", how="left")
+    # A regime with no A/A requests of its own (e.g. only 100% reuse) takes the run's pooled floor.
+    fill = overall.row(0, named=True) if overall.height else {}
+    return out.with_columns(*(pl.col(c).fill_null(fill.get(c)) for c in overall.columns if fill.get(c) is not None))
 
 
 def write_summary(record_paths: Iterable[Path], meta_paths: Iterable[Path], summary_csv: Path, speedup_csv: Path) -> None:

@@ -78,12 +78,22 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
         color=alt.Color("prefix_len_tokens:N", title="prefix tokens"),
         tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
     )
-    top = alt.layer(by_len, rule, data=df).properties(width=200, height=160).facet(
+    # The uncertainty: each ratio's clustered 95% CI, and the A/A band (what identical work shows off vs on).
+    for col in ("ttft_speedup_lo", "ttft_speedup_hi", "aa_ttft_lo", "aa_ttft_hi"):
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias(col))
+    band = alt.Chart().transform_filter("isValid(datum.aa_ttft_lo)").transform_aggregate(
+        lo="min(aa_ttft_lo)", hi="max(aa_ttft_hi)").mark_rect(color="gray", opacity=0.18).encode(y="lo:Q", y2="hi:Q")
+    bars_len = by_len.transform_filter("isValid(datum.ttft_speedup_lo)").mark_errorbar(ticks=True).encode(
+        y=alt.Y("ttft_speedup_lo:Q", title="TTFT speed-up (off / on)"), y2="ttft_speedup_hi:Q")
+    bars_reuse = by_reuse.transform_filter("isValid(datum.ttft_speedup_lo)").mark_errorbar(ticks=True).encode(
+        y=alt.Y("ttft_speedup_lo:Q", title="TTFT speed-up (off / on)"), y2="ttft_speedup_hi:Q")
+    top = alt.layer(band, by_len, bars_len, rule, data=df).properties(width=200, height=160).facet(
         column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency"))
-    ).properties(title="Speed-up as the prefix grows (dashed: no change)")
-    bottom = alt.layer(by_reuse, rule, data=df).properties(width=200, height=160).facet(
+    ).properties(title="Speed-up as the prefix grows (bars: 95% CI; gray band: A/A noise floor; dashed: no change)")
+    bottom = alt.layer(band, by_reuse, bars_reuse, rule, data=df).properties(width=200, height=160).facet(
         column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency"))
-    ).properties(title="Speed-up as reuse falls")
+    ).properties(title="Speed-up as reuse falls (bars: 95% CI; gray band: A/A noise floor)")
     return alt.vconcat(top, bottom).resolve_scale(color="independent")
 
 

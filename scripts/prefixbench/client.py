@@ -27,7 +27,11 @@ class RequestRecord:
     start_s: float = 0.0
     ttft_s: float | None = None
     e2e_s: float | None = None
-    itl_s: list[float] = field(default_factory=list)
+    itl_s: list[float] = field(default_factory=list)  # per output token: a chunk's gap spread over the tokens it carried
+    chunk_gaps_s: list[float] = field(default_factory=list)  # per chunk after the first, as received
+    chunk_tokens: list[int] = field(default_factory=list)  # output tokens each of those chunks carried
+    tpot_s: float | None = None  # (e2e - ttft) / (completion_tokens - 1): the mean time per output token after the first
+    schedule_lag_s: float | None = None  # open loop: how late the client sent it after its scheduled time
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
@@ -53,15 +57,33 @@ def completion_payload(cfg: ClientConfig, prompt: str) -> dict:
     """Fixed-length greedy generation (`ignore_eos`) so every mode decodes the same number of tokens."""
     return {
         "model": cfg.model, "prompt": prompt, "max_tokens": cfg.max_tokens, "temperature": 0.0,
-        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+        "ignore_eos": True, "stream": True,
+        # continuous_usage_stats: every chunk says how many output tokens so far, so ITL is per token, not per chunk.
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
 
 
 def _apply_usage(rec: RequestRecord, usage: dict) -> None:
-    rec.prompt_tokens = usage.get("prompt_tokens")
-    rec.completion_tokens = usage.get("completion_tokens")
+    rec.prompt_tokens = usage.get("prompt_tokens", rec.prompt_tokens)
+    rec.completion_tokens = usage.get("completion_tokens", rec.completion_tokens)
     details = usage.get("prompt_tokens_details") or {}
-    rec.cached_tokens = details.get("cached_tokens")
+    if "cached_tokens" in details:
+        rec.cached_tokens = details["cached_tokens"]
+
+
+def per_token_latencies(rec: RequestRecord) -> None:
+    """TPOT and per-token ITL from the chunk timings (a chunk's gap is spread over the tokens it carried).
+
+    Without per-chunk token counts (a server without continuous usage), each chunk counts as one token
+    and the last chunk takes whatever the usage total leaves."""
+    if rec.ttft_s is None or rec.e2e_s is None:
+        return
+    n = rec.completion_tokens
+    if n and n > 1:
+        rec.tpot_s = (rec.e2e_s - rec.ttft_s) / (n - 1)
+    counts = rec.chunk_tokens if len(rec.chunk_tokens) == len(rec.chunk_gaps_s) else [1] * len(rec.chunk_gaps_s)
+    rec.itl_s = [gap / k for gap, k in zip(rec.chunk_gaps_s, counts) for _ in range(k)] if all(
+        k >= 1 for k in counts) else list(rec.chunk_gaps_s)
 
 
 async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int, prompt: str, t_origin: float) -> RequestRecord:
@@ -73,6 +95,7 @@ async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int
     rec.start_s = t0 - t_origin
     last = t0
     usage_seen = done = False
+    tokens_so_far = 0
     try:
         async with session.post(f"{cfg.base_url}/v1/completions", json=completion_payload(cfg, prompt),
                                 headers=headers, timeout=timeout) as resp:
@@ -97,15 +120,19 @@ async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int
                     raise ValueError(f"server error in stream: {str(chunk['error'])[:200]}")
                 now = time.perf_counter()
                 choices = chunk.get("choices") or []
+                usage = chunk.get("usage") or {}
                 if choices and (choices[0].get("text") or rec.ttft_s is not None):
                     if rec.ttft_s is None:
                         rec.ttft_s = now - t0
                     else:
-                        rec.itl_s.append(now - last)
+                        rec.chunk_gaps_s.append(now - last)
+                        if "completion_tokens" in usage:
+                            rec.chunk_tokens.append(usage["completion_tokens"] - tokens_so_far)
+                    tokens_so_far = usage.get("completion_tokens", tokens_so_far)
                     last = now
                     rec.output_chunks += 1
-                if chunk.get("usage"):
-                    _apply_usage(rec, chunk["usage"])
+                if usage:
+                    _apply_usage(rec, usage)
                     usage_seen = True
         rec.e2e_s = time.perf_counter() - t0
         if not done:
@@ -122,6 +149,7 @@ async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int
         rec.error = f"{type(exc).__name__}: {exc}"[:300]
     if rec.status != "ok" and rec.e2e_s is None:
         rec.e2e_s = time.perf_counter() - t0
+    per_token_latencies(rec)
     return rec
 
 
@@ -169,15 +197,18 @@ async def run_open_loop(cfg: ClientConfig, prompts: Sequence[tuple[int, str]], r
     connector = aiohttp.TCPConnector(limit=0)
     t_origin = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:
-        async def one(index: int, prompt: str) -> None:
-            on_record(await send_one(session, cfg, index, prompt, t_origin))
+        async def one(index: int, prompt: str, at: float) -> None:
+            rec = await send_one(session, cfg, index, prompt, t_origin)
+            # Latency counts from the scheduled send (no coordinated omission): the lag is kept beside it.
+            rec.schedule_lag_s = max(0.0, rec.start_s - at)
+            on_record(rec)
 
         tasks = []
         for (index, prompt), at in zip(prompts, offsets):
             delay = t_origin + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(index, prompt)))
+            tasks.append(asyncio.create_task(one(index, prompt, at)))
         await asyncio.gather(*tasks)
     return time.perf_counter() - t_origin
 

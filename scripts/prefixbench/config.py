@@ -96,14 +96,13 @@ def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoi
 
 
 def bench_settings(config: dict[str, Any]) -> BenchSettings:
+    """The benchmark settings; every default comes from the schema, which `validate()` filled into `config`."""
     b = config["benchmark"]
     return BenchSettings(
-        max_tokens=b.get("max_tokens", 16), request_timeout_s=b.get("request_timeout_s", 300),
-        stall_timeout_s=b.get("stall_timeout_s", 120), warmup_requests=b.get("warmup_requests", 2),
-        reset_cache=b.get("reset_cache_between_points", True), sample_interval_s=b.get("sample_interval_s", 1.0),
-        max_failed_fraction=b.get("max_failed_fraction", 0.5), repeats=b.get("repeats", 3),
-        burstiness=b.get("burstiness", 1.0), seed=config.get("seed", 7),
-        api_key_env=config.get("server", {}).get("api_key_env"),
+        max_tokens=b["max_tokens"], request_timeout_s=b["request_timeout_s"], stall_timeout_s=b["stall_timeout_s"],
+        warmup_requests=b["warmup_requests"], reset_cache=b["reset_cache_between_points"],
+        sample_interval_s=b["sample_interval_s"], max_failed_fraction=b["max_failed_fraction"], repeats=b["repeats"],
+        burstiness=b["burstiness"], seed=config["seed"], api_key_env=config["server"].get("api_key_env"),
     )
 
 

@@ -67,7 +67,7 @@ def cpu_dtype(requested: str, cpu: CpuInfo) -> DtypeChoice:
             note = "; this CPU has no avx512_bf16/amx_bf16, so bfloat16 is emulated (expect a ~40x slower prefill)"
         return DtypeChoice(requested, requested, cpu.model, shown, f"set in the config{note}")
     if native:
-        return DtypeChoice("bfloat16", "auto", cpu.model, shown, f"auto: {' and '.join(native)} present (native bfloat16)")
+        return DtypeChoice("bfloat16", "auto", cpu.model, shown, f"auto: {' and '.join(native)} present, bfloat16 runs natively")
     return DtypeChoice("float32", "auto", cpu.model, shown,
                        "auto: no avx512_bf16 or amx_bf16 flag, so bfloat16 would be emulated; float32 instead")
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -30,6 +30,7 @@ from .plan import Eta, fmt_duration
 from .endpoint import Capabilities, Endpoint, fetch_metrics, probe, redact_url, reset_prefix_cache
 from .prompts import read_prompts
 from .server import ManagedServer, ServerError
+from .sampling import RecordWriter, Sampler
 from .settings import BenchSettings, api_key
 
 
@@ -63,76 +64,6 @@ def capabilities_of(server: ManagedServer | Endpoint) -> Capabilities:
         return server.capabilities
     return Capabilities(metrics=True, prefix_cache_counters=True, latency_histograms=True, idle_gauges=True,
                         kv_usage=True, cache_reset="ok")
-
-
-@dataclass
-class Sampler:
-    """Peak memory while a point runs: server RSS, GPU memory (nvidia-smi), KV-cache usage gauge."""
-
-    base_url: str
-    server_pid: int | None  # None: a remote endpoint, whose memory this machine can't see
-    interval_s: float
-    metrics: bool = True
-    peak_rss_bytes: int = 0
-    peak_gpu_mem_mib: float | None = None
-    peak_kv_usage: float | None = None
-    samples: int = 0
-    _task: asyncio.Task | None = field(default=None, repr=False)
-
-    def rss_bytes(self) -> int:
-        import psutil
-
-        if self.server_pid is None:
-            return 0
-        try:
-            root = psutil.Process(self.server_pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return 0
-        total = 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                continue
-        return total
-
-    async def _run(self, session: aiohttp.ClientSession) -> None:
-        while True:
-            self.peak_rss_bytes = max(self.peak_rss_bytes, self.rss_bytes())
-            gpu = gpu_memory_used_mib()
-            if gpu is not None:
-                self.peak_gpu_mem_mib = max(self.peak_gpu_mem_mib or 0.0, gpu)
-            try:
-                kv = (await fetch_metrics(session, self.base_url)).get(m.KV_USAGE) if self.metrics else None
-                if kv is not None:
-                    self.peak_kv_usage = max(self.peak_kv_usage or 0.0, kv)
-            except (TimeoutError, aiohttp.ClientError):
-                pass
-            self.samples += 1
-            await asyncio.sleep(self.interval_s)
-
-    def start(self, session: aiohttp.ClientSession) -> None:
-        self._task = asyncio.create_task(self._run(session))
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-
-def gpu_memory_used_mib() -> float | None:
-    if not shutil.which("nvidia-smi"):
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5, check=True).stdout
-        return sum(float(x) for x in out.split())
-    except (subprocess.SubprocessError, ValueError, OSError):
-        return None
 
 
 async def wait_idle(session: aiohttp.ClientSession, base_url: str, timeout_s: float = 60.0) -> None:
@@ -181,54 +112,52 @@ async def measure_point(server: ManagedServer | Endpoint, model: str, point: Poi
     deltas: list[dict[str, float]] = []
     resets: list[str] = []
     caps = capabilities_of(server)
-    sampler = Sampler(server.base_url, server_pid, settings.sample_interval_s, caps.metrics)
     desc = f"{context['mode']} {point.regime} reuse{point.reuse_pct} {point.label}"
 
     async def counters(session: aiohttp.ClientSession) -> dict[str, float]:
         return await fetch_metrics(session, server.base_url) if caps.metrics else {}
 
-    async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
-        sampler.start(session)
-        try:
-            with point.records_path.open("w") as fh, \
-                    tqdm(total=len(prompts) * settings.repeats, file=sys.stderr, mininterval=2, desc=desc) as bar:
-                for repeat in range(settings.repeats):
-                    async with server_calls(server):
-                        if caps.idle_gauges:
-                            await wait_idle(session, server.base_url)
-                        if not settings.reset_cache:
-                            resets.append("not requested")
-                        elif caps.cache_reset == "ok":
-                            resets.append(await reset_prefix_cache(session, server.base_url))
-                        else:
-                            resets.append(caps.cache_reset)
-                        before = await counters(session)
+    def written(_: dict) -> None:
+        bar.update(1)
 
-                    def sink(rec: RequestRecord, repeat: int = repeat) -> None:
-                        src = by_index[rec.request_index]
-                        line = json.dumps(record_dict(
-                            rec, **context, regime=point.regime, reuse_pct=point.reuse_pct,
-                            concurrency=point.concurrency, request_rate=point.request_rate, repeat=repeat,
-                            prefix_len_tokens=src["prefix_len_tokens"],
-                            workload=src.get("workload"), prefix_group=src.get("prefix_group"),
-                            expected_cached_tokens=src.get("expected_cached_tokens"),
-                        )) + "\n"
-                        for out in (fh, journal):
-                            if out is not None:
-                                out.write(line)
-                                out.flush()
-                        counts[rec.status] += 1
-                        bar.update(1)
+    # The loop that timestamps the streams only enqueues records; sampling and writing have threads of their own.
+    with point.records_path.open("w") as fh, \
+            tqdm(total=len(prompts) * settings.repeats, file=sys.stderr, mininterval=2, desc=desc) as bar, \
+            RecordWriter([fh, journal], written) as writer, \
+            Sampler(server.base_url, server_pid, settings.sample_interval_s, caps.metrics, api_key(settings),
+                    gpu=server_pid is not None and shutil.which("nvidia-smi") is not None) as sampler:
+        for repeat in range(settings.repeats):
+            async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
+                async with server_calls(server):
+                    if caps.idle_gauges:
+                        await wait_idle(session, server.base_url)
+                    if not settings.reset_cache:
+                        resets.append("not requested")
+                    elif caps.cache_reset == "ok":
+                        resets.append(await reset_prefix_cache(session, server.base_url))
+                    else:
+                        resets.append(caps.cache_reset)
+                    before = await counters(session)
 
-                    items = [(p["request_index"], p["prompt"]) for p in prompts]
-                    walls.append(await (
-                        run_open_loop(cfg, items, point.request_rate, settings.burstiness, settings.seed + repeat, sink)
-                        if point.request_rate else run_closed_loop(cfg, items, point.concurrency, sink)))
-                    server.check_alive()
-                    async with server_calls(server):
-                        deltas.append(m.counter_delta(before, await counters(session)))
-        finally:
-            await sampler.stop()
+            def sink(rec: RequestRecord, repeat: int = repeat) -> None:
+                src = by_index[rec.request_index]
+                counts[rec.status] += 1
+                writer.put(record_dict(
+                    rec, **context, regime=point.regime, reuse_pct=point.reuse_pct,
+                    concurrency=point.concurrency, request_rate=point.request_rate, repeat=repeat,
+                    prefix_len_tokens=src["prefix_len_tokens"],
+                    workload=src.get("workload"), prefix_group=src.get("prefix_group"),
+                    expected_cached_tokens=src.get("expected_cached_tokens"),
+                ))
+
+            items = [(p["request_index"], p["prompt"]) for p in prompts]
+            walls.append(await (
+                run_open_loop(cfg, items, point.request_rate, settings.burstiness, settings.seed + repeat, sink)
+                if point.request_rate else run_closed_loop(cfg, items, point.concurrency, sink)))
+            server.check_alive()
+            async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
+                async with server_calls(server):
+                    deltas.append(m.counter_delta(before, await counters(session)))
     delta = {k: sum(d.get(k, 0.0) for d in deltas) for k in {k for d in deltas for k in d}}
     sent = len(prompts) * settings.repeats
     meta = {

@@ -159,9 +159,10 @@ def _budget_sentence(plan: dict) -> str:
                 "for the slower cache setting): nothing trimmed")
     over = " (the smallest honest sweep still exceeds the budget)" if plan["over_budget"] else ""
     return (f"the full sweep would take about {fmt_duration(slow)} with the cache off, over the "
-            f"{fmt_duration(plan['budget_s'])} budget: each point sends {plan['requests_planned']} of "
-            f"{plan['requests_full']} requests in all (the same ones in both settings, each point's reuse mix kept), "
-            f"about {fmt_duration(max(est.values()))}{over}")
+            f"{fmt_duration(plan['budget_s'])} budget, so the points send {plan['requests_planned']} of their "
+            f"{plan['requests_full']} requests ({plan['fraction']:.0%} of each point, at least one round at its "
+            "concurrency; the same requests in both settings, each point's reuse mix kept): about "
+            f"{fmt_duration(max(est.values()))}{over}")
 
 
 def fmt_duration(seconds: float) -> str:

@@ -153,7 +153,7 @@ class ManagedServer:
     """Context manager: start the script in a new process group, wait until ready, always tear down."""
 
     def __init__(self, script: Path, host: str, log_path: Path, ready_timeout_s: float, port: int | None = None,
-                 connect_host: str | None = None, term_grace_s: float = 15.0, api_key: str | None = None):
+                 connect_host: str | None = None, term_grace_s: float = 5.0, api_key: str | None = None):
         self._api_key = api_key  # sent with the readiness probe of a server that requires one; never stored elsewhere
         self.script, self.host, self.log_path = Path(script), host, Path(log_path)
         self.ready_timeout_s, self.term_grace_s = ready_timeout_s, term_grace_s

@@ -1,24 +1,110 @@
-"""Confidence intervals for off/on ratios: a seeded percentile bootstrap over requests."""
+"""Intervals that respect how requests are correlated, and the A/A rule that decides what is a real effect.
+
+Requests of one point are not independent: at concurrency c the requests admitted together share a
+wave (their TTFTs agree within a fraction of a millisecond on a GPU), and every repeat starts from its
+own cache state. So the bootstrap resamples *clusters*, never single requests: a cluster is one round
+of c consecutive sends within one repeat (closed loop), or one busy period of overlapping requests
+(open loop). With too few clusters on a side there is no interval, and no claim.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 N_BOOT = 2000
 LEVEL = 0.95
+MIN_CLUSTERS = 2
 
 
 def bootstrap_ratio_ci(off: np.ndarray, on: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL,
                        seed: int = 0) -> tuple[float, float] | None:
-    """CI of mean(off) / mean(on), resampling each side's requests with replacement; None if too few."""
+    """CI of mean(off) / mean(on) for independent requests (each its own cluster)."""
     off, on = np.asarray(off, dtype=float), np.asarray(on, dtype=float)
-    off, on = off[~np.isnan(off)], on[~np.isnan(on)]
-    if len(off) < 2 or len(on) < 2:
+    return cluster_ratio_ci(off, np.arange(len(off)), on, np.arange(len(on)), n_boot, level, seed)
+
+
+def _cluster_means(values: np.ndarray, clusters: Sequence, rng: np.random.Generator, n_boot: int) -> np.ndarray | None:
+    values = np.asarray(values, dtype=float)
+    keep = ~np.isnan(values)
+    values, clusters = values[keep], np.asarray(clusters, dtype=object)[keep]
+    labels = {c: i for i, c in enumerate(dict.fromkeys(clusters.tolist()))}
+    if len(labels) < MIN_CLUSTERS:
         return None
+    idx = np.fromiter((labels[c] for c in clusters.tolist()), dtype=int, count=len(values))
+    sums = np.bincount(idx, weights=values, minlength=len(labels))
+    counts = np.bincount(idx, minlength=len(labels)).astype(float)
+    draw = rng.integers(0, len(labels), (n_boot, len(labels)))
+    return sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+
+
+def cluster_ratio_ci(off: np.ndarray, off_clusters: Sequence, on: np.ndarray, on_clusters: Sequence,
+                     n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile CI of mean(off) / mean(on), resampling each side's clusters with replacement.
+
+    None when either side has fewer than two clusters: one wave cannot say how the next would go."""
     rng = np.random.default_rng(seed)
-    m_off = off[rng.integers(0, len(off), (n_boot, len(off)))].mean(axis=1)
-    m_on = on[rng.integers(0, len(on), (n_boot, len(on)))].mean(axis=1)
-    ratios = m_off / m_on
+    m_off = _cluster_means(off, off_clusters, rng, n_boot)
+    m_on = _cluster_means(on, on_clusters, rng, n_boot)
+    if m_off is None or m_on is None:
+        return None
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(ratios, [alpha, 1 - alpha])
+    lo, hi = np.quantile(m_off / m_on, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def closed_loop_rounds(start_s: Sequence[float], concurrency: int) -> list[int]:
+    """Round of each request (by send order): the first c sends are round 0, the next c round 1, ..."""
+    order = np.argsort(np.asarray(start_s, dtype=float), kind="stable")
+    rounds = np.empty(len(order), dtype=int)
+    rounds[order] = np.arange(len(order)) // max(concurrency, 1)
+    return rounds.tolist()
+
+
+def busy_periods(start_s: Sequence[float], end_s: Sequence[float]) -> list[int]:
+    """Open loop: requests whose lifetimes overlap, directly or through others, share a period."""
+    start, end = np.asarray(start_s, dtype=float), np.asarray(end_s, dtype=float)
+    order = np.argsort(start, kind="stable")
+    period = np.empty(len(order), dtype=int)
+    current, horizon = -1, -np.inf
+    for i in order:
+        if start[i] > horizon:
+            current += 1
+        horizon = max(horizon, end[i])
+        period[i] = current
+    return period.tolist()
+
+
+def outside_floor(ci: tuple[float, float] | None, floor: tuple[float, float] | None) -> bool:
+    """Whether a ratio's interval excludes 1 *and* clears the A/A interval (the noise two identical setups show).
+
+    Without an A/A interval the rule falls back to excluding 1."""
+    if ci is None:
+        return False
+    lo, hi = ci
+    if lo <= 1 <= hi:
+        return False
+    if floor is None:
+        return True
+    return lo > floor[1] or hi < floor[0]
+
+
+def steady_window(start_s: Sequence[float], e2e_s: Sequence[float | None], concurrency: int) -> list[bool]:
+    """Which requests of one closed-loop pass ran at the full concurrency level.
+
+    Ramp-up: the first c requests leave together (a burst, not a level), so the window opens at the first
+    completion. Drain: once the queue is empty, workers stop and the level decays, so the window closes at the
+    first completion after the last send. A request is in the window if it was sent after the opening and
+    finished before the close. At c = 1 every request is."""
+    n = len(start_s)
+    if concurrency <= 1 or n == 0:
+        return [True] * n
+    ends = [s + e for s, e in zip(start_s, e2e_s) if e is not None]
+    if not ends:
+        return [False] * n
+    opening = min(ends)
+    last_send = max(start_s)
+    after = [e for e in ends if e > last_send]
+    closing = min(after) if after else max(ends)
+    return [s >= opening and e is not None and s + e <= closing for s, e in zip(start_s, e2e_s)]
