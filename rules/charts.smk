@@ -7,12 +7,12 @@ rule charts:
         model=model_inputs(),
     output:
         CHART_OUTPUTS,
-    conda:
-        "../envs/pipeline.yaml"
     log:
         "results/logs/charts.log",
     benchmark:
         "results/benchmarks/charts.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     params:
         outdir=lambda w, output: os.path.dirname(output[0]),
         names=CHART_NAMES,

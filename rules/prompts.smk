@@ -5,12 +5,12 @@ rule prompts:
         code=package_files("prompts", "corpus", "tokenizer"),
     output:
         "results/prompts/{regime}.jsonl",
-    conda:
-        "../envs/pipeline.yaml"
     log:
         "results/logs/prompts/{regime}.log",
     benchmark:
         "results/benchmarks/prompts_{regime}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     params:
         regime=lambda w: asdict(REGIMES[w.regime]),
         questions=QUESTIONS,

@@ -11,14 +11,18 @@ rule report:
         code=package_files("report", "charts", "ideal", "aggregate"),
         model=model_inputs(),
     output:
-        report("results/prefix_caching_results.md", caption="../report/results.rst", category="Report",
-               labels={"document": "prefix_caching_results.md"}),
-    conda:
-        "../envs/pipeline.yaml"
+        report(
+            "results/prefix_caching_results.md",
+            caption="../report/results.rst",
+            category="Report",
+            labels={"document": "prefix_caching_results.md"},
+        ),
     log:
         "results/logs/report.log",
     benchmark:
         "results/benchmarks/report.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     params:
         target=TARGET_NAME,
         model=MODEL,

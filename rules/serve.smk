@@ -6,12 +6,17 @@ if ENDPOINT_MODE:
     rule endpoint_file:
         """The existing endpoint that stands for one cache setting (URL without credentials, model, key variable name)."""
         output:
-            report(SERVER_FILE, caption="../report/endpoint_file.rst", category="Servers", subcategory="{mode}",
-                   labels={"cache setting": "{mode}"}),
-        conda:
-            "../envs/pipeline.yaml"
+            report(
+                SERVER_FILE,
+                caption="../report/endpoint_file.rst",
+                category="Servers",
+                subcategory="{mode}",
+                labels={"cache setting": "{mode}"},
+            ),
         log:
             "results/logs/endpoint_file_{mode}.log",
+        conda:
+            "../envs/pipeline.yaml"
         params:
             endpoint=lambda w: TARGET["endpoints"][w.mode],
         script:
@@ -25,12 +30,17 @@ else:
     rule server_script:
         """The exact server command of one cache setting, as the seed's executable script (port = $1)."""
         output:
-            report(SERVER_FILE, caption="../report/server_script.rst", category="Servers", subcategory="{mode}",
-                   labels={"cache setting": "{mode}"}),
-        conda:
-            "../envs/pipeline.yaml"
+            report(
+                SERVER_FILE,
+                caption="../report/server_script.rst",
+                category="Servers",
+                subcategory="{mode}",
+                labels={"cache setting": "{mode}"},
+            ),
         log:
             "results/logs/server_script_{mode}.log",
+        conda:
+            "../envs/pipeline.yaml"
         params:
             spec=asdict(SERVER_SPEC),
         script:
@@ -49,13 +59,15 @@ if PLAN_FILE:
             code=package_files("calibrate", "plan", "client", "server", "settings", "corpus", "prompts"),
         output:
             PLAN_FILE,
-        conda:
-            "../envs/pipeline.yaml"
         log:
             server="results/logs/server_calibrate.log",
             calibrate="results/logs/calibrate.log",
         benchmark:
             "results/benchmarks/calibrate.tsv"
+        conda:
+            "../envs/pipeline.yaml"
+        resources:
+            gpu=1,
         params:
             points=POINTS,
             bench=BENCH,
@@ -63,8 +75,6 @@ if PLAN_FILE:
             host=config["server"]["host"],
             ready_timeout_s=config["server"]["ready_timeout_s"],
             served_name=MODEL["served_name"],
-        resources:
-            gpu=1,
         script:
             "../scripts/calibrate.py"
 
@@ -77,20 +87,23 @@ rule measure:
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         model=model_inputs(),
         plan=[PLAN_FILE] if PLAN_FILE else [],
-        code=package_files("measure", "client", "server", "metrics", "endpoint", "settings", "host", "plan",
-                           "calibrate", "corpus", "prompts"),
+        code=package_files(
+            "measure", "client", "server", "metrics", "endpoint", "settings", "host", "plan", "calibrate", "corpus", "prompts"
+        ),
     output:
         records=point_files("jsonl"),
         meta=point_files("meta.json"),
         info="results/raw/{mode}/server.json",
-    conda:
-        "../envs/pipeline.yaml"
     log:
         server="results/logs/server_{mode}.log",
         measure="results/logs/measure_{mode}.log",
         records="results/logs/records_{mode}.jsonl",
     benchmark:
         "results/benchmarks/measure_{mode}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        gpu=1,
     params:
         points=POINTS,
         bench=BENCH,
@@ -103,7 +116,5 @@ rule measure:
         endpoint=lambda w: TARGET["endpoints"][w.mode] if ENDPOINT_MODE else {},
         description=TARGET.get("description", ""),
         dtype_choice=DTYPE_CHOICE.as_dict() if DTYPE_CHOICE else {},
-    resources:
-        gpu=1,
     script:
         "../scripts/measure_mode.py"

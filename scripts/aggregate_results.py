@@ -7,5 +7,9 @@ from prefixbench.aggregate import write_summary
 
 snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log[0], "w")
-write_summary(map(Path, snakemake.input.records), map(Path, snakemake.input.meta),
-              Path(snakemake.output.summary), Path(snakemake.output.speedup))
+write_summary(
+    map(Path, snakemake.input.records),
+    map(Path, snakemake.input.meta),
+    Path(snakemake.output.summary),
+    Path(snakemake.output.speedup),
+)

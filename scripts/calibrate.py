@@ -10,9 +10,15 @@ snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log.calibrate, "w", buffering=1)
 p = snakemake.params
 plan = calibrate(
-    script=Path(snakemake.input.script), host=p.host, log_path=Path(snakemake.log.server),
-    ready_timeout_s=p.ready_timeout_s, model=p.served_name, settings=BenchSettings(**p.bench),
-    prompt_paths=[Path(f) for f in snakemake.input.prompts], points=[tuple(x) for x in p.points], budget_s=p.budget_s,
+    script=Path(snakemake.input.script),
+    host=p.host,
+    log_path=Path(snakemake.log.server),
+    ready_timeout_s=p.ready_timeout_s,
+    model=p.served_name,
+    settings=BenchSettings(**p.bench),
+    prompt_paths=[Path(f) for f in snakemake.input.prompts],
+    points=[tuple(x) for x in p.points],
+    budget_s=p.budget_s,
 )
 write_plan(plan, Path(snakemake.output[0]))
 print(f"[prefixbench] calibration: {plan['summary']}", flush=True)

@@ -17,23 +17,50 @@ prompts = {Path(f).stem: Path(f) for f in snakemake.input.prompts}
 plan = read_plan(snakemake.input.plan[0] if snakemake.input.plan else None)
 planned = plan["points"] if plan else [None] * len(p.points)
 points = [
-    Point(regime, reuse, conc, prompts[regime], Path(rec), Path(meta), rate,
-          request_indices=tuple(pp["request_indices"]) if pp else None,
-          estimated_s=pp["estimated_s"][mode] if pp else None)
+    Point(
+        regime,
+        reuse,
+        conc,
+        prompts[regime],
+        Path(rec),
+        Path(meta),
+        rate,
+        request_indices=tuple(pp["request_indices"]) if pp else None,
+        estimated_s=pp["estimated_s"][mode] if pp else None,
+    )
     for (regime, reuse, conc, rate), rec, meta, pp in zip(p.points, snakemake.output.records, snakemake.output.meta, planned)
 ]
 settings = BenchSettings(**p.bench)
-extra = {"target": p.target, "model": dict(p.model), "dtype_choice": dict(p.dtype_choice) or None,
-         "plan_summary": plan["summary"] if plan else None}
+extra = {
+    "target": p.target,
+    "model": dict(p.model),
+    "dtype_choice": dict(p.dtype_choice) or None,
+    "plan_summary": plan["summary"] if plan else None,
+}
 if p.endpoint:
     ep = dict(p.endpoint)
     endpoint = Endpoint(ep["base_url"], ep["model"], ep.get("api_key_env"), Path(snakemake.log.server))
-    measure_endpoint(mode, endpoint, Path(snakemake.output.info), points,
-                     dataclasses.replace(settings, api_key_env=ep.get("api_key_env")),
-                     {**extra, "description": p.description}, journal_path=Path(snakemake.log.records))
+    measure_endpoint(
+        mode,
+        endpoint,
+        Path(snakemake.output.info),
+        points,
+        dataclasses.replace(settings, api_key_env=ep.get("api_key_env")),
+        {**extra, "description": p.description},
+        journal_path=Path(snakemake.log.records),
+    )
 else:
     measure_mode(
-        mode, Path(snakemake.input.script), p.host, Path(snakemake.log.server), Path(snakemake.output.info),
-        p.served_name, points, settings, p.ready_timeout_s, p.python,
-        extra_info=extra, journal_path=Path(snakemake.log.records),
+        mode,
+        Path(snakemake.input.script),
+        p.host,
+        Path(snakemake.log.server),
+        Path(snakemake.output.info),
+        p.served_name,
+        points,
+        settings,
+        p.ready_timeout_s,
+        p.python,
+        extra_info=extra,
+        journal_path=Path(snakemake.log.records),
     )

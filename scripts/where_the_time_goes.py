@@ -39,16 +39,26 @@ def rows(root: Path) -> list[tuple[str, float | None, str]]:
     out: list[tuple[str, float | None, str]] = []
     for env in (".venv", ".venv-server"):
         f = root / env / ".prefixbench-build-seconds"
-        out.append((f"environment {env}", float(f.read_text()) if f.exists() else None,
-                    "created by run.sh" if f.exists() else "not created in this run (or before this was recorded)"))
+        out.append(
+            (
+                f"environment {env}",
+                float(f.read_text()) if f.exists() else None,
+                "created by run.sh" if f.exists() else "not created in this run (or before this was recorded)",
+            )
+        )
     out.append(("model conversion", bench_s(res / "benchmarks/convert_smollm2.tsv"), "SmolLM2 GGUF -> safetensors"))
     prompts = [bench_s(p) for p in sorted((res / "benchmarks").glob("prompts_*.tsv"))]
     out.append(("prompts", sum(p for p in prompts if p) if prompts else None, f"{len(prompts)} regime(s)"))
     plan_path = res / "calibration.json"
     if plan_path.exists():
         plan = json.loads(plan_path.read_text())
-        out.append(("calibration", bench_s(res / "benchmarks/calibrate.tsv"),
-                    f"server ready after {plan['calibration']['startup_s']:.0f} s; {plan['summary']}"))
+        out.append(
+            (
+                "calibration",
+                bench_s(res / "benchmarks/calibrate.tsv"),
+                f"server ready after {plan['calibration']['startup_s']:.0f} s; {plan['summary']}",
+            )
+        )
     for mode in MODES:
         info_path = res / "raw" / mode / "server.json"
         total = bench_s(res / f"benchmarks/measure_{mode}.tsv")
@@ -60,7 +70,8 @@ def rows(root: Path) -> list[tuple[str, float | None, str]]:
         for meta_path in sorted((res / "raw" / mode).glob("*/*.meta.json")):
             meta = json.loads(meta_path.read_text())
             label = f"  {meta['regime']} reuse {meta['reuse_pct']}% " + (
-                f"rate {meta['request_rate']:g}/s" if meta.get("request_rate") else f"c{meta['concurrency']}")
+                f"rate {meta['request_rate']:g}/s" if meta.get("request_rate") else f"c{meta['concurrency']}"
+            )
             out.append((label, meta["wall_s"], f"{meta['requests_ok']}/{meta['requests_sent']} requests ok"))
     for step in ("aggregate", "charts", "report"):
         out.append((step, bench_s(res / f"benchmarks/{step}.tsv"), ""))

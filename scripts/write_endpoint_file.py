@@ -9,7 +9,15 @@ from prefixbench.endpoint import redact_url
 snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log[0], "w")
 ep = dict(snakemake.params.endpoint)
-Path(snakemake.output[0]).write_text(json.dumps({
-    "mode": snakemake.wildcards.mode, "base_url": redact_url(ep["base_url"]), "model": ep["model"],
-    "api_key_env": ep.get("api_key_env"),
-}, indent=2) + "\n")
+Path(snakemake.output[0]).write_text(
+    json.dumps(
+        {
+            "mode": snakemake.wildcards.mode,
+            "base_url": redact_url(ep["base_url"]),
+            "model": ep["model"],
+            "api_key_env": ep.get("api_key_env"),
+        },
+        indent=2,
+    )
+    + "\n"
+)

@@ -21,15 +21,17 @@ async def models(_):
 
 
 async def metrics(_):
-    return web.Response(text=(
-        "# TYPE vllm:prefix_cache_queries counter\n"
-        f"vllm:prefix_cache_queries_total{{model_name=\"fake\"}} {STATE['queries']}\n"
-        "# TYPE vllm:prefix_cache_hits counter\n"
-        f"vllm:prefix_cache_hits_total{{model_name=\"fake\"}} {STATE['hits']}\n"
-        "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 0\n"
-        "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting 0\n"
-        "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc 0.01\n"
-    ))
+    return web.Response(
+        text=(
+            "# TYPE vllm:prefix_cache_queries counter\n"
+            f'vllm:prefix_cache_queries_total{{model_name="fake"}} {STATE["queries"]}\n'
+            "# TYPE vllm:prefix_cache_hits counter\n"
+            f'vllm:prefix_cache_hits_total{{model_name="fake"}} {STATE["hits"]}\n'
+            "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 0\n"
+            "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting 0\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc 0.01\n"
+        )
+    )
 
 
 async def reset(_):
@@ -63,8 +65,11 @@ async def completions(request):
         if i == 1 and BROKEN_EVERY and n % BROKEN_EVERY == 0:
             await resp.write(b"data: {oops\n\n")
             return resp
-    usage = {"prompt_tokens": n_prompt, "completion_tokens": body["max_tokens"],
-             "prompt_tokens_details": {"cached_tokens": cached}}
+    usage = {
+        "prompt_tokens": n_prompt,
+        "completion_tokens": body["max_tokens"],
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
     await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
     return resp
 

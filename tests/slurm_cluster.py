@@ -24,8 +24,11 @@ PACKAGES = ("slurm-wlm", "munge")
 
 
 def missing_tools() -> list[str]:
-    return [t for t in ("slurmctld", "slurmd", "sbatch", "squeue", "munged") if not shutil.which(t)
-            and not Path("/usr/sbin", t).exists()]
+    return [
+        t
+        for t in ("slurmctld", "slurmd", "sbatch", "squeue", "munged")
+        if not shutil.which(t) and not Path("/usr/sbin", t).exists()
+    ]
 
 
 def install() -> str | None:
@@ -33,8 +36,10 @@ def install() -> str | None:
     if not missing_tools():
         return None
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return (f"SLURM is not installed ({', '.join(missing_tools())} missing) and cannot be installed here "
-                "(needs root and apt-get): apt-get install slurm-wlm munge")
+        return (
+            f"SLURM is not installed ({', '.join(missing_tools())} missing) and cannot be installed here "
+            "(needs root and apt-get): apt-get install slurm-wlm munge"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -139,8 +144,7 @@ PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP
             self._await(self._munge_running, timeout_s, "munged")
         log = (self.root / "log" / "daemons.out").open("a")
         for cmd in ([_sbin("slurmctld"), "-D", "-i", "-f", str(self.conf)], [_sbin("slurmd"), "-D", "-f", str(self.conf)]):
-            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                               start_new_session=True))
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True))
             time.sleep(1)
         self._await(self.node_idle, timeout_s, "the node to come up idle")
 
@@ -173,8 +177,22 @@ PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP
         for line in out.stdout.splitlines():
             kv = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
             if "JobId" in kv:
-                rows.append({k: kv.get(k, "") for k in ("JobId", "JobName", "JobState", "Partition", "ExitCode",
-                                                         "NodeList", "TresPerJob", "TRES", "RunTime")})
+                rows.append(
+                    {
+                        k: kv.get(k, "")
+                        for k in (
+                            "JobId",
+                            "JobName",
+                            "JobState",
+                            "Partition",
+                            "ExitCode",
+                            "NodeList",
+                            "TresPerJob",
+                            "TRES",
+                            "RunTime",
+                        )
+                    }
+                )
         return rows
 
     def stop(self) -> None:

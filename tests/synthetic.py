@@ -14,8 +14,16 @@ def ttft_for(mode: str, prefix: int, warm_hit: bool, conc: int) -> float:
     return t * (1 + 0.1 * (conc - 1))
 
 
-def write_run(root: Path, regimes=(("medium", 512), ("large", 1024)), reuses=(100, 50), concs=(1, 4),
-              n=10, failed_at=None, max_tokens=8, rates=()) -> tuple[list[Path], list[Path]]:
+def write_run(
+    root: Path,
+    regimes=(("medium", 512), ("large", 1024)),
+    reuses=(100, 50),
+    concs=(1, 4),
+    n=10,
+    failed_at=None,
+    max_tokens=8,
+    rates=(),
+) -> tuple[list[Path], list[Path]]:
     recs, metas = [], []
     for mode in MODES:
         for regime, prefix in regimes:
@@ -33,33 +41,65 @@ def write_run(root: Path, regimes=(("medium", 512), ("large", 1024)), reuses=(10
                         warm = group == "shared" and i > 0
                         ttft = ttft_for(mode, prefix, warm, load)
                         failed = failed_at == (mode, regime, reuse, conc) and i == 0
-                        cached = (prefix if warm and mode == "with_prefix_cache" else 0)
+                        cached = prefix if warm and mode == "with_prefix_cache" else 0
                         hits += cached
                         queries += prefix + 12 if mode == "with_prefix_cache" else 0
                         ok += not failed
-                        lines.append({
-                            "mode": mode, "regime": regime, "reuse_pct": reuse, "concurrency": conc, "request_rate": rate,
-                            "prefix_len_tokens": prefix, "workload": "chat_policy", "prefix_group": group,
-                            "expected_cached_tokens": prefix if warm else 0, "request_index": i,
-                            "status": "failed" if failed else "ok", "error": "timeout after 1.0 s" if failed else None,
-                            "http_status": 200, "start_s": (i // max(conc, 1)) * (ttft + 0.02 * max_tokens) if not rate
-                            else i / rate, "ttft_s": None if failed else ttft,
-                            "e2e_s": 1.0 if failed else ttft + 0.02 * max_tokens, "itl_s": [] if failed else [0.02] * (max_tokens - 1),
-                            "prompt_tokens": None if failed else prefix + 12, "completion_tokens": None if failed else max_tokens,
-                            "cached_tokens": None if failed else cached, "output_chunks": max_tokens,
-                        })
+                        lines.append(
+                            {
+                                "mode": mode,
+                                "regime": regime,
+                                "reuse_pct": reuse,
+                                "concurrency": conc,
+                                "request_rate": rate,
+                                "prefix_len_tokens": prefix,
+                                "workload": "chat_policy",
+                                "prefix_group": group,
+                                "expected_cached_tokens": prefix if warm else 0,
+                                "request_index": i,
+                                "status": "failed" if failed else "ok",
+                                "error": "timeout after 1.0 s" if failed else None,
+                                "http_status": 200,
+                                "start_s": (i // max(conc, 1)) * (ttft + 0.02 * max_tokens) if not rate else i / rate,
+                                "ttft_s": None if failed else ttft,
+                                "e2e_s": 1.0 if failed else ttft + 0.02 * max_tokens,
+                                "itl_s": [] if failed else [0.02] * (max_tokens - 1),
+                                "prompt_tokens": None if failed else prefix + 12,
+                                "completion_tokens": None if failed else max_tokens,
+                                "cached_tokens": None if failed else cached,
+                                "output_chunks": max_tokens,
+                            }
+                        )
                     rp.write_text("".join(json.dumps(x) + "\n" for x in lines))
-                    mp.write_text(json.dumps({
-                        "mode": mode, "regime": regime, "reuse_pct": reuse, "concurrency": conc, "request_rate": rate,
-                        "requests_sent": n,
-                        "requests_ok": ok, "requests_failed": n - ok, "wall_s": 2.0, "cache_reset": "ok",
-                        "counters_delta": {"vllm:prefix_cache_queries_total": queries, "vllm:prefix_cache_hits_total": hits,
-                                           "vllm:time_to_first_token_seconds_sum": 1.0, "vllm:time_to_first_token_seconds_count": n,
-                                           "vllm:e2e_request_latency_seconds_sum": 2.0, "vllm:e2e_request_latency_seconds_count": n},
-                        "measured_hit_rate": hits / queries if queries else None, "peak_server_rss_gib": 3.5,
-                        "peak_gpu_mem_mib": None, "peak_kv_cache_usage": 0.1 if mode == "no_prefix_cache" else 0.05,
-                        "memory_samples": 3,
-                    }))
+                    mp.write_text(
+                        json.dumps(
+                            {
+                                "mode": mode,
+                                "regime": regime,
+                                "reuse_pct": reuse,
+                                "concurrency": conc,
+                                "request_rate": rate,
+                                "requests_sent": n,
+                                "requests_ok": ok,
+                                "requests_failed": n - ok,
+                                "wall_s": 2.0,
+                                "cache_reset": "ok",
+                                "counters_delta": {
+                                    "vllm:prefix_cache_queries_total": queries,
+                                    "vllm:prefix_cache_hits_total": hits,
+                                    "vllm:time_to_first_token_seconds_sum": 1.0,
+                                    "vllm:time_to_first_token_seconds_count": n,
+                                    "vllm:e2e_request_latency_seconds_sum": 2.0,
+                                    "vllm:e2e_request_latency_seconds_count": n,
+                                },
+                                "measured_hit_rate": hits / queries if queries else None,
+                                "peak_server_rss_gib": 3.5,
+                                "peak_gpu_mem_mib": None,
+                                "peak_kv_cache_usage": 0.1 if mode == "no_prefix_cache" else 0.05,
+                                "memory_samples": 3,
+                            }
+                        )
+                    )
                     recs.append(rp)
                     metas.append(mp)
     return recs, metas

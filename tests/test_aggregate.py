@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+from synthetic import write_run
 
 from prefixbench.aggregate import SEED_COLUMNS, load_meta, load_records, speedups, summarize
-from synthetic import write_run
 
 
 @pytest.fixture
@@ -22,24 +22,36 @@ def test_seed_columns_first_and_one_row_per_point(summary):
 
 
 def test_values(summary):
-    row = summary.filter((pl.col("mode") == "with_prefix_cache") & (pl.col("regime") == "large")
-                         & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)).row(0, named=True)
+    row = summary.filter(
+        (pl.col("mode") == "with_prefix_cache")
+        & (pl.col("regime") == "large")
+        & (pl.col("reuse_pct") == 100)
+        & (pl.col("concurrency") == 1)
+    ).row(0, named=True)
     assert row["mean_ttft_s"] == pytest.approx((1.024 + 9 * 0.05) / 10)
     assert row["mean_e2e_s"] == pytest.approx((1.024 + 9 * 0.05) / 10 + 0.16)
     assert row["mean_ttft_shared_s"] == pytest.approx((1.024 + 9 * 0.05) / 10)
     assert row["tok_s"] == pytest.approx(10 * 8 / 2.0)
     assert row["measured_hit_rate"] == pytest.approx(9 * 1024 / (10 * 1036))
     assert row["expected_hit_rate"] == pytest.approx(9 * 1024 / (10 * 1036))
-    off = summary.filter((pl.col("mode") == "no_prefix_cache") & (pl.col("regime") == "medium")
-                         & (pl.col("reuse_pct") == 50) & (pl.col("concurrency") == 4)).row(0, named=True)
+    off = summary.filter(
+        (pl.col("mode") == "no_prefix_cache")
+        & (pl.col("regime") == "medium")
+        & (pl.col("reuse_pct") == 50)
+        & (pl.col("concurrency") == 4)
+    ).row(0, named=True)
     assert off["mean_ttft_s"] == pytest.approx(0.512 * 1.3)
     assert off["expected_hit_rate"] == 0.0
     assert off["p95_e2e_s"] == pytest.approx(0.512 * 1.3 + 0.16)
 
 
 def test_failures_counted_and_noted(summary):
-    row = summary.filter((pl.col("mode") == "no_prefix_cache") & (pl.col("regime") == "large")
-                         & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 4)).row(0, named=True)
+    row = summary.filter(
+        (pl.col("mode") == "no_prefix_cache")
+        & (pl.col("regime") == "large")
+        & (pl.col("reuse_pct") == 100)
+        & (pl.col("concurrency") == 4)
+    ).row(0, named=True)
     assert (row["requests_ok"], row["requests_failed"], row["requests_sent"]) == (9, 1, 10)
     assert row["error_rate"] == pytest.approx(0.1)
     assert "1 of 10 failed, means over ok only" in row["notes"]
@@ -48,7 +60,9 @@ def test_failures_counted_and_noted(summary):
 
 def test_speedups(summary):
     sp = speedups(summary)
-    row = sp.filter((pl.col("regime") == "large") & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)).row(0, named=True)
+    row = sp.filter((pl.col("regime") == "large") & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)).row(
+        0, named=True
+    )
     # 1 cold shared + 9 warm: mean on = (1.024 + 9*0.05)/10 vs off 1.024
     assert row["ttft_speedup"] == pytest.approx(1.024 / ((1.024 + 9 * 0.05) / 10))
     assert sp.height == 8
@@ -63,11 +77,17 @@ def test_no_records_is_an_error(tmp_path):
 def test_regime_mode_table_keeps_one_regime_and_setting():
     from prefixbench.aggregate import regime_mode_table
 
-    summary = pl.DataFrame({
-        "mode": ["no_prefix_cache", "with_prefix_cache", "with_prefix_cache", "with_prefix_cache"],
-        "regime": ["a", "a", "a", "b"], "reuse_pct": [100, 50, 100, 100], "concurrency": [1, 1, 1, 1],
-        "request_rate": [0.0, 0.0, 0.0, 0.0], "mean_ttft_s": [1.0, 2.0, 3.0, 4.0], "unrelated": [0, 0, 0, 0],
-    })
+    summary = pl.DataFrame(
+        {
+            "mode": ["no_prefix_cache", "with_prefix_cache", "with_prefix_cache", "with_prefix_cache"],
+            "regime": ["a", "a", "a", "b"],
+            "reuse_pct": [100, 50, 100, 100],
+            "concurrency": [1, 1, 1, 1],
+            "request_rate": [0.0, 0.0, 0.0, 0.0],
+            "mean_ttft_s": [1.0, 2.0, 3.0, 4.0],
+            "unrelated": [0, 0, 0, 0],
+        }
+    )
     t = regime_mode_table(summary, "a", "with_prefix_cache")
     assert t["mean_ttft_s"].to_list() == [3.0, 2.0]  # reuse 100 first
     assert "unrelated" not in t.columns and "mode" not in t.columns

@@ -30,8 +30,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
         for done in (1, 3, N_TOKENS):
             if done > 1:
                 await asyncio.sleep(ITL_DELAY)
-            await resp.write(sse({"choices": [{"index": 0, "text": "tt"}],
-                                  "usage": {"prompt_tokens": 10, "completion_tokens": done}}))
+            await resp.write(
+                sse({"choices": [{"index": 0, "text": "tt"}], "usage": {"prompt_tokens": 10, "completion_tokens": done}})
+            )
         await resp.write(sse({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": N_TOKENS}}))
         await resp.write(b"data: [DONE]\n\n")
         return resp
@@ -43,8 +44,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
             await resp.write(b"data: {not json\n\n")
             return resp
     if behaviour != "nousage":
-        await resp.write(sse({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": N_TOKENS,
-                                                        "prompt_tokens_details": {"cached_tokens": 4}}}))
+        await resp.write(
+            sse(
+                {
+                    "choices": [],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": N_TOKENS, "prompt_tokens_details": {"cached_tokens": 4}},
+                }
+            )
+        )
     await resp.write(b"data: [DONE]\n\n")
     return resp
 
@@ -97,9 +104,15 @@ async def test_concurrency_overlaps_requests(fake_server):
     assert 2 * one <= wall < 2 * one + 0.3  # two waves of four
 
 
-@pytest.mark.parametrize("behaviour, error", [
-    ("http500", "HTTP 500"), ("broken", "JSONDecodeError"), ("nousage", "no usage"), ("stall", "timeout"),
-])
+@pytest.mark.parametrize(
+    "behaviour, error",
+    [
+        ("http500", "HTTP 500"),
+        ("broken", "JSONDecodeError"),
+        ("nousage", "no usage"),
+        ("stall", "timeout"),
+    ],
+)
 async def test_failures_are_recorded_not_dropped(fake_server, behaviour, error):
     recs, _ = await run(fake_server, ["ok", behaviour, "ok"], concurrency=2, stall=0.5)
     assert [r.status for r in recs] == ["ok", "failed", "ok"]
@@ -126,7 +139,7 @@ def test_arrival_schedule_rate_and_burstiness():
         gaps = [b - a for a, b in zip(t, t[1:])]
         assert statistics.mean(gaps) == pytest.approx(0.1, rel=0.08)
         cv = statistics.pstdev(gaps) / statistics.mean(gaps)
-        assert cv == pytest.approx(burst ** -0.5, rel=0.1)  # gamma: CV = 1/sqrt(shape)
+        assert cv == pytest.approx(burst**-0.5, rel=0.1)  # gamma: CV = 1/sqrt(shape)
     assert arrival_offsets(5, 2.0, 1.0, seed=3) == arrival_offsets(5, 2.0, 1.0, seed=3)
     with pytest.raises(ValueError):
         arrival_offsets(3, 0.0, 1.0, 0)

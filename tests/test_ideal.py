@@ -38,8 +38,9 @@ def test_flops_arithmetic():
 
 def test_missing_config(tmp_path):
     assert load_shape(tmp_path) is None
-    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 2,
-                                                      "intermediate_size": 16}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 2, "intermediate_size": 16})
+    )
     assert load_shape(tmp_path).kv_hidden == 8
 
 

@@ -7,16 +7,14 @@ repository's own (made by ./run.sh and the convert rule).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import psutil
 import pytest
 import yaml
-
 from conftest import snakemake
+
 from prefixbench.aggregate import SEED_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +39,16 @@ def jobs_of(dry_run_output: str) -> set[str]:
 
 def test_outputs_exist(pipeline_run):
     work, _, _ = pipeline_run
-    for rel in ["results/prefix_caching_results.md", "results/summary.csv", "results/speedup.csv",
-                "results/servers/serve_slm_no_prefix_cache.sh", "results/servers/serve_slm_with_prefix_cache.sh",
-                "results/logs/server_no_prefix_cache.log", "results/logs/server_with_prefix_cache.log",
-                "results/prompts/small.jsonl"]:
+    for rel in [
+        "results/prefix_caching_results.md",
+        "results/summary.csv",
+        "results/speedup.csv",
+        "results/servers/serve_slm_no_prefix_cache.sh",
+        "results/servers/serve_slm_with_prefix_cache.sh",
+        "results/logs/server_no_prefix_cache.log",
+        "results/logs/server_with_prefix_cache.log",
+        "results/prompts/small.jsonl",
+    ]:
         assert (work / rel).is_file(), rel
     for name in ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "open_loop"]:
         assert (work / f"results/charts/{name}.png").read_bytes()[:4] == b"\x89PNG"
@@ -73,14 +77,20 @@ def test_cache_counters_behave(pipeline_run):
     s = pl.read_csv(work / "results/summary.csv")
     off = s.filter(pl.col("mode") == "no_prefix_cache")
     assert off["hit_tokens"].fill_null(0).sum() == 0 and off["cached_tokens"].sum() == 0
-    on = s.filter((pl.col("mode") == "with_prefix_cache") & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)
-                  & (pl.col("request_rate") == 0)).row(0, named=True)
+    on = s.filter(
+        (pl.col("mode") == "with_prefix_cache")
+        & (pl.col("reuse_pct") == 100)
+        & (pl.col("concurrency") == 1)
+        & (pl.col("request_rate") == 0)
+    ).row(0, named=True)
     assert on["hit_tokens"] > 0
     block = 128
     # Sequential, reset before the point: measured hits equal the generator's expectation within a block per request.
     assert abs(on["hit_tokens"] - on["expected_cached_tokens"]) <= block * on["requests_sent"]
     assert on["cached_tokens"] == on["hit_tokens"]
-    off_row = off.filter((pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1) & (pl.col("request_rate") == 0)).row(0, named=True)
+    off_row = off.filter((pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1) & (pl.col("request_rate") == 0)).row(
+        0, named=True
+    )
     assert on["mean_ttft_s"] < off_row["mean_ttft_s"], "a cached 256-token prefix should cut TTFT on this model"
     for meta in (work / "results/raw").rglob("*.meta.json"):
         assert json.loads(meta.read_text())["cache_reset"] == "ok"
@@ -115,7 +125,7 @@ def test_calibration_plans_the_sweep_and_the_report_says_so(pipeline_run):
     assert f"--dtype {choice['dtype']}" in (work / "results/servers/serve_slm_no_prefix_cache.sh").read_text()
     md = (work / "results/prefix_caching_results.md").read_text()
     assert f"| Dtype | `{choice['dtype']}`, chosen by the CPU's flags ({choice['reason']})" in md
-    assert choice['cpu'] in md
+    assert choice["cpu"] in md
     assert "| Time budget | the full sweep fits" in md and "nothing trimmed" in md
     # Every measured point's console line tells the elapsed time and the estimate of the rest.
     console = (work / "console.txt").read_text()
@@ -157,9 +167,17 @@ def test_snakemake_report_files_charts_and_tables_by_regime_and_setting(pipeline
     proc = snakemake(work, configfile, "--report", "report.html")
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (work / "report.html").read_text()
-    for text in ["Regime small", "Charts", "Tables", "Servers", "Report",  # categories
-                 "ttft vs concurrency", "cache setting",  # labels
-                 "Mean time to first token against concurrency",  # a chart's caption
-                 "every measured point of this", "tokenizer-exact"]:  # the regime table caption, the workflow text
+    for text in [
+        "Regime small",
+        "Charts",
+        "Tables",
+        "Servers",
+        "Report",  # categories
+        "ttft vs concurrency",
+        "cache setting",  # labels
+        "Mean time to first token against concurrency",  # a chart's caption
+        "every measured point of this",
+        "tokenizer-exact",
+    ]:  # the regime table caption, the workflow text
         assert text in html, text
     assert (work / "results/tables/small/with_prefix_cache.csv").is_file()

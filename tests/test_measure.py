@@ -20,17 +20,40 @@ def setup(tmp_path, die_after=0, n=6):
     env = f"FAKE_DIE_AFTER={die_after} " if die_after else ""
     script.write_text(f"#!/usr/bin/env bash\n{env}exec {sys.executable} {HERE / 'fake_vllm.py'} $1\n")
     prompts = tmp_path / "r.jsonl"
-    write_jsonl([{"prompt": f"PREFIX {'x ' * 20}\nQ: q{i}\nA:", "prefix_len_tokens": 21, "reuse_pct": 100,
-                  "request_index": i, "prefix_group": "shared", "workload": "chat_policy",
-                  "expected_cached_tokens": 0 if i == 0 else 16} for i in range(n)], prompts)
+    write_jsonl(
+        [
+            {
+                "prompt": f"PREFIX {'x ' * 20}\nQ: q{i}\nA:",
+                "prefix_len_tokens": 21,
+                "reuse_pct": 100,
+                "request_index": i,
+                "prefix_group": "shared",
+                "workload": "chat_policy",
+                "expected_cached_tokens": 0 if i == 0 else 16,
+            }
+            for i in range(n)
+        ],
+        prompts,
+    )
     points = [Point("r", 100, c, prompts, tmp_path / f"c{c}.jsonl", tmp_path / f"c{c}.meta.json") for c in (1, 2)]
     return script, points
 
 
 def run(tmp_path, script, points, journal, repeats=1):
-    measure_mode("with_prefix_cache", script, "127.0.0.1", tmp_path / "server.log", tmp_path / "server.json", "fake",
-                 points, BenchSettings(max_tokens=4, warmup_requests=1, sample_interval_s=0.2, repeats=repeats), 30,
-                 sys.executable, {}, journal_path=journal)
+    measure_mode(
+        "with_prefix_cache",
+        script,
+        "127.0.0.1",
+        tmp_path / "server.log",
+        tmp_path / "server.json",
+        "fake",
+        points,
+        BenchSettings(max_tokens=4, warmup_requests=1, sample_interval_s=0.2, repeats=repeats),
+        30,
+        sys.executable,
+        {},
+        journal_path=journal,
+    )
 
 
 def test_every_point_measured_with_counters(tmp_path):

@@ -14,15 +14,25 @@ def prompts_of(regime: str, reuse: int, n: int, prefix: int = 512, block: int = 
         group = "shared" if i in shared else f"unique-{i:03d}"
         warm = group == "shared" and seen
         seen = seen or group == "shared"
-        out.append({"regime": regime, "reuse_pct": reuse, "request_index": i, "prefix_group": group,
-                    "prompt_len_tokens": prefix + 10, "expected_cached_tokens": prefix if warm else 0})
+        out.append(
+            {
+                "regime": regime,
+                "reuse_pct": reuse,
+                "request_index": i,
+                "prefix_group": group,
+                "prompt_len_tokens": prefix + 10,
+                "expected_cached_tokens": prefix if warm else 0,
+            }
+        )
     return out
 
 
 def test_fit_recovers_fixed_and_per_token_cost():
     rates = Rates(0.05, 0.002, 0.01)
-    samples = [(n, rates.fixed_s + rates.prefill_s_per_token * n, rates.fixed_s + rates.prefill_s_per_token * n + 0.01 * 15, 16)
-               for n in (16, 16, 512, 512, 1024, 1024)]
+    samples = [
+        (n, rates.fixed_s + rates.prefill_s_per_token * n, rates.fixed_s + rates.prefill_s_per_token * n + 0.01 * 15, 16)
+        for n in (16, 16, 512, 512, 1024, 1024)
+    ]
     fit = fit_rates(samples)
     assert fit.fixed_s == pytest.approx(0.05)
     assert fit.prefill_s_per_token == pytest.approx(0.002)

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from prefixbench.corpus import DEFAULT_QUESTIONS
 from prefixbench.prompts import (
-    PrefixMismatch, Regime, aligned_length, build_regime_prompts, expected_cached_tokens, read_prompts, write_jsonl,
+    PrefixMismatch,
+    Regime,
+    aligned_length,
+    build_regime_prompts,
+    expected_cached_tokens,
+    read_prompts,
+    write_jsonl,
 )
 
 
@@ -66,7 +72,7 @@ class MergingTokenizer:
     def encode(self, text, add_special_tokens=True):
         ids, i = [], 0
         while i < len(text):
-            if text[i] != "\n" and text[i + 1: i + 2] == "\n":
+            if text[i] != "\n" and text[i + 1 : i + 2] == "\n":
                 ids.append(1000 + ord(text[i]))  # char + newline merge into one token
                 i += 2
             else:
@@ -101,7 +107,11 @@ def test_jsonl_round_trip_and_errors(tmp_path):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.text(max_size=40), st.builds(json.dumps, st.dictionaries(st.text(max_size=5), st.integers()))), max_size=5))
+@given(
+    st.lists(
+        st.one_of(st.text(max_size=40), st.builds(json.dumps, st.dictionaries(st.text(max_size=5), st.integers()))), max_size=5
+    )
+)
 def test_reader_fuzz_never_tracebacks(tmp_path_factory, lines):
     path = tmp_path_factory.mktemp("fuzz") / "p.jsonl"
     path.write_text("\n".join(lines))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from synthetic import write_run
 
 from prefixbench.aggregate import load_meta, load_records, speedups, summarize, with_confidence
 from prefixbench.report import render, ttft_finding, verdict
-from synthetic import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2"
@@ -25,8 +25,17 @@ def make_inputs(tmp_path, **kw):
     infos = []
     for mode in ("no_prefix_cache", "with_prefix_cache"):
         p = tmp_path / f"{mode}.json"
-        p.write_text(json.dumps({"mode": mode, "vllm_version": "9.9.9", "startup_s": 12.5, "warmup_policy": "reset before every point",
-                                 "hardware": {"cpu": "Test CPU", "cpu_count": 2}}))
+        p.write_text(
+            json.dumps(
+                {
+                    "mode": mode,
+                    "vllm_version": "9.9.9",
+                    "startup_s": 12.5,
+                    "warmup_policy": "reset before every point",
+                    "hardware": {"cpu": "Test CPU", "cpu_count": 2},
+                }
+            )
+        )
         infos.append(p)
     scripts = []
     for mode in ("no_prefix_cache", "with_prefix_cache"):
@@ -34,25 +43,59 @@ def make_inputs(tmp_path, **kw):
         p.write_text(f"exec vllm --{mode}\n")
         scripts.append(p)
     prompts = tmp_path / "medium.jsonl"
-    prompts.write_text(json.dumps({"prompt": "PREFIX\nQ: Why?\nA:", "prefix_len_tokens": 512, "workload": "chat_policy",
-                                   "regime": "medium", "reuse_pct": 100, "request_index": 0, "question": "Why?",
-                                   "prefix_group": "shared", "prompt_len_tokens": 520, "expected_cached_tokens": 0}) + "\n")
+    prompts.write_text(
+        json.dumps(
+            {
+                "prompt": "PREFIX\nQ: Why?\nA:",
+                "prefix_len_tokens": 512,
+                "workload": "chat_policy",
+                "regime": "medium",
+                "reuse_pct": 100,
+                "request_index": 0,
+                "question": "Why?",
+                "prefix_group": "shared",
+                "prompt_len_tokens": 520,
+                "expected_cached_tokens": 0,
+            }
+        )
+        + "\n"
+    )
     return summary, infos, scripts, [prompts]
 
 
 def render_md(tmp_path, model=None, slo=None, **kw) -> tuple[str, pl.DataFrame]:
     summary, infos, scripts, prompts = make_inputs(tmp_path, **kw)
     out = tmp_path / "report.md"
-    render(TEMPLATE, out, tmp_path / "summary.csv", tmp_path / "speedup.csv", infos, scripts, prompts,
-           model or {"source": "smollm2_package", "path": "m", "served_name": "s"}, "cpu", 8, 128, slo)
+    render(
+        TEMPLATE,
+        out,
+        tmp_path / "summary.csv",
+        tmp_path / "speedup.csv",
+        infos,
+        scripts,
+        prompts,
+        model or {"source": "smollm2_package", "path": "m", "served_name": "s"},
+        "cpu",
+        8,
+        128,
+        slo,
+    )
     return out.read_text(), summary
 
 
 def test_report_sections_and_numbers(tmp_path):
     md, summary = render_md(tmp_path, n=40)  # 10 rounds at c=4: enough for an interval at every point
-    for heading in ["## Prefix strategy", "## The two server commands", "## Summary per (prefix length, concurrency)",
-                    "## Hit rate mental model", "## Consulting-ready conclusion", "**Did it increase throughput at the same p95?**",
-                    "**Extra memory overhead?**", "**What workload shapes benefit most?**", "**How does the benefit change"]:
+    for heading in [
+        "## Prefix strategy",
+        "## The two server commands",
+        "## Summary per (prefix length, concurrency)",
+        "## Hit rate mental model",
+        "## Consulting-ready conclusion",
+        "**Did it increase throughput at the same p95?**",
+        "**Extra memory overhead?**",
+        "**What workload shapes benefit most?**",
+        "**How does the benefit change",
+    ]:
         assert heading in md
     assert "| mode | prefix_len_tokens | concurrency | mean_ttft_s | mean_e2e_s | p95_e2e_s | tok_s | notes |" in md
     assert "exec vllm --no_prefix_cache" in md and "Test CPU" in md and "vLLM 9.9.9" in md
@@ -61,8 +104,10 @@ def test_report_sections_and_numbers(tmp_path):
     # The headline TTFT sentence carries the data's own numbers.
     sp = speedups(summary).filter(pl.col("reuse_pct") == 100).sort("ttft_speedup")
     best = sp.row(-1, named=True)
-    assert (f"Yes. At 100% reuse the cache cut mean TTFT at every point, beyond the A/A noise floor" in md
-            and f"the largest cut {best['regime']} ({best['prefix_len_tokens']} tokens) at concurrency" in md)
+    assert (
+        "Yes. At 100% reuse the cache cut mean TTFT at every point, beyond the A/A noise floor" in md
+        and f"the largest cut {best['regime']} ({best['prefix_len_tokens']} tokens) at concurrency" in md
+    )
     assert "random weights" not in md.lower()
     assert "1 of 40 failed" not in md
 
@@ -84,12 +129,25 @@ def test_no_claim_without_an_interval_or_inside_the_aa_floor():
     assert verdict(1.15, ci=(1.05, 1.25), floor=(0.85, 1.2)).startswith("no difference beyond the A/A noise floor")
     assert verdict(1.5, ci=(1.3, 1.7), floor=(0.85, 1.2)) == "1.50× faster (95% CI 1.30–1.70)"
     assert verdict(0.5, ci=(0.4, 0.6), floor=(0.9, 1.1)) == "2.00× slower (95% CI 1.67–2.50)"
-    sp = pl.DataFrame({"regime": ["a", "a"], "prefix_len_tokens": [512, 512], "reuse_pct": [100, 100], "concurrency": [1, 4],
-                       "ttft_speedup": [1.01, 0.99], "mean_ttft_s_off": [0.1, 0.2], "mean_ttft_s_on": [0.099, 0.202]})
+    sp = pl.DataFrame(
+        {
+            "regime": ["a", "a"],
+            "prefix_len_tokens": [512, 512],
+            "reuse_pct": [100, 100],
+            "concurrency": [1, 4],
+            "ttft_speedup": [1.01, 0.99],
+            "mean_ttft_s_off": [0.1, 0.2],
+            "mean_ttft_s_on": [0.099, 0.202],
+        }
+    )
     assert ttft_finding(sp).answer.startswith("No claim.")
-    sp = sp.with_columns(pl.Series("ttft_speedup", [1.5, 1.6]), pl.Series("ttft_speedup_lo", [1.3, 1.1]),
-                         pl.Series("ttft_speedup_hi", [1.7, 2.0]), pl.Series("aa_ttft_lo", [0.9, 0.9]),
-                         pl.Series("aa_ttft_hi", [1.2, 1.2]))
+    sp = sp.with_columns(
+        pl.Series("ttft_speedup", [1.5, 1.6]),
+        pl.Series("ttft_speedup_lo", [1.3, 1.1]),
+        pl.Series("ttft_speedup_hi", [1.7, 2.0]),
+        pl.Series("aa_ttft_lo", [0.9, 0.9]),
+        pl.Series("aa_ttft_hi", [1.2, 1.2]),
+    )
     answer = ttft_finding(sp).answer
     assert answer.startswith("Partly.") and "at 1 of 2 points" in answer  # c=4's 1.1 lies inside the A/A band
 

@@ -22,7 +22,7 @@ async def steady(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
-    for i in range(body["max_tokens"]):
+    for _ in range(body["max_tokens"]):
         await asyncio.sleep(GAP)
         await resp.write(f"data: {json.dumps({'choices': [{'index': 0, 'text': 't'}]})}\n\n".encode())
     usage = {"prompt_tokens": 3, "completion_tokens": body["max_tokens"]}

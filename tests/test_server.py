@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, group_alive, render_script, server_argv
 
 SPEC = ServerSpec(python="/opt/py", model="m", served_model_name="s", env={"A": "1"})
@@ -65,14 +66,17 @@ def test_readiness_timeout_kills_the_whole_group(tmp_path):
 
 
 def test_ready_server_is_torn_down_on_exit(tmp_path):
-    script = fake_script(tmp_path, f"""
+    script = fake_script(
+        tmp_path,
+        f"""
         exec {sys.executable} -c "
 import http.server, json, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.end_headers(); self.wfile.write(b'{{}}')
 http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()" $PORT
-    """)
+    """,
+    )
     with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20) as srv:
         pgid = srv.proc.pid
         assert group_alive(pgid)
@@ -83,16 +87,18 @@ def test_sigterm_to_the_owner_tears_the_server_down(tmp_path):
     """A SIGTERM (Snakemake or SLURM cancelling the job) must still run teardown."""
     pidfile = tmp_path / "server.pid"
     owner = tmp_path / "owner.py"
-    owner.write_text(textwrap.dedent(f"""
+    owner.write_text(
+        textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(os.path.join(os.path.dirname(__file__), '..', 'scripts'))!r})
+        sys.path.insert(0, {str(os.path.join(os.path.dirname(__file__), "..", "scripts"))!r})
         from pathlib import Path
         from prefixbench.server import ManagedServer
         script = Path({str(tmp_path)!r}) / "slow.sh"
         script.write_text("#!/usr/bin/env bash\\necho $$ > {pidfile}\\nsleep 300\\n")
         with ManagedServer(script, "127.0.0.1", Path({str(tmp_path)!r}) / "log", ready_timeout_s=300, term_grace_s=2):
             pass
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(owner)])
     for _ in range(100):
         if pidfile.exists() and pidfile.read_text().strip():

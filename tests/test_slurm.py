@@ -42,18 +42,36 @@ def slurm(tmp_path_factory):
 def slurm_run(slurm, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm_pipeline")
     configfile = write_test_config(work)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "--configfile",
-           str(configfile), "--workflow-profile", str(ROOT / "profiles/slurm"),
-           # This throwaway cluster keeps no accounting database (no sacct): ask squeue, and sooner.
-           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(work),
+        "--configfile",
+        str(configfile),
+        "--workflow-profile",
+        str(ROOT / "profiles/slurm"),
+        # This throwaway cluster keeps no accounting database (no sacct): ask squeue, and sooner.
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+    ]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2400, env=slurm.env)
     elapsed = time.monotonic() - t0
     jobs = slurm.jobs()
     (work / "slurm_jobs.json").write_text(json.dumps({"elapsed_s": elapsed, "jobs": jobs}, indent=2))
-    print(f"\nSLURM pipeline: {elapsed:.0f} s; jobs: " +
-          "; ".join(f"{j['JobId']} {j['Partition']} {j['JobState']} exit {j['ExitCode']} gres {j['TresPerJob']} "
-                    f"{j['RunTime']}" for j in jobs))
+    print(
+        f"\nSLURM pipeline: {elapsed:.0f} s; jobs: "
+        + "; ".join(
+            f"{j['JobId']} {j['Partition']} {j['JobState']} exit {j['ExitCode']} gres {j['TresPerJob']} {j['RunTime']}"
+            for j in jobs
+        )
+    )
     assert proc.returncode == 0, f"SLURM run failed:\n{proc.stderr[-6000:]}\n{slurm.logs_tail()}"
     return work, jobs, proc
 
@@ -74,8 +92,10 @@ def test_slurm_run_has_the_local_runs_outputs(slurm_run, pipeline_run):
     assert s_slurm.columns == s_local.columns
     assert s_slurm.select(KEYS + ["requests_sent"]).sort(KEYS).equals(s_local.select(KEYS + ["requests_sent"]).sort(KEYS))
     assert (s_slurm["requests_failed"] == 0).all()
-    headings = lambda d: [ln for ln in (d / "results/prefix_caching_results.md").read_text().splitlines()
-                          if ln.startswith("#")]
+
+    def headings(d):
+        return [ln for ln in (d / "results/prefix_caching_results.md").read_text().splitlines() if ln.startswith("#")]
+
     assert headings(work) == headings(local)
 
 
@@ -104,9 +124,24 @@ def test_scancel_mid_measurement_leaves_no_server(slurm, smollm2_dir, tmp_path, 
     cfg["regimes"]["small"]["reuse_pcts"] = [100]
     configfile = tmp_path / "cancel.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "results/raw/no_prefix_cache/server.json", "-s", str(ROOT / "Snakefile"),
-           "-d", str(tmp_path), "--configfile", str(configfile), "--workflow-profile", str(ROOT / "profiles/slurm"),
-           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "results/raw/no_prefix_cache/server.json",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(configfile),
+        "--workflow-profile",
+        str(ROOT / "profiles/slurm"),
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm.env)
 
     def vllm_procs() -> list[int]:
@@ -138,7 +173,16 @@ def test_scancel_mid_measurement_leaves_no_server(slurm, smollm2_dir, tmp_path, 
     assert not (tmp_path / "results/raw/no_prefix_cache/server.json").exists()
     kept = len(records.read_text().splitlines())
     assert kept >= 3
-    reliability("s9_slurm_cancel", "", "scancel of the running measure job after its first 3 requests",
-                {"scheduler state": state, "vLLM processes of the job before": len(before),
-                 "all gone after (s)": round(gone, 1), "processes left": len(left),
-                 "snakemake exit code": proc.returncode, "records kept in the journal": kept})
+    reliability(
+        "s9_slurm_cancel",
+        "",
+        "scancel of the running measure job after its first 3 requests",
+        {
+            "scheduler state": state,
+            "vLLM processes of the job before": len(before),
+            "all gone after (s)": round(gone, 1),
+            "processes left": len(left),
+            "snakemake exit code": proc.returncode,
+            "records kept in the journal": kept,
+        },
+    )

@@ -69,25 +69,42 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
         meta = json.loads(Path(path).read_text())
         delta = meta.get("counters_delta", {})
         meta.setdefault("request_rate", 0.0)
-        rows.append({
-            **{k: meta[k] for k in KEYS}, "wall_s": meta["wall_s"], "requests_sent": meta["requests_sent"],
-            "cache_reset": meta["cache_reset"], "measured_hit_rate": meta["measured_hit_rate"],
-            "hit_tokens": delta.get("vllm:prefix_cache_hits_total"),
-            "query_tokens": delta.get("vllm:prefix_cache_queries_total"),
-            "server_ttft_sum_s": delta.get("vllm:time_to_first_token_seconds_sum"),
-            "server_ttft_count": delta.get("vllm:time_to_first_token_seconds_count"),
-            "server_e2e_sum_s": delta.get("vllm:e2e_request_latency_seconds_sum"),
-            "server_e2e_count": delta.get("vllm:e2e_request_latency_seconds_count"),
-            "peak_server_rss_gib": meta.get("peak_server_rss_gib"), "peak_gpu_mem_mib": meta.get("peak_gpu_mem_mib"),
-            "peak_kv_cache_usage": meta.get("peak_kv_cache_usage"),
-            "wall_s_per_repeat": [float(w) for w in meta.get("wall_s_per_repeat") or [meta["wall_s"]]],
-        })
-    return pl.DataFrame(rows, infer_schema_length=None, schema_overrides={"request_rate": pl.Float64,
-        "measured_hit_rate": pl.Float64, "hit_tokens": pl.Float64, "query_tokens": pl.Float64,
-        "server_ttft_sum_s": pl.Float64, "server_ttft_count": pl.Float64, "server_e2e_sum_s": pl.Float64,
-        "server_e2e_count": pl.Float64, "peak_gpu_mem_mib": pl.Float64, "peak_kv_cache_usage": pl.Float64,
-        "peak_server_rss_gib": pl.Float64,
-    })
+        rows.append(
+            {
+                **{k: meta[k] for k in KEYS},
+                "wall_s": meta["wall_s"],
+                "requests_sent": meta["requests_sent"],
+                "cache_reset": meta["cache_reset"],
+                "measured_hit_rate": meta["measured_hit_rate"],
+                "hit_tokens": delta.get("vllm:prefix_cache_hits_total"),
+                "query_tokens": delta.get("vllm:prefix_cache_queries_total"),
+                "server_ttft_sum_s": delta.get("vllm:time_to_first_token_seconds_sum"),
+                "server_ttft_count": delta.get("vllm:time_to_first_token_seconds_count"),
+                "server_e2e_sum_s": delta.get("vllm:e2e_request_latency_seconds_sum"),
+                "server_e2e_count": delta.get("vllm:e2e_request_latency_seconds_count"),
+                "peak_server_rss_gib": meta.get("peak_server_rss_gib"),
+                "peak_gpu_mem_mib": meta.get("peak_gpu_mem_mib"),
+                "peak_kv_cache_usage": meta.get("peak_kv_cache_usage"),
+                "wall_s_per_repeat": [float(w) for w in meta.get("wall_s_per_repeat") or [meta["wall_s"]]],
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        infer_schema_length=None,
+        schema_overrides={
+            "request_rate": pl.Float64,
+            "measured_hit_rate": pl.Float64,
+            "hit_tokens": pl.Float64,
+            "query_tokens": pl.Float64,
+            "server_ttft_sum_s": pl.Float64,
+            "server_ttft_count": pl.Float64,
+            "server_e2e_sum_s": pl.Float64,
+            "server_e2e_count": pl.Float64,
+            "peak_gpu_mem_mib": pl.Float64,
+            "peak_kv_cache_usage": pl.Float64,
+            "peak_server_rss_gib": pl.Float64,
+        },
+    )
 
 
 def closed_loop(df: pl.DataFrame) -> pl.DataFrame:
@@ -116,10 +133,17 @@ def repeat_throughput(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame
     """Output tokens/s of each repeat of a point, and their range: the spread a throughput claim must clear."""
     if "repeat" not in records.columns:
         records = records.with_columns(pl.lit(0, dtype=pl.Int64).alias("repeat"))
-    tokens = records.filter(pl.col("status") == "ok").group_by(KEYS + ["repeat"]).agg(
-        pl.col("completion_tokens").sum().alias("tokens"))
-    walls = meta.select(KEYS + ["wall_s_per_repeat"]).explode("wall_s_per_repeat").with_columns(
-        pl.int_range(pl.len()).over(KEYS).alias("repeat")).rename({"wall_s_per_repeat": "wall"})
+    tokens = (
+        records.filter(pl.col("status") == "ok")
+        .group_by(KEYS + ["repeat"])
+        .agg(pl.col("completion_tokens").sum().alias("tokens"))
+    )
+    walls = (
+        meta.select(KEYS + ["wall_s_per_repeat"])
+        .explode("wall_s_per_repeat")
+        .with_columns(pl.int_range(pl.len()).over(KEYS).alias("repeat"))
+        .rename({"wall_s_per_repeat": "wall"})
+    )
     per = tokens.join(walls, on=KEYS + ["repeat"], how="inner").with_columns((pl.col("tokens") / pl.col("wall")).alias("t"))
     return per.group_by(KEYS).agg(
         pl.len().alias("repeats_measured"),
@@ -161,49 +185,79 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
         pl.col("ttft_s").filter(counted & (pl.col("prefix_group") != "shared")).mean().alias("mean_ttft_unique_s"),
         # Cache behaviour, over every request (the cold one is sent first, before any window opens).
         # Cold: the first request of the shared prefix (a miss by construction); warm: the ones after it.
-        pl.col("ttft_s").filter(counted & (pl.col("prefix_group") == "shared") & (pl.col("expected_cached_tokens") == 0))
-        .mean().alias("mean_ttft_cold_s"),
+        pl.col("ttft_s")
+        .filter(counted & (pl.col("prefix_group") == "shared") & (pl.col("expected_cached_tokens") == 0))
+        .mean()
+        .alias("mean_ttft_cold_s"),
         pl.col("ttft_s").filter(counted & (pl.col("expected_cached_tokens") > 0)).mean().alias("mean_ttft_warm_s"),
     )
-    df = per_point.join(meta, on=KEYS, how="left").join(repeat_throughput(records, meta), on=KEYS, how="left").drop(
-        "wall_s_per_repeat").with_columns(
-        (pl.col("completion_tokens") / pl.col("wall_s")).alias("tok_s"),
-        (pl.col("prompt_tokens") / pl.col("wall_s")).alias("prompt_tok_s"),
-        (pl.col("requests_ok") / pl.col("wall_s")).alias("req_s"),
-        (pl.col("requests_failed") / pl.col("requests_sent")).alias("error_rate"),
-        (pl.col("cached_tokens") / pl.col("prompt_tokens")).alias("client_cached_fraction"),
-        pl.when(pl.col("mode") == "no_prefix_cache").then(0.0)
-        .otherwise(pl.col("expected_cached_tokens") / pl.col("prompt_tokens")).alias("expected_hit_rate"),
-        (pl.col("server_ttft_sum_s") / pl.col("server_ttft_count")).alias("server_mean_ttft_s"),
-        (pl.col("server_e2e_sum_s") / pl.col("server_e2e_count")).alias("server_mean_e2e_s"),
-    ).with_columns(
-        (pl.col("mean_ttft_all_s") - pl.col("server_mean_ttft_s")).alias("ttft_gap_s"),
-        (pl.col("mean_e2e_all_s") - pl.col("server_mean_e2e_s")).alias("e2e_gap_s"),
+    df = (
+        per_point.join(meta, on=KEYS, how="left")
+        .join(repeat_throughput(records, meta), on=KEYS, how="left")
+        .drop("wall_s_per_repeat")
+        .with_columns(
+            (pl.col("completion_tokens") / pl.col("wall_s")).alias("tok_s"),
+            (pl.col("prompt_tokens") / pl.col("wall_s")).alias("prompt_tok_s"),
+            (pl.col("requests_ok") / pl.col("wall_s")).alias("req_s"),
+            (pl.col("requests_failed") / pl.col("requests_sent")).alias("error_rate"),
+            (pl.col("cached_tokens") / pl.col("prompt_tokens")).alias("client_cached_fraction"),
+            pl.when(pl.col("mode") == "no_prefix_cache")
+            .then(0.0)
+            .otherwise(pl.col("expected_cached_tokens") / pl.col("prompt_tokens"))
+            .alias("expected_hit_rate"),
+            (pl.col("server_ttft_sum_s") / pl.col("server_ttft_count")).alias("server_mean_ttft_s"),
+            (pl.col("server_e2e_sum_s") / pl.col("server_e2e_count")).alias("server_mean_e2e_s"),
+        )
+        .with_columns(
+            (pl.col("mean_ttft_all_s") - pl.col("server_mean_ttft_s")).alias("ttft_gap_s"),
+            (pl.col("mean_e2e_all_s") - pl.col("server_mean_e2e_s")).alias("e2e_gap_s"),
+        )
     )
     df = df.with_columns(pl.Series("notes", [_notes(r) for r in df.iter_rows(named=True)], dtype=pl.String))
-    df = df.with_columns(pl.col("mode").replace_strict(MODE_ORDER, default=9).alias("_mode_order")).sort(
-        ["prefix_len_tokens", "regime", pl.col("reuse_pct"), "_mode_order", "request_rate", "concurrency"],
-        descending=[False, False, True, False, False, False],
-    ).drop("_mode_order")
+    df = (
+        df.with_columns(pl.col("mode").replace_strict(MODE_ORDER, default=9).alias("_mode_order"))
+        .sort(
+            ["prefix_len_tokens", "regime", pl.col("reuse_pct"), "_mode_order", "request_rate", "concurrency"],
+            descending=[False, False, True, False, False, False],
+        )
+        .drop("_mode_order")
+    )
     rest = [c for c in df.columns if c not in SEED_COLUMNS]
     return df.select(SEED_COLUMNS + rest)
 
 
 def speedups(summary: pl.DataFrame) -> pl.DataFrame:
     """Off/on ratios per (regime, reuse, concurrency): >1 means the cache helped."""
-    cols = ["mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "measured_hit_rate",
-            "mean_ttft_unique_s", "mean_ttft_shared_s", "peak_server_rss_gib", "peak_gpu_mem_mib", "peak_kv_cache_usage"]
+    cols = [
+        "mean_ttft_s",
+        "p95_ttft_s",
+        "mean_e2e_s",
+        "p95_e2e_s",
+        "tok_s",
+        "measured_hit_rate",
+        "mean_ttft_unique_s",
+        "mean_ttft_shared_s",
+        "peak_server_rss_gib",
+        "peak_gpu_mem_mib",
+        "peak_kv_cache_usage",
+    ]
     keys = ["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "request_rate"]
     off = summary.filter(pl.col("mode") == "no_prefix_cache").select(keys + cols).rename({c: f"{c}_off" for c in cols})
     on = summary.filter(pl.col("mode") == "with_prefix_cache").select(keys + cols).rename({c: f"{c}_on" for c in cols})
-    return off.join(on, on=keys, how="inner").with_columns(
-        (pl.col("mean_ttft_s_off") / pl.col("mean_ttft_s_on")).alias("ttft_speedup"),
-        (pl.col("p95_ttft_s_off") / pl.col("p95_ttft_s_on")).alias("p95_ttft_speedup"),
-        (pl.col("mean_e2e_s_off") / pl.col("mean_e2e_s_on")).alias("e2e_speedup"),
-        (pl.col("tok_s_on") / pl.col("tok_s_off")).alias("throughput_gain"),
-        (pl.col("mean_ttft_unique_s_off") / pl.col("mean_ttft_unique_s_on")).alias("unique_prefix_ttft_speedup"),
-    ).sort(["prefix_len_tokens", "regime", "reuse_pct", "request_rate", "concurrency"],
-           descending=[False, False, True, False, False])
+    return (
+        off.join(on, on=keys, how="inner")
+        .with_columns(
+            (pl.col("mean_ttft_s_off") / pl.col("mean_ttft_s_on")).alias("ttft_speedup"),
+            (pl.col("p95_ttft_s_off") / pl.col("p95_ttft_s_on")).alias("p95_ttft_speedup"),
+            (pl.col("mean_e2e_s_off") / pl.col("mean_e2e_s_on")).alias("e2e_speedup"),
+            (pl.col("tok_s_on") / pl.col("tok_s_off")).alias("throughput_gain"),
+            (pl.col("mean_ttft_unique_s_off") / pl.col("mean_ttft_unique_s_on")).alias("unique_prefix_ttft_speedup"),
+        )
+        .sort(
+            ["prefix_len_tokens", "regime", "reuse_pct", "request_rate", "concurrency"],
+            descending=[False, False, True, False, False],
+        )
+    )
 
 
 def with_clusters(records: pl.DataFrame) -> pl.DataFrame:
@@ -238,14 +292,14 @@ def aa_requests(records: pl.DataFrame) -> pl.DataFrame:
     if closed.is_empty():
         return closed
     c_min = closed["concurrency"].min()
-    return closed.filter(((pl.col("concurrency") == c_min) & (pl.col("prefix_group") != "shared"))
-                         | (pl.col("reuse_pct") == 0))
+    return closed.filter(((pl.col("concurrency") == c_min) & (pl.col("prefix_group") != "shared")) | (pl.col("reuse_pct") == 0))
 
 
 def aa_floor(records: pl.DataFrame) -> pl.DataFrame:
     """Per regime (and `*` for all): the off/on ratio of the A/A requests and its clustered 95% CI."""
     aa = aa_requests(records).with_columns(
-        pl.concat_str([pl.col("reuse_pct"), pl.col("concurrency"), pl.col("cluster")], separator="/").alias("cluster"))
+        pl.concat_str([pl.col("reuse_pct"), pl.col("concurrency"), pl.col("cluster")], separator="/").alias("cluster")
+    )
     rows = []
     scopes = [("*", aa)] + [(r, g) for (r,), g in aa.group_by("regime", maintain_order=True)]
     for regime, grp in scopes:
@@ -256,8 +310,12 @@ def aa_floor(records: pl.DataFrame) -> pl.DataFrame:
             row[f"{name}_ratio"] = off[metric].mean() / on[metric].mean() if off.height and on.height else None
             row[f"{name}_lo"], row[f"{name}_hi"] = ci if ci else (None, None)
         rows.append(row)
-    schema = {"regime": pl.String, "aa_requests_off": pl.Int64, "aa_requests_on": pl.Int64,
-              **{f"{n}_{k}": pl.Float64 for n in ("aa_ttft", "aa_e2e") for k in ("ratio", "lo", "hi")}}
+    schema = {
+        "regime": pl.String,
+        "aa_requests_off": pl.Int64,
+        "aa_requests_on": pl.Int64,
+        **{f"{n}_{k}": pl.Float64 for n in ("aa_ttft", "aa_e2e") for k in ("ratio", "lo", "hi")},
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -265,8 +323,9 @@ def with_confidence(sp: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
     """Add clustered 95% bootstrap CIs of the TTFT and E2E off/on ratios, and the regime's A/A floor, to each row."""
     ok = with_clusters(records.filter((pl.col("status") == "ok") & pl.col("in_window")))
     groups = {key: grp for key, grp in ok.group_by(KEYS)}
-    cols: dict[str, list] = {c: [] for c in ("ttft_speedup_lo", "ttft_speedup_hi", "e2e_speedup_lo", "e2e_speedup_hi",
-                                             "clusters_off", "clusters_on")}
+    cols: dict[str, list] = {
+        c: [] for c in ("ttft_speedup_lo", "ttft_speedup_hi", "e2e_speedup_lo", "e2e_speedup_hi", "clusters_off", "clusters_on")
+    }
     for r in sp.iter_rows(named=True):
         point = (r["regime"], r["reuse_pct"], r["concurrency"], r["request_rate"])
         off, on = groups.get(("no_prefix_cache", *point)), groups.get(("with_prefix_cache", *point))
@@ -276,8 +335,9 @@ def with_confidence(sp: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
             cols[f"{name}_hi"].append(ci[1] if ci else None)
         cols["clusters_off"].append(off["cluster"].n_unique() if off is not None else 0)
         cols["clusters_on"].append(on["cluster"].n_unique() if on is not None else 0)
-    out = sp.with_columns(*(pl.Series(name, values, dtype=pl.Float64 if "speedup" in name else pl.Int64)
-                            for name, values in cols.items()))
+    out = sp.with_columns(
+        *(pl.Series(name, values, dtype=pl.Float64 if "speedup" in name else pl.Int64) for name, values in cols.items())
+    )
     floor = aa_floor(ok)
     overall = floor.filter(pl.col("regime") == "*").drop("regime")
     per_regime = floor.filter(pl.col("regime") != "*")
@@ -294,9 +354,23 @@ def write_summary(record_paths: Iterable[Path], meta_paths: Iterable[Path], summ
     with_confidence(speedups(summary), records).write_csv(speedup_csv, float_precision=6)
 
 
-REGIME_TABLE_COLUMNS = ["reuse_pct", "concurrency", "request_rate", "requests_sent", "requests_ok", "requests_failed",
-                        "mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "cached_tokens",
-                        "expected_cached_tokens", "measured_hit_rate", "notes"]
+REGIME_TABLE_COLUMNS = [
+    "reuse_pct",
+    "concurrency",
+    "request_rate",
+    "requests_sent",
+    "requests_ok",
+    "requests_failed",
+    "mean_ttft_s",
+    "p95_ttft_s",
+    "mean_e2e_s",
+    "p95_e2e_s",
+    "tok_s",
+    "cached_tokens",
+    "expected_cached_tokens",
+    "measured_hit_rate",
+    "notes",
+]
 
 
 def regime_mode_table(summary: pl.DataFrame, regime: str, mode: str) -> pl.DataFrame:
@@ -305,4 +379,5 @@ def regime_mode_table(summary: pl.DataFrame, regime: str, mode: str) -> pl.DataF
     if rows.is_empty():
         raise ValueError(f"summary has no rows for regime {regime!r} and mode {mode!r}")
     return rows.select([c for c in REGIME_TABLE_COLUMNS if c in rows.columns]).sort(
-        ["reuse_pct", "request_rate", "concurrency"], descending=[True, False, False])
+        ["reuse_pct", "request_rate", "concurrency"], descending=[True, False, False]
+    )

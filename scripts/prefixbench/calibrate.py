@@ -34,15 +34,24 @@ async def time_cold_requests(cfg: ClientConfig, lengths: Sequence[int], per_leng
     return out
 
 
-def calibrate(script: Path, host: str, log_path: Path, ready_timeout_s: float, model: str, settings: BenchSettings,
-              prompt_paths: Sequence[Path], points: Sequence[tuple[str, int, int, float]],
-              budget_s: float | None) -> dict:
+def calibrate(
+    script: Path,
+    host: str,
+    log_path: Path,
+    ready_timeout_s: float,
+    model: str,
+    settings: BenchSettings,
+    prompt_paths: Sequence[Path],
+    points: Sequence[tuple[str, int, int, float]],
+    budget_s: float | None,
+) -> dict:
     """Start the cache-off server, time cold requests of the regimes' lengths, and plan the sweep."""
     prompts = {p.stem: read_prompts(p) for p in prompt_paths}
     lengths = sorted({SHORT_PROMPT_TOKENS} | {max(r["prompt_len_tokens"] for r in rs) for rs in prompts.values()})
     with ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings)) as server:
-        cfg = ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s,
-                           settings.stall_timeout_s, api_key(settings))
+        cfg = ClientConfig(
+            server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s, api_key(settings)
+        )
         asyncio.run(time_cold_requests(cfg, [SHORT_PROMPT_TOKENS], per_length=1))  # first request: lazy init
         records = asyncio.run(time_cold_requests(cfg, lengths))
         startup_s = server.startup_s

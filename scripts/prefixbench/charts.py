@@ -22,8 +22,12 @@ def _with_labels(summary: pl.DataFrame) -> pl.DataFrame:
 
 def _concurrency_axis(summary: pl.DataFrame) -> alt.X:
     levels = sorted(set(summary["concurrency"].to_list()))
-    return alt.X("concurrency:Q", scale=alt.Scale(type="log", base=2), title="concurrency (requests in flight)",
-                 axis=alt.Axis(values=levels, format="d"))
+    return alt.X(
+        "concurrency:Q",
+        scale=alt.Scale(type="log", base=2),
+        title="concurrency (requests in flight)",
+        axis=alt.Axis(values=levels, format="d"),
+    )
 
 
 def ttft_vs_concurrency(summary: pl.DataFrame) -> alt.FacetChart:
@@ -37,9 +41,14 @@ def ttft_vs_concurrency(summary: pl.DataFrame) -> alt.FacetChart:
         tooltip=["mode", "prefix_len_tokens", "reuse_pct", "concurrency", "mean_ttft_s", "p95_ttft_s"],
     )
     layer = base.mark_line(point=True) + base.mark_errorbar().encode(y=alt.Y("p50_ttft_s:Q", title="TTFT (s)"), y2="p95_ttft_s:Q")
-    return layer.properties(width=220, height=160).facet(
-        column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")), row=alt.Row("reuse:N", title=None)
-    ).properties(title="Time to first token vs concurrency (line: mean; bar: p50 to p95)")
+    return (
+        layer.properties(width=220, height=160)
+        .facet(
+            column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
+            row=alt.Row("reuse:N", title=None),
+        )
+        .properties(title="Time to first token vs concurrency (line: mean; bar: p50 to p95)")
+    )
 
 
 def throughput_vs_p95(summary: pl.DataFrame) -> alt.FacetChart:
@@ -53,9 +62,15 @@ def throughput_vs_p95(summary: pl.DataFrame) -> alt.FacetChart:
         tooltip=["mode", "prefix_len_tokens", "reuse_pct", "concurrency", "tok_s", "p95_e2e_s"],
     )
     labels = base.mark_text(dx=8, dy=-6, fontSize=10).encode(text=alt.Text("concurrency:Q", format="d"))
-    return (base.mark_line(point=True) + labels).properties(width=220, height=160).facet(
-        column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")), row=alt.Row("reuse:N", title=None)
-    ).properties(title="Throughput vs p95 latency (labels: concurrency); up and left is better")
+    return (
+        (base.mark_line(point=True) + labels)
+        .properties(width=220, height=160)
+        .facet(
+            column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
+            row=alt.Row("reuse:N", title=None),
+        )
+        .properties(title="Throughput vs p95 latency (labels: concurrency); up and left is better")
+    )
 
 
 def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
@@ -66,34 +81,59 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
     )
     # Layers carry no data of their own, so the facet splits the layered data per panel.
     rule = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(1.0))
-    by_len = alt.Chart().mark_line(point=True).encode(
-        x=alt.X("prefix_len_tokens:Q", title="shared prefix length (tokens)"),
-        y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
-        color=alt.Color("reuse:N", title="reuse"),
-        tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
+    by_len = (
+        alt.Chart()
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("prefix_len_tokens:Q", title="shared prefix length (tokens)"),
+            y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
+            color=alt.Color("reuse:N", title="reuse"),
+            tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
+        )
     )
-    by_reuse = alt.Chart().mark_line(point=True).encode(
-        x=alt.X("reuse_pct:Q", title="requests sharing the prefix (%)", scale=alt.Scale(domain=[0, 100])),
-        y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
-        color=alt.Color("prefix_len_tokens:N", title="prefix tokens"),
-        tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
+    by_reuse = (
+        alt.Chart()
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("reuse_pct:Q", title="requests sharing the prefix (%)", scale=alt.Scale(domain=[0, 100])),
+            y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
+            color=alt.Color("prefix_len_tokens:N", title="prefix tokens"),
+            tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
+        )
     )
     # The uncertainty: each ratio's clustered 95% CI, and the A/A band (what identical work shows off vs on).
     for col in ("ttft_speedup_lo", "ttft_speedup_hi", "aa_ttft_lo", "aa_ttft_hi"):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias(col))
-    band = alt.Chart().transform_filter("isValid(datum.aa_ttft_lo)").transform_aggregate(
-        lo="min(aa_ttft_lo)", hi="max(aa_ttft_hi)").mark_rect(color="gray", opacity=0.18).encode(y="lo:Q", y2="hi:Q")
-    bars_len = by_len.transform_filter("isValid(datum.ttft_speedup_lo)").mark_errorbar(ticks=True).encode(
-        y=alt.Y("ttft_speedup_lo:Q", title="TTFT speed-up (off / on)"), y2="ttft_speedup_hi:Q")
-    bars_reuse = by_reuse.transform_filter("isValid(datum.ttft_speedup_lo)").mark_errorbar(ticks=True).encode(
-        y=alt.Y("ttft_speedup_lo:Q", title="TTFT speed-up (off / on)"), y2="ttft_speedup_hi:Q")
-    top = alt.layer(band, by_len, bars_len, rule, data=df).properties(width=200, height=160).facet(
-        column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency"))
-    ).properties(title="Speed-up as the prefix grows (bars: 95% CI; gray band: A/A noise floor; dashed: no change)")
-    bottom = alt.layer(band, by_reuse, bars_reuse, rule, data=df).properties(width=200, height=160).facet(
-        column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency"))
-    ).properties(title="Speed-up as reuse falls (bars: 95% CI; gray band: A/A noise floor)")
+    band = (
+        alt.Chart()
+        .transform_filter("isValid(datum.aa_ttft_lo)")
+        .transform_aggregate(lo="min(aa_ttft_lo)", hi="max(aa_ttft_hi)")
+        .mark_rect(color="gray", opacity=0.18)
+        .encode(y="lo:Q", y2="hi:Q")
+    )
+    bars_len = (
+        by_len.transform_filter("isValid(datum.ttft_speedup_lo)")
+        .mark_errorbar(ticks=True)
+        .encode(y=alt.Y("ttft_speedup_lo:Q", title="TTFT speed-up (off / on)"), y2="ttft_speedup_hi:Q")
+    )
+    bars_reuse = (
+        by_reuse.transform_filter("isValid(datum.ttft_speedup_lo)")
+        .mark_errorbar(ticks=True)
+        .encode(y=alt.Y("ttft_speedup_lo:Q", title="TTFT speed-up (off / on)"), y2="ttft_speedup_hi:Q")
+    )
+    top = (
+        alt.layer(band, by_len, bars_len, rule, data=df)
+        .properties(width=200, height=160)
+        .facet(column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency")))
+        .properties(title="Speed-up as the prefix grows (bars: 95% CI; gray band: A/A noise floor; dashed: no change)")
+    )
+    bottom = (
+        alt.layer(band, by_reuse, bars_reuse, rule, data=df)
+        .properties(width=200, height=160)
+        .facet(column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency")))
+        .properties(title="Speed-up as reuse falls (bars: 95% CI; gray band: A/A noise floor)")
+    )
     return alt.vconcat(top, bottom).resolve_scale(color="independent")
 
 
@@ -107,33 +147,67 @@ def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
         tooltip=["mode", "prefix_len_tokens", "reuse_pct", "request_rate", "p95_ttft_s", "p95_e2e_s", "req_s"],
     )
     target = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(slo.get("p95_ttft_s", 1.0)))
-    return alt.layer(base.mark_line(point=True), target, data=df).properties(width=220, height=160).facet(
-        column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
-        row=alt.Row("reuse:N", title=None),
-    ).properties(title=f"Open loop: p95 TTFT vs offered load (dashed: SLO {slo.get('p95_ttft_s', 1.0):g} s)")
+    return (
+        alt.layer(base.mark_line(point=True), target, data=df)
+        .properties(width=220, height=160)
+        .facet(
+            column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
+            row=alt.Row("reuse:N", title=None),
+        )
+        .properties(title=f"Open loop: p95 TTFT vs offered load (dashed: SLO {slo.get('p95_ttft_s', 1.0):g} s)")
+    )
 
 
 def ideal_chart(summary: pl.DataFrame, shape: Shape | None, block_size: int) -> alt.Chart:
     """Cold, FLOPs-ideal and measured warm TTFT per regime (full reuse, lowest concurrency)."""
     rows = ideal_rows(summary, shape, block_size) if shape else []
     if not rows:
-        return alt.Chart(pl.DataFrame({"t": ["Not computed: no local model config.json"]})).mark_text(size=14).encode(
-            text="t:N").properties(width=400, height=60, title="Expected vs measured TTFT")
-    data = pl.DataFrame([{"regime": f"{r['regime']} ({r['prefix_len_tokens']} tok)", "kind": kind, "ttft_s": r[key],
-                          "order": i, "prefix_len_tokens": r["prefix_len_tokens"]} for r in rows for i, (kind, key) in enumerate(
-                         [("cold (cache off)", "cold_s"), ("ideal warm (FLOPs)", "ideal_s"), ("measured warm", "warm_s")])])
-    return alt.Chart(data).mark_bar().encode(
-        x=alt.X("kind:N", title=None, sort=alt.SortField("order"), axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("ttft_s:Q", title="TTFT (s)"),
-        color=alt.Color("kind:N", title=None, sort=alt.SortField("order"),
-                        scale=alt.Scale(range=["#d62728", "#98df8a", "#1f77b4"])),
-        column=alt.Column("regime:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
-        tooltip=["regime", "kind", "ttft_s"],
-    ).properties(width=260, height=200, title="TTFT: cache off, the FLOPs ideal with the prefix cached, and measured")
+        return (
+            alt.Chart(pl.DataFrame({"t": ["Not computed: no local model config.json"]}))
+            .mark_text(size=14)
+            .encode(text="t:N")
+            .properties(width=400, height=60, title="Expected vs measured TTFT")
+        )
+    data = pl.DataFrame(
+        [
+            {
+                "regime": f"{r['regime']} ({r['prefix_len_tokens']} tok)",
+                "kind": kind,
+                "ttft_s": r[key],
+                "order": i,
+                "prefix_len_tokens": r["prefix_len_tokens"],
+            }
+            for r in rows
+            for i, (kind, key) in enumerate(
+                [("cold (cache off)", "cold_s"), ("ideal warm (FLOPs)", "ideal_s"), ("measured warm", "warm_s")]
+            )
+        ]
+    )
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            x=alt.X("kind:N", title=None, sort=alt.SortField("order"), axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("ttft_s:Q", title="TTFT (s)"),
+            color=alt.Color(
+                "kind:N", title=None, sort=alt.SortField("order"), scale=alt.Scale(range=["#d62728", "#98df8a", "#1f77b4"])
+            ),
+            column=alt.Column("regime:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
+            tooltip=["regime", "kind", "ttft_s"],
+        )
+        .properties(width=260, height=200, title="TTFT: cache off, the FLOPs ideal with the prefix cached, and measured")
+    )
 
 
-def draw_all(summary_csv: Path, speedup_csv: Path, outdir: Path, names: list[str] | None = None,
-             slo: dict | None = None, model_dir: str | None = None, block_size: int = 16) -> list[Path]:
+def draw_all(
+    summary_csv: Path,
+    speedup_csv: Path,
+    outdir: Path,
+    names: list[str] | None = None,
+    slo: dict | None = None,
+    model_dir: str | None = None,
+    block_size: int = 16,
+) -> list[Path]:
     summary = pl.read_csv(summary_csv)
     ratios = pl.read_csv(speedup_csv)
     outdir.mkdir(parents=True, exist_ok=True)

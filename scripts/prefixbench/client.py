@@ -56,8 +56,12 @@ def bearer(api_key: str | None) -> dict[str, str]:
 def completion_payload(cfg: ClientConfig, prompt: str) -> dict:
     """Fixed-length greedy generation (`ignore_eos`) so every mode decodes the same number of tokens."""
     return {
-        "model": cfg.model, "prompt": prompt, "max_tokens": cfg.max_tokens, "temperature": 0.0,
-        "ignore_eos": True, "stream": True,
+        "model": cfg.model,
+        "prompt": prompt,
+        "max_tokens": cfg.max_tokens,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "stream": True,
         # continuous_usage_stats: every chunk says how many output tokens so far, so ITL is per token, not per chunk.
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
@@ -82,8 +86,11 @@ def per_token_latencies(rec: RequestRecord) -> None:
     if n and n > 1:
         rec.tpot_s = (rec.e2e_s - rec.ttft_s) / (n - 1)
     counts = rec.chunk_tokens if len(rec.chunk_tokens) == len(rec.chunk_gaps_s) else [1] * len(rec.chunk_gaps_s)
-    rec.itl_s = [gap / k for gap, k in zip(rec.chunk_gaps_s, counts) for _ in range(k)] if all(
-        k >= 1 for k in counts) else list(rec.chunk_gaps_s)
+    rec.itl_s = (
+        [gap / k for gap, k in zip(rec.chunk_gaps_s, counts) for _ in range(k)]
+        if all(k >= 1 for k in counts)
+        else list(rec.chunk_gaps_s)
+    )
 
 
 async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int, prompt: str, t_origin: float) -> RequestRecord:
@@ -97,8 +104,9 @@ async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int
     usage_seen = done = False
     tokens_so_far = 0
     try:
-        async with session.post(f"{cfg.base_url}/v1/completions", json=completion_payload(cfg, prompt),
-                                headers=headers, timeout=timeout) as resp:
+        async with session.post(
+            f"{cfg.base_url}/v1/completions", json=completion_payload(cfg, prompt), headers=headers, timeout=timeout
+        ) as resp:
             rec.http_status = resp.status
             if resp.status != 200:
                 body = (await resp.text())[:300]
@@ -143,7 +151,7 @@ async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int
             rec.error = "no usage in stream"
         else:
             rec.status = "ok"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         rec.error = f"timeout after {time.perf_counter() - t0:.1f} s"
     except Exception as exc:  # noqa: BLE001 - any failure is a failed record, never a lost one
         rec.error = f"{type(exc).__name__}: {exc}"[:300]
@@ -153,8 +161,9 @@ async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int
     return rec
 
 
-async def run_closed_loop(cfg: ClientConfig, prompts: Sequence[tuple[int, str]], concurrency: int,
-                          on_record: Callable[[RequestRecord], None]) -> float:
+async def run_closed_loop(
+    cfg: ClientConfig, prompts: Sequence[tuple[int, str]], concurrency: int, on_record: Callable[[RequestRecord], None]
+) -> float:
     """Send every prompt with at most `concurrency` in flight; returns the wall time in seconds."""
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
@@ -164,6 +173,7 @@ async def run_closed_loop(cfg: ClientConfig, prompts: Sequence[tuple[int, str]],
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     t_origin = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def worker() -> None:
             while True:
                 try:
@@ -190,13 +200,20 @@ def arrival_offsets(n: int, rate: float, burstiness: float, seed: int) -> list[f
     return out
 
 
-async def run_open_loop(cfg: ClientConfig, prompts: Sequence[tuple[int, str]], rate: float, burstiness: float,
-                        seed: int, on_record: Callable[[RequestRecord], None]) -> float:
+async def run_open_loop(
+    cfg: ClientConfig,
+    prompts: Sequence[tuple[int, str]],
+    rate: float,
+    burstiness: float,
+    seed: int,
+    on_record: Callable[[RequestRecord], None],
+) -> float:
     """Send each prompt at its scheduled time whatever is in flight (open loop); returns the wall time."""
     offsets = arrival_offsets(len(prompts), rate, burstiness, seed)
     connector = aiohttp.TCPConnector(limit=0)
     t_origin = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def one(index: int, prompt: str, at: float) -> None:
             rec = await send_one(session, cfg, index, prompt, t_origin)
             # Latency counts from the scheduled send (no coordinated omission): the lag is kept beside it.

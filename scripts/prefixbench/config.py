@@ -50,8 +50,9 @@ def questions(config: dict[str, Any]) -> list[str]:
 
 
 def regimes(config: dict[str, Any]) -> dict[str, Regime]:
-    return {name: Regime(name, r["prefix_tokens"], r["workload"], tuple(r["reuse_pcts"]))
-            for name, r in config["regimes"].items()}
+    return {
+        name: Regime(name, r["prefix_tokens"], r["workload"], tuple(r["reuse_pcts"])) for name, r in config["regimes"].items()
+    }
 
 
 def is_endpoint(target: dict[str, Any]) -> bool:
@@ -62,8 +63,12 @@ def is_endpoint(target: dict[str, Any]) -> bool:
 def model_of(target: dict[str, Any]) -> dict[str, Any]:
     """The model as the steps see it; for endpoints, its tokenizer and the name the cache-on endpoint serves."""
     if is_endpoint(target):
-        return {"source": "endpoint", "path": target["tokenizer"], "tokenizer": target["tokenizer"],
-                "served_name": target["endpoints"]["with_prefix_cache"]["model"]}
+        return {
+            "source": "endpoint",
+            "path": target["tokenizer"],
+            "tokenizer": target["tokenizer"],
+            "served_name": target["endpoints"]["with_prefix_cache"]["model"],
+        }
     return target["model"]
 
 
@@ -88,9 +93,14 @@ def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoi
     if model.get("tokenizer") and "--tokenizer" not in extra:
         extra += ["--tokenizer", model["tokenizer"]]
     return ServerSpec(
-        python=target["python"], model=model["path"], served_model_name=model["served_name"],
-        host=config.get("server", {}).get("host", "127.0.0.1"), max_model_len=target["max_model_len"],
-        dtype=dtype.dtype if dtype else target["dtype"], extra_args=tuple(extra), env=dict(target.get("env", {})),
+        python=target["python"],
+        model=model["path"],
+        served_model_name=model["served_name"],
+        host=config.get("server", {}).get("host", "127.0.0.1"),
+        max_model_len=target["max_model_len"],
+        dtype=dtype.dtype if dtype else target["dtype"],
+        extra_args=tuple(extra),
+        env=dict(target.get("env", {})),
         api_key_env=config.get("server", {}).get("api_key_env"),
     )
 
@@ -99,10 +109,17 @@ def bench_settings(config: dict[str, Any]) -> BenchSettings:
     """The benchmark settings; every default comes from the schema, which `validate()` filled into `config`."""
     b = config["benchmark"]
     return BenchSettings(
-        max_tokens=b["max_tokens"], request_timeout_s=b["request_timeout_s"], stall_timeout_s=b["stall_timeout_s"],
-        warmup_requests=b["warmup_requests"], reset_cache=b["reset_cache_between_points"],
-        sample_interval_s=b["sample_interval_s"], max_failed_fraction=b["max_failed_fraction"], repeats=b["repeats"],
-        burstiness=b["burstiness"], seed=config["seed"], api_key_env=config["server"].get("api_key_env"),
+        max_tokens=b["max_tokens"],
+        request_timeout_s=b["request_timeout_s"],
+        stall_timeout_s=b["stall_timeout_s"],
+        warmup_requests=b["warmup_requests"],
+        reset_cache=b["reset_cache_between_points"],
+        sample_interval_s=b["sample_interval_s"],
+        max_failed_fraction=b["max_failed_fraction"],
+        repeats=b["repeats"],
+        burstiness=b["burstiness"],
+        seed=config["seed"],
+        api_key_env=config["server"].get("api_key_env"),
     )
 
 
@@ -120,14 +137,20 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
     for mode, ep in target.get("endpoints", {}).items():
         parts = urlsplit(ep["base_url"])
         if parts.username or parts.password or parts.query:
-            raise ConfigError(f"targets.endpoint.endpoints.{mode}.base_url carries credentials or a query; give the "
-                              "bare URL and put the key in an environment variable named by api_key_env")
+            raise ConfigError(
+                f"targets.endpoint.endpoints.{mode}.base_url carries credentials or a query; give the "
+                "bare URL and put the key in an environment variable named by api_key_env"
+            )
     if is_endpoint(target) and config["benchmark"].get("time_budget_s"):
-        raise ConfigError("benchmark.time_budget_s: the calibration starts a server, so it applies only to servers "
-                          "prefixbench starts; remove it for target: endpoint")
+        raise ConfigError(
+            "benchmark.time_budget_s: the calibration starts a server, so it applies only to servers "
+            "prefixbench starts; remove it for target: endpoint"
+        )
     model = model_of(target)
     if model["source"] == "path" and not Path(model["path"]).is_dir():
-        raise ConfigError(f"model.path={model['path']!r}: no such folder (source: path); point it at a model folder "
-                          "or use source: hub for a hub id")
+        raise ConfigError(
+            f"model.path={model['path']!r}: no such folder (source: path); point it at a model folder "
+            "or use source: hub for a hub id"
+        )
     if not questions(config) or any(not q for q in questions(config)):
         raise ConfigError("questions: the list is empty or holds a blank question; give at least one question")

@@ -16,9 +16,19 @@ _PRODUCTS = ["Northwind Cloud", "Acme Ledger", "Orbit CRM", "Helix Storage", "Be
 _TEAMS = ["billing", "security", "identity", "data platform", "customer success", "trust and safety"]
 _CHANNELS = ["chat", "email", "the help center", "the mobile app", "a phone callback"]
 _ITEMS = [
-    "password resets", "data exports", "refund requests", "plan upgrades", "invoice corrections",
-    "account deletions", "two-factor recovery", "API key rotation", "notification settings",
-    "team invitations", "single sign-on setup", "usage limits", "audit log access",
+    "password resets",
+    "data exports",
+    "refund requests",
+    "plan upgrades",
+    "invoice corrections",
+    "account deletions",
+    "two-factor recovery",
+    "API key rotation",
+    "notification settings",
+    "team invitations",
+    "single sign-on setup",
+    "usage limits",
+    "audit log access",
 ]
 _DAYS = ["two", "three", "five", "seven", "ten", "fourteen", "thirty"]
 
@@ -61,8 +71,12 @@ _HEADERS = {
 def _sentence(rng: random.Random, templates: list[str]) -> str:
     ch1, ch2 = rng.sample(_CHANNELS, 2)
     return rng.choice(templates).format(
-        item=rng.choice(_ITEMS), channel=ch1, channel2=ch2, team=rng.choice(_TEAMS),
-        days=rng.choice(_DAYS), product=rng.choice(_PRODUCTS),
+        item=rng.choice(_ITEMS),
+        channel=ch1,
+        channel2=ch2,
+        team=rng.choice(_TEAMS),
+        days=rng.choice(_DAYS),
+        product=rng.choice(_PRODUCTS),
     )
 
 
@@ -120,10 +134,14 @@ DEFAULT_QUESTIONS = [
 ]
 
 _ASKS = [
-    "How do I request {item} for {product}?", "Who handles {item} on the {team} team?",
-    "How long do {item} take?", "Can I get {item} through {channel}?",
-    "What is the policy on {item} for enterprise customers?", "Why are my {item} delayed?",
-    "What information do you need for {item}?", "Can {item} be escalated to the {team} team?",
+    "How do I request {item} for {product}?",
+    "Who handles {item} on the {team} team?",
+    "How long do {item} take?",
+    "Can I get {item} through {channel}?",
+    "What is the policy on {item} for enterprise customers?",
+    "Why are my {item} delayed?",
+    "What information do you need for {item}?",
+    "Can {item} be escalated to the {team} team?",
 ]
 
 
@@ -134,8 +152,14 @@ def question_variants(n: int) -> list[str]:
     for ask, item, i in combos:
         if len(out) >= n:
             break
-        out.append(ask.format(item=item, product=_PRODUCTS[i % len(_PRODUCTS)], team=_TEAMS[i % len(_TEAMS)],
-                              channel=_CHANNELS[i % len(_CHANNELS)]))
+        out.append(
+            ask.format(
+                item=item,
+                product=_PRODUCTS[i % len(_PRODUCTS)],
+                team=_TEAMS[i % len(_TEAMS)],
+                channel=_CHANNELS[i % len(_CHANNELS)],
+            )
+        )
     if len(out) < n:
         raise ValueError(f"at most {len(DEFAULT_QUESTIONS) + len(_ASKS) * len(_ITEMS)} generated questions; asked for {n}")
     return out

@@ -15,12 +15,28 @@ from pathlib import Path
 # and sliding_window is off so every layer can use the prefix cache.
 SHAPES: dict[str, dict] = {
     "phi3-mini": {
-        "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "hidden_act": "silu",
-        "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
-        "rope_theta": 10000.0, "rope_scaling": None, "sliding_window": None, "tie_word_embeddings": False,
-        "attention_bias": False, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attention_dropout": 0.0,
-        "initializer_range": 0.02, "use_cache": True, "torch_dtype": "bfloat16",
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "original_max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": "bfloat16",
     },
 }
 
@@ -41,5 +57,6 @@ def make_dummy_model(shape: str, tokenizer_dir: Path, out_dir: Path) -> None:
     for p in tok_files:
         if p != packed:
             shutil.copy(p, out_dir / p.name)
-    (out_dir / "SOURCE.json").write_text(json.dumps({"weights": "random (--load-format dummy)", "shape": shape,
-                                                     "tokenizer": str(tokenizer_dir)}))
+    (out_dir / "SOURCE.json").write_text(
+        json.dumps({"weights": "random (--load-format dummy)", "shape": shape, "tokenizer": str(tokenizer_dir)})
+    )

@@ -51,35 +51,45 @@ class Capabilities:
     """What one endpoint offered when probed; everything missing here is reported as not measured."""
 
     models: list[str] = field(default_factory=list)
-    metrics: bool = False               # /metrics answered in Prometheus format
+    metrics: bool = False  # /metrics answered in Prometheus format
     prefix_cache_counters: bool = False  # vllm:prefix_cache_{queries,hits}_total among them
-    latency_histograms: bool = False     # server-side TTFT / E2E, for the client cross-check
-    idle_gauges: bool = False            # running/waiting gauges: "server idle before a point"
+    latency_histograms: bool = False  # server-side TTFT / E2E, for the client cross-check
+    idle_gauges: bool = False  # running/waiting gauges: "server idle before a point"
     kv_usage: bool = False
-    cache_reset: str = "not tried"       # "ok", or why not
+    cache_reset: str = "not tried"  # "ok", or why not
     version: str | None = None
 
     def not_measured(self) -> list[str]:
         """Plain sentences: what this endpoint kept the run from measuring."""
-        out = ["server start time and server process memory (prefixbench did not start this server)",
-               "GPU memory of the server (not visible from the benchmark machine)"]
+        out = [
+            "server start time and server process memory (prefixbench did not start this server)",
+            "GPU memory of the server (not visible from the benchmark machine)",
+        ]
         if not self.metrics:
-            out.append("everything server-side from `/metrics`: prefix-cache hits, server-side latency, KV-cache "
-                       "usage (the endpoint does not serve Prometheus metrics)")
+            out.append(
+                "everything server-side from `/metrics`: prefix-cache hits, server-side latency, KV-cache "
+                "usage (the endpoint does not serve Prometheus metrics)"
+            )
         else:
             if not self.prefix_cache_counters:
-                out.append("prefix-cache hit counters (`vllm:prefix_cache_hits_total` not exported): hits rest on "
-                           "the `cached_tokens` the endpoint reports per request, if any")
+                out.append(
+                    "prefix-cache hit counters (`vllm:prefix_cache_hits_total` not exported): hits rest on "
+                    "the `cached_tokens` the endpoint reports per request, if any"
+                )
             if not self.latency_histograms:
                 out.append("server-side TTFT/E2E histograms, so client timings were not cross-checked")
             if not self.kv_usage:
                 out.append("KV-cache usage")
         if not self.idle_gauges:
-            out.append("that the server was idle before each point (no running/waiting gauges): other traffic on "
-                       "a shared deployment would be measured too")
+            out.append(
+                "that the server was idle before each point (no running/waiting gauges): other traffic on "
+                "a shared deployment would be measured too"
+            )
         if self.cache_reset != "ok":
-            out.append(f"a cache reset before each point ({self.cache_reset}): points start from whatever the "
-                       "endpoint's cache already holds, so cold-start hits are not guaranteed")
+            out.append(
+                f"a cache reset before each point ({self.cache_reset}): points start from whatever the "
+                "endpoint's cache already holds, so cold-start hits are not guaranteed"
+            )
         if not self.version:
             out.append("the engine version (no `/version`)")
         return out
@@ -121,14 +131,18 @@ async def probe(endpoint: Endpoint, api_key: str | None, try_reset: bool) -> Cap
         try:
             async with s.get(f"{endpoint.base_url}/v1/models") as r:
                 if r.status in (401, 403):
-                    hint = (f"the key in ${endpoint.api_key_env} was refused" if endpoint.api_key_env
-                            else "it wants an API key: set api_key_env to the name of the variable holding it")
+                    hint = (
+                        f"the key in ${endpoint.api_key_env} was refused"
+                        if endpoint.api_key_env
+                        else "it wants an API key: set api_key_env to the name of the variable holding it"
+                    )
                     raise ServerError(f"endpoint {url} answered HTTP {r.status} on /v1/models: {hint}")
                 r.raise_for_status()
                 caps.models = [d.get("id", "") for d in (await r.json(content_type=None)).get("data", [])]
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise ServerError(f"endpoint {url} is not an OpenAI-compatible server we can reach "
-                              f"({type(exc).__name__}: {exc})") from None
+            raise ServerError(
+                f"endpoint {url} is not an OpenAI-compatible server we can reach ({type(exc).__name__}: {exc})"
+            ) from None
         if endpoint.model not in caps.models:
             raise ServerError(f"endpoint {url} does not serve model {endpoint.model!r}; it serves {caps.models}")
         try:

@@ -68,8 +68,13 @@ def cpu_dtype(requested: str, cpu: CpuInfo) -> DtypeChoice:
         return DtypeChoice(requested, requested, cpu.model, shown, f"set in the config{note}")
     if native:
         return DtypeChoice("bfloat16", "auto", cpu.model, shown, f"auto: {' and '.join(native)} present, bfloat16 runs natively")
-    return DtypeChoice("float32", "auto", cpu.model, shown,
-                       "auto: no avx512_bf16 or amx_bf16 flag, so bfloat16 would be emulated; float32 instead")
+    return DtypeChoice(
+        "float32",
+        "auto",
+        cpu.model,
+        shown,
+        "auto: no avx512_bf16 or amx_bf16 flag, so bfloat16 would be emulated; float32 instead",
+    )
 
 
 def cpu_count() -> int:
@@ -79,12 +84,20 @@ def cpu_count() -> int:
 def hardware() -> dict:
     """What the report's setup table shows about this machine."""
     cpu = read_cpu_info()
-    info = {"machine": platform.machine(), "cpu": cpu.model, "cpu_count": cpu_count(),
-            "cpu_flags": [f for f in SHOWN_FLAGS if f in cpu.flags]}
+    info = {
+        "machine": platform.machine(),
+        "cpu": cpu.model,
+        "cpu_count": cpu_count(),
+        "cpu_flags": [f for f in SHOWN_FLAGS if f in cpu.flags],
+    }
     if shutil.which("nvidia-smi"):
         try:
-            info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                         capture_output=True, text=True, timeout=10).stdout.strip()
+            info["gpu"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
         except (subprocess.SubprocessError, OSError):
             pass
     return info

@@ -43,8 +43,14 @@ def shape_from_config(config: dict) -> Shape:
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     kv_heads = config.get("num_key_value_heads") or heads
-    return Shape(config["num_hidden_layers"], config["hidden_size"], kv_heads * head_dim, config["intermediate_size"],
-                 config.get("hidden_act", "silu") in ("silu", "swiglu", "gelu_pytorch_tanh"), heads * head_dim)
+    return Shape(
+        config["num_hidden_layers"],
+        config["hidden_size"],
+        kv_heads * head_dim,
+        config["intermediate_size"],
+        config.get("hidden_act", "silu") in ("silu", "swiglu", "gelu_pytorch_tanh"),
+        heads * head_dim,
+    )
 
 
 def load_shape(model_dir: str | Path) -> Shape | None:
@@ -54,11 +60,12 @@ def load_shape(model_dir: str | Path) -> Shape | None:
 
 def prefill_flops(shape: Shape, prompt_tokens: float, cached_tokens: float = 0.0) -> float:
     new = prompt_tokens - cached_tokens
-    return 2 * shape.params * new + 2 * shape.layers * shape.attn * (prompt_tokens ** 2 - cached_tokens ** 2)
+    return 2 * shape.params * new + 2 * shape.layers * shape.attn * (prompt_tokens**2 - cached_tokens**2)
 
 
-def ideal_ttft(cold_ttft_s: float, shape: Shape, prompt_tokens: float, cached_tokens: float,
-               s_per_flop: float | None = None) -> float:
+def ideal_ttft(
+    cold_ttft_s: float, shape: Shape, prompt_tokens: float, cached_tokens: float, s_per_flop: float | None = None
+) -> float:
     """The warm TTFT if the cache removed exactly the compute of the cached tokens.
 
     With a fitted cost per FLOP: cold minus the saved FLOPs' time (the fixed cost stays). Without one, the
@@ -96,10 +103,12 @@ def ideal_rows(summary, shape: Shape, block_size: int) -> list[dict]:
 
     closed = closed_loop(summary)
     c_min, top = closed["concurrency"].min(), closed["reuse_pct"].max()
-    cold_points = closed.filter((pl.col("concurrency") == c_min) & (pl.col("mode") == "no_prefix_cache")
-                                & (pl.col("requests_ok") > 0))
-    fit = fit_fixed_cost([(r["prompt_tokens"] / r["requests_ok"], r["mean_ttft_s"]) for r in cold_points.iter_rows(named=True)],
-                         shape)
+    cold_points = closed.filter(
+        (pl.col("concurrency") == c_min) & (pl.col("mode") == "no_prefix_cache") & (pl.col("requests_ok") > 0)
+    )
+    fit = fit_fixed_cost(
+        [(r["prompt_tokens"] / r["requests_ok"], r["mean_ttft_s"]) for r in cold_points.iter_rows(named=True)], shape
+    )
     pick = closed.filter((pl.col("concurrency") == c_min) & (pl.col("reuse_pct") == top))
     rows = []
     for (regime,), grp in pick.group_by("regime", maintain_order=True):
@@ -111,9 +120,20 @@ def ideal_rows(summary, shape: Shape, block_size: int) -> list[dict]:
         tokens = off["prompt_tokens"][0] / off["requests_ok"][0]
         cached = (min(off["prefix_len_tokens"][0], tokens - 1) // block_size) * block_size
         ideal = ideal_ttft(cold, shape, tokens, cached, fit[1] if fit else None)
-        rows.append({"regime": regime, "prefix_len_tokens": off["prefix_len_tokens"][0], "concurrency": c_min,
-                     "cold_s": cold, "ideal_s": ideal, "warm_s": warm, "tokens": tokens, "cached": cached,
-                     "fixed_s": fit[0] if fit else None, "s_per_flop": fit[1] if fit else None,
-                     "flops_left": prefill_flops(shape, tokens, cached) / prefill_flops(shape, tokens),
-                     "share": achieved_share(cold, warm, ideal)})
+        rows.append(
+            {
+                "regime": regime,
+                "prefix_len_tokens": off["prefix_len_tokens"][0],
+                "concurrency": c_min,
+                "cold_s": cold,
+                "ideal_s": ideal,
+                "warm_s": warm,
+                "tokens": tokens,
+                "cached": cached,
+                "fixed_s": fit[0] if fit else None,
+                "s_per_flop": fit[1] if fit else None,
+                "flops_left": prefill_flops(shape, tokens, cached) / prefill_flops(shape, tokens),
+                "share": achieved_share(cold, warm, ideal),
+            }
+        )
     return rows

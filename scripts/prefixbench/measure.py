@@ -25,12 +25,12 @@ import aiohttp
 from . import metrics as m
 from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop
 from .corpus import text_of_at_least
+from .endpoint import Capabilities, Endpoint, fetch_metrics, probe, redact_url, reset_prefix_cache
 from .host import hardware
 from .plan import Eta, fmt_duration
-from .endpoint import Capabilities, Endpoint, fetch_metrics, probe, redact_url, reset_prefix_cache
 from .prompts import read_prompts
-from .server import ManagedServer, ServerError
 from .sampling import RecordWriter, Sampler
+from .server import ManagedServer, ServerError
 from .settings import BenchSettings, api_key
 
 
@@ -54,16 +54,18 @@ class Point:
 
 
 def client_config(server: ManagedServer | Endpoint, model: str, settings: BenchSettings) -> ClientConfig:
-    return ClientConfig(server.base_url, model, settings.max_tokens, settings.request_timeout_s,
-                        settings.stall_timeout_s, api_key(settings))
+    return ClientConfig(
+        server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s, api_key(settings)
+    )
 
 
 def capabilities_of(server: ManagedServer | Endpoint) -> Capabilities:
     """A server we started is vLLM with everything on; an endpoint has what its probe found."""
     if isinstance(server, Endpoint):
         return server.capabilities
-    return Capabilities(metrics=True, prefix_cache_counters=True, latency_histograms=True, idle_gauges=True,
-                        kv_usage=True, cache_reset="ok")
+    return Capabilities(
+        metrics=True, prefix_cache_counters=True, latency_histograms=True, idle_gauges=True, kv_usage=True, cache_reset="ok"
+    )
 
 
 async def wait_idle(session: aiohttp.ClientSession, base_url: str, timeout_s: float = 60.0) -> None:
@@ -88,20 +90,31 @@ async def server_calls(server: ManagedServer | Endpoint):
         yield
     except (TimeoutError, aiohttp.ClientError) as exc:
         server.check_alive()
-        raise ServerError(f"server at {server.base_url} stopped answering ({type(exc).__name__}: {exc}); "
-                          f"log: {server.log_path}") from None
+        raise ServerError(
+            f"server at {server.base_url} stopped answering ({type(exc).__name__}: {exc}); log: {server.log_path}"
+        ) from None
 
 
-async def measure_point(server: ManagedServer | Endpoint, model: str, point: Point, settings: BenchSettings,
-                        context: dict, server_pid: int | None, journal: TextIO | None = None) -> dict:
+async def measure_point(
+    server: ManagedServer | Endpoint,
+    model: str,
+    point: Point,
+    settings: BenchSettings,
+    context: dict,
+    server_pid: int | None,
+    journal: TextIO | None = None,
+) -> dict:
     """Measure one point `settings.repeats` times, each from a reset cache on an idle server.
 
     Each record goes to the point's file and, when given, to `journal`: a log that Snakemake keeps even
     when the job fails (it deletes a failed job's outputs)."""
     from tqdm import tqdm
 
-    prompts = [p for p in read_prompts(point.prompts_path) if p["reuse_pct"] == point.reuse_pct
-               and (point.request_indices is None or p["request_index"] in point.request_indices)]
+    prompts = [
+        p
+        for p in read_prompts(point.prompts_path)
+        if p["reuse_pct"] == point.reuse_pct and (point.request_indices is None or p["request_index"] in point.request_indices)
+    ]
     if not prompts:
         raise ValueError(f"{point.prompts_path}: no prompts for reuse {point.reuse_pct}%")
     by_index = {p["request_index"]: p for p in prompts}
@@ -121,11 +134,19 @@ async def measure_point(server: ManagedServer | Endpoint, model: str, point: Poi
         bar.update(1)
 
     # The loop that timestamps the streams only enqueues records; sampling and writing have threads of their own.
-    with point.records_path.open("w") as fh, \
-            tqdm(total=len(prompts) * settings.repeats, file=sys.stderr, mininterval=2, desc=desc) as bar, \
-            RecordWriter([fh, journal], written) as writer, \
-            Sampler(server.base_url, server_pid, settings.sample_interval_s, caps.metrics, api_key(settings),
-                    gpu=server_pid is not None and shutil.which("nvidia-smi") is not None) as sampler:
+    with (
+        point.records_path.open("w") as fh,
+        tqdm(total=len(prompts) * settings.repeats, file=sys.stderr, mininterval=2, desc=desc) as bar,
+        RecordWriter([fh, journal], written) as writer,
+        Sampler(
+            server.base_url,
+            server_pid,
+            settings.sample_interval_s,
+            caps.metrics,
+            api_key(settings),
+            gpu=server_pid is not None and shutil.which("nvidia-smi") is not None,
+        ) as sampler,
+    ):
         for repeat in range(settings.repeats):
             async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
                 async with server_calls(server):
@@ -142,18 +163,30 @@ async def measure_point(server: ManagedServer | Endpoint, model: str, point: Poi
             def sink(rec: RequestRecord, repeat: int = repeat) -> None:
                 src = by_index[rec.request_index]
                 counts[rec.status] += 1
-                writer.put(record_dict(
-                    rec, **context, regime=point.regime, reuse_pct=point.reuse_pct,
-                    concurrency=point.concurrency, request_rate=point.request_rate, repeat=repeat,
-                    prefix_len_tokens=src["prefix_len_tokens"],
-                    workload=src.get("workload"), prefix_group=src.get("prefix_group"),
-                    expected_cached_tokens=src.get("expected_cached_tokens"),
-                ))
+                writer.put(
+                    record_dict(
+                        rec,
+                        **context,
+                        regime=point.regime,
+                        reuse_pct=point.reuse_pct,
+                        concurrency=point.concurrency,
+                        request_rate=point.request_rate,
+                        repeat=repeat,
+                        prefix_len_tokens=src["prefix_len_tokens"],
+                        workload=src.get("workload"),
+                        prefix_group=src.get("prefix_group"),
+                        expected_cached_tokens=src.get("expected_cached_tokens"),
+                    )
+                )
 
             items = [(p["request_index"], p["prompt"]) for p in prompts]
-            walls.append(await (
-                run_open_loop(cfg, items, point.request_rate, settings.burstiness, settings.seed + repeat, sink)
-                if point.request_rate else run_closed_loop(cfg, items, point.concurrency, sink)))
+            walls.append(
+                await (
+                    run_open_loop(cfg, items, point.request_rate, settings.burstiness, settings.seed + repeat, sink)
+                    if point.request_rate
+                    else run_closed_loop(cfg, items, point.concurrency, sink)
+                )
+            )
             server.check_alive()
             async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
                 async with server_calls(server):
@@ -161,14 +194,26 @@ async def measure_point(server: ManagedServer | Endpoint, model: str, point: Poi
     delta = {k: sum(d.get(k, 0.0) for d in deltas) for k in {k for d in deltas for k in d}}
     sent = len(prompts) * settings.repeats
     meta = {
-        **context, "regime": point.regime, "reuse_pct": point.reuse_pct, "concurrency": point.concurrency,
-        "request_rate": point.request_rate, "burstiness": settings.burstiness if point.request_rate else None,
-        "repeats": settings.repeats, "requests_sent": sent, "requests_ok": counts["ok"],
-        "requests_failed": counts["failed"], "wall_s": sum(walls), "wall_s_per_repeat": walls,
-        "cache_reset": next((r for r in resets if r != "ok"), "ok"), "counters_delta": delta,
-        "counters_delta_per_repeat": deltas, "measured_hit_rate": m.hit_rate(delta),
-        "peak_server_rss_gib": sampler.peak_rss_bytes / 2**30 if server_pid is not None else None, "peak_gpu_mem_mib": sampler.peak_gpu_mem_mib,
-        "peak_kv_cache_usage": sampler.peak_kv_usage, "memory_samples": sampler.samples,
+        **context,
+        "regime": point.regime,
+        "reuse_pct": point.reuse_pct,
+        "concurrency": point.concurrency,
+        "request_rate": point.request_rate,
+        "burstiness": settings.burstiness if point.request_rate else None,
+        "repeats": settings.repeats,
+        "requests_sent": sent,
+        "requests_ok": counts["ok"],
+        "requests_failed": counts["failed"],
+        "wall_s": sum(walls),
+        "wall_s_per_repeat": walls,
+        "cache_reset": next((r for r in resets if r != "ok"), "ok"),
+        "counters_delta": delta,
+        "counters_delta_per_repeat": deltas,
+        "measured_hit_rate": m.hit_rate(delta),
+        "peak_server_rss_gib": sampler.peak_rss_bytes / 2**30 if server_pid is not None else None,
+        "peak_gpu_mem_mib": sampler.peak_gpu_mem_mib,
+        "peak_kv_cache_usage": sampler.peak_kv_usage,
+        "memory_samples": sampler.samples,
     }
     point.meta_path.write_text(json.dumps(meta, indent=2))
     if counts["failed"] > settings.max_failed_fraction * sent:
@@ -192,14 +237,21 @@ async def warm_up(server: ManagedServer | Endpoint, model: str, settings: BenchS
 
 def server_version(python: str) -> str:
     try:
-        return subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
-                              text=True, timeout=120, check=True).stdout.strip()
+        return subprocess.run(
+            [python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True, timeout=120, check=True
+        ).stdout.strip()
     except (subprocess.SubprocessError, OSError):
         return "unknown"
 
 
-def measure_points(mode: str, server: ManagedServer | Endpoint, model: str, points: Sequence[Point],
-                   settings: BenchSettings, journal: TextIO | None) -> int:
+def measure_points(
+    mode: str,
+    server: ManagedServer | Endpoint,
+    model: str,
+    points: Sequence[Point],
+    settings: BenchSettings,
+    journal: TextIO | None,
+) -> int:
     """Warm the server up, then every point in order; one console line per point, with the time left."""
     context = {"mode": mode}
     max_prefix = max(p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1])
@@ -207,18 +259,22 @@ def measure_points(mode: str, server: ManagedServer | Endpoint, model: str, poin
     asyncio.run(warm_up(server, model, settings, max_prefix))
     eta = Eta(point_estimates(points))
     if all(p.estimated_s is not None for p in points):
-        print(f"[prefixbench] {mode}: {len(points)} points, about {fmt_duration(eta.remaining_s())} "
-              "(calibrated estimate)", flush=True)
+        print(
+            f"[prefixbench] {mode}: {len(points)} points, about {fmt_duration(eta.remaining_s())} (calibrated estimate)",
+            flush=True,
+        )
     for i, point in enumerate(points, 1):
         pid = server.proc.pid if server.proc is not None else None
         t_point = time.monotonic()
         meta = asyncio.run(measure_point(server, model, point, settings, context, pid, journal))
         eta.point_done(time.monotonic() - t_point)
         # One line per point on stdout (the console), while the progress bars go to the job's log.
-        print(f"[prefixbench] {mode} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
-              f"{point.label}: {meta['requests_ok']}/{meta['requests_sent']} ok in {meta['wall_s']:.1f} s; "
-              f"elapsed {fmt_duration(time.monotonic() - t0)}, about {fmt_duration(eta.remaining_s())} left",
-              flush=True)
+        print(
+            f"[prefixbench] {mode} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
+            f"{point.label}: {meta['requests_ok']}/{meta['requests_sent']} ok in {meta['wall_s']:.1f} s; "
+            f"elapsed {fmt_duration(time.monotonic() - t0)}, about {fmt_duration(eta.remaining_s())} left",
+            flush=True,
+        )
     return len(points)
 
 
@@ -226,32 +282,63 @@ def point_estimates(points: Sequence[Point]) -> list[float]:
     """The plan's estimate per point, or, without a plan, its request count (the ETA scales either by the pace so far)."""
     if all(p.estimated_s is not None for p in points):
         return [float(p.estimated_s) for p in points]
-    return [float(len(p.request_indices)) if p.request_indices is not None else
-            float(sum(1 for r in read_prompts(p.prompts_path) if r["reuse_pct"] == p.reuse_pct)) for p in points]
+    return [
+        float(len(p.request_indices))
+        if p.request_indices is not None
+        else float(sum(1 for r in read_prompts(p.prompts_path) if r["reuse_pct"] == p.reuse_pct))
+        for p in points
+    ]
 
 
 def warmup_policy(settings: BenchSettings) -> str:
-    return (f"{settings.warmup_requests} warm-up request(s) of unrelated text after start; "
-            + ("prefix cache reset and server idle before every point" if settings.reset_cache
-               else "no cache reset between points"))
+    return f"{settings.warmup_requests} warm-up request(s) of unrelated text after start; " + (
+        "prefix cache reset and server idle before every point" if settings.reset_cache else "no cache reset between points"
+    )
 
 
-def measure_mode(mode: str, script: Path, host: str, log_path: Path, server_info_path: Path, model: str,
-                 points: Sequence[Point], settings: BenchSettings, ready_timeout_s: float, python: str,
-                 extra_info: dict, journal_path: Path | None = None) -> None:
+def measure_mode(
+    mode: str,
+    script: Path,
+    host: str,
+    log_path: Path,
+    server_info_path: Path,
+    model: str,
+    points: Sequence[Point],
+    settings: BenchSettings,
+    ready_timeout_s: float,
+    python: str,
+    extra_info: dict,
+    journal_path: Path | None = None,
+) -> None:
     """Run every point of one cache setting against one server lifetime (records also to `journal_path`)."""
-    info = {"mode": mode, "script": str(script), "vllm_version": server_version(python), "hardware": hardware(),
-            "warmup_policy": warmup_policy(settings), "started_by_prefixbench": True, **extra_info}
-    with (journal_path.open("w") if journal_path else contextlib.nullcontext()) as journal, \
-            ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings)) as server:
+    info = {
+        "mode": mode,
+        "script": str(script),
+        "vllm_version": server_version(python),
+        "hardware": hardware(),
+        "warmup_policy": warmup_policy(settings),
+        "started_by_prefixbench": True,
+        **extra_info,
+    }
+    with (
+        journal_path.open("w") if journal_path else contextlib.nullcontext() as journal,
+        ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings)) as server,
+    ):
         info["startup_s"] = server.startup_s
         info["port"] = server.port
         info["points"] = measure_points(mode, server, model, points, settings, journal)
     server_info_path.write_text(json.dumps(info, indent=2))
 
 
-def measure_endpoint(mode: str, endpoint: Endpoint, server_info_path: Path, points: Sequence[Point],
-                     settings: BenchSettings, extra_info: dict, journal_path: Path | None = None) -> None:
+def measure_endpoint(
+    mode: str,
+    endpoint: Endpoint,
+    server_info_path: Path,
+    points: Sequence[Point],
+    settings: BenchSettings,
+    extra_info: dict,
+    journal_path: Path | None = None,
+) -> None:
     """Every point of one cache setting against an existing endpoint: probe it, use what it offers, say the rest."""
     caps = asyncio.run(probe(endpoint, api_key(settings), settings.reset_cache))
     with endpoint.log_path.open("w") as log:
@@ -260,13 +347,18 @@ def measure_endpoint(mode: str, endpoint: Endpoint, server_info_path: Path, poin
         settings_note = f"; cache reset unavailable ({caps.cache_reset})"
     else:
         settings_note = ""
-    info = {"mode": mode, "started_by_prefixbench": False,
-            "endpoint": {"base_url": redact_url(endpoint.base_url), "model": endpoint.model,
-                         "api_key_env": endpoint.api_key_env},
-            "capabilities": asdict(caps), "not_measured": caps.not_measured(),
-            "vllm_version": caps.version or "unknown (the endpoint has no /version)",
-            "hardware": {"client": hardware(), "server": "a remote endpoint: not visible to prefixbench"},
-            "warmup_policy": warmup_policy(settings) + settings_note, "startup_s": None, **extra_info}
-    with (journal_path.open("w") if journal_path else contextlib.nullcontext()) as journal:
+    info = {
+        "mode": mode,
+        "started_by_prefixbench": False,
+        "endpoint": {"base_url": redact_url(endpoint.base_url), "model": endpoint.model, "api_key_env": endpoint.api_key_env},
+        "capabilities": asdict(caps),
+        "not_measured": caps.not_measured(),
+        "vllm_version": caps.version or "unknown (the endpoint has no /version)",
+        "hardware": {"client": hardware(), "server": "a remote endpoint: not visible to prefixbench"},
+        "warmup_policy": warmup_policy(settings) + settings_note,
+        "startup_s": None,
+        **extra_info,
+    }
+    with journal_path.open("w") if journal_path else contextlib.nullcontext() as journal:
         info["points"] = measure_points(mode, endpoint, endpoint.model, points, settings, journal)
     server_info_path.write_text(json.dumps(info, indent=2))

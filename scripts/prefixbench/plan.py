@@ -52,8 +52,9 @@ def uncached_tokens(prompt: dict, mode: str) -> int:
     return prompt["prompt_len_tokens"] - cached
 
 
-def point_seconds(rates: Rates, prompts: Sequence[dict], mode: str, concurrency: int, request_rate: float,
-                  max_tokens: int) -> float:
+def point_seconds(
+    rates: Rates, prompts: Sequence[dict], mode: str, concurrency: int, request_rate: float, max_tokens: int
+) -> float:
     """Estimated duration of one pass over `prompts`.
 
     Prefill work adds up (a CPU engine computes one batch at a time); decode steps are shared by the
@@ -100,8 +101,15 @@ def min_requests(concurrency: int, available: int) -> int:
     return min(available, max(2, concurrency or 4))
 
 
-def make_plan(rates: Rates, points: Sequence[tuple[str, int, int, float]], prompts_by_regime: dict[str, list[dict]],
-              budget_s: float | None, max_tokens: int, repeats: int, steps: int = 100) -> dict:
+def make_plan(
+    rates: Rates,
+    points: Sequence[tuple[str, int, int, float]],
+    prompts_by_regime: dict[str, list[dict]],
+    budget_s: float | None,
+    max_tokens: int,
+    repeats: int,
+    steps: int = 100,
+) -> dict:
     """The largest common fraction of every point's requests whose slower cache setting fits `budget_s`."""
 
     def planned(fraction: float) -> list[PlannedPoint]:
@@ -111,8 +119,7 @@ def make_plan(rates: Rates, points: Sequence[tuple[str, int, int, float]], promp
             n = max(min_requests(conc, len(pool)), math.ceil(fraction * len(pool)))
             chosen = choose(pool, n, reuse)
             est = {m: repeats * point_seconds(rates, chosen, m, conc, rate, max_tokens) for m in MODES}
-            out.append(PlannedPoint(regime, reuse, conc, rate, len(pool),
-                                    tuple(p["request_index"] for p in chosen), est))
+            out.append(PlannedPoint(regime, reuse, conc, rate, len(pool), tuple(p["request_index"] for p in chosen), est))
         return out
 
     def total(pts: list[PlannedPoint]) -> dict[str, float]:
@@ -144,8 +151,10 @@ def make_plan(rates: Rates, points: Sequence[tuple[str, int, int, float]], promp
 def plan_summary(plan: dict) -> str:
     """One sentence for the console and the report: what the budget did, and the speed it was planned from."""
     r = plan["rates"]
-    speed = (f"; calibrated on cold requests: {r['fixed_s'] * 1e3:.0f} ms fixed + {r['prefill_s_per_token'] * 1e3:.2f} ms "
-             f"per prompt token, {r['decode_s_per_token'] * 1e3:.0f} ms per output token")
+    speed = (
+        f"; calibrated on cold requests: {r['fixed_s'] * 1e3:.0f} ms fixed + {r['prefill_s_per_token'] * 1e3:.2f} ms "
+        f"per prompt token, {r['decode_s_per_token'] * 1e3:.0f} ms per output token"
+    )
     return _budget_sentence(plan) + speed
 
 
@@ -155,14 +164,18 @@ def _budget_sentence(plan: dict) -> str:
     if plan["budget_s"] is None:
         return f"no time budget: every request is sent (about {fmt_duration(slow)} for the slower cache setting)"
     if not plan["trimmed"]:
-        return (f"the full sweep fits the {fmt_duration(plan['budget_s'])} budget (about {fmt_duration(slow)} "
-                "for the slower cache setting): nothing trimmed")
+        return (
+            f"the full sweep fits the {fmt_duration(plan['budget_s'])} budget (about {fmt_duration(slow)} "
+            "for the slower cache setting): nothing trimmed"
+        )
     over = " (the smallest honest sweep still exceeds the budget)" if plan["over_budget"] else ""
-    return (f"the full sweep would take about {fmt_duration(slow)} with the cache off, over the "
-            f"{fmt_duration(plan['budget_s'])} budget, so the points send {plan['requests_planned']} of their "
-            f"{plan['requests_full']} requests ({plan['fraction']:.0%} of each point, at least one round at its "
-            "concurrency; the same requests in both settings, each point's reuse mix kept): about "
-            f"{fmt_duration(max(est.values()))}{over}")
+    return (
+        f"the full sweep would take about {fmt_duration(slow)} with the cache off, over the "
+        f"{fmt_duration(plan['budget_s'])} budget, so the points send {plan['requests_planned']} of their "
+        f"{plan['requests_full']} requests ({plan['fraction']:.0%} of each point, at least one round at its "
+        "concurrency; the same requests in both settings, each point's reuse mix kept): about "
+        f"{fmt_duration(max(est.values()))}{over}"
+    )
 
 
 def fmt_duration(seconds: float) -> str:
@@ -191,6 +204,6 @@ class Eta:
         self.finished += 1
 
     def remaining_s(self) -> float:
-        rest = sum(self.estimates_s[self.finished:])
+        rest = sum(self.estimates_s[self.finished :])
         scale = self.done_s / self.done_estimated_s if self.done_estimated_s > 0 else 1.0
         return rest * scale

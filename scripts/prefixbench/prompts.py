@@ -117,18 +117,20 @@ def build_regime_prompts(
                 )
             warm = group == "shared" and seen_shared
             seen_shared = seen_shared or group == "shared"
-            records.append({
-                "prompt": prompt,
-                "prefix_len_tokens": n_tokens,
-                "workload": regime.workload,
-                "regime": regime.name,
-                "reuse_pct": reuse,
-                "request_index": i,
-                "question": question,
-                "prefix_group": group,
-                "prompt_len_tokens": len(ids),
-                "expected_cached_tokens": expected_cached_tokens(n_tokens, len(ids), block_size) if warm else 0,
-            })
+            records.append(
+                {
+                    "prompt": prompt,
+                    "prefix_len_tokens": n_tokens,
+                    "workload": regime.workload,
+                    "regime": regime.name,
+                    "reuse_pct": reuse,
+                    "request_index": i,
+                    "question": question,
+                    "prefix_group": group,
+                    "prompt_len_tokens": len(ids),
+                    "expected_cached_tokens": expected_cached_tokens(n_tokens, len(ids), block_size) if warm else 0,
+                }
+            )
     return records
 
 

@@ -42,9 +42,13 @@ def fmt_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
-def verdict(ratio: float | None, better: str = "faster", worse: str = "slower",
-            ci: tuple[float | None, float | None] | None = None,
-            floor: tuple[float, float] | None = None) -> str:
+def verdict(
+    ratio: float | None,
+    better: str = "faster",
+    worse: str = "slower",
+    ci: tuple[float | None, float | None] | None = None,
+    floor: tuple[float, float] | None = None,
+) -> str:
     """Words for an off/on ratio where >1 means the cache helped.
 
     An effect is claimed only when its clustered 95% CI excludes 1 and clears the A/A floor (the interval two
@@ -57,7 +61,7 @@ def verdict(ratio: float | None, better: str = "faster", worse: str = "slower",
     if ci[0] <= 1 <= ci[1]:
         return f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)"
     if not outside_floor((ci[0], ci[1]), floor):
-        return (f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})")
+        return f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})"
     if ratio > 1:
         return f"{fmt_x(ratio)} {better} ({band})"
     return f"{fmt_x(1 / ratio)} {worse} (95% CI {1 / ci[1]:.2f}–{1 / ci[0]:.2f})"
@@ -108,18 +112,24 @@ def ttft_finding(sp: pl.DataFrame) -> Finding:
     claimed = [r for r in rows if helped(r)]
     if n_helped == top.height:
         lo = min(r["ttft_speedup_lo"] for r in claimed)
-        answer = (f"Yes. At {best['reuse_pct']}% reuse the cache cut mean TTFT at every point, beyond the A/A noise floor; "
-                  f"the smallest interval bound was {fmt_x(lo)}, the largest cut {best['regime']} "
-                  f"({best['prefix_len_tokens']} tokens) at concurrency {best['concurrency']}: {fmt_s(best['mean_ttft_s_off'])} "
-                  f"→ {fmt_s(best['mean_ttft_s_on'])}, {judged(best)}.")
+        answer = (
+            f"Yes. At {best['reuse_pct']}% reuse the cache cut mean TTFT at every point, beyond the A/A noise floor; "
+            f"the smallest interval bound was {fmt_x(lo)}, the largest cut {best['regime']} "
+            f"({best['prefix_len_tokens']} tokens) at concurrency {best['concurrency']}: {fmt_s(best['mean_ttft_s_off'])} "
+            f"→ {fmt_s(best['mean_ttft_s_on'])}, {judged(best)}."
+        )
     elif n_helped == 0:
-        answer = (f"No claim. At {best['reuse_pct']}% reuse no point showed a TTFT cut whose interval clears the A/A "
-                  f"noise floor (ratios {fmt_x(top['ttft_speedup'].min())} to {fmt_x(top['ttft_speedup'].max())}).")
+        answer = (
+            f"No claim. At {best['reuse_pct']}% reuse no point showed a TTFT cut whose interval clears the A/A "
+            f"noise floor (ratios {fmt_x(top['ttft_speedup'].min())} to {fmt_x(top['ttft_speedup'].max())})."
+        )
     else:
         b = max(claimed, key=lambda r: r["ttft_speedup"])
-        answer = (f"Partly. At {b['reuse_pct']}% reuse the cache cut mean TTFT beyond the A/A noise floor at {n_helped} of "
-                  f"{top.height} points; the largest: {b['regime']} at concurrency {b['concurrency']}, "
-                  f"{fmt_s(b['mean_ttft_s_off'])} → {fmt_s(b['mean_ttft_s_on'])}, {judged(b)}.")
+        answer = (
+            f"Partly. At {b['reuse_pct']}% reuse the cache cut mean TTFT beyond the A/A noise floor at {n_helped} of "
+            f"{top.height} points; the largest: {b['regime']} at concurrency {b['concurrency']}, "
+            f"{fmt_s(b['mean_ttft_s_off'])} → {fmt_s(b['mean_ttft_s_on'])}, {judged(b)}."
+        )
     if n_hurt:
         answer += f" At {n_hurt} point(s) the cache made TTFT worse beyond the floor (listed below)."
     details = [
@@ -127,8 +137,10 @@ def ttft_finding(sp: pl.DataFrame) -> Finding:
         f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}, {judged(r)}"
         for r in _rows(sp)
     ]
-    answer += (" Intervals are 95% bootstrap CIs that resample whole rounds of requests (requests sent together share "
-               "their fate), and an effect is claimed only where its interval excludes 1 and clears the A/A floor.")
+    answer += (
+        " Intervals are 95% bootstrap CIs that resample whole rounds of requests (requests sent together share "
+        "their fate), and an effect is claimed only where its interval excludes 1 and clears the A/A floor."
+    )
     return Finding(answer, details)
 
 
@@ -165,9 +177,18 @@ def throughput_at_p95(summary: pl.DataFrame) -> list[dict]:
         if not c_off or not c_on:
             continue
         low, high = max(c_off[0][0], c_on[0][0]), min(c_off[-1][0], c_on[-1][0])
-        row = {"regime": regime, "reuse_pct": reuse, "prefix_len_tokens": grp["prefix_len_tokens"][0],
-               "range_off": (c_off[0][0], c_off[-1][0]), "range_on": (c_on[0][0], c_on[-1][0]),
-               "p95_budget_s": None, "tok_s_off": None, "tok_s_on": None, "gain": None, "gain_ci": None}
+        row = {
+            "regime": regime,
+            "reuse_pct": reuse,
+            "prefix_len_tokens": grp["prefix_len_tokens"][0],
+            "range_off": (c_off[0][0], c_off[-1][0]),
+            "range_on": (c_on[0][0], c_on[-1][0]),
+            "p95_budget_s": None,
+            "tok_s_off": None,
+            "tok_s_on": None,
+            "gain": None,
+            "gain_ci": None,
+        }
         if low <= high:
             budget = high
             t_off, t_on = interpolate(c_off, budget), interpolate(c_on, budget)
@@ -187,13 +208,17 @@ def throughput_finding(summary: pl.DataFrame) -> Finding:
     for r in rows:
         head = f"{r['regime']} ({r['prefix_len_tokens']} tok), reuse {r['reuse_pct']}%: "
         if r["p95_budget_s"] is None:
-            details.append(head + f"the modes' p95 ranges do not overlap (off {fmt_s(r['range_off'][0])}–"
-                           f"{fmt_s(r['range_off'][1])}, on {fmt_s(r['range_on'][0])}–{fmt_s(r['range_on'][1])}), so no "
-                           "common budget lies inside both measured ranges.")
+            details.append(
+                head + f"the modes' p95 ranges do not overlap (off {fmt_s(r['range_off'][0])}–"
+                f"{fmt_s(r['range_off'][1])}, on {fmt_s(r['range_on'][0])}–{fmt_s(r['range_on'][1])}), so no "
+                "common budget lies inside both measured ranges."
+            )
             continue
         words = verdict(r["gain"], "more", "less", ci=r["gain_ci"]).replace("off/on", "on/off")
-        details.append(head + f"at p95 E2E {fmt_s(r['p95_budget_s'])} (the highest both modes measured), off "
-                       f"{r['tok_s_off']:.1f} tok/s, on {r['tok_s_on']:.1f} tok/s: {words}")
+        details.append(
+            head + f"at p95 E2E {fmt_s(r['p95_budget_s'])} (the highest both modes measured), off "
+            f"{r['tok_s_off']:.1f} tok/s, on {r['tok_s_on']:.1f} tok/s: {words}"
+        )
     judged_rows = [r for r in rows if r["gain"] is not None]
     if not judged_rows:
         return Finding("Not answerable from this run: the two modes' p95 ranges never overlap.", details)
@@ -202,14 +227,24 @@ def throughput_finding(summary: pl.DataFrame) -> Finding:
     if len(more) == len(judged_rows):
         answer = f"Yes: at the same p95 budget the cache sustained {fmt_x(min(gains))} to {fmt_x(max(gains))} the throughput."
     elif not more:
-        answer = (f"No claim: at the same p95 budget, throughput ratios (on/off) were {fmt_x(min(gains))} to "
-                  f"{fmt_x(max(gains))}, none with an interval above 1.")
+        answer = (
+            f"No claim: at the same p95 budget, throughput ratios (on/off) were {fmt_x(min(gains))} to "
+            f"{fmt_x(max(gains))}, none with an interval above 1."
+        )
     else:
-        answer = (f"In {len(more)} of {len(judged_rows)} regime/reuse cases, beyond the repeats' spread: throughput ratios "
-                  f"at the same p95 budget ranged {fmt_x(min(gains))} to {fmt_x(max(gains))}.")
-    return Finding(answer + (" Each mode's throughput is read off its own throughput-vs-p95 curve (every load level it ran), "
-                             "interpolated at the highest p95 both modes reached; intervals pair the repeats' slowest and "
-                             "fastest runs."), details)
+        answer = (
+            f"In {len(more)} of {len(judged_rows)} regime/reuse cases, beyond the repeats' spread: throughput ratios "
+            f"at the same p95 budget ranged {fmt_x(min(gains))} to {fmt_x(max(gains))}."
+        )
+    return Finding(
+        answer
+        + (
+            " Each mode's throughput is read off its own throughput-vs-p95 curve (every load level it ran), "
+            "interpolated at the highest p95 both modes reached; intervals pair the repeats' slowest and "
+            "fastest runs."
+        ),
+        details,
+    )
 
 
 def memory_finding(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
@@ -226,26 +261,43 @@ def memory_finding(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
         if r.get("peak_gpu_mem_mib_off") is not None and r.get("peak_gpu_mem_mib_on") is not None:
             parts.append(f"GPU {r['peak_gpu_mem_mib_off']:.0f} → {r['peak_gpu_mem_mib_on']:.0f} MiB")
         details.append(f"{r['regime']} reuse {r['reuse_pct']}% {load_label(r)}: " + ", ".join(parts))
-    rss = [(r["peak_server_rss_gib_on"] - r["peak_server_rss_gib_off"]) for r in rows
-           if r["peak_server_rss_gib_on"] is not None and r["peak_server_rss_gib_off"] is not None]
-    answer = (f"Point for point (the same requests off and on), peak server RSS moved by {min(rss):+.2f} to {max(rss):+.2f} GiB "
-              "with the cache on. vLLM preallocates its KV-cache pool either way; caching only keeps freed blocks "
-              "reusable until they are needed, so it does not change the process's memory.") if rss else "Not measured."
-    kv = [(r["peak_kv_cache_usage_off"], r["peak_kv_cache_usage_on"]) for r in rows
-          if r.get("peak_kv_cache_usage_off") is not None and r.get("peak_kv_cache_usage_on") is not None]
+    rss = [
+        (r["peak_server_rss_gib_on"] - r["peak_server_rss_gib_off"])
+        for r in rows
+        if r["peak_server_rss_gib_on"] is not None and r["peak_server_rss_gib_off"] is not None
+    ]
+    answer = (
+        (
+            f"Point for point (the same requests off and on), peak server RSS moved by {min(rss):+.2f} to {max(rss):+.2f} GiB "
+            "with the cache on. vLLM preallocates its KV-cache pool either way; caching only keeps freed blocks "
+            "reusable until they are needed, so it does not change the process's memory."
+        )
+        if rss
+        else "Not measured."
+    )
+    kv = [
+        (r["peak_kv_cache_usage_off"], r["peak_kv_cache_usage_on"])
+        for r in rows
+        if r.get("peak_kv_cache_usage_off") is not None and r.get("peak_kv_cache_usage_on") is not None
+    ]
     if kv:
         lower = sum(on < off for off, on in kv)
         higher = sum(on > off for off, on in kv)
-        answer += (f" The KV-cache usage gauge peaked lower with the cache on at {lower} of {len(kv)} points and higher at "
-                   f"{higher}: a shared prefix's blocks are held once for every request using them, while finished "
-                   "requests' blocks stay resident (counted as used) until evicted.")
-    return Finding(answer + " Memory is sampled in its own thread at the configured rate (default 10 Hz) while each point runs.",
-                   details)
+        answer += (
+            f" The KV-cache usage gauge peaked lower with the cache on at {lower} of {len(kv)} points and higher at "
+            f"{higher}: a shared prefix's blocks are held once for every request using them, while finished "
+            "requests' blocks stay resident (counted as used) until evicted."
+        )
+    return Finding(
+        answer + " Memory is sampled in its own thread at the configured rate (default 10 Hz) while each point runs.", details
+    )
 
 
 def remote_memory_finding(kv: dict[str, float | None]) -> Finding:
     """Existing endpoints: no process memory to read; the KV-cache gauge where their /metrics has it."""
-    answer = "Not measurable here: the servers are existing endpoints, not processes on this machine, so their memory was not read."
+    answer = (
+        "Not measurable here: the servers are existing endpoints, not processes on this machine, so their memory was not read."
+    )
     details = []
     if kv[OFF] is not None and kv[ON] is not None:
         answer += f" Their KV-cache usage gauge peaked at {kv[OFF]:.1%} of the pool with the cache off and {kv[ON]:.1%} on."
@@ -257,19 +309,25 @@ def reuse_finding(sp: pl.DataFrame) -> Finding:
     c1 = sp.filter(pl.col("concurrency") == sp["concurrency"].min())
     details = []
     for (regime,), grp in c1.group_by("regime", maintain_order=True):
-        parts = ", ".join(f"{r['reuse_pct']}% reuse {fmt_x(r['ttft_speedup'])}" for r in _rows(grp.sort("reuse_pct", descending=True)))
+        parts = ", ".join(
+            f"{r['reuse_pct']}% reuse {fmt_x(r['ttft_speedup'])}" for r in _rows(grp.sort("reuse_pct", descending=True))
+        )
         details.append(f"{regime} ({grp['prefix_len_tokens'][0]} tok, {_workload(grp)}) at c={grp['concurrency'][0]}: {parts}")
     aa = aa_row(sp)
     if aa is not None:
-        details.append(f"Requests that can hit nothing (the A/A control: never-shared prefixes one at a time, and 0%-reuse "
-                       f"points): {aa_words(aa)}.")
+        details.append(
+            f"Requests that can hit nothing (the A/A control: never-shared prefixes one at a time, and 0%-reuse "
+            f"points): {aa_words(aa)}."
+        )
     best = sp.sort("ttft_speedup", descending=True).row(0, named=True)
-    answer = (f"The gain tracks how much of each prompt is a prefix already in cache. The best case here was "
-              f"{best['regime']} ({best['prefix_len_tokens']} tokens, {best['workload']}) at {best['reuse_pct']}% reuse "
-              f"and concurrency {best['concurrency']}: {fmt_x(best['ttft_speedup'])}. "
-              "Shapes that put the same long text in front of many requests benefit most: a fixed system prompt or tool "
-              "policy (the chat_policy regime), a RAG document asked about repeatedly (rag_document), and multi-turn chat, "
-              "where each turn's history is the next turn's prefix. Traffic whose long parts differ per request gains nothing.")
+    answer = (
+        f"The gain tracks how much of each prompt is a prefix already in cache. The best case here was "
+        f"{best['regime']} ({best['prefix_len_tokens']} tokens, {best['workload']}) at {best['reuse_pct']}% reuse "
+        f"and concurrency {best['concurrency']}: {fmt_x(best['ttft_speedup'])}. "
+        "Shapes that put the same long text in front of many requests benefit most: a fixed system prompt or tool "
+        "policy (the chat_policy regime), a RAG document asked about repeatedly (rag_document), and multi-turn chat, "
+        "where each turn's history is the next turn's prefix. Traffic whose long parts differ per request gains nothing."
+    )
     return Finding(answer, details)
 
 
@@ -290,20 +348,34 @@ def aa_words(row: dict) -> str:
 
 def aa_finding(sp: pl.DataFrame, floor_rows: list[dict]) -> Finding:
     """What the A/A control is and what it showed; the rows are per regime plus the pooled one."""
-    what = ("Requests that can hit nothing in either setting — never-shared prefixes sent one at a time, and every request "
-            "of a 0%-reuse point — do identical work with the cache off and on, so their off/on ratio is what noise alone "
-            "produces on this machine. No cache effect in this report is claimed unless its interval excludes 1 and clears "
-            "this band (the regime's own, else the pooled one).")
+    what = (
+        "Requests that can hit nothing in either setting — never-shared prefixes sent one at a time, and every request "
+        "of a 0%-reuse point — do identical work with the cache off and on, so their off/on ratio is what noise alone "
+        "produces on this machine. No cache effect in this report is claimed unless its interval excludes 1 and clears "
+        "this band (the regime's own, else the pooled one)."
+    )
     if not floor_rows or all(r.get("aa_ttft_ratio") is None for r in floor_rows):
-        return Finding(what + " This run had no such requests (every point reused the prefix fully), so the floor was not "
-                       "measured and claims rest on their intervals alone.", [])
+        return Finding(
+            what + " This run had no such requests (every point reused the prefix fully), so the floor was not "
+            "measured and claims rest on their intervals alone.",
+            [],
+        )
     return Finding(what + " " + ("Measured: " + aa_words(aa_row(sp)) + "." if aa_row(sp) else ""), [])
 
 
 def aa_table(sp: pl.DataFrame) -> list[dict]:
     """One row per regime: the A/A requests and their interval, the band no cache effect is claimed inside."""
-    cols = ["regime", "aa_requests_off", "aa_requests_on", "aa_ttft_ratio", "aa_ttft_lo", "aa_ttft_hi",
-            "aa_e2e_ratio", "aa_e2e_lo", "aa_e2e_hi"]
+    cols = [
+        "regime",
+        "aa_requests_off",
+        "aa_requests_on",
+        "aa_ttft_ratio",
+        "aa_ttft_lo",
+        "aa_ttft_hi",
+        "aa_e2e_ratio",
+        "aa_e2e_lo",
+        "aa_e2e_hi",
+    ]
     if "aa_ttft_ratio" not in sp.columns:
         return []
     return _rows(sp.select([c for c in cols if c in sp.columns]).unique(subset=["regime"], maintain_order=True))
@@ -317,12 +389,16 @@ def prefix_length_finding(sp: pl.DataFrame) -> Finding:
     """Speed-up and time saved per request from the shortest to the longest prefix, at each concurrency.
 
     "Grew" is claimed only where the two speed-ups' intervals do not overlap."""
-    top = sp.filter((pl.col("reuse_pct") == sp["reuse_pct"].max()))
+    top = sp.filter(pl.col("reuse_pct") == sp["reuse_pct"].max())
     details, trends = [], []
     for (conc,), grp in top.group_by("concurrency", maintain_order=True):
         g = _rows(grp.sort("prefix_len_tokens"))
-        details.append(f"c={conc}: " + "; ".join(
-            f"{r['prefix_len_tokens']} tok {judged(r)} (saves {fmt_s(r['mean_ttft_s_off'] - r['mean_ttft_s_on'])})" for r in g))
+        details.append(
+            f"c={conc}: "
+            + "; ".join(
+                f"{r['prefix_len_tokens']} tok {judged(r)} (saves {fmt_s(r['mean_ttft_s_off'] - r['mean_ttft_s_on'])})" for r in g
+            )
+        )
         if len(g) >= 2:
             trends.append((conc, g[0], g[-1]))
     if not trends:
@@ -338,16 +414,20 @@ def prefix_length_finding(sp: pl.DataFrame) -> Finding:
             return "shrank"
         return "did not change beyond its intervals"
 
-    parts = [f"at c={c} the speed-up {direction(a, b)}: {fmt_x(a['ttft_speedup'])} at {a['prefix_len_tokens']} tokens, "
-             f"{fmt_x(b['ttft_speedup'])} at {b['prefix_len_tokens']} (time saved per request "
-             f"{fmt_s(a['mean_ttft_s_off'] - a['mean_ttft_s_on'])} → {fmt_s(b['mean_ttft_s_off'] - b['mean_ttft_s_on'])})"
-             for c, a, b in trends]
+    parts = [
+        f"at c={c} the speed-up {direction(a, b)}: {fmt_x(a['ttft_speedup'])} at {a['prefix_len_tokens']} tokens, "
+        f"{fmt_x(b['ttft_speedup'])} at {b['prefix_len_tokens']} (time saved per request "
+        f"{fmt_s(a['mean_ttft_s_off'] - a['mean_ttft_s_on'])} → {fmt_s(b['mean_ttft_s_off'] - b['mean_ttft_s_on'])})"
+        for c, a, b in trends
+    ]
     grew = sum(direction(a, b) == "grew" for _, a, b in trends)
     if grew == len(trends):
         tail = "At every concurrency the longer prefix bought the larger speed-up: the cache skips more prefill."
     elif grew == 0:
-        tail = ("At no concurrency is the longer prefix's speed-up larger beyond the intervals: either fixed per-request "
-                "overhead, not prefill, dominates TTFT here, or the run is too small to tell (see the intervals).")
+        tail = (
+            "At no concurrency is the longer prefix's speed-up larger beyond the intervals: either fixed per-request "
+            "overhead, not prefill, dominates TTFT here, or the run is too small to tell (see the intervals)."
+        )
     else:
         tail = f"The longer prefix bought a larger speed-up, beyond the intervals, at {grew} of {len(trends)} concurrency levels."
     answer = f"At {top['reuse_pct'][0]}% reuse, " + "; ".join(parts) + ". " + tail
@@ -365,9 +445,11 @@ def hit_rate_model(summary: pl.DataFrame) -> Finding:
     off_hits = off["hit_tokens"].fill_null(0).sum()
     details.append(f"Cache off: {off_hits:.0f} hit tokens in total (must be 0).")
     reuses = sorted(set(summary["reuse_pct"].to_list()), reverse=True)
-    answer = (f"Reuse levels tested: {', '.join(f'{r}%' for r in reuses)} of requests sharing the prefix "
-              f"(measured token hit rates with the cache on: {fmt_pct(on['measured_hit_rate'].min())} to "
-              f"{fmt_pct(on['measured_hit_rate'].max())}).")
+    answer = (
+        f"Reuse levels tested: {', '.join(f'{r}%' for r in reuses)} of requests sharing the prefix "
+        f"(measured token hit rates with the cache on: {fmt_pct(on['measured_hit_rate'].min())} to "
+        f"{fmt_pct(on['measured_hit_rate'].max())})."
+    )
     # Mixed traffic: mean TTFT ≈ f·TTFT(warm) + (1−f)·TTFT(cold); test it on the measured points.
     preds = []
     c_min = summary["concurrency"].min()
@@ -381,13 +463,17 @@ def hit_rate_model(summary: pl.DataFrame) -> Finding:
             pred = f * full["mean_ttft_s"][0] + (1 - f) * cold["mean_ttft_s"][0]
             preds.append((regime, r["reuse_pct"], pred, r["mean_ttft_s"]))
     for regime, reuse, pred, meas in preds:
-        details.append(f"{regime} at {reuse}% reuse, c={c_min}: model predicts mean TTFT {fmt_s(pred)}, measured {fmt_s(meas)} "
-                       f"({(meas / pred - 1):+.0%}).")
+        details.append(
+            f"{regime} at {reuse}% reuse, c={c_min}: model predicts mean TTFT {fmt_s(pred)}, measured {fmt_s(meas)} "
+            f"({(meas / pred - 1):+.0%})."
+        )
     if preds:
         err = max(abs(m / p - 1) for *_, p, m in preds)
-        answer += (f" Mixed traffic behaves like a blend: mean TTFT ≈ f·TTFT(warm) + (1−f)·TTFT(cold), with f the share of "
-                   f"requests that reuse a cached prefix; on this run that model was within {err:.0%} of the measured "
-                   "mixed-traffic TTFT. The benefit shrinks in proportion to the misses.")
+        answer += (
+            f" Mixed traffic behaves like a blend: mean TTFT ≈ f·TTFT(warm) + (1−f)·TTFT(cold), with f the share of "
+            f"requests that reuse a cached prefix; on this run that model was within {err:.0%} of the measured "
+            "mixed-traffic TTFT. The benefit shrinks in proportion to the misses."
+        )
     return Finding(answer, details)
 
 
@@ -397,8 +483,10 @@ def load_label(row: dict) -> str:
 
 def timing_flags(summary: pl.DataFrame) -> pl.DataFrame:
     """Points whose client-vs-server mean TTFT or E2E gap exceeds both GAP_FLAG_S and GAP_FLAG_FRAC."""
+
     def off(gap: str, server: str) -> pl.Expr:
         return (pl.col(gap).abs() > GAP_FLAG_S) & (pl.col(gap).abs() > GAP_FLAG_FRAC * pl.col(server))
+
     return summary.filter(off("ttft_gap_s", "server_mean_ttft_s") | off("e2e_gap_s", "server_mean_e2e_s"))
 
 
@@ -407,8 +495,7 @@ def hit_flags(summary: pl.DataFrame, block_size: int) -> pl.DataFrame:
     with the cache off, any hit at all."""
     on = pl.col("mode") == ON
     diff = (pl.col("hit_tokens").fill_null(0) - pl.col("expected_cached_tokens")).abs()
-    return summary.filter((on & (diff > block_size * pl.col("requests_sent")))
-                          | (~on & (pl.col("hit_tokens").fill_null(0) > 0)))
+    return summary.filter((on & (diff > block_size * pl.col("requests_sent"))) | (~on & (pl.col("hit_tokens").fill_null(0) > 0)))
 
 
 def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
@@ -418,40 +505,65 @@ def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
         details.append(
             f"Client minus server mean TTFT (server: `vllm:time_to_first_token_seconds`, deltas around each point): "
             f"{fmt_s(timed['ttft_gap_s'].min())} to {fmt_s(timed['ttft_gap_s'].max())}; end-to-end "
-            f"(`vllm:e2e_request_latency_seconds`): {fmt_s(timed['e2e_gap_s'].min())} to {fmt_s(timed['e2e_gap_s'].max())}.")
+            f"(`vllm:e2e_request_latency_seconds`): {fmt_s(timed['e2e_gap_s'].min())} to {fmt_s(timed['e2e_gap_s'].max())}."
+        )
         tf = timing_flags(timed)
-        details.append("No point's gap exceeds loopback overhead (flag: over both "
-                       f"{fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%} of the server's figure)." if tf.is_empty() else
-                       f"Flagged, gap beyond loopback overhead (over both {fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%}): " +
-                       ", ".join(f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% {load_label(r)} "
-                                 f"(TTFT gap {fmt_s(r['ttft_gap_s'])})" for r in _rows(tf)) +
-                       ". Queueing in the API server before the engine sees a request counts for the client only.")
+        details.append(
+            "No point's gap exceeds loopback overhead (flag: over both "
+            f"{fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%} of the server's figure)."
+            if tf.is_empty()
+            else f"Flagged, gap beyond loopback overhead (over both {fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%}): "
+            + ", ".join(
+                f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% {load_label(r)} (TTFT gap {fmt_s(r['ttft_gap_s'])})"
+                for r in _rows(tf)
+            )
+            + ". Queueing in the API server before the engine sees a request counts for the client only."
+        )
     else:
         details.append("The server exposed no latency histograms, so client timings could not be cross-checked.")
     on = summary.filter(pl.col("mode") == ON)
     if summary["hit_tokens"].is_null().all():
         client_cached = int(on["cached_tokens"].fill_null(0).sum())
-        details.append("No server-side prefix-cache counters (`/metrics` without `vllm:prefix_cache_hits_total`): hits "
-                       f"could not be counted by the server. Per-request `cached_tokens` sum to {client_cached} with the "
-                       f"cache on and {int(summary.filter(pl.col('mode') == OFF)['cached_tokens'].fill_null(0).sum())} "
-                       "with it off.")
+        details.append(
+            "No server-side prefix-cache counters (`/metrics` without `vllm:prefix_cache_hits_total`): hits "
+            f"could not be counted by the server. Per-request `cached_tokens` sum to {client_cached} with the "
+            f"cache on and {int(summary.filter(pl.col('mode') == OFF)['cached_tokens'].fill_null(0).sum())} "
+            "with it off."
+        )
         return Finding("Cross-checks were limited to what the endpoints expose (see below).", details)
     hf = hit_flags(summary, block_size)
     details.append(
         f"Cache hits, server counters vs the prompt generator's expectation (whole {block_size}-token blocks of the shared "
-        "prefix, last prompt token recomputed, first request of a prefix a miss): " +
-        ("every point within a block per request." if hf.is_empty() else
-         "disagreeing at " + ", ".join(f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% {load_label(r)} "
-                                       f"({r['hit_tokens']:.0f} vs {r['expected_cached_tokens']})" for r in _rows(hf)) + "."))
+        "prefix, last prompt token recomputed, first request of a prefix a miss): "
+        + (
+            "every point within a block per request."
+            if hf.is_empty()
+            else "disagreeing at "
+            + ", ".join(
+                f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% {load_label(r)} "
+                f"({r['hit_tokens']:.0f} vs {r['expected_cached_tokens']})"
+                for r in _rows(hf)
+            )
+            + "."
+        )
+    )
     client_cached = int(on["cached_tokens"].fill_null(0).sum())
     server_hits = int(on["hit_tokens"].fill_null(0).sum())
-    details.append(f"Per-request `cached_tokens` reported to the client sum to {client_cached} with the cache on; the "
-                   f"server's hit counter moved by {server_hits}" + (" (equal)." if client_cached == server_hits else "."))
+    details.append(
+        f"Per-request `cached_tokens` reported to the client sum to {client_cached} with the cache on; the "
+        f"server's hit counter moved by {server_hits}" + (" (equal)." if client_cached == server_hits else ".")
+    )
     off_hits = summary.filter(pl.col("mode") == OFF)["hit_tokens"].fill_null(0).sum()
-    details.append(f"With the cache off the server counted {off_hits:.0f} hit tokens" + (" (as it must)." if off_hits == 0 else ": a defect."))
+    details.append(
+        f"With the cache off the server counted {off_hits:.0f} hit tokens"
+        + (" (as it must)." if off_hits == 0 else ": a defect.")
+    )
     ok = timing_flags(timed).is_empty() if timed.height else False
-    answer = ("All cross-checks agree." if ok and hf.is_empty() and off_hits == 0 else
-              "Some cross-checks disagree; the flagged points are listed below.")
+    answer = (
+        "All cross-checks agree."
+        if ok and hf.is_empty() and off_hits == 0
+        else "Some cross-checks disagree; the flagged points are listed below."
+    )
     return Finding(answer, details)
 
 
@@ -462,10 +574,17 @@ def goodput_rows(summary: pl.DataFrame, slo: dict) -> list[dict]:
     for (regime, reuse, mode), grp in open_loop(summary).group_by(["regime", "reuse_pct", "mode"], maintain_order=True):
         meets = grp.filter((pl.col("p95_ttft_s") <= ttft_t) & (pl.col("p95_e2e_s") <= e2e_t) & (pl.col("requests_failed") == 0))
         best = meets.sort("request_rate", descending=True).row(0, named=True) if meets.height else None
-        out.append({"regime": regime, "reuse_pct": reuse, "mode": mode, "prefix_len_tokens": grp["prefix_len_tokens"][0],
-                    "rates": grp["request_rate"].sort().to_list(),
-                    "goodput_rate": best["request_rate"] if best else 0.0,
-                    "achieved_req_s": best["req_s"] if best else None})
+        out.append(
+            {
+                "regime": regime,
+                "reuse_pct": reuse,
+                "mode": mode,
+                "prefix_len_tokens": grp["prefix_len_tokens"][0],
+                "rates": grp["request_rate"].sort().to_list(),
+                "goodput_rate": best["request_rate"] if best else 0.0,
+                "achieved_req_s": best["req_s"] if best else None,
+            }
+        )
     return out
 
 
@@ -486,15 +605,24 @@ def goodput_finding(summary: pl.DataFrame, slo: dict) -> Finding | None:
             if not r["goodput_rate"]:
                 return "none of the offered rates"
             return f"{r['goodput_rate']:g} req/s (achieved {r['achieved_req_s']:.2f})"
-        details.append(f"{regime} ({off['prefix_len_tokens']} tok), reuse {reuse}%: cache off {show(off)}, on {show(on)}"
-                       + (f", {fmt_x(ratio)}" if ratio else "") + f"; offered {', '.join(f'{x:g}' for x in off['rates'])} req/s")
+
+        details.append(
+            f"{regime} ({off['prefix_len_tokens']} tok), reuse {reuse}%: cache off {show(off)}, on {show(on)}"
+            + (f", {fmt_x(ratio)}" if ratio else "")
+            + f"; offered {', '.join(f'{x:g}' for x in off['rates'])} req/s"
+        )
     target = f"p95 TTFT ≤ {fmt_s(slo.get('p95_ttft_s', 1.0))} and p95 E2E ≤ {fmt_s(slo.get('p95_e2e_s', 10.0))}"
     higher = sum(on > off for off, on, _ in pairs)
     capped = sum(on == off == top for off, on, top in pairs)
-    answer = (f"Goodput here is the highest offered request rate (open loop, gamma arrivals) a mode served within {target} "
-              f"with no failed request. The cache raised it in {higher} of {len(pairs)} regime/reuse cases")
-    answer += (f"; in {capped} both modes met the target at the highest rate offered, so higher rates are needed to "
-               "separate them." if capped else ".")
+    answer = (
+        f"Goodput here is the highest offered request rate (open loop, gamma arrivals) a mode served within {target} "
+        f"with no failed request. The cache raised it in {higher} of {len(pairs)} regime/reuse cases"
+    )
+    answer += (
+        f"; in {capped} both modes met the target at the highest rate offered, so higher rates are needed to separate them."
+        if capped
+        else "."
+    )
     return Finding(answer, details)
 
 
@@ -508,29 +636,40 @@ def ideal_finding(summary: pl.DataFrame, shape: Shape | None, block_size: int) -
     fitted = rows[0]["s_per_flop"] is not None
     details = []
     for r in rows:
-        line = (f"{r['regime']}: cold TTFT {fmt_s(r['cold_s'])} (cache off, {r['tokens']:.0f} prompt tokens); with "
-                f"{r['cached']:.0f} tokens cached, {r['flops_left']:.1%} of the prefill FLOPs remain, so the ideal warm TTFT is "
-                f"{fmt_s(r['ideal_s'])}; measured warm {fmt_s(r['warm_s'])}")
+        line = (
+            f"{r['regime']}: cold TTFT {fmt_s(r['cold_s'])} (cache off, {r['tokens']:.0f} prompt tokens); with "
+            f"{r['cached']:.0f} tokens cached, {r['flops_left']:.1%} of the prefill FLOPs remain, so the ideal warm TTFT is "
+            f"{fmt_s(r['ideal_s'])}; measured warm {fmt_s(r['warm_s'])}"
+        )
         if r["share"] is not None:
-            line += (f": the cache removed {fmt_s(r['cold_s'] - r['warm_s'])} of the {fmt_s(r['cold_s'] - r['ideal_s'])} the "
-                     f"compute model allows ({r['share']:.0%}); {fmt_s(r['warm_s'] - r['ideal_s'])} stayed above the ideal.")
+            line += (
+                f": the cache removed {fmt_s(r['cold_s'] - r['warm_s'])} of the {fmt_s(r['cold_s'] - r['ideal_s'])} the "
+                f"compute model allows ({r['share']:.0%}); {fmt_s(r['warm_s'] - r['ideal_s'])} stayed above the ideal."
+            )
         details.append(line + ("" if line.endswith(".") else "."))
     valid = [r["share"] for r in rows if r["share"] is not None]
-    head = (f"From the model's shape ({shape.layers} layers, width {shape.hidden}, attention width {shape.attn}, "
-            f"{shape.params / 1e6:.0f} M matmul parameters) and ")
+    head = (
+        f"From the model's shape ({shape.layers} layers, width {shape.hidden}, attention width {shape.attn}, "
+        f"{shape.params / 1e6:.0f} M matmul parameters) and "
+    )
     if fitted:
         r0 = rows[0]
-        answer = (head + f"this run's cache-off points of different lengths, TTFT ≈ {fmt_s(r0['fixed_s'])} fixed + "
-                  f"{r0['s_per_flop'] * 1e12:.3g} s per TFLOP of prefill (c={r0['concurrency']}). The ideal warm TTFT keeps "
-                  "the fixed cost and drops the cached tokens' compute. The engine delivered "
-                  + (f"{min(valid):.0%} to {max(valid):.0%}" if valid else "an unmeasurable share")
-                  + " of that saving; the rest of a warm request's TTFT is the fixed cost (request handling, scheduling, "
-                  "the recomputed last block, the first decode step), which no cache removes.")
+        answer = (
+            head + f"this run's cache-off points of different lengths, TTFT ≈ {fmt_s(r0['fixed_s'])} fixed + "
+            f"{r0['s_per_flop'] * 1e12:.3g} s per TFLOP of prefill (c={r0['concurrency']}). The ideal warm TTFT keeps "
+            "the fixed cost and drops the cached tokens' compute. The engine delivered "
+            + (f"{min(valid):.0%} to {max(valid):.0%}" if valid else "an unmeasurable share")
+            + " of that saving; the rest of a warm request's TTFT is the fixed cost (request handling, scheduling, "
+            "the recomputed last block, the first decode step), which no cache removes."
+        )
     else:
-        answer = (head + "a single prompt length, the fixed cost cannot be separated from the per-token cost, so the ideal "
-                  "here scales the cold TTFT by the FLOPs left (an upper bound on the saving: it assumes no fixed cost). "
-                  "The engine delivered " + (f"{min(valid):.0%} to {max(valid):.0%}" if valid else "an unmeasurable share")
-                  + " of that bound.")
+        answer = (
+            head + "a single prompt length, the fixed cost cannot be separated from the per-token cost, so the ideal "
+            "here scales the cold TTFT by the FLOPs left (an upper bound on the saving: it assumes no fixed cost). "
+            "The engine delivered "
+            + (f"{min(valid):.0%} to {max(valid):.0%}" if valid else "an unmeasurable share")
+            + " of that bound."
+        )
     return Finding(answer, details)
 
 
@@ -545,20 +684,30 @@ def design_note(summary: pl.DataFrame) -> str:
             "(the opening burst of c requests is a wave, not a level) and finished before the first worker ran out of "
             f"work (the drain). At concurrency above 1 the windows held {closed['window_requests'].min()} to "
             f"{closed['window_requests'].max()} requests ({min(rounds):.1f} to {max(rounds):.1f} rounds)"
-            + ("; fewer than 8 rounds is short of a level, so read those points as indicative and trust only what their "
-               "intervals say." if min(rounds) < 8 else "."))
+            + (
+                "; fewer than 8 rounds is short of a level, so read those points as indicative and trust only what their "
+                "intervals say."
+                if min(rounds) < 8
+                else "."
+            )
+        )
     if open_loop(summary).height:
         lag = summary["max_schedule_lag_s"].max() if "max_schedule_lag_s" in summary.columns else None
-        parts.append("Open-loop latencies count from each request's scheduled send time (no coordinated omission)"
-                     + (f"; the client sent at most {fmt_s(lag)} late." if lag is not None else "."))
-    parts.append("Each cache setting ran in one server lifetime (k = 1), so the variance between server instances "
-                 "was not measured: the intervals cover rounds and repeats within one instance.")
+        parts.append(
+            "Open-loop latencies count from each request's scheduled send time (no coordinated omission)"
+            + (f"; the client sent at most {fmt_s(lag)} late." if lag is not None else ".")
+        )
+    parts.append(
+        "Each cache setting ran in one server lifetime (k = 1), so the variance between server instances "
+        "was not measured: the intervals cover rounds and repeats within one instance."
+    )
     return " ".join(parts)
 
 
 def cold_warm_table(summary: pl.DataFrame) -> str:
     on = summary.filter(pl.col("mode") == ON).select(
-        "regime", "reuse_pct", "concurrency", "mean_ttft_cold_s", "mean_ttft_warm_s", "mean_ttft_unique_s")
+        "regime", "reuse_pct", "concurrency", "mean_ttft_cold_s", "mean_ttft_warm_s", "mean_ttft_unique_s"
+    )
     return markdown_table(on, on.columns)
 
 
@@ -568,21 +717,31 @@ def cost_of_leaving_it_on(aa: dict | None) -> str:
         return "This run had no requests that share nothing, so the cost of leaving it on was not measured."
     lo, hi = aa.get("aa_ttft_lo"), aa.get("aa_ttft_hi")
     if lo is None or hi is None:
-        return (f"Requests that share nothing: {aa_words(aa)}, too few to say what leaving it on costs.")
+        return f"Requests that share nothing: {aa_words(aa)}, too few to say what leaving it on costs."
     if lo <= 1 <= hi:
-        return (f"Requests that share nothing showed no measurable cost ({aa_words(aa)}); the interval is how small a cost "
-                "this run can rule out.")
-    return (f"Requests that share nothing were {'slower' if aa['aa_ttft_ratio'] < 1 else 'faster'} with it on "
-            f"({aa_words(aa)}).")
+        return (
+            f"Requests that share nothing showed no measurable cost ({aa_words(aa)}); the interval is how small a cost "
+            "this run can rule out."
+        )
+    return f"Requests that share nothing were {'slower' if aa['aa_ttft_ratio'] < 1 else 'faster'} with it on ({aa_words(aa)})."
 
 
 def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int) -> list[str]:
     top_reuse = sp["reuse_pct"].max()
     c_min, c_max = sp["concurrency"].min(), sp["concurrency"].max()
-    big = sp.filter((pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == c_min)).sort("prefix_len_tokens").row(-1, named=True)
+    big = (
+        sp.filter((pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == c_min))
+        .sort("prefix_len_tokens")
+        .row(-1, named=True)
+    )
     aa = aa_row(sp)
     on = summary.filter(pl.col("mode") == ON)
-    hr = lambda c: on.filter((pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == c) & (pl.col("regime") == big["regime"]))["measured_hit_rate"][0]  # noqa: E731
+
+    def hr(conc: int) -> float | None:
+        """Measured hit rate of the headline regime at full reuse and concurrency `conc`."""
+        point = (pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == conc) & (pl.col("regime") == big["regime"])
+        return on.filter(point)["measured_hit_rate"][0]
+
     h1, hmax = hr(c_min), hr(c_max)
     bullets = [
         f"**When to enable it:** whenever many requests start with the same long text. Here, with a "
@@ -597,18 +756,21 @@ def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int)
         bullets.append(
             f"**Failure mode:** a burst of requests for a prefix that is not cached yet all miss together, because "
             f"blocks become reusable only once computed: at c={c_max} the same prompts hit {fmt_pct(hmax)} vs "
-            f"{fmt_pct(h1)} at c={c_min}. Warm the prefix (one request) before a burst, and keep it hot.")
+            f"{fmt_pct(h1)} at c={c_min}. Warm the prefix (one request) before a burst, and keep it hot."
+        )
     else:
         bullets.append(
             f"**Failure mode:** only whole KV blocks ({block_size} tokens here) are reused and the last prompt token is "
             "always recomputed, so a prefix that changes anywhere early (a timestamp in the system prompt) caches nothing, "
             "and under memory pressure cached blocks are evicted. Concurrent first requests of a cold prefix can also miss "
-            f"together; this run did not show it (hit rate {fmt_pct(hmax)} at c={c_max} vs {fmt_pct(h1)} at c={c_min}).")
+            f"together; this run did not show it (hit rate {fmt_pct(hmax)} at c={c_max} vs {fmt_pct(h1)} at c={c_min})."
+        )
     bullets.append(
         f"**For a product/SRE audience:** the server remembers the work it did reading a shared beginning of a prompt "
         f"(system prompt, policy, document) and skips it for the next request that starts the same way; on this run that "
         f"made the first token arrive {fmt_x(big['ttft_speedup'])} sooner for a {big['prefix_len_tokens']}-token shared prefix"
-        + (" (within the run's noise; see the intervals above)." if not helped(big) else "."))
+        + (" (within the run's noise; see the intervals above)." if not helped(big) else ".")
+    )
     return bullets
 
 
@@ -619,6 +781,7 @@ def markdown_table(df: pl.DataFrame, columns: Sequence[str]) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"
         return str(v)
+
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "".join("| " + " | ".join(cell(r[c]) for c in columns) + " |\n" for r in df.iter_rows(named=True))
 
@@ -627,18 +790,28 @@ def prompt_strategy(prompt_paths: Sequence[Path]) -> list[dict]:
     out = []
     for path in prompt_paths:
         recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        shared = next(r for r in recs if r["prefix_group"] == "shared") if any(r["prefix_group"] == "shared" for r in recs) else recs[0]
+        shared = (
+            next(r for r in recs if r["prefix_group"] == "shared")
+            if any(r["prefix_group"] == "shared" for r in recs)
+            else recs[0]
+        )
         by_reuse: dict[int, list[dict]] = {}
         for r in recs:
             by_reuse.setdefault(r["reuse_pct"], []).append(r)
-        out.append({
-            "regime": recs[0]["regime"], "workload": recs[0]["workload"], "prefix_len_tokens": recs[0]["prefix_len_tokens"],
-            "prompt_tokens_min": min(r["prompt_len_tokens"] for r in recs),
-            "prompt_tokens_max": max(r["prompt_len_tokens"] for r in recs),
-            "reuse": {k: (sum(r["prefix_group"] == "shared" for r in v), len(v)) for k, v in sorted(by_reuse.items(), reverse=True)},
-            "excerpt": shared["prompt"].split("\nQ: ")[0][:240].replace("\n", " ") + " …",
-            "example_question": shared["question"],
-        })
+        out.append(
+            {
+                "regime": recs[0]["regime"],
+                "workload": recs[0]["workload"],
+                "prefix_len_tokens": recs[0]["prefix_len_tokens"],
+                "prompt_tokens_min": min(r["prompt_len_tokens"] for r in recs),
+                "prompt_tokens_max": max(r["prompt_len_tokens"] for r in recs),
+                "reuse": {
+                    k: (sum(r["prefix_group"] == "shared" for r in v), len(v)) for k, v in sorted(by_reuse.items(), reverse=True)
+                },
+                "excerpt": shared["prompt"].split("\nQ: ")[0][:240].replace("\n", " ") + " …",
+                "example_question": shared["question"],
+            }
+        )
     return out
 
 
@@ -651,9 +824,20 @@ def not_measured(endpoints: dict[str, dict]) -> list[str]:
     return [item if len(modes) == len(endpoints) else f"{item} ({', '.join(modes)} only)" for item, modes in where.items()]
 
 
-def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info_paths: Sequence[Path],
-           script_paths: Sequence[Path], prompt_paths: Sequence[Path], model: dict, target: str, max_tokens: int,
-           block_size: int, slo: dict | None = None) -> None:
+def render(
+    template: Path,
+    out: Path,
+    summary_csv: Path,
+    speedup_csv: Path,
+    info_paths: Sequence[Path],
+    script_paths: Sequence[Path],
+    prompt_paths: Sequence[Path],
+    model: dict,
+    target: str,
+    max_tokens: int,
+    block_size: int,
+    slo: dict | None = None,
+) -> None:
     everything = pl.read_csv(summary_csv)
     if "request_rate" not in everything.columns:
         everything = everything.with_columns(pl.lit(0.0).alias("request_rate"))
@@ -663,27 +847,65 @@ def render(template: Path, out: Path, summary_csv: Path, speedup_csv: Path, info
     info = infos.get(ON) or next(iter(infos.values()))
     endpoints = {mode: i for mode, i in infos.items() if not i.get("started_by_prefixbench", True)}
     dummy = model.get("source") == "dummy"
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template.parent)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     text = env.get_template(template.name).render(
-        info=info, infos=infos, target=target, model=model, dummy=dummy, max_tokens=max_tokens,
-        block_size=block_size, strategy=prompt_strategy(prompt_paths),
+        info=info,
+        infos=infos,
+        target=target,
+        model=model,
+        dummy=dummy,
+        max_tokens=max_tokens,
+        block_size=block_size,
+        strategy=prompt_strategy(prompt_paths),
         scripts={Path(p).name: Path(p).read_text() for p in script_paths},
-        endpoints=endpoints, not_measured=not_measured(endpoints),
+        endpoints=endpoints,
+        not_measured=not_measured(endpoints),
         seed_table=markdown_table(everything, SEED_COLUMNS),
-        extra_table=markdown_table(everything, ["mode", "regime", "reuse_pct", "concurrency", "requests_ok", "requests_failed",
-                                             "window_requests", "p50_ttft_s", "p95_ttft_s", "p99_e2e_s", "mean_tpot_s", "mean_itl_s", "measured_hit_rate",
-                                             "expected_hit_rate", "peak_server_rss_gib", "peak_kv_cache_usage"]),
-        ttft=ttft_finding(sp), throughput=throughput_finding(summary), memory=memory_finding(summary, sp),
+        extra_table=markdown_table(
+            everything,
+            [
+                "mode",
+                "regime",
+                "reuse_pct",
+                "concurrency",
+                "requests_ok",
+                "requests_failed",
+                "window_requests",
+                "p50_ttft_s",
+                "p95_ttft_s",
+                "p99_e2e_s",
+                "mean_tpot_s",
+                "mean_itl_s",
+                "measured_hit_rate",
+                "expected_hit_rate",
+                "peak_server_rss_gib",
+                "peak_kv_cache_usage",
+            ],
+        ),
+        ttft=ttft_finding(sp),
+        throughput=throughput_finding(summary),
+        memory=memory_finding(summary, sp),
         shapes=reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
-        aa={"answer": aa_finding(sp, aa_table(sp)).answer, "rows": aa_table(sp)}, fmt_ci=fmt_ci, fmt_x=fmt_x,
+        aa={"answer": aa_finding(sp, aa_table(sp)).answer, "rows": aa_table(sp)},
+        fmt_ci=fmt_ci,
+        fmt_x=fmt_x,
         design=design_note(everything),
-        length=prefix_length_finding(sp), hitrate=hit_rate_model(summary),
+        length=prefix_length_finding(sp),
+        hitrate=hit_rate_model(summary),
         bullets=consulting_bullets(summary, sp, block_size),
-        checks=cross_checks(everything, block_size), cold_warm=cold_warm_table(summary),
+        checks=cross_checks(everything, block_size),
+        cold_warm=cold_warm_table(summary),
         goodput=goodput_finding(everything, slo or {}),
         ideal=ideal_finding(summary, load_shape(model.get("path", "")), block_size),
-        n_points=everything.height, n_requests=int(everything["requests_sent"].sum()),
-        n_failed=int(everything["requests_failed"].sum()), fmt_s=fmt_s,
+        n_points=everything.height,
+        n_requests=int(everything["requests_sent"].sum()),
+        n_failed=int(everything["requests_failed"].sum()),
+        fmt_s=fmt_s,
     )
     out.write_text(text)

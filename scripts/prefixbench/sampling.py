@@ -51,8 +51,13 @@ def gpu_memory_used_mib() -> float | None:
 
         pynvml.nvmlInit()
         try:
-            return sum(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used
-                       for i in range(pynvml.nvmlDeviceGetCount())) / 2**20
+            return (
+                sum(
+                    pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used
+                    for i in range(pynvml.nvmlDeviceGetCount())
+                )
+                / 2**20
+            )
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001 - no NVML: fall back to the command line tool
@@ -60,8 +65,13 @@ def gpu_memory_used_mib() -> float | None:
     if not shutil.which("nvidia-smi"):
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
         return sum(float(x) for x in out.split())
     except (subprocess.SubprocessError, ValueError, OSError):
         return None

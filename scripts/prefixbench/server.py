@@ -58,13 +58,21 @@ def is_loopback(host: str) -> bool:
 def server_argv(spec: ServerSpec, mode: str, port: str) -> list[str]:
     """The vLLM OpenAI server command line for one cache setting."""
     return [
-        spec.python, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", spec.model,
-        "--served-model-name", spec.served_model_name,
-        "--host", spec.host,
-        "--port", port,
-        "--max-model-len", str(spec.max_model_len),
-        "--dtype", spec.dtype,
+        spec.python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        spec.model,
+        "--served-model-name",
+        spec.served_model_name,
+        "--host",
+        spec.host,
+        "--port",
+        port,
+        "--max-model-len",
+        str(spec.max_model_len),
+        "--dtype",
+        spec.dtype,
         "--enable-prompt-tokens-details",
         *spec.extra_args,
         CACHE_FLAGS[mode],
@@ -128,8 +136,10 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 def _terminate_on_sigterm() -> None:
     """Turn SIGTERM/SIGHUP into SystemExit so `finally` blocks (teardown) run."""
+
     def handler(signum, _frame):
         raise SystemExit(128 + signum)
+
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread may set handlers; a server started from a helper thread relies on PDEATHSIG
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -152,8 +162,17 @@ def port_was_taken(log_path: Path, offset: int) -> bool:
 class ManagedServer:
     """Context manager: start the script in a new process group, wait until ready, always tear down."""
 
-    def __init__(self, script: Path, host: str, log_path: Path, ready_timeout_s: float, port: int | None = None,
-                 connect_host: str | None = None, term_grace_s: float = 5.0, api_key: str | None = None):
+    def __init__(
+        self,
+        script: Path,
+        host: str,
+        log_path: Path,
+        ready_timeout_s: float,
+        port: int | None = None,
+        connect_host: str | None = None,
+        term_grace_s: float = 5.0,
+        api_key: str | None = None,
+    ):
         self._api_key = api_key  # sent with the readiness probe of a server that requires one; never stored elsewhere
         self.script, self.host, self.log_path = Path(script), host, Path(log_path)
         self.ready_timeout_s, self.term_grace_s = ready_timeout_s, term_grace_s
@@ -172,8 +191,12 @@ class ManagedServer:
             log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
             self._log = self.log_path.open("ab")
             self.proc = subprocess.Popen(
-                ["bash", str(self.script), str(self.port)], stdout=self._log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+                ["bash", str(self.script), str(self.port)],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             try:
                 self.wait_ready(t0)
@@ -216,8 +239,10 @@ class ManagedServer:
             return False
         for p in procs:
             try:
-                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
-                       for c in p.net_connections(kind="inet")):
+                if any(
+                    c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
+                    for c in p.net_connections(kind="inet")
+                ):
                     return True
             except psutil.Error:
                 continue
@@ -245,7 +270,8 @@ class ManagedServer:
                 if exc.code in (401, 403) and self.owns_port():
                     raise ServerError(
                         f"vLLM server on port {self.port} refused the readiness probe (HTTP {exc.code}): it requires "
-                        "an API key and " + ("refused the one given" if self._api_key else "none was given")) from None
+                        "an API key and " + ("refused the one given" if self._api_key else "none was given")
+                    ) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             if time.monotonic() - t0 > self.ready_timeout_s:

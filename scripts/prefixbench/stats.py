@@ -18,8 +18,9 @@ LEVEL = 0.95
 MIN_CLUSTERS = 2
 
 
-def bootstrap_ratio_ci(off: np.ndarray, on: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL,
-                       seed: int = 0) -> tuple[float, float] | None:
+def bootstrap_ratio_ci(
+    off: np.ndarray, on: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
+) -> tuple[float, float] | None:
     """CI of mean(off) / mean(on) for independent requests (each its own cluster)."""
     off, on = np.asarray(off, dtype=float), np.asarray(on, dtype=float)
     return cluster_ratio_ci(off, np.arange(len(off)), on, np.arange(len(on)), n_boot, level, seed)
@@ -39,8 +40,15 @@ def _cluster_means(values: np.ndarray, clusters: Sequence, rng: np.random.Genera
     return sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
 
 
-def cluster_ratio_ci(off: np.ndarray, off_clusters: Sequence, on: np.ndarray, on_clusters: Sequence,
-                     n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> tuple[float, float] | None:
+def cluster_ratio_ci(
+    off: np.ndarray,
+    off_clusters: Sequence,
+    on: np.ndarray,
+    on_clusters: Sequence,
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> tuple[float, float] | None:
     """Percentile CI of mean(off) / mean(on), resampling each side's clusters with replacement.
 
     None when either side has fewer than two clusters: one wave cannot say how the next would go."""
