@@ -67,7 +67,7 @@ case "${1:-}" in
     log "lint: ruff check, ruff format --check, snakefmt --check, snakemake --lint"
     .venv/bin/ruff check scripts tests
     .venv/bin/ruff format --check --quiet scripts tests
-    .venv/bin/snakefmt --check --quiet Snakefile rules
+    .venv/bin/snakefmt --check Snakefile rules
     .venv/bin/snakemake --lint >/dev/null
     # 2. The fast tier (about a minute, no vLLM): logic, client, statistics, report, config.
     log "fast tier: pytest -m 'not integration'"
