@@ -16,7 +16,7 @@ rule aggregate:
     conda:
         "../envs/pipeline.yaml"
     script:
-        "../scripts/aggregate_results.py"
+        "../scripts/aggregate.py"
 
 
 rule regime_table:

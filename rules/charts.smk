@@ -16,8 +16,8 @@ rule charts:
     params:
         outdir=lambda w, output: os.path.dirname(output[0]),
         names=CHART_NAMES,
-        slo=config["benchmark"].get("slo", {}),
+        slo=config["benchmark"]["slo"],
         model_dir=lambda w, input: input.model[0] if input.model else "",
         block_size=TARGET["block_size"],
     script:
-        "../scripts/draw_charts.py"
+        "../scripts/charts.py"

@@ -58,7 +58,7 @@ BENCH = asdict(pbconfig.bench_settings(config))
 # With a time budget, a calibration start times the server and plans how many requests each point sends.
 TIME_BUDGET_S = config["benchmark"].get("time_budget_s")
 PLAN_FILE = "results/calibration.json" if TIME_BUDGET_S and not ENDPOINT_MODE else None
-RATES = sorted(config["benchmark"].get("request_rates", []))
+RATES = sorted(config["benchmark"]["request_rates"])
 # Every measurement point of one server lifetime: (regime, reuse %, concurrency, request rate);
 # closed-loop points have rate 0, open-loop points concurrency 0.
 POINTS = [

@@ -36,4 +36,4 @@ if MODEL["source"] == "dummy":
         params:
             shape=MODEL.get("shape", "phi3-mini"),
         script:
-            "../scripts/make_dummy_model.py"
+            "../scripts/dummy_model.py"

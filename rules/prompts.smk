@@ -16,7 +16,7 @@ rule prompts:
         questions=QUESTIONS,
         tokenizer=lambda w, input: input.tokenizer[0] if input.tokenizer else pbconfig.tokenizer_source(TARGET),
         block_size=TARGET["block_size"],
-        align_to_block=config.get("align_to_block", True),
-        seed=config.get("seed", 7),
+        align_to_block=config["align_to_block"],
+        seed=config["seed"],
     script:
-        "../scripts/make_prompts.py"
+        "../scripts/prompts.py"

@@ -27,7 +27,7 @@ rule report:
         target=TARGET_NAME,
         model=MODEL,
         block_size=TARGET["block_size"],
-        slo=config["benchmark"].get("slo", {}),
+        slo=config["benchmark"]["slo"],
         max_tokens=BENCH["max_tokens"],
     script:
-        "../scripts/render_report.py"
+        "../scripts/report.py"

@@ -20,7 +20,7 @@ if ENDPOINT_MODE:
         params:
             endpoint=lambda w: TARGET["endpoints"][w.mode],
         script:
-            "../scripts/write_endpoint_file.py"
+            "../scripts/endpoint_file.py"
 
 else:
 
@@ -44,7 +44,7 @@ else:
         params:
             spec=asdict(SERVER_SPEC),
         script:
-            "../scripts/write_server_script.py"
+            "../scripts/server_script.py"
 
 
 if PLAN_FILE:
@@ -117,4 +117,4 @@ rule measure:
         description=TARGET.get("description", ""),
         dtype_choice=DTYPE_CHOICE.as_dict() if DTYPE_CHOICE else {},
     script:
-        "../scripts/measure_mode.py"
+        "../scripts/measure.py"

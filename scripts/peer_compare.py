@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp  # noqa: E402
 
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
+from prefixbench.config import default_bench_settings  # noqa: E402
 from prefixbench.measure import reset_prefix_cache, wait_idle, warmup_prompt  # noqa: E402
+
+DEFAULTS = default_bench_settings()  # timeouts as the schema sets them
 from prefixbench.prompts import read_prompts  # noqa: E402
 from prefixbench.server import ManagedServer  # noqa: E402
 
@@ -45,7 +48,12 @@ async def reset(base_url: str) -> None:
 async def prefixbench_run(base_url: str, model: str, prompts: list[str], conc: int, max_tokens: int) -> dict:
     await reset(base_url)
     recs = []
-    await run_closed_loop(ClientConfig(base_url, model, max_tokens), list(enumerate(prompts)), conc, recs.append)
+    await run_closed_loop(
+        ClientConfig(base_url, model, max_tokens, DEFAULTS.request_timeout_s, DEFAULTS.stall_timeout_s),
+        list(enumerate(prompts)),
+        conc,
+        recs.append,
+    )
     ok = [r for r in recs if r.status == "ok"]
     if len(ok) != len(recs):
         raise RuntimeError(f"{len(recs) - len(ok)} prefixbench requests failed: {recs[0].error}")
@@ -145,7 +153,7 @@ def main() -> None:
     ):
         asyncio.run(
             run_closed_loop(
-                ClientConfig(server.base_url, args.model, args.max_tokens),
+                ClientConfig(server.base_url, args.model, args.max_tokens, DEFAULTS.request_timeout_s, DEFAULTS.stall_timeout_s),
                 [(0, warmup_prompt(0, 1024)), (1, warmup_prompt(1, 1024))],
                 1,
                 lambda r: None,

@@ -147,7 +147,7 @@ def test_arrival_schedule_rate_and_burstiness():
 
 async def test_open_loop_sends_on_schedule_not_on_completion(fake_server):
     out = []
-    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10)
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=5)
     rate = 20.0  # one request every ~50 ms, each lasting ~400 ms: many in flight at once
     wall = await run_open_loop(cfg, list(enumerate(["ok"] * 10)), rate, 1.0, 0, out.append)
     assert len(out) == 10 and all(r.status == "ok" for r in out)

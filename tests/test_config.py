@@ -20,9 +20,12 @@ SCHEMA = ROOT / "config/schema/config.schema.yaml"
 
 
 def validate(cfg):
+    """A validated copy of `cfg`, with the schema's defaults filled in (as Snakemake's validate() does)."""
     from snakemake.utils import validate as sm_validate
 
-    sm_validate(copy.deepcopy(cfg), str(SCHEMA))
+    checked = copy.deepcopy(cfg)
+    sm_validate(checked, str(SCHEMA))
+    return checked
 
 
 def test_default_and_test_configs_are_valid():
@@ -55,6 +58,7 @@ def test_schema_rejects(mutate, needle):
 def test_prefix_longer_than_context_names_key_and_fix():
     cfg = copy.deepcopy(DEFAULT)
     cfg["regimes"]["large"]["prefix_tokens"] = 5000
+    cfg = validate(cfg)
     with pytest.raises(pbconfig.ConfigError, match=r"regimes\.large\.prefix_tokens=5000.*max_model_len"):
         pbconfig.check(cfg, cfg["targets"]["cpu"])
 
@@ -62,6 +66,7 @@ def test_prefix_longer_than_context_names_key_and_fix():
 def test_missing_model_folder():
     cfg = copy.deepcopy(DEFAULT)
     cfg["targets"]["cpu"]["model"].update(source="path", path="/nonexistent/model")
+    cfg = validate(cfg)
     with pytest.raises(pbconfig.ConfigError, match="no such folder"):
         pbconfig.check(cfg, cfg["targets"]["cpu"])
 
@@ -105,13 +110,13 @@ def test_config_fuzz_gives_clear_errors(key, value):
     cfg = copy.deepcopy(DEFAULT)
     cfg[key] = value
     try:
-        validate(cfg)
+        cfg = validate(cfg)
         pbconfig.check(cfg, cfg["targets"][pbconfig.target_name(cfg, gpu_present=False)])
     except (WorkflowError, pbconfig.ConfigError):
         pass
 
 
-@pytest.mark.parametrize("profile", ["local", "slurm"])
+@pytest.mark.parametrize("profile", ["default", "slurm"])
 def test_workflow_profiles_load(profile):
     """Both profiles parse and plan the whole pipeline (the SLURM one runs for real in test_slurm.py)."""
     out = subprocess.run(
@@ -137,6 +142,7 @@ def test_workflow_profiles_load(profile):
 
 def test_endpoint_config_resolves_and_refuses_credentials_in_urls():
     cfg = yaml.safe_load((ROOT / "config/endpoints.yaml").read_text())
+    cfg = validate(cfg)  # the steps read a validated config: the schema fills its defaults
     target = cfg["targets"]["endpoint"]
     assert pbconfig.target_name(cfg) == "endpoint" and pbconfig.is_endpoint(target)
     assert pbconfig.tokenizer_source(target) == "microsoft/Phi-3-mini-4k-instruct"
@@ -146,3 +152,10 @@ def test_endpoint_config_resolves_and_refuses_credentials_in_urls():
     bad["targets"]["endpoint"]["endpoints"]["with_prefix_cache"]["base_url"] = "http://me:s3cret@10.0.0.6:8000"
     with pytest.raises(pbconfig.ConfigError, match="api_key_env"):
         pbconfig.check(bad, bad["targets"]["endpoint"])
+
+
+def test_a_bare_snakemake_uses_the_default_profile():
+    """Snakemake 9 loads profiles/default by itself: no --cores, no --resources needed in the repository."""
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Using workflow specific profile profiles/default" in out.stdout + out.stderr

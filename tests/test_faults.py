@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from prefixbench.client import ClientConfig, run_closed_loop
+from prefixbench.config import default_bench_settings
 from prefixbench.host import cpu_dtype, read_cpu_info
-from prefixbench.measure import BenchSettings, Point, measure_mode
+from prefixbench.measure import Point, measure_mode
 from prefixbench.prompts import write_jsonl
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, write_script
 
@@ -188,17 +189,17 @@ def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
     with pytest.raises((ServerError, RuntimeError)) as exc:
         measure_mode(
             "with_prefix_cache",
-            script,
-            "127.0.0.1",
-            tmp_path / "server.log",
-            tmp_path / "server.json",
-            "smollm2",
-            [point],
-            BenchSettings(max_tokens=8, warmup_requests=1, request_timeout_s=60, stall_timeout_s=30),
-            600,
-            str(SERVER_PYTHON),
-            {},
-            journal,
+            script=script,
+            host="127.0.0.1",
+            log_path=tmp_path / "server.log",
+            server_info_path=tmp_path / "server.json",
+            model="smollm2",
+            points=[point],
+            settings=default_bench_settings(max_tokens=8, warmup_requests=1, request_timeout_s=60, stall_timeout_s=30, repeats=1),
+            ready_timeout_s=600,
+            python=str(SERVER_PYTHON),
+            extra_info={},
+            journal_path=journal,
         )
     detect = time.monotonic() - killed["t"]
     records = [json.loads(x) for x in journal.read_text().splitlines()]
@@ -230,16 +231,16 @@ def test_stalled_streams_time_out_and_are_counted(tmp_path, reliability):
     t0 = time.monotonic()
     measure_mode(
         "with_prefix_cache",
-        fake_script(tmp_path, "FAKE_STALL_EVERY=4"),
-        "127.0.0.1",
-        tmp_path / "s.log",
-        tmp_path / "s.json",
-        "fake",
-        points,
-        BenchSettings(max_tokens=4, warmup_requests=0, stall_timeout_s=1.0, sample_interval_s=0.2),
-        30,
-        sys.executable,
-        {},
+        script=fake_script(tmp_path, "FAKE_STALL_EVERY=4"),
+        host="127.0.0.1",
+        log_path=tmp_path / "s.log",
+        server_info_path=tmp_path / "s.json",
+        model="fake",
+        points=points,
+        settings=default_bench_settings(max_tokens=4, warmup_requests=0, stall_timeout_s=1.0, sample_interval_s=0.2, repeats=1),
+        ready_timeout_s=30,
+        python=sys.executable,
+        extra_info={},
     )
     wall = time.monotonic() - t0
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
@@ -268,16 +269,16 @@ def test_malformed_streams_and_error_budget(tmp_path, reliability):
     points = fake_points(ok_dir, 12)
     measure_mode(
         "with_prefix_cache",
-        fake_script(ok_dir, "FAKE_BROKEN_EVERY=4"),
-        "127.0.0.1",
-        ok_dir / "s.log",
-        ok_dir / "s.json",
-        "fake",
-        points,
-        BenchSettings(max_tokens=4, warmup_requests=0),
-        30,
-        sys.executable,
-        {},
+        script=fake_script(ok_dir, "FAKE_BROKEN_EVERY=4"),
+        host="127.0.0.1",
+        log_path=ok_dir / "s.log",
+        server_info_path=ok_dir / "s.json",
+        model="fake",
+        points=points,
+        settings=default_bench_settings(max_tokens=4, warmup_requests=0, repeats=1),
+        ready_timeout_s=30,
+        python=sys.executable,
+        extra_info={},
     )
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
     failed = [r for r in recs if r["status"] == "failed"]
@@ -286,16 +287,16 @@ def test_malformed_streams_and_error_budget(tmp_path, reliability):
     with pytest.raises(RuntimeError, match="error budget 10%"):
         measure_mode(
             "with_prefix_cache",
-            fake_script(over_dir, "FAKE_BROKEN_EVERY=4"),
-            "127.0.0.1",
-            over_dir / "s.log",
-            over_dir / "s.json",
-            "fake",
-            points2,
-            BenchSettings(max_tokens=4, warmup_requests=0, max_failed_fraction=0.1),
-            30,
-            sys.executable,
-            {},
+            script=fake_script(over_dir, "FAKE_BROKEN_EVERY=4"),
+            host="127.0.0.1",
+            log_path=over_dir / "s.log",
+            server_info_path=over_dir / "s.json",
+            model="fake",
+            points=points2,
+            settings=default_bench_settings(max_tokens=4, warmup_requests=0, max_failed_fraction=0.1, repeats=1),
+            ready_timeout_s=30,
+            python=sys.executable,
+            extra_info={},
         )
     kept = len(points2[0].records_path.read_text().splitlines())
     reliability(
@@ -506,7 +507,10 @@ async def test_soak_every_request_accounted(tmp_path, reliability):
         recs = []
         cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         await run_closed_loop(
-            ClientConfig(f"http://127.0.0.1:{port}", "fake", 8), [(i, f"p{i}\nQ: q\nA:") for i in range(n)], conc, recs.append
+            ClientConfig(f"http://127.0.0.1:{port}", "fake", 8, request_timeout_s=30, stall_timeout_s=10),
+            [(i, f"p{i}\nQ: q\nA:") for i in range(n)],
+            conc,
+            recs.append,
         )
         wall = time.monotonic() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -543,7 +547,15 @@ def test_planted_api_key_never_written(tmp_path, reliability, monkeypatch):
 
     key = f"sk-planted-{uuid.uuid4().hex}"
     monkeypatch.setenv("PREFIXBENCH_TEST_KEY", key)
-    spec = ServerSpec(python="python", model="m", served_model_name="s", api_key_env="PREFIXBENCH_TEST_KEY")
+    spec = ServerSpec(
+        python="python",
+        model="m",
+        served_model_name="s",
+        host="127.0.0.1",
+        max_model_len=512,
+        dtype="auto",
+        api_key_env="PREFIXBENCH_TEST_KEY",
+    )
     rendered = render_script(spec, "with_prefix_cache")
     assert key not in rendered and 'VLLM_API_KEY="${PREFIXBENCH_TEST_KEY:?' in rendered
     points = fake_points(tmp_path, 6)
@@ -554,16 +566,16 @@ def test_planted_api_key_never_written(tmp_path, reliability, monkeypatch):
     )
     measure_mode(
         "with_prefix_cache",
-        script,
-        "127.0.0.1",
-        tmp_path / "server.log",
-        tmp_path / "server.json",
-        "fake",
-        points,
-        BenchSettings(max_tokens=4, warmup_requests=1, api_key_env="PREFIXBENCH_TEST_KEY"),
-        30,
-        sys.executable,
-        {},
+        script=script,
+        host="127.0.0.1",
+        log_path=tmp_path / "server.log",
+        server_info_path=tmp_path / "server.json",
+        model="fake",
+        points=points,
+        settings=default_bench_settings(max_tokens=4, warmup_requests=1, api_key_env="PREFIXBENCH_TEST_KEY", repeats=1),
+        ready_timeout_s=30,
+        python=sys.executable,
+        extra_info={},
         journal_path=tmp_path / "journal.jsonl",
     )
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]

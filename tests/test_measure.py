@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from prefixbench.measure import BenchSettings, Point, measure_mode
+from prefixbench.config import default_bench_settings
+from prefixbench.measure import Point, measure_mode
 from prefixbench.prompts import write_jsonl
 from prefixbench.server import ServerError
 
@@ -42,16 +43,16 @@ def setup(tmp_path, die_after=0, n=6):
 def run(tmp_path, script, points, journal, repeats=1):
     measure_mode(
         "with_prefix_cache",
-        script,
-        "127.0.0.1",
-        tmp_path / "server.log",
-        tmp_path / "server.json",
-        "fake",
-        points,
-        BenchSettings(max_tokens=4, warmup_requests=1, sample_interval_s=0.2, repeats=repeats),
-        30,
-        sys.executable,
-        {},
+        script=script,
+        host="127.0.0.1",
+        log_path=tmp_path / "server.log",
+        server_info_path=tmp_path / "server.json",
+        model="fake",
+        points=points,
+        settings=default_bench_settings(max_tokens=4, warmup_requests=1, sample_interval_s=0.2, repeats=repeats),
+        ready_timeout_s=30,
+        python=sys.executable,
+        extra_info={},
         journal_path=journal,
     )
 

@@ -10,9 +10,11 @@ import pytest
 from synthetic import write_run
 
 from prefixbench.aggregate import load_meta, load_records, speedups, summarize, with_confidence
+from prefixbench.config import schema_defaults
 from prefixbench.report import render, ttft_finding, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
+SLO = schema_defaults()["benchmark"]["slo"]
 TEMPLATE = ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2"
 
 
@@ -67,18 +69,18 @@ def render_md(tmp_path, model=None, slo=None, **kw) -> tuple[str, pl.DataFrame]:
     summary, infos, scripts, prompts = make_inputs(tmp_path, **kw)
     out = tmp_path / "report.md"
     render(
-        TEMPLATE,
-        out,
-        tmp_path / "summary.csv",
-        tmp_path / "speedup.csv",
-        infos,
-        scripts,
-        prompts,
-        model or {"source": "smollm2_package", "path": "m", "served_name": "s"},
-        "cpu",
-        8,
-        128,
-        slo,
+        template=TEMPLATE,
+        out=out,
+        summary_csv=tmp_path / "summary.csv",
+        speedup_csv=tmp_path / "speedup.csv",
+        info_paths=infos,
+        script_paths=scripts,
+        prompt_paths=prompts,
+        model=model or {"source": "smollm2_package", "path": "m", "served_name": "s"},
+        target="cpu",
+        max_tokens=8,
+        block_size=128,
+        slo=slo or SLO,
     )
     return out.read_text(), summary
 
@@ -157,7 +159,15 @@ def test_charts_render(tmp_path, name):
     from prefixbench.charts import draw_all
 
     make_inputs(tmp_path)
-    written = draw_all(tmp_path / "summary.csv", tmp_path / "speedup.csv", tmp_path / "charts")
+    written = draw_all(
+        summary_csv=tmp_path / "summary.csv",
+        speedup_csv=tmp_path / "speedup.csv",
+        outdir=tmp_path / "charts",
+        names=["ttft_vs_concurrency", "throughput_vs_p95", "speedup"],
+        slo=SLO,
+        model_dir=None,
+        block_size=128,
+    )
     png = tmp_path / "charts" / f"{name}.png"
     assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert (tmp_path / "charts" / f"{name}.svg").read_text().lstrip().startswith("<svg")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -15,7 +16,9 @@ import pytest
 
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, group_alive, render_script, server_argv
 
-SPEC = ServerSpec(python="/opt/py", model="m", served_model_name="s", env={"A": "1"})
+SPEC = ServerSpec(
+    python="/opt/py", model="m", served_model_name="s", host="127.0.0.1", max_model_len=4096, dtype="auto", env={"A": "1"}
+)
 
 
 def test_modes_differ_only_in_cache_flag():
@@ -27,13 +30,13 @@ def test_modes_differ_only_in_cache_flag():
 
 def test_dev_mode_only_on_loopback():
     assert "VLLM_SERVER_DEV_MODE=1" in render_script(SPEC, "with_prefix_cache")
-    public = ServerSpec(python="p", model="m", served_model_name="s", host="0.0.0.0", env={"VLLM_SERVER_DEV_MODE": "1"})
+    public = dataclasses.replace(SPEC, host="0.0.0.0", env={"VLLM_SERVER_DEV_MODE": "1"})
     assert "VLLM_SERVER_DEV_MODE" not in render_script(public, "with_prefix_cache")
 
 
 def test_script_is_runnable_bash(tmp_path):
     path = tmp_path / "s.sh"
-    path.write_text(render_script(ServerSpec(python="echo", model="m", served_model_name="s"), "with_prefix_cache"))
+    path.write_text(render_script(dataclasses.replace(SPEC, python="echo", env={}), "with_prefix_cache"))
     out = subprocess.run(["bash", str(path), "1234"], capture_output=True, text=True, check=True).stdout
     assert "--port 1234" in out and out.strip().endswith("--enable-prefix-caching")
 

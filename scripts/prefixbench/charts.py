@@ -146,7 +146,7 @@ def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
         color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
         tooltip=["mode", "prefix_len_tokens", "reuse_pct", "request_rate", "p95_ttft_s", "p95_e2e_s", "req_s"],
     )
-    target = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(slo.get("p95_ttft_s", 1.0)))
+    target = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(slo["p95_ttft_s"]))
     return (
         alt.layer(base.mark_line(point=True), target, data=df)
         .properties(width=220, height=160)
@@ -154,7 +154,7 @@ def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
             column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
             row=alt.Row("reuse:N", title=None),
         )
-        .properties(title=f"Open loop: p95 TTFT vs offered load (dashed: SLO {slo.get('p95_ttft_s', 1.0):g} s)")
+        .properties(title=f"Open loop: p95 TTFT vs offered load (dashed: SLO {slo['p95_ttft_s']:g} s)")
     )
 
 
@@ -200,13 +200,14 @@ def ideal_chart(summary: pl.DataFrame, shape: Shape | None, block_size: int) -> 
 
 
 def draw_all(
+    *,
     summary_csv: Path,
     speedup_csv: Path,
     outdir: Path,
-    names: list[str] | None = None,
-    slo: dict | None = None,
-    model_dir: str | None = None,
-    block_size: int = 16,
+    names: list[str],
+    slo: dict,
+    model_dir: str | None,
+    block_size: int,
 ) -> list[Path]:
     summary = pl.read_csv(summary_csv)
     ratios = pl.read_csv(speedup_csv)
@@ -215,7 +216,7 @@ def draw_all(
         "ttft_vs_concurrency": lambda: ttft_vs_concurrency(summary),
         "throughput_vs_p95": lambda: throughput_vs_p95(summary),
         "speedup": lambda: speedup(ratios),
-        "open_loop": lambda: open_loop_latency(summary, slo or {}),
+        "open_loop": lambda: open_loop_latency(summary, slo),
         "ideal": lambda: ideal_chart(summary, load_shape(model_dir) if model_dir else None, block_size),
     }
     charts = {name: makers[name]() for name in (names or ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"])}

@@ -42,9 +42,9 @@ class RequestRecord:
 class ClientConfig:
     base_url: str
     model: str
-    max_tokens: int = 32
-    request_timeout_s: float = 300.0
-    stall_timeout_s: float = 120.0
+    max_tokens: int
+    request_timeout_s: float
+    stall_timeout_s: float
     api_key: str | None = None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from .server import ServerSpec
 from .settings import BenchSettings
 
 QUESTION_ROOM_TOKENS = 64  # room for "\nQ: <question>\nA:" after the prefix
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -32,7 +34,7 @@ def has_cuda_gpu() -> bool:
 
 
 def target_name(config: dict[str, Any], gpu_present: bool | None = None) -> str:
-    want = config.get("target", "auto")
+    want = config["target"]
     if want == "auto":
         want = "gpu" if (has_cuda_gpu() if gpu_present is None else gpu_present) else "cpu"
     if want not in config["targets"]:
@@ -41,7 +43,7 @@ def target_name(config: dict[str, Any], gpu_present: bool | None = None) -> str:
 
 
 def questions(config: dict[str, Any]) -> list[str]:
-    q = config.get("questions", "default")
+    q = config["questions"]
     if q == "default":
         return list(DEFAULT_QUESTIONS)
     if isinstance(q, dict):
@@ -96,12 +98,12 @@ def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoi
         python=target["python"],
         model=model["path"],
         served_model_name=model["served_name"],
-        host=config.get("server", {}).get("host", "127.0.0.1"),
+        host=config["server"]["host"],
         max_model_len=target["max_model_len"],
         dtype=dtype.dtype if dtype else target["dtype"],
         extra_args=tuple(extra),
         env=dict(target.get("env", {})),
-        api_key_env=config.get("server", {}).get("api_key_env"),
+        api_key_env=config["server"].get("api_key_env"),
     )
 
 
@@ -123,11 +125,32 @@ def bench_settings(config: dict[str, Any]) -> BenchSettings:
     )
 
 
+def schema_defaults() -> dict[str, Any]:
+    """The schema's top-level, `benchmark` and `server` defaults, for code that runs without a config file."""
+    import yaml
+
+    props = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
+
+    def defaults(p: dict) -> dict[str, Any]:
+        return {k: v["default"] for k, v in p.items() if "default" in v}
+
+    out = defaults(props)
+    bench = props["benchmark"]["properties"]
+    out["benchmark"] = {**defaults(bench), "slo": defaults(bench["slo"]["properties"])}
+    out["server"] = defaults(props["server"]["properties"])
+    return out
+
+
+def default_bench_settings(**overrides: Any) -> BenchSettings:
+    """The schema's benchmark settings with `overrides` (tests and tools that take no config file)."""
+    return dataclasses.replace(bench_settings(schema_defaults()), **overrides)
+
+
 def check(config: dict[str, Any], target: dict[str, Any]) -> None:
     """Cross-key checks, before any server starts."""
-    limit = target["max_model_len"] - config["benchmark"].get("max_tokens", 16) - QUESTION_ROOM_TOKENS
+    limit = target["max_model_len"] - config["benchmark"]["max_tokens"] - QUESTION_ROOM_TOKENS
     for name, r in config["regimes"].items():
-        n = aligned_length(r["prefix_tokens"], target["block_size"], config.get("align_to_block", True))
+        n = aligned_length(r["prefix_tokens"], target["block_size"], config["align_to_block"])
         if n > limit:
             raise ConfigError(
                 f"regimes.{name}.prefix_tokens={r['prefix_tokens']} does not fit the model context: max_model_len "

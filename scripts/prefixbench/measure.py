@@ -298,6 +298,7 @@ def warmup_policy(settings: BenchSettings) -> str:
 
 def measure_mode(
     mode: str,
+    *,
     script: Path,
     host: str,
     log_path: Path,
@@ -332,6 +333,7 @@ def measure_mode(
 
 def measure_endpoint(
     mode: str,
+    *,
     endpoint: Endpoint,
     server_info_path: Path,
     points: Sequence[Point],

@@ -569,7 +569,7 @@ def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
 
 def goodput_rows(summary: pl.DataFrame, slo: dict) -> list[dict]:
     """Per (regime, reuse, mode): the highest offered open-loop rate met within the SLO with no failed request."""
-    ttft_t, e2e_t = slo.get("p95_ttft_s", 1.0), slo.get("p95_e2e_s", 10.0)
+    ttft_t, e2e_t = slo["p95_ttft_s"], slo["p95_e2e_s"]
     out = []
     for (regime, reuse, mode), grp in open_loop(summary).group_by(["regime", "reuse_pct", "mode"], maintain_order=True):
         meets = grp.filter((pl.col("p95_ttft_s") <= ttft_t) & (pl.col("p95_e2e_s") <= e2e_t) & (pl.col("requests_failed") == 0))
@@ -611,7 +611,7 @@ def goodput_finding(summary: pl.DataFrame, slo: dict) -> Finding | None:
             + (f", {fmt_x(ratio)}" if ratio else "")
             + f"; offered {', '.join(f'{x:g}' for x in off['rates'])} req/s"
         )
-    target = f"p95 TTFT ≤ {fmt_s(slo.get('p95_ttft_s', 1.0))} and p95 E2E ≤ {fmt_s(slo.get('p95_e2e_s', 10.0))}"
+    target = f"p95 TTFT ≤ {fmt_s(slo['p95_ttft_s'])} and p95 E2E ≤ {fmt_s(slo['p95_e2e_s'])}"
     higher = sum(on > off for off, on, _ in pairs)
     capped = sum(on == off == top for off, on, top in pairs)
     answer = (
@@ -825,6 +825,7 @@ def not_measured(endpoints: dict[str, dict]) -> list[str]:
 
 
 def render(
+    *,
     template: Path,
     out: Path,
     summary_csv: Path,
@@ -901,7 +902,7 @@ def render(
         bullets=consulting_bullets(summary, sp, block_size),
         checks=cross_checks(everything, block_size),
         cold_warm=cold_warm_table(summary),
-        goodput=goodput_finding(everything, slo or {}),
+        goodput=goodput_finding(everything, slo),
         ideal=ideal_finding(summary, load_shape(model.get("path", "")), block_size),
         n_points=everything.height,
         n_requests=int(everything["requests_sent"].sum()),

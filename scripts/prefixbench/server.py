@@ -38,9 +38,9 @@ class ServerSpec:
     python: str
     model: str
     served_model_name: str
-    host: str = "127.0.0.1"
-    max_model_len: int = 4096
-    dtype: str = "auto"
+    host: str
+    max_model_len: int
+    dtype: str
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     api_key_env: str | None = None  # the script exports VLLM_API_KEY from it: the key itself is never written

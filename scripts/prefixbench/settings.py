@@ -8,16 +8,19 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class BenchSettings:
-    max_tokens: int = 32
-    request_timeout_s: float = 300.0
-    stall_timeout_s: float = 120.0
-    warmup_requests: int = 2
-    reset_cache: bool = True
-    sample_interval_s: float = 1.0
-    max_failed_fraction: float = 0.5
-    repeats: int = 1
-    burstiness: float = 1.0
-    seed: int = 0
+    """How each point is measured. No defaults here: they live in the schema alone (config.bench_settings,
+    config.default_bench_settings), so two places can never disagree."""
+
+    max_tokens: int
+    request_timeout_s: float
+    stall_timeout_s: float
+    warmup_requests: int
+    reset_cache: bool
+    sample_interval_s: float
+    max_failed_fraction: float
+    repeats: int
+    burstiness: float
+    seed: int
     api_key_env: str | None = None  # name of the environment variable holding the API key, never the key
 
 

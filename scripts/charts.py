@@ -9,11 +9,11 @@ snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log[0], "w")
 p = snakemake.params
 draw_all(
-    Path(snakemake.input.summary),
-    Path(snakemake.input.speedup),
-    Path(p.outdir),
-    list(p.names),
-    dict(p.slo),
-    p.model_dir,
-    p.block_size,
+    summary_csv=Path(snakemake.input.summary),
+    speedup_csv=Path(snakemake.input.speedup),
+    outdir=Path(p.outdir),
+    names=list(p.names),
+    slo=dict(p.slo),
+    model_dir=p.model_dir or None,
+    block_size=p.block_size,
 )

@@ -1,0 +1,24 @@
+"""Snakemake edge: prefix_caching_results.md (see prefixbench.report)."""
+
+import sys
+from pathlib import Path
+
+from prefixbench.report import render
+
+snakemake = globals()["snakemake"]
+sys.stderr = open(snakemake.log[0], "w")
+i, p = snakemake.input, snakemake.params
+render(
+    template=Path(i.template),
+    out=Path(snakemake.output[0]),
+    summary_csv=Path(i.summary),
+    speedup_csv=Path(i.speedup),
+    info_paths=list(map(Path, i.info)),
+    script_paths=list(map(Path, i.scripts)),
+    prompt_paths=list(map(Path, i.prompts)),
+    model=dict(p.model),
+    target=p.target,
+    max_tokens=p.max_tokens,
+    block_size=p.block_size,
+    slo=dict(p.slo),
+)
