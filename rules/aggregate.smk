@@ -3,7 +3,7 @@ rule aggregate:
     input:
         records=all_point_files("jsonl"),
         meta=all_point_files("meta.json"),
-        code=package_files("aggregate", "stats"),
+        code=package_files("aggregate"),
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables", labels={"table": "every point"}),
         speedup=report(
@@ -23,7 +23,7 @@ rule regime_table:
     """One prefix regime under one cache setting, filed in Snakemake's report by regime and setting."""
     input:
         summary="results/summary.csv",
-        code=package_files("aggregate"),
+        code=package_files("regime_table"),
     output:
         report(
             "results/tables/{regime}/{mode}.csv",

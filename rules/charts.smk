@@ -3,7 +3,7 @@ rule charts:
     input:
         summary="results/summary.csv",
         speedup="results/speedup.csv",
-        code=package_files("charts", "ideal", "aggregate"),
+        code=package_files("charts"),
         model=model_inputs(),
     output:
         CHART_OUTPUTS,

@@ -107,6 +107,6 @@ def tokenizer_inputs():
     return [source] if source in model_inputs() else []
 
 
-def package_files(*modules):
-    """Package modules as inputs of the step that runs them: editing one reruns that step and what follows."""
-    return [os.path.join(SCRIPTS_DIR, "prefixbench", f"{m}.py") for m in modules]
+def package_files(script):
+    """The package modules the rule's edge script runs, derived from its imports: editing one reruns the rule."""
+    return pbconfig.script_closure(os.path.join(SCRIPTS_DIR, f"{script}.py"))

@@ -2,7 +2,7 @@ rule prompts:
     """Tokenizer-exact prompts of one prefix regime, every reuse level, re-tokenized and checked."""
     input:
         tokenizer=tokenizer_inputs(),
-        code=package_files("prompts", "corpus", "tokenizer"),
+        code=package_files("prompts"),
     output:
         "results/prompts/{regime}.jsonl",
     log:

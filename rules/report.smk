@@ -8,7 +8,7 @@ rule report:
         scripts=expand(SERVER_FILE, mode=MODES),
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         charts=CHARTS,
-        code=package_files("report", "charts", "ideal", "aggregate"),
+        code=package_files("report"),
         model=model_inputs(),
     output:
         report(

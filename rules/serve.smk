@@ -56,7 +56,7 @@ if PLAN_FILE:
             script=SERVER_FILE.format(mode="no_prefix_cache"),
             prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
             model=model_inputs(),
-            code=package_files("calibrate", "plan", "client", "server", "settings", "corpus", "prompts"),
+            code=package_files("calibrate"),
         output:
             PLAN_FILE,
         log:
@@ -87,9 +87,7 @@ rule measure:
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         model=model_inputs(),
         plan=[PLAN_FILE] if PLAN_FILE else [],
-        code=package_files(
-            "measure", "client", "server", "metrics", "endpoint", "settings", "host", "plan", "calibrate", "corpus", "prompts"
-        ),
+        code=package_files("measure"),
     output:
         records=point_files("jsonl"),
         meta=point_files("meta.json"),

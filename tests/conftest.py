@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-MODEL_DIR = ROOT / "resources" / "models" / "SmolLM2-135M-Instruct"
-SERVER_PYTHON = ROOT / ".venv-server" / "bin" / "python"
+from helpers import MODEL_DIR, ROOT, SERVER_PYTHON, run_snakemake, write_test_config  # noqa: E402
 
 
 def ensure_smollm2() -> Path:
@@ -70,40 +68,6 @@ def reliability():
     return record
 
 
-def write_test_config(work: Path) -> Path:
-    """config/test.yaml pointed at the repository's server environment and model, written into `work`."""
-    cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
-    cpu = cfg["targets"]["cpu"]
-    cpu["python"] = str(SERVER_PYTHON)
-    cpu["model"]["path"] = str(ROOT / "resources/models/SmolLM2-135M-Instruct")
-    template = work / "report.md.j2"
-    template.write_text((ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2").read_text())
-    cfg["report_template"] = str(template)
-    configfile = work / "test.yaml"
-    configfile.write_text(yaml.safe_dump(cfg))
-    return configfile
-
-
-def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(configfile),
-        "--cores",
-        "1",
-        "--resources",
-        "gpu=1",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory):
     """config/test.yaml run locally in a scratch folder, once per session (the SLURM test compares against it)."""
@@ -111,7 +75,7 @@ def pipeline_run(tmp_path_factory):
         pytest.fail(f"{SERVER_PYTHON} missing: run the tests with ./run.sh test, which creates it")
     work = tmp_path_factory.mktemp("pipeline")
     configfile = write_test_config(work)
-    proc = snakemake(work, configfile)
+    proc = run_snakemake(work, configfile)
     (work / "console.txt").write_text(proc.stdout + proc.stderr)  # what a user would have seen
     assert proc.returncode == 0, f"pipeline failed:\n{proc.stderr[-6000:]}"
     return work, configfile, yaml.safe_load(configfile.read_text())

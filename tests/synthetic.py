@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prefixbench.point_meta import PointMeta
+
 MODES = ("no_prefix_cache", "with_prefix_cache")
 
 
@@ -71,35 +73,32 @@ def write_run(
                             }
                         )
                     rp.write_text("".join(json.dumps(x) + "\n" for x in lines))
-                    mp.write_text(
-                        json.dumps(
-                            {
-                                "mode": mode,
-                                "regime": regime,
-                                "reuse_pct": reuse,
-                                "concurrency": conc,
-                                "request_rate": rate,
-                                "requests_sent": n,
-                                "requests_ok": ok,
-                                "requests_failed": n - ok,
-                                "wall_s": 2.0,
-                                "cache_reset": "ok",
-                                "counters_delta": {
-                                    "vllm:prefix_cache_queries_total": queries,
-                                    "vllm:prefix_cache_hits_total": hits,
-                                    "vllm:time_to_first_token_seconds_sum": 1.0,
-                                    "vllm:time_to_first_token_seconds_count": n,
-                                    "vllm:e2e_request_latency_seconds_sum": 2.0,
-                                    "vllm:e2e_request_latency_seconds_count": n,
-                                },
-                                "measured_hit_rate": hits / queries if queries else None,
-                                "peak_server_rss_gib": 3.5,
-                                "peak_gpu_mem_mib": None,
-                                "peak_kv_cache_usage": 0.1 if mode == "no_prefix_cache" else 0.05,
-                                "memory_samples": 3,
-                            }
-                        )
-                    )
+                    PointMeta(
+                        mode=mode,
+                        regime=regime,
+                        reuse_pct=reuse,
+                        concurrency=conc,
+                        request_rate=rate,
+                        repeats=1,
+                        requests_sent=n,
+                        requests_ok=ok,
+                        requests_failed=n - ok,
+                        wall_s=2.0,
+                        wall_s_per_repeat=[2.0],
+                        cache_reset="ok",
+                        counters_delta={
+                            "vllm:prefix_cache_queries_total": queries,
+                            "vllm:prefix_cache_hits_total": hits,
+                            "vllm:time_to_first_token_seconds_sum": 1.0,
+                            "vllm:time_to_first_token_seconds_count": n,
+                            "vllm:e2e_request_latency_seconds_sum": 2.0,
+                            "vllm:e2e_request_latency_seconds_count": n,
+                        },
+                        measured_hit_rate=hits / queries if queries else None,
+                        peak_server_rss_gib=3.5,
+                        peak_kv_cache_usage=0.1 if mode == "no_prefix_cache" else 0.05,
+                        memory_samples=3,
+                    ).write(mp)
                     recs.append(rp)
                     metas.append(mp)
     return recs, metas

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefixbench import config as pbconfig
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
 SCHEMA = ROOT / "config/schema/config.schema.yaml"
 
@@ -159,3 +159,22 @@ def test_a_bare_snakemake_uses_the_default_profile():
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Using workflow specific profile profiles/default" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("script", ["prompts", "calibrate", "measure", "aggregate", "regime_table", "charts", "report"])
+def test_a_rules_code_inputs_cover_every_module_its_script_loads(script):
+    """The `code` inputs are derived from imports; an import they missed would let an edit go unnoticed."""
+    import ast
+
+    closure = set(pbconfig.script_closure(ROOT / "scripts" / f"{script}.py"))
+    tree = ast.parse((ROOT / "scripts" / f"{script}.py").read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("prefixbench")]
+    probe = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in imported)
+        + ("print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('prefixbench') and m.__file__))")
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT / "scripts", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = {str(Path(f).resolve()) for f in out.stdout.split()}
+    assert loaded and loaded <= closure, sorted(loaded - closure)

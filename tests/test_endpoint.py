@@ -10,19 +10,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
-from test_faults import real_spec
+from helpers import ROOT, real_spec, run_snakemake
 
 from prefixbench.endpoint import Capabilities, redact_url
 from prefixbench.server import ManagedServer, render_script
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "PREFIXBENCH_TEST_ENDPOINT_KEY"
 KEY = "pb-test-key-3f9a1c7e5d"  # a planted secret: it must not appear in any file the run writes
 
@@ -129,23 +127,7 @@ def endpoint_config(work: Path, servers: dict[str, ManagedServer], smollm2_dir: 
 
 
 def run_pipeline(work: Path, configfile: Path, env: dict, *targets: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *targets,
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(work),
-        "--configfile",
-        str(configfile),
-        "--cores",
-        "1",
-        "--resources",
-        "gpu=1",
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
+    return run_snakemake(work, configfile, *targets, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -21,17 +21,13 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from helpers import FAKE_VLLM, ROOT, SERVER_PYTHON, fake_prompts, fake_script, real_spec, snakemake_cmd  # noqa: E402
 
 from prefixbench.client import ClientConfig, run_closed_loop
 from prefixbench.config import default_bench_settings
-from prefixbench.host import cpu_dtype, read_cpu_info
 from prefixbench.measure import Point, measure_mode
 from prefixbench.prompts import write_jsonl
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, write_script
-
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-SERVER_PYTHON = ROOT / ".venv-server" / "bin" / "python"
 
 
 def procs_matching(needle: str) -> list[int]:
@@ -57,43 +53,8 @@ def procs_in(workdir: Path) -> list[int]:
     return out
 
 
-def real_spec(smollm2_dir: Path, **kw) -> ServerSpec:
-    base = dict(
-        python=str(SERVER_PYTHON),
-        model=str(smollm2_dir),
-        served_model_name="smollm2",
-        max_model_len=1024,
-        dtype=cpu_dtype("auto", read_cpu_info()).dtype,
-        extra_args=("--enforce-eager",),
-        env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
-    )
-    return ServerSpec(**{**base, **kw})
-
-
 def fake_points(tmp_path: Path, n: int, conc: int = 1) -> list[Point]:
-    prompts = tmp_path / "r.jsonl"
-    write_jsonl(
-        [
-            {
-                "prompt": f"PREFIX {'x ' * 20}\nQ: q{i}\nA:",
-                "prefix_len_tokens": 21,
-                "reuse_pct": 100,
-                "request_index": i,
-                "prefix_group": "shared",
-                "workload": "chat_policy",
-                "expected_cached_tokens": 0,
-            }
-            for i in range(n)
-        ],
-        prompts,
-    )
-    return [Point("r", 100, conc, prompts, tmp_path / "p.jsonl", tmp_path / "p.meta.json")]
-
-
-def fake_script(tmp_path: Path, env: str) -> Path:
-    script = tmp_path / "serve.sh"
-    script.write_text(f"#!/usr/bin/env bash\n{env} exec {sys.executable} {HERE / 'fake_vllm.py'} $1\n")
-    return script
+    return [Point("r", 100, conc, fake_prompts(tmp_path, n), tmp_path / "p.jsonl", tmp_path / "p.meta.json")]
 
 
 # 1. The server cannot start ------------------------------------------------------------------------
@@ -323,21 +284,7 @@ def small_pipeline_config(tmp_path: Path, smollm2_dir: Path) -> list[str]:
     cfg["regimes"]["small"]["reuse_pcts"] = [100]
     configfile = tmp_path / "c.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(tmp_path),
-        "--configfile",
-        str(configfile),
-        "--cores",
-        "1",
-        "--resources",
-        "gpu=1",
-    ]
+    return snakemake_cmd(tmp_path, configfile)
 
 
 def wait_for(pred, timeout_s: float, what: str) -> None:
@@ -448,23 +395,7 @@ def test_bad_config_rejected_before_any_server(tmp_path, reliability):
         path = tmp_path / f"{name.replace(' ', '_')}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         t0 = time.monotonic()
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "snakemake",
-                "-n",
-                "-d",
-                str(tmp_path),
-                "-s",
-                str(ROOT / "Snakefile"),
-                "--configfile",
-                str(path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = subprocess.run(snakemake_cmd(tmp_path, path, "-n"), capture_output=True, text=True, timeout=120)
         times.append(time.monotonic() - t0)
         assert out.returncode != 0 and needle in out.stdout + out.stderr, name
         assert "Traceback" not in out.stderr, name
@@ -490,9 +421,7 @@ async def test_soak_every_request_accounted(tmp_path, reliability):
     port_holder.bind(("127.0.0.1", 0))
     port = port_holder.getsockname()[1]
     port_holder.close()
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "fake_vllm.py"), str(port)], env={**os.environ, "FAKE_BROKEN_EVERY": "97"}
-    )
+    server = subprocess.Popen([sys.executable, str(FAKE_VLLM), str(port)], env={**os.environ, "FAKE_BROKEN_EVERY": "97"})
     try:
         import aiohttp
 
@@ -561,8 +490,7 @@ def test_planted_api_key_never_written(tmp_path, reliability, monkeypatch):
     points = fake_points(tmp_path, 6)
     script = tmp_path / "serve.sh"
     script.write_text(
-        '#!/usr/bin/env bash\nexport VLLM_API_KEY="${PREFIXBENCH_TEST_KEY:?}"\n'
-        f"exec {sys.executable} {HERE / 'fake_vllm.py'} $1\n"
+        f'#!/usr/bin/env bash\nexport VLLM_API_KEY="${{PREFIXBENCH_TEST_KEY:?}}"\nexec {sys.executable} {FAKE_VLLM} $1\n'
     )
     measure_mode(
         "with_prefix_cache",

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from prefixbench.ideal import Shape, achieved_share, fit_fixed_cost, ideal_ttft, load_shape, prefill_flops, shape_from_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.integration

@@ -13,12 +13,10 @@ import polars as pl
 import psutil
 import pytest
 import yaml
-from conftest import snakemake
+from helpers import run_snakemake as snakemake
 
 from prefixbench.aggregate import SEED_COLUMNS
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVER_PYTHON = ROOT / ".venv-server" / "bin" / "python"
 pytestmark = pytest.mark.integration
 
 

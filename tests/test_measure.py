@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import fake_prompts, fake_script
 
 from prefixbench.config import default_bench_settings
 from prefixbench.measure import Point, measure_mode
-from prefixbench.prompts import write_jsonl
 from prefixbench.server import ServerError
-
-HERE = Path(__file__).resolve().parent
 
 
 def setup(tmp_path, die_after=0, n=6):
-    script = tmp_path / "serve.sh"
-    env = f"FAKE_DIE_AFTER={die_after} " if die_after else ""
-    script.write_text(f"#!/usr/bin/env bash\n{env}exec {sys.executable} {HERE / 'fake_vllm.py'} $1\n")
-    prompts = tmp_path / "r.jsonl"
-    write_jsonl(
-        [
-            {
-                "prompt": f"PREFIX {'x ' * 20}\nQ: q{i}\nA:",
-                "prefix_len_tokens": 21,
-                "reuse_pct": 100,
-                "request_index": i,
-                "prefix_group": "shared",
-                "workload": "chat_policy",
-                "expected_cached_tokens": 0 if i == 0 else 16,
-            }
-            for i in range(n)
-        ],
-        prompts,
-    )
+    script = fake_script(tmp_path, f"FAKE_DIE_AFTER={die_after}" if die_after else "")
+    prompts = fake_prompts(tmp_path, n, warm_cached=16)
     points = [Point("r", 100, c, prompts, tmp_path / f"c{c}.jsonl", tmp_path / f"c{c}.meta.json") for c in (1, 2)]
     return script, points
 

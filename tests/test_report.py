@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import ROOT  # noqa: E402
 from synthetic import write_run
 
 from prefixbench.aggregate import load_meta, load_records, speedups, summarize, with_confidence
 from prefixbench.config import schema_defaults
 from prefixbench.report import render, ttft_finding, verdict
 
-ROOT = Path(__file__).resolve().parents[1]
 SLO = schema_defaults()["benchmark"]["slo"]
 TEMPLATE = ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2"
 

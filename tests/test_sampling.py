@@ -56,12 +56,13 @@ def steady_server():
     thread.join(10)
 
 
-async def worst_itl(base: str) -> float:
+async def stalls(base: str) -> int:
+    """Per-token gaps the client saw that are at least half a block longer than the server's pace."""
     recs = []
     cfg = ClientConfig(base, "m", max_tokens=TOKENS, request_timeout_s=10, stall_timeout_s=5)
     await run_closed_loop(cfg, [(i, "p") for i in range(8)], 4, recs.append)
     assert all(r.status == "ok" for r in recs)
-    return max(x for r in recs for x in r.itl_s)
+    return sum(x > GAP + BLOCK / 2 for r in recs for x in r.itl_s)
 
 
 async def test_a_sampler_that_blocks_30ms_changes_no_client_timing(steady_server):
@@ -74,15 +75,14 @@ async def test_a_sampler_that_blocks_30ms_changes_no_client_timing(steady_server
             await asyncio.sleep(0.05)
 
     task = asyncio.create_task(on_the_loop())
-    blocked = await worst_itl(steady_server)
+    blocked = await stalls(steady_server)
     stop.set()
     await task
-    assert blocked > GAP + 0.8 * BLOCK, f"the control did not stall the client ({blocked * 1e3:.1f} ms)"
-
     with Sampler("http://unused", None, interval_s=0.05, probe=lambda: time.sleep(BLOCK)) as sampler:
-        threaded = await worst_itl(steady_server)
+        threaded = await stalls(steady_server)
     assert sampler.samples >= 5
-    assert threaded < GAP + 0.4 * BLOCK, f"the threaded sampler stalled the client ({threaded * 1e3:.1f} ms)"
+    assert blocked >= 5, f"the control did not stall the client ({blocked} stalls)"
+    assert threaded <= blocked // 5, f"the threaded sampler stalled the client ({threaded} vs {blocked} on the loop)"
 
 
 def test_sampler_reads_peaks_in_its_thread():

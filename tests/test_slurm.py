@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import write_test_config
+from helpers import snakemake_cmd, write_test_config
 from slurm_cluster import SlurmCluster, conflict, install
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 KEYS = ["mode", "regime", "reuse_pct", "concurrency", "request_rate"]
 
@@ -42,24 +40,9 @@ def slurm(tmp_path_factory):
 def slurm_run(slurm, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm_pipeline")
     configfile = write_test_config(work)
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(work),
-        "--configfile",
-        str(configfile),
-        "--workflow-profile",
-        str(ROOT / "profiles/slurm"),
-        # This throwaway cluster keeps no accounting database (no sacct): ask squeue, and sooner.
-        "--slurm-status-command",
-        "squeue",
-        "--slurm-init-seconds-before-status-checks",
-        "5",
-    ]
+    # This throwaway cluster keeps no accounting database (no sacct): ask squeue, and sooner.
+    cmd = snakemake_cmd(work, configfile, "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks",
+                        "5", profile="slurm")  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2400, env=slurm.env)
     elapsed = time.monotonic() - t0
@@ -124,24 +107,8 @@ def test_scancel_mid_measurement_leaves_no_server(slurm, smollm2_dir, tmp_path, 
     cfg["regimes"]["small"]["reuse_pcts"] = [100]
     configfile = tmp_path / "cancel.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "results/raw/no_prefix_cache/server.json",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(tmp_path),
-        "--configfile",
-        str(configfile),
-        "--workflow-profile",
-        str(ROOT / "profiles/slurm"),
-        "--slurm-status-command",
-        "squeue",
-        "--slurm-init-seconds-before-status-checks",
-        "5",
-    ]
+    cmd = snakemake_cmd(tmp_path, configfile, "results/raw/no_prefix_cache/server.json", "--slurm-status-command", "squeue",
+                        "--slurm-init-seconds-before-status-checks", "5", profile="slurm")  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm.env)
 
     def vllm_procs() -> list[int]:

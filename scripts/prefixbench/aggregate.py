@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from .point_meta import PointMeta
 from .stats import busy_periods, closed_loop_rounds, cluster_ratio_ci, steady_window
 
 SEED_COLUMNS = ["mode", "prefix_len_tokens", "concurrency", "mean_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "notes"]
@@ -66,26 +67,25 @@ def with_window(records: pl.DataFrame) -> pl.DataFrame:
 def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
     rows = []
     for path in paths:
-        meta = json.loads(Path(path).read_text())
-        delta = meta.get("counters_delta", {})
-        meta.setdefault("request_rate", 0.0)
+        meta = PointMeta.read(path)
+        delta = meta.counters_delta
         rows.append(
             {
-                **{k: meta[k] for k in KEYS},
-                "wall_s": meta["wall_s"],
-                "requests_sent": meta["requests_sent"],
-                "cache_reset": meta["cache_reset"],
-                "measured_hit_rate": meta["measured_hit_rate"],
+                **{k: getattr(meta, k) for k in KEYS},
+                "wall_s": meta.wall_s,
+                "requests_sent": meta.requests_sent,
+                "cache_reset": meta.cache_reset,
+                "measured_hit_rate": meta.measured_hit_rate,
                 "hit_tokens": delta.get("vllm:prefix_cache_hits_total"),
                 "query_tokens": delta.get("vllm:prefix_cache_queries_total"),
                 "server_ttft_sum_s": delta.get("vllm:time_to_first_token_seconds_sum"),
                 "server_ttft_count": delta.get("vllm:time_to_first_token_seconds_count"),
                 "server_e2e_sum_s": delta.get("vllm:e2e_request_latency_seconds_sum"),
                 "server_e2e_count": delta.get("vllm:e2e_request_latency_seconds_count"),
-                "peak_server_rss_gib": meta.get("peak_server_rss_gib"),
-                "peak_gpu_mem_mib": meta.get("peak_gpu_mem_mib"),
-                "peak_kv_cache_usage": meta.get("peak_kv_cache_usage"),
-                "wall_s_per_repeat": [float(w) for w in meta.get("wall_s_per_repeat") or [meta["wall_s"]]],
+                "peak_server_rss_gib": meta.peak_server_rss_gib,
+                "peak_gpu_mem_mib": meta.peak_gpu_mem_mib,
+                "peak_kv_cache_usage": meta.peak_kv_cache_usage,
+                "wall_s_per_repeat": [float(w) for w in meta.wall_s_per_repeat],
             }
         )
     return pl.DataFrame(

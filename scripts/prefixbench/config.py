@@ -177,3 +177,46 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
         )
     if not questions(config) or any(not q for q in questions(config)):
         raise ConfigError("questions: the list is empty or holds a blank question; give at least one question")
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def script_closure(script: str | Path) -> list[str]:
+    """The package files an edge script runs: the modules it imports from prefixbench, and theirs."""
+    import ast
+
+    mods: list[str] = []
+    for node in ast.walk(ast.parse(Path(script).read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixbench"):
+            sub = node.module.removeprefix("prefixbench").lstrip(".")
+            mods += [sub] if sub else [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            mods += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("prefixbench.")]
+    return package_closure(*mods)
+
+
+def package_closure(*modules: str) -> list[str]:
+    """The package's modules that `modules` import, directly or not, as file paths (sorted).
+
+    A step's code inputs are derived from its imports (read with `ast`, function-level imports included),
+    so editing any module a step runs reruns that step; nothing is listed by hand."""
+    import ast
+
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen or not (PACKAGE_DIR / f"{name}.py").is_file():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((PACKAGE_DIR / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                todo += [node.module] if node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixbench"):
+                sub = node.module.removeprefix("prefixbench").lstrip(".")
+                todo += [sub] if sub else [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("prefixbench.")]
+    files = [str(PACKAGE_DIR / f"{m}.py") for m in seen] + [str(PACKAGE_DIR / "__init__.py")]
+    return sorted(set(files))

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import aiohttp
 
@@ -28,10 +28,21 @@ from .corpus import text_of_at_least
 from .endpoint import Capabilities, Endpoint, fetch_metrics, probe, redact_url, reset_prefix_cache
 from .host import hardware
 from .plan import Eta, fmt_duration
+from .point_meta import PointMeta
 from .prompts import read_prompts
 from .sampling import RecordWriter, Sampler
 from .server import ManagedServer, ServerError
 from .settings import BenchSettings, api_key
+
+
+class MeasuredTarget(Protocol):
+    """What measuring needs from a server, whether prefixbench started it (ManagedServer) or not (Endpoint)."""
+
+    base_url: str
+    log_path: Path
+    proc: subprocess.Popen | None
+
+    def check_alive(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -53,18 +64,24 @@ class Point:
         return f"rate{self.request_rate:g}" if self.request_rate else f"c{self.concurrency}"
 
 
-def client_config(server: ManagedServer | Endpoint, model: str, settings: BenchSettings) -> ClientConfig:
+def client_config(server: MeasuredTarget, model: str, settings: BenchSettings) -> ClientConfig:
     return ClientConfig(
         server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s, api_key(settings)
     )
 
 
-def capabilities_of(server: ManagedServer | Endpoint) -> Capabilities:
+def capabilities_of(server: MeasuredTarget) -> Capabilities:
     """A server we started is vLLM with everything on; an endpoint has what its probe found."""
-    if isinstance(server, Endpoint):
-        return server.capabilities
+    probed = getattr(server, "capabilities", None)
+    if probed is not None:
+        return probed
     return Capabilities(
-        metrics=True, prefix_cache_counters=True, latency_histograms=True, idle_gauges=True, kv_usage=True, cache_reset="ok"
+        metrics=True,
+        prefix_cache_counters=True,
+        latency_histograms=True,
+        idle_gauges=True,
+        kv_usage=True,
+        cache_reset="ok",
     )
 
 
@@ -84,7 +101,7 @@ def warmup_prompt(i: int, approx_tokens: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def server_calls(server: ManagedServer | Endpoint):
+async def server_calls(server: MeasuredTarget):
     """Turn a failed call to the server into a ServerError that says whether the process died."""
     try:
         yield
@@ -96,14 +113,14 @@ async def server_calls(server: ManagedServer | Endpoint):
 
 
 async def measure_point(
-    server: ManagedServer | Endpoint,
+    server: MeasuredTarget,
     model: str,
     point: Point,
     settings: BenchSettings,
     context: dict,
     server_pid: int | None,
     journal: TextIO | None = None,
-) -> dict:
+) -> PointMeta:
     """Measure one point `settings.repeats` times, each from a reset cache on an idle server.
 
     Each record goes to the point's file and, when given, to `journal`: a log that Snakemake keeps even
@@ -193,29 +210,29 @@ async def measure_point(
                     deltas.append(m.counter_delta(before, await counters(session)))
     delta = {k: sum(d.get(k, 0.0) for d in deltas) for k in {k for d in deltas for k in d}}
     sent = len(prompts) * settings.repeats
-    meta = {
-        **context,
-        "regime": point.regime,
-        "reuse_pct": point.reuse_pct,
-        "concurrency": point.concurrency,
-        "request_rate": point.request_rate,
-        "burstiness": settings.burstiness if point.request_rate else None,
-        "repeats": settings.repeats,
-        "requests_sent": sent,
-        "requests_ok": counts["ok"],
-        "requests_failed": counts["failed"],
-        "wall_s": sum(walls),
-        "wall_s_per_repeat": walls,
-        "cache_reset": next((r for r in resets if r != "ok"), "ok"),
-        "counters_delta": delta,
-        "counters_delta_per_repeat": deltas,
-        "measured_hit_rate": m.hit_rate(delta),
-        "peak_server_rss_gib": sampler.peak_rss_bytes / 2**30 if server_pid is not None else None,
-        "peak_gpu_mem_mib": sampler.peak_gpu_mem_mib,
-        "peak_kv_cache_usage": sampler.peak_kv_usage,
-        "memory_samples": sampler.samples,
-    }
-    point.meta_path.write_text(json.dumps(meta, indent=2))
+    meta = PointMeta(
+        mode=context["mode"],
+        regime=point.regime,
+        reuse_pct=point.reuse_pct,
+        concurrency=point.concurrency,
+        request_rate=point.request_rate,
+        burstiness=settings.burstiness if point.request_rate else None,
+        repeats=settings.repeats,
+        requests_sent=sent,
+        requests_ok=counts["ok"],
+        requests_failed=counts["failed"],
+        wall_s=sum(walls),
+        wall_s_per_repeat=walls,
+        cache_reset=next((r for r in resets if r != "ok"), "ok"),
+        counters_delta=delta,
+        counters_delta_per_repeat=deltas,
+        measured_hit_rate=m.hit_rate(delta),
+        peak_server_rss_gib=sampler.peak_rss_bytes / 2**30 if server_pid is not None else None,
+        peak_gpu_mem_mib=sampler.peak_gpu_mem_mib,
+        peak_kv_cache_usage=sampler.peak_kv_usage,
+        memory_samples=sampler.samples,
+    )
+    meta.write(point.meta_path)
     if counts["failed"] > settings.max_failed_fraction * sent:
         raise RuntimeError(
             f"{counts['failed']} of {sent} requests failed at {point.regime} reuse {point.reuse_pct}% "
@@ -224,7 +241,7 @@ async def measure_point(
     return meta
 
 
-async def warm_up(server: ManagedServer | Endpoint, model: str, settings: BenchSettings, approx_tokens: int) -> list[dict]:
+async def warm_up(server: MeasuredTarget, model: str, settings: BenchSettings, approx_tokens: int) -> list[dict]:
     cfg = client_config(server, model, settings)
     out: list[dict] = []
     prompts = [(i, warmup_prompt(i, approx_tokens)) for i in range(settings.warmup_requests)]
@@ -246,7 +263,7 @@ def server_version(python: str) -> str:
 
 def measure_points(
     mode: str,
-    server: ManagedServer | Endpoint,
+    server: MeasuredTarget,
     model: str,
     points: Sequence[Point],
     settings: BenchSettings,
@@ -271,7 +288,7 @@ def measure_points(
         # One line per point on stdout (the console), while the progress bars go to the job's log.
         print(
             f"[prefixbench] {mode} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
-            f"{point.label}: {meta['requests_ok']}/{meta['requests_sent']} ok in {meta['wall_s']:.1f} s; "
+            f"{point.label}: {meta.requests_ok}/{meta.requests_sent} ok in {meta.wall_s:.1f} s; "
             f"elapsed {fmt_duration(time.monotonic() - t0)}, about {fmt_duration(eta.remaining_s())} left",
             flush=True,
         )
