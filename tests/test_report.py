@@ -11,7 +11,8 @@ from synthetic import write_run
 
 from prefixbench.aggregate import load_meta, load_records, speedups, summarize, with_confidence
 from prefixbench.config import schema_defaults
-from prefixbench.report import render, ttft_finding, verdict
+from prefixbench.findings import ttft_finding, verdict
+from prefixbench.report import render
 
 SLO = schema_defaults()["benchmark"]["slo"]
 TEMPLATE = ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prefixbench.report import verdict
+from prefixbench.findings import verdict
 from prefixbench.stats import (
     bootstrap_ratio_ci,
     busy_periods,

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import polars as pl
 
+from . import MODES, OFF, ON
 from .point_meta import PointMeta
 from .stats import busy_periods, closed_loop_rounds, cluster_ratio_ci, steady_window
 
 SEED_COLUMNS = ["mode", "prefix_len_tokens", "concurrency", "mean_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "notes"]
 KEYS = ["mode", "regime", "reuse_pct", "concurrency", "request_rate"]
-MODE_ORDER = {"no_prefix_cache": 0, "with_prefix_cache": 1}
+MODE_ORDER = {OFF: 0, ON: 1}
 
 
 def load_records(paths: Iterable[Path]) -> pl.DataFrame:
@@ -201,7 +202,7 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
             (pl.col("requests_ok") / pl.col("wall_s")).alias("req_s"),
             (pl.col("requests_failed") / pl.col("requests_sent")).alias("error_rate"),
             (pl.col("cached_tokens") / pl.col("prompt_tokens")).alias("client_cached_fraction"),
-            pl.when(pl.col("mode") == "no_prefix_cache")
+            pl.when(pl.col("mode") == OFF)
             .then(0.0)
             .otherwise(pl.col("expected_cached_tokens") / pl.col("prompt_tokens"))
             .alias("expected_hit_rate"),
@@ -242,8 +243,8 @@ def speedups(summary: pl.DataFrame) -> pl.DataFrame:
         "peak_kv_cache_usage",
     ]
     keys = ["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "request_rate"]
-    off = summary.filter(pl.col("mode") == "no_prefix_cache").select(keys + cols).rename({c: f"{c}_off" for c in cols})
-    on = summary.filter(pl.col("mode") == "with_prefix_cache").select(keys + cols).rename({c: f"{c}_on" for c in cols})
+    off = summary.filter(pl.col("mode") == OFF).select(keys + cols).rename({c: f"{c}_off" for c in cols})
+    on = summary.filter(pl.col("mode") == ON).select(keys + cols).rename({c: f"{c}_on" for c in cols})
     return (
         off.join(on, on=keys, how="inner")
         .with_columns(
@@ -303,7 +304,7 @@ def aa_floor(records: pl.DataFrame) -> pl.DataFrame:
     rows = []
     scopes = [("*", aa)] + [(r, g) for (r,), g in aa.group_by("regime", maintain_order=True)]
     for regime, grp in scopes:
-        off, on = (grp.filter(pl.col("mode") == m) for m in ("no_prefix_cache", "with_prefix_cache"))
+        off, on = (grp.filter(pl.col("mode") == m) for m in MODES)
         row = {"regime": regime, "aa_requests_off": off.height, "aa_requests_on": on.height}
         for metric, name in (("ttft_s", "aa_ttft"), ("e2e_s", "aa_e2e")):
             ci = _ci(off, on, metric)
@@ -328,7 +329,7 @@ def with_confidence(sp: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
     }
     for r in sp.iter_rows(named=True):
         point = (r["regime"], r["reuse_pct"], r["concurrency"], r["request_rate"])
-        off, on = groups.get(("no_prefix_cache", *point)), groups.get(("with_prefix_cache", *point))
+        off, on = groups.get((OFF, *point)), groups.get((ON, *point))
         for metric, name in (("ttft_s", "ttft_speedup"), ("e2e_s", "e2e_speedup")):
             ci = _ci(off, on, metric)
             cols[f"{name}_lo"].append(ci[0] if ci else None)

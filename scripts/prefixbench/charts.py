@@ -7,10 +7,11 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from . import MODES
 from .aggregate import closed_loop, open_loop
 from .ideal import Shape, ideal_rows, load_shape
 
-MODE_COLORS = alt.Scale(domain=["no_prefix_cache", "with_prefix_cache"], range=["#d62728", "#1f77b4"])
+MODE_COLORS = alt.Scale(domain=list(MODES), range=["#d62728", "#1f77b4"])
 
 
 def _with_labels(summary: pl.DataFrame) -> pl.DataFrame:

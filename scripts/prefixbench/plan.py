@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from . import MODES
+from . import MODES, ON
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def fit_rates(samples: Sequence[tuple[int, float, float, int]]) -> Rates:
 
 
 def uncached_tokens(prompt: dict, mode: str) -> int:
-    cached = (prompt.get("expected_cached_tokens") or 0) if mode == "with_prefix_cache" else 0
+    cached = (prompt.get("expected_cached_tokens") or 0) if mode == ON else 0
     return prompt["prompt_len_tokens"] - cached
 
 

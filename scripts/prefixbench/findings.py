@@ -1,0 +1,752 @@
+"""The report's findings: each answer to a seed question, and the sentence it supports, computed from the data.
+
+An effect is claimed only where its clustered 95% interval excludes 1 and clears the run's A/A floor (see
+stats.outside_floor); without an interval it is shown, not claimed. The template only arranges these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from . import OFF, ON
+from .aggregate import closed_loop, open_loop
+from .formatting import fmt_pct, fmt_s, fmt_x, markdown_table
+from .ideal import Shape, ideal_rows
+from .stats import outside_floor
+
+NOISE = 0.05  # relative change treated as no change where a rule needs one and no interval exists (hit rates)
+GAP_FLAG_S, GAP_FLAG_FRAC = 0.05, 0.25  # client-vs-server gap beyond loopback overhead: both exceeded
+
+
+def verdict(
+    ratio: float | None,
+    better: str = "faster",
+    worse: str = "slower",
+    ci: tuple[float | None, float | None] | None = None,
+    floor: tuple[float, float] | None = None,
+) -> str:
+    """Words for an off/on ratio where >1 means the cache helped.
+
+    An effect is claimed only when its clustered 95% CI excludes 1 and clears the A/A floor (the interval two
+    identical setups show on this run); without an interval nothing is claimed."""
+    if ratio is None:
+        return "not measured"
+    if not ci or ci[0] is None or ci[1] is None:
+        return f"{fmt_x(ratio)} off/on, not claimed (no interval: too few independent rounds)"
+    band = f"95% CI {ci[0]:.2f}–{ci[1]:.2f}"
+    if ci[0] <= 1 <= ci[1]:
+        return f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)"
+    if not outside_floor((ci[0], ci[1]), floor):
+        return f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})"
+    if ratio > 1:
+        return f"{fmt_x(ratio)} {better} ({band})"
+    return f"{fmt_x(1 / ratio)} {worse} (95% CI {1 / ci[1]:.2f}–{1 / ci[0]:.2f})"
+
+
+def ci_of(row: dict, name: str) -> tuple[float | None, float | None] | None:
+    lo, hi = row.get(f"{name}_lo"), row.get(f"{name}_hi")
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+def floor_of(row: dict, name: str = "ttft_speedup") -> tuple[float, float] | None:
+    """The A/A interval that goes with a ratio column (TTFT or E2E) of a speed-up row."""
+    kind = "e2e" if name.startswith("e2e") else "ttft"
+    lo, hi = row.get(f"aa_{kind}_lo"), row.get(f"aa_{kind}_hi")
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+def judged(row: dict, name: str = "ttft_speedup") -> str:
+    return verdict(row[name], ci=ci_of(row, name), floor=floor_of(row, name))
+
+
+def helped(row: dict, name: str = "ttft_speedup") -> bool:
+    """The cache helped beyond noise: the CI lies above 1 and above the A/A floor."""
+    ci = ci_of(row, name)
+    return ci is not None and row[name] > 1 and outside_floor(ci, floor_of(row, name))
+
+
+def hurt(row: dict, name: str = "ttft_speedup") -> bool:
+    ci = ci_of(row, name)
+    return ci is not None and row[name] < 1 and outside_floor(ci, floor_of(row, name))
+
+
+@dataclass
+class Finding:
+    answer: str
+    details: list[str]
+
+
+def _rows(df: pl.DataFrame) -> list[dict]:
+    return list(df.iter_rows(named=True))
+
+
+def ttft_finding(sp: pl.DataFrame) -> Finding:
+    top = sp.filter(pl.col("reuse_pct") == sp["reuse_pct"].max())
+    rows = _rows(top)
+    n_helped, n_hurt = sum(helped(r) for r in rows), sum(hurt(r) for r in rows)
+    best = top.sort("ttft_speedup", descending=True).row(0, named=True)
+    claimed = [r for r in rows if helped(r)]
+    if n_helped == top.height:
+        lo = min(r["ttft_speedup_lo"] for r in claimed)
+        answer = (
+            f"Yes. At {best['reuse_pct']}% reuse the cache cut mean TTFT at every point, beyond the A/A noise floor; "
+            f"the smallest interval bound was {fmt_x(lo)}, the largest cut {best['regime']} "
+            f"({best['prefix_len_tokens']} tokens) at concurrency {best['concurrency']}: {fmt_s(best['mean_ttft_s_off'])} "
+            f"→ {fmt_s(best['mean_ttft_s_on'])}, {judged(best)}."
+        )
+    elif n_helped == 0:
+        answer = (
+            f"No claim. At {best['reuse_pct']}% reuse no point showed a TTFT cut whose interval clears the A/A "
+            f"noise floor (ratios {fmt_x(top['ttft_speedup'].min())} to {fmt_x(top['ttft_speedup'].max())})."
+        )
+    else:
+        b = max(claimed, key=lambda r: r["ttft_speedup"])
+        answer = (
+            f"Partly. At {b['reuse_pct']}% reuse the cache cut mean TTFT beyond the A/A noise floor at {n_helped} of "
+            f"{top.height} points; the largest: {b['regime']} at concurrency {b['concurrency']}, "
+            f"{fmt_s(b['mean_ttft_s_off'])} → {fmt_s(b['mean_ttft_s_on'])}, {judged(b)}."
+        )
+    if n_hurt:
+        answer += f" At {n_hurt} point(s) the cache made TTFT worse beyond the floor (listed below)."
+    details = [
+        f"{r['regime']} ({r['prefix_len_tokens']} tok), reuse {r['reuse_pct']}%, c={r['concurrency']}: "
+        f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}, {judged(r)}"
+        for r in _rows(sp)
+    ]
+    answer += (
+        " Intervals are 95% bootstrap CIs that resample whole rounds of requests (requests sent together share "
+        "their fate), and an effect is claimed only where its interval excludes 1 and clears the A/A floor."
+    )
+    return Finding(answer, details)
+
+
+def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
+    """y at x on a curve of (p95, tok/s) points sorted by p95; None outside its measured range."""
+    if not curve or x < curve[0][0] or x > curve[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return curve[-1][1]
+
+
+def throughput_curve(rows: pl.DataFrame, column: str = "tok_s") -> list[tuple[float, float]]:
+    """A mode's throughput against p95 E2E over its load levels (closed-loop concurrencies and open-loop rates),
+    as the best throughput reached at or below each p95 (a frontier, so it never falls as the budget grows)."""
+    pts = sorted((r["p95_e2e_s"], r[column]) for r in _rows(rows) if r["p95_e2e_s"] is not None and r[column] is not None)
+    out, best = [], 0.0
+    for x, y in pts:
+        best = max(best, y)
+        out.append((x, best))
+    return out
+
+
+def throughput_at_p95(summary: pl.DataFrame) -> list[dict]:
+    """Per (regime, reuse): each mode's throughput at the same p95 E2E budget, read off its interpolated curve.
+
+    The budget is the highest p95 that both modes' measured ranges reach, so neither side is extrapolated;
+    the interval pairs the repeats' lowest and highest throughput curves (none with a single repeat)."""
+    out = []
+    for (regime, reuse), grp in summary.group_by(["regime", "reuse_pct"], maintain_order=True):
+        off, on = grp.filter(pl.col("mode") == OFF), grp.filter(pl.col("mode") == ON)
+        c_off, c_on = throughput_curve(off), throughput_curve(on)
+        if not c_off or not c_on:
+            continue
+        low, high = max(c_off[0][0], c_on[0][0]), min(c_off[-1][0], c_on[-1][0])
+        row = {
+            "regime": regime,
+            "reuse_pct": reuse,
+            "prefix_len_tokens": grp["prefix_len_tokens"][0],
+            "range_off": (c_off[0][0], c_off[-1][0]),
+            "range_on": (c_on[0][0], c_on[-1][0]),
+            "p95_budget_s": None,
+            "tok_s_off": None,
+            "tok_s_on": None,
+            "gain": None,
+            "gain_ci": None,
+        }
+        if low <= high:
+            budget = high
+            t_off, t_on = interpolate(c_off, budget), interpolate(c_on, budget)
+            row.update(p95_budget_s=budget, tok_s_off=t_off, tok_s_on=t_on, gain=t_on / t_off if t_off else None)
+            if "tok_s_lo" in grp.columns and not grp["tok_s_lo"].is_null().any():
+                lo_off, hi_off = (interpolate(throughput_curve(off, c), budget) for c in ("tok_s_lo", "tok_s_hi"))
+                lo_on, hi_on = (interpolate(throughput_curve(on, c), budget) for c in ("tok_s_lo", "tok_s_hi"))
+                if all(v for v in (lo_off, hi_off, lo_on, hi_on)):
+                    row["gain_ci"] = (lo_on / hi_off, hi_on / lo_off)
+        out.append(row)
+    return out
+
+
+def throughput_finding(summary: pl.DataFrame) -> Finding:
+    rows = throughput_at_p95(summary)
+    details = []
+    for r in rows:
+        head = f"{r['regime']} ({r['prefix_len_tokens']} tok), reuse {r['reuse_pct']}%: "
+        if r["p95_budget_s"] is None:
+            details.append(
+                head + f"the modes' p95 ranges do not overlap (off {fmt_s(r['range_off'][0])}–"
+                f"{fmt_s(r['range_off'][1])}, on {fmt_s(r['range_on'][0])}–{fmt_s(r['range_on'][1])}), so no "
+                "common budget lies inside both measured ranges."
+            )
+            continue
+        words = verdict(r["gain"], "more", "less", ci=r["gain_ci"]).replace("off/on", "on/off")
+        details.append(
+            head + f"at p95 E2E {fmt_s(r['p95_budget_s'])} (the highest both modes measured), off "
+            f"{r['tok_s_off']:.1f} tok/s, on {r['tok_s_on']:.1f} tok/s: {words}"
+        )
+    judged_rows = [r for r in rows if r["gain"] is not None]
+    if not judged_rows:
+        return Finding("Not answerable from this run: the two modes' p95 ranges never overlap.", details)
+    more = [r for r in judged_rows if r["gain_ci"] and r["gain_ci"][0] > 1]
+    gains = [r["gain"] for r in judged_rows]
+    if len(more) == len(judged_rows):
+        answer = f"Yes: at the same p95 budget the cache sustained {fmt_x(min(gains))} to {fmt_x(max(gains))} the throughput."
+    elif not more:
+        answer = (
+            f"No claim: at the same p95 budget, throughput ratios (on/off) were {fmt_x(min(gains))} to "
+            f"{fmt_x(max(gains))}, none with an interval above 1."
+        )
+    else:
+        answer = (
+            f"In {len(more)} of {len(judged_rows)} regime/reuse cases, beyond the repeats' spread: throughput ratios "
+            f"at the same p95 budget ranged {fmt_x(min(gains))} to {fmt_x(max(gains))}."
+        )
+    return Finding(
+        answer
+        + (
+            " Each mode's throughput is read off its own throughput-vs-p95 curve (every load level it ran), "
+            "interpolated at the highest p95 both modes reached; intervals pair the repeats' slowest and "
+            "fastest runs."
+        ),
+        details,
+    )
+
+
+def memory_finding(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
+    """Peak memory compared point for point (the same traffic with the cache off and on), never maxima of different points."""
+    by_mode = {mode: summary.filter(pl.col("mode") == mode) for mode in (OFF, ON)}
+    if by_mode[OFF]["peak_server_rss_gib"].is_null().all() or by_mode[ON]["peak_server_rss_gib"].is_null().all():
+        return remote_memory_finding({m: d["peak_kv_cache_usage"].max() for m, d in by_mode.items()})
+    rows = _rows(sp)
+    details = []
+    for r in rows:
+        parts = [f"RSS {r['peak_server_rss_gib_off']:.2f} → {r['peak_server_rss_gib_on']:.2f} GiB"]
+        if r.get("peak_kv_cache_usage_off") is not None and r.get("peak_kv_cache_usage_on") is not None:
+            parts.append(f"KV cache {fmt_pct(r['peak_kv_cache_usage_off'])} → {fmt_pct(r['peak_kv_cache_usage_on'])}")
+        if r.get("peak_gpu_mem_mib_off") is not None and r.get("peak_gpu_mem_mib_on") is not None:
+            parts.append(f"GPU {r['peak_gpu_mem_mib_off']:.0f} → {r['peak_gpu_mem_mib_on']:.0f} MiB")
+        details.append(f"{r['regime']} reuse {r['reuse_pct']}% {load_label(r)}: " + ", ".join(parts))
+    rss = [
+        (r["peak_server_rss_gib_on"] - r["peak_server_rss_gib_off"])
+        for r in rows
+        if r["peak_server_rss_gib_on"] is not None and r["peak_server_rss_gib_off"] is not None
+    ]
+    answer = (
+        (
+            f"Point for point (the same requests off and on), peak server RSS moved by {min(rss):+.2f} to {max(rss):+.2f} GiB "
+            "with the cache on. vLLM preallocates its KV-cache pool either way; caching only keeps freed blocks "
+            "reusable until they are needed, so it does not change the process's memory."
+        )
+        if rss
+        else "Not measured."
+    )
+    kv = [
+        (r["peak_kv_cache_usage_off"], r["peak_kv_cache_usage_on"])
+        for r in rows
+        if r.get("peak_kv_cache_usage_off") is not None and r.get("peak_kv_cache_usage_on") is not None
+    ]
+    if kv:
+        lower = sum(on < off for off, on in kv)
+        higher = sum(on > off for off, on in kv)
+        answer += (
+            f" The KV-cache usage gauge peaked lower with the cache on at {lower} of {len(kv)} points and higher at "
+            f"{higher}: a shared prefix's blocks are held once for every request using them, while finished "
+            "requests' blocks stay resident (counted as used) until evicted."
+        )
+    return Finding(
+        answer + " Memory is sampled in its own thread at the configured rate (default 10 Hz) while each point runs.", details
+    )
+
+
+def remote_memory_finding(kv: dict[str, float | None]) -> Finding:
+    """Existing endpoints: no process memory to read; the KV-cache gauge where their /metrics has it."""
+    answer = (
+        "Not measurable here: the servers are existing endpoints, not processes on this machine, so their memory was not read."
+    )
+    details = []
+    if kv[OFF] is not None and kv[ON] is not None:
+        answer += f" Their KV-cache usage gauge peaked at {kv[OFF]:.1%} of the pool with the cache off and {kv[ON]:.1%} on."
+        details.append("KV-cache usage from each endpoint's `vllm:kv_cache_usage_perc` gauge, sampled during every point.")
+    return Finding(answer, details)
+
+
+def reuse_finding(sp: pl.DataFrame) -> Finding:
+    c1 = sp.filter(pl.col("concurrency") == sp["concurrency"].min())
+    details = []
+    for (regime,), grp in c1.group_by("regime", maintain_order=True):
+        parts = ", ".join(
+            f"{r['reuse_pct']}% reuse {fmt_x(r['ttft_speedup'])}" for r in _rows(grp.sort("reuse_pct", descending=True))
+        )
+        details.append(f"{regime} ({grp['prefix_len_tokens'][0]} tok, {_workload(grp)}) at c={grp['concurrency'][0]}: {parts}")
+    aa = aa_row(sp)
+    if aa is not None:
+        details.append(
+            f"Requests that can hit nothing (the A/A control: never-shared prefixes one at a time, and 0%-reuse "
+            f"points): {aa_words(aa)}."
+        )
+    best = sp.sort("ttft_speedup", descending=True).row(0, named=True)
+    answer = (
+        f"The gain tracks how much of each prompt is a prefix already in cache. The best case here was "
+        f"{best['regime']} ({best['prefix_len_tokens']} tokens, {best['workload']}) at {best['reuse_pct']}% reuse "
+        f"and concurrency {best['concurrency']}: {fmt_x(best['ttft_speedup'])}. "
+        "Shapes that put the same long text in front of many requests benefit most: a fixed system prompt or tool "
+        "policy (the chat_policy regime), a RAG document asked about repeatedly (rag_document), and multi-turn chat, "
+        "where each turn's history is the next turn's prefix. Traffic whose long parts differ per request gains nothing."
+    )
+    return Finding(answer, details)
+
+
+def aa_row(sp: pl.DataFrame) -> dict | None:
+    """The run's pooled A/A control (the `aa_*` columns aggregate wrote beside each ratio), if it was measured."""
+    if "aa_ttft_ratio" not in sp.columns or sp["aa_ttft_ratio"].is_null().all():
+        return None
+    return sp.drop_nulls("aa_ttft_ratio").row(0, named=True)
+
+
+def aa_words(row: dict) -> str:
+    """The A/A control in words: off/on TTFT of requests that miss in both settings."""
+    lo, hi = row.get("aa_ttft_lo"), row.get("aa_ttft_hi")
+    if lo is None or hi is None:
+        return f"off/on mean TTFT {fmt_x(row['aa_ttft_ratio'])}, no interval (too few independent rounds)"
+    return f"off/on mean TTFT {fmt_x(row['aa_ttft_ratio'])}, 95% CI {lo:.2f}–{hi:.2f}"
+
+
+def aa_finding(sp: pl.DataFrame, floor_rows: list[dict]) -> Finding:
+    """What the A/A control is and what it showed; the rows are per regime plus the pooled one."""
+    what = (
+        "Requests that can hit nothing in either setting — never-shared prefixes sent one at a time, and every request "
+        "of a 0%-reuse point — do identical work with the cache off and on, so their off/on ratio is what noise alone "
+        "produces on this machine. No cache effect in this report is claimed unless its interval excludes 1 and clears "
+        "this band (the regime's own, else the pooled one)."
+    )
+    if not floor_rows or all(r.get("aa_ttft_ratio") is None for r in floor_rows):
+        return Finding(
+            what + " This run had no such requests (every point reused the prefix fully), so the floor was not "
+            "measured and claims rest on their intervals alone.",
+            [],
+        )
+    return Finding(what + " " + ("Measured: " + aa_words(aa_row(sp)) + "." if aa_row(sp) else ""), [])
+
+
+def aa_table(sp: pl.DataFrame) -> list[dict]:
+    """One row per regime: the A/A requests and their interval, the band no cache effect is claimed inside."""
+    cols = [
+        "regime",
+        "aa_requests_off",
+        "aa_requests_on",
+        "aa_ttft_ratio",
+        "aa_ttft_lo",
+        "aa_ttft_hi",
+        "aa_e2e_ratio",
+        "aa_e2e_lo",
+        "aa_e2e_hi",
+    ]
+    if "aa_ttft_ratio" not in sp.columns:
+        return []
+    return _rows(sp.select([c for c in cols if c in sp.columns]).unique(subset=["regime"], maintain_order=True))
+
+
+def _workload(grp: pl.DataFrame) -> str:
+    return grp["workload"][0]
+
+
+def prefix_length_finding(sp: pl.DataFrame) -> Finding:
+    """Speed-up and time saved per request from the shortest to the longest prefix, at each concurrency.
+
+    "Grew" is claimed only where the two speed-ups' intervals do not overlap."""
+    top = sp.filter(pl.col("reuse_pct") == sp["reuse_pct"].max())
+    details, trends = [], []
+    for (conc,), grp in top.group_by("concurrency", maintain_order=True):
+        g = _rows(grp.sort("prefix_len_tokens"))
+        details.append(
+            f"c={conc}: "
+            + "; ".join(
+                f"{r['prefix_len_tokens']} tok {judged(r)} (saves {fmt_s(r['mean_ttft_s_off'] - r['mean_ttft_s_on'])})" for r in g
+            )
+        )
+        if len(g) >= 2:
+            trends.append((conc, g[0], g[-1]))
+    if not trends:
+        return Finding("Only one prefix length was measured, so the trend is not answerable from this run.", details)
+
+    def direction(a: dict, b: dict) -> str:
+        ca, cb = ci_of(a, "ttft_speedup"), ci_of(b, "ttft_speedup")
+        if ca is None or cb is None:
+            return "cannot be compared (no interval)"
+        if cb[0] > ca[1]:
+            return "grew"
+        if cb[1] < ca[0]:
+            return "shrank"
+        return "did not change beyond its intervals"
+
+    parts = [
+        f"at c={c} the speed-up {direction(a, b)}: {fmt_x(a['ttft_speedup'])} at {a['prefix_len_tokens']} tokens, "
+        f"{fmt_x(b['ttft_speedup'])} at {b['prefix_len_tokens']} (time saved per request "
+        f"{fmt_s(a['mean_ttft_s_off'] - a['mean_ttft_s_on'])} → {fmt_s(b['mean_ttft_s_off'] - b['mean_ttft_s_on'])})"
+        for c, a, b in trends
+    ]
+    grew = sum(direction(a, b) == "grew" for _, a, b in trends)
+    if grew == len(trends):
+        tail = "At every concurrency the longer prefix bought the larger speed-up: the cache skips more prefill."
+    elif grew == 0:
+        tail = (
+            "At no concurrency is the longer prefix's speed-up larger beyond the intervals: either fixed per-request "
+            "overhead, not prefill, dominates TTFT here, or the run is too small to tell (see the intervals)."
+        )
+    else:
+        tail = f"The longer prefix bought a larger speed-up, beyond the intervals, at {grew} of {len(trends)} concurrency levels."
+    answer = f"At {top['reuse_pct'][0]}% reuse, " + "; ".join(parts) + ". " + tail
+    return Finding(answer, details)
+
+
+def hit_rate_model(summary: pl.DataFrame) -> Finding:
+    on = summary.filter(pl.col("mode") == ON)
+    off = summary.filter(pl.col("mode") == OFF)
+    details = [
+        f"{r['regime']} reuse {r['reuse_pct']}% c={r['concurrency']}: measured hit rate {fmt_pct(r['measured_hit_rate'])} "
+        f"(expected {fmt_pct(r['expected_hit_rate'])} if requests ran one at a time)"
+        for r in _rows(on)
+    ]
+    off_hits = off["hit_tokens"].fill_null(0).sum()
+    details.append(f"Cache off: {off_hits:.0f} hit tokens in total (must be 0).")
+    reuses = sorted(set(summary["reuse_pct"].to_list()), reverse=True)
+    answer = (
+        f"Reuse levels tested: {', '.join(f'{r}%' for r in reuses)} of requests sharing the prefix "
+        f"(measured token hit rates with the cache on: {fmt_pct(on['measured_hit_rate'].min())} to "
+        f"{fmt_pct(on['measured_hit_rate'].max())})."
+    )
+    # Mixed traffic: mean TTFT ≈ f·TTFT(warm) + (1−f)·TTFT(cold); test it on the measured points.
+    preds = []
+    c_min = summary["concurrency"].min()
+    for regime in summary["regime"].unique(maintain_order=True).to_list():
+        full = on.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == c_min))
+        cold = off.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == c_min))
+        for r in _rows(on.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") < 100) & (pl.col("concurrency") == c_min))):
+            if full.is_empty() or cold.is_empty():
+                continue
+            f = r["reuse_pct"] / 100
+            pred = f * full["mean_ttft_s"][0] + (1 - f) * cold["mean_ttft_s"][0]
+            preds.append((regime, r["reuse_pct"], pred, r["mean_ttft_s"]))
+    for regime, reuse, pred, meas in preds:
+        details.append(
+            f"{regime} at {reuse}% reuse, c={c_min}: model predicts mean TTFT {fmt_s(pred)}, measured {fmt_s(meas)} "
+            f"({(meas / pred - 1):+.0%})."
+        )
+    if preds:
+        err = max(abs(m / p - 1) for *_, p, m in preds)
+        answer += (
+            f" Mixed traffic behaves like a blend: mean TTFT ≈ f·TTFT(warm) + (1−f)·TTFT(cold), with f the share of "
+            f"requests that reuse a cached prefix; on this run that model was within {err:.0%} of the measured "
+            "mixed-traffic TTFT. The benefit shrinks in proportion to the misses."
+        )
+    return Finding(answer, details)
+
+
+def load_label(row: dict) -> str:
+    return f"open loop {row['request_rate']:g} req/s" if row.get("request_rate") else f"c={row['concurrency']}"
+
+
+def timing_flags(summary: pl.DataFrame) -> pl.DataFrame:
+    """Points whose client-vs-server mean TTFT or E2E gap exceeds both GAP_FLAG_S and GAP_FLAG_FRAC."""
+
+    def off(gap: str, server: str) -> pl.Expr:
+        return (pl.col(gap).abs() > GAP_FLAG_S) & (pl.col(gap).abs() > GAP_FLAG_FRAC * pl.col(server))
+
+    return summary.filter(off("ttft_gap_s", "server_mean_ttft_s") | off("e2e_gap_s", "server_mean_e2e_s"))
+
+
+def hit_flags(summary: pl.DataFrame, block_size: int) -> pl.DataFrame:
+    """Points whose server-counted hits differ from the generator's expectation by more than a block per request;
+    with the cache off, any hit at all."""
+    on = pl.col("mode") == ON
+    diff = (pl.col("hit_tokens").fill_null(0) - pl.col("expected_cached_tokens")).abs()
+    return summary.filter((on & (diff > block_size * pl.col("requests_sent"))) | (~on & (pl.col("hit_tokens").fill_null(0) > 0)))
+
+
+def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
+    details = []
+    timed = summary.drop_nulls("server_mean_ttft_s")
+    if timed.height:
+        details.append(
+            f"Client minus server mean TTFT (server: `vllm:time_to_first_token_seconds`, deltas around each point): "
+            f"{fmt_s(timed['ttft_gap_s'].min())} to {fmt_s(timed['ttft_gap_s'].max())}; end-to-end "
+            f"(`vllm:e2e_request_latency_seconds`): {fmt_s(timed['e2e_gap_s'].min())} to {fmt_s(timed['e2e_gap_s'].max())}."
+        )
+        tf = timing_flags(timed)
+        details.append(
+            "No point's gap exceeds loopback overhead (flag: over both "
+            f"{fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%} of the server's figure)."
+            if tf.is_empty()
+            else f"Flagged, gap beyond loopback overhead (over both {fmt_s(GAP_FLAG_S)} and {GAP_FLAG_FRAC:.0%}): "
+            + ", ".join(
+                f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% {load_label(r)} (TTFT gap {fmt_s(r['ttft_gap_s'])})"
+                for r in _rows(tf)
+            )
+            + ". Queueing in the API server before the engine sees a request counts for the client only."
+        )
+    else:
+        details.append("The server exposed no latency histograms, so client timings could not be cross-checked.")
+    on = summary.filter(pl.col("mode") == ON)
+    if summary["hit_tokens"].is_null().all():
+        client_cached = int(on["cached_tokens"].fill_null(0).sum())
+        details.append(
+            "No server-side prefix-cache counters (`/metrics` without `vllm:prefix_cache_hits_total`): hits "
+            f"could not be counted by the server. Per-request `cached_tokens` sum to {client_cached} with the "
+            f"cache on and {int(summary.filter(pl.col('mode') == OFF)['cached_tokens'].fill_null(0).sum())} "
+            "with it off."
+        )
+        return Finding("Cross-checks were limited to what the endpoints expose (see below).", details)
+    hf = hit_flags(summary, block_size)
+    details.append(
+        f"Cache hits, server counters vs the prompt generator's expectation (whole {block_size}-token blocks of the shared "
+        "prefix, last prompt token recomputed, first request of a prefix a miss): "
+        + (
+            "every point within a block per request."
+            if hf.is_empty()
+            else "disagreeing at "
+            + ", ".join(
+                f"{r['mode']} {r['regime']} reuse {r['reuse_pct']}% {load_label(r)} "
+                f"({r['hit_tokens']:.0f} vs {r['expected_cached_tokens']})"
+                for r in _rows(hf)
+            )
+            + "."
+        )
+    )
+    client_cached = int(on["cached_tokens"].fill_null(0).sum())
+    server_hits = int(on["hit_tokens"].fill_null(0).sum())
+    details.append(
+        f"Per-request `cached_tokens` reported to the client sum to {client_cached} with the cache on; the "
+        f"server's hit counter moved by {server_hits}" + (" (equal)." if client_cached == server_hits else ".")
+    )
+    off_hits = summary.filter(pl.col("mode") == OFF)["hit_tokens"].fill_null(0).sum()
+    details.append(
+        f"With the cache off the server counted {off_hits:.0f} hit tokens"
+        + (" (as it must)." if off_hits == 0 else ": a defect.")
+    )
+    ok = timing_flags(timed).is_empty() if timed.height else False
+    answer = (
+        "All cross-checks agree."
+        if ok and hf.is_empty() and off_hits == 0
+        else "Some cross-checks disagree; the flagged points are listed below."
+    )
+    return Finding(answer, details)
+
+
+def goodput_rows(summary: pl.DataFrame, slo: dict) -> list[dict]:
+    """Per (regime, reuse, mode): the highest offered open-loop rate met within the SLO with no failed request."""
+    ttft_t, e2e_t = slo["p95_ttft_s"], slo["p95_e2e_s"]
+    out = []
+    for (regime, reuse, mode), grp in open_loop(summary).group_by(["regime", "reuse_pct", "mode"], maintain_order=True):
+        meets = grp.filter((pl.col("p95_ttft_s") <= ttft_t) & (pl.col("p95_e2e_s") <= e2e_t) & (pl.col("requests_failed") == 0))
+        best = meets.sort("request_rate", descending=True).row(0, named=True) if meets.height else None
+        out.append(
+            {
+                "regime": regime,
+                "reuse_pct": reuse,
+                "mode": mode,
+                "prefix_len_tokens": grp["prefix_len_tokens"][0],
+                "rates": grp["request_rate"].sort().to_list(),
+                "goodput_rate": best["request_rate"] if best else 0.0,
+                "achieved_req_s": best["req_s"] if best else None,
+            }
+        )
+    return out
+
+
+def goodput_finding(summary: pl.DataFrame, slo: dict) -> Finding | None:
+    rows = goodput_rows(summary, slo)
+    if not rows:
+        return None
+    by = {(r["regime"], r["reuse_pct"], r["mode"]): r for r in rows}
+    details, pairs = [], []
+    for (regime, reuse, mode), off in by.items():
+        if mode != OFF or (regime, reuse, ON) not in by:
+            continue
+        on = by[(regime, reuse, ON)]
+        pairs.append((off["goodput_rate"], on["goodput_rate"], max(off["rates"])))
+        ratio = on["goodput_rate"] / off["goodput_rate"] if off["goodput_rate"] else None
+
+        def show(r: dict) -> str:
+            if not r["goodput_rate"]:
+                return "none of the offered rates"
+            return f"{r['goodput_rate']:g} req/s (achieved {r['achieved_req_s']:.2f})"
+
+        details.append(
+            f"{regime} ({off['prefix_len_tokens']} tok), reuse {reuse}%: cache off {show(off)}, on {show(on)}"
+            + (f", {fmt_x(ratio)}" if ratio else "")
+            + f"; offered {', '.join(f'{x:g}' for x in off['rates'])} req/s"
+        )
+    target = f"p95 TTFT ≤ {fmt_s(slo['p95_ttft_s'])} and p95 E2E ≤ {fmt_s(slo['p95_e2e_s'])}"
+    higher = sum(on > off for off, on, _ in pairs)
+    capped = sum(on == off == top for off, on, top in pairs)
+    answer = (
+        f"Goodput here is the highest offered request rate (open loop, gamma arrivals) a mode served within {target} "
+        f"with no failed request. The cache raised it in {higher} of {len(pairs)} regime/reuse cases"
+    )
+    answer += (
+        f"; in {capped} both modes met the target at the highest rate offered, so higher rates are needed to separate them."
+        if capped
+        else "."
+    )
+    return Finding(answer, details)
+
+
+def ideal_finding(summary: pl.DataFrame, shape: Shape | None, block_size: int) -> Finding:
+    """Measured warm TTFT against the ideal (the cached tokens' compute removed, the fixed cost kept)."""
+    if shape is None:
+        return Finding("Not computed: the model's config.json is not available locally (a hub model).", [])
+    rows = ideal_rows(summary, shape, block_size)
+    if not rows:
+        return Finding("Not computed: no regime has both cache settings at full reuse.", [])
+    fitted = rows[0]["s_per_flop"] is not None
+    details = []
+    for r in rows:
+        line = (
+            f"{r['regime']}: cold TTFT {fmt_s(r['cold_s'])} (cache off, {r['tokens']:.0f} prompt tokens); with "
+            f"{r['cached']:.0f} tokens cached, {r['flops_left']:.1%} of the prefill FLOPs remain, so the ideal warm TTFT is "
+            f"{fmt_s(r['ideal_s'])}; measured warm {fmt_s(r['warm_s'])}"
+        )
+        if r["share"] is not None:
+            line += (
+                f": the cache removed {fmt_s(r['cold_s'] - r['warm_s'])} of the {fmt_s(r['cold_s'] - r['ideal_s'])} the "
+                f"compute model allows ({r['share']:.0%}); {fmt_s(r['warm_s'] - r['ideal_s'])} stayed above the ideal."
+            )
+        details.append(line + ("" if line.endswith(".") else "."))
+    valid = [r["share"] for r in rows if r["share"] is not None]
+    head = (
+        f"From the model's shape ({shape.layers} layers, width {shape.hidden}, attention width {shape.attn}, "
+        f"{shape.params / 1e6:.0f} M matmul parameters) and "
+    )
+    if fitted:
+        r0 = rows[0]
+        answer = (
+            head + f"this run's cache-off points of different lengths, TTFT ≈ {fmt_s(r0['fixed_s'])} fixed + "
+            f"{r0['s_per_flop'] * 1e12:.3g} s per TFLOP of prefill (c={r0['concurrency']}). The ideal warm TTFT keeps "
+            "the fixed cost and drops the cached tokens' compute. The engine delivered "
+            + (f"{min(valid):.0%} to {max(valid):.0%}" if valid else "an unmeasurable share")
+            + " of that saving; the rest of a warm request's TTFT is the fixed cost (request handling, scheduling, "
+            "the recomputed last block, the first decode step), which no cache removes."
+        )
+    else:
+        answer = (
+            head + "a single prompt length, the fixed cost cannot be separated from the per-token cost, so the ideal "
+            "here scales the cold TTFT by the FLOPs left (an upper bound on the saving: it assumes no fixed cost). "
+            "The engine delivered "
+            + (f"{min(valid):.0%} to {max(valid):.0%}" if valid else "an unmeasurable share")
+            + " of that bound."
+        )
+    return Finding(answer, details)
+
+
+def design_note(summary: pl.DataFrame) -> str:
+    """How the latencies were measured: the steady-state window and what the design could not measure."""
+    closed = closed_loop(summary).filter(pl.col("concurrency") > 1)
+    parts = []
+    if closed.height and "window_requests" in closed.columns:
+        rounds = (closed["window_requests"] / closed["concurrency"]).to_list()
+        parts.append(
+            "Closed-loop latencies come from each point's steady-state window: requests sent after the first completion "
+            "(the opening burst of c requests is a wave, not a level) and finished before the first worker ran out of "
+            f"work (the drain). At concurrency above 1 the windows held {closed['window_requests'].min()} to "
+            f"{closed['window_requests'].max()} requests ({min(rounds):.1f} to {max(rounds):.1f} rounds)"
+            + (
+                "; fewer than 8 rounds is short of a level, so read those points as indicative and trust only what their "
+                "intervals say."
+                if min(rounds) < 8
+                else "."
+            )
+        )
+    if open_loop(summary).height:
+        lag = summary["max_schedule_lag_s"].max() if "max_schedule_lag_s" in summary.columns else None
+        parts.append(
+            "Open-loop latencies count from each request's scheduled send time (no coordinated omission)"
+            + (f"; the client sent at most {fmt_s(lag)} late." if lag is not None else ".")
+        )
+    parts.append(
+        "Each cache setting ran in one server lifetime (k = 1), so the variance between server instances "
+        "was not measured: the intervals cover rounds and repeats within one instance."
+    )
+    return " ".join(parts)
+
+
+def cold_warm_table(summary: pl.DataFrame) -> str:
+    on = summary.filter(pl.col("mode") == ON).select(
+        "regime", "reuse_pct", "concurrency", "mean_ttft_cold_s", "mean_ttft_warm_s", "mean_ttft_unique_s"
+    )
+    return markdown_table(on, on.columns)
+
+
+def cost_of_leaving_it_on(aa: dict | None) -> str:
+    """What requests that share nothing paid for the cache being on: the A/A control, judged by its own interval."""
+    if aa is None:
+        return "This run had no requests that share nothing, so the cost of leaving it on was not measured."
+    lo, hi = aa.get("aa_ttft_lo"), aa.get("aa_ttft_hi")
+    if lo is None or hi is None:
+        return f"Requests that share nothing: {aa_words(aa)}, too few to say what leaving it on costs."
+    if lo <= 1 <= hi:
+        return (
+            f"Requests that share nothing showed no measurable cost ({aa_words(aa)}); the interval is how small a cost "
+            "this run can rule out."
+        )
+    return f"Requests that share nothing were {'slower' if aa['aa_ttft_ratio'] < 1 else 'faster'} with it on ({aa_words(aa)})."
+
+
+def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int) -> list[str]:
+    top_reuse = sp["reuse_pct"].max()
+    c_min, c_max = sp["concurrency"].min(), sp["concurrency"].max()
+    big = (
+        sp.filter((pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == c_min))
+        .sort("prefix_len_tokens")
+        .row(-1, named=True)
+    )
+    aa = aa_row(sp)
+    on = summary.filter(pl.col("mode") == ON)
+
+    def hr(conc: int) -> float | None:
+        """Measured hit rate of the headline regime at full reuse and concurrency `conc`."""
+        point = (pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == conc) & (pl.col("regime") == big["regime"])
+        return on.filter(point)["measured_hit_rate"][0]
+
+    h1, hmax = hr(c_min), hr(c_max)
+    bullets = [
+        f"**When to enable it:** whenever many requests start with the same long text. Here, with a "
+        f"{big['prefix_len_tokens']}-token shared prefix and {top_reuse}% reuse, first-token latency went from "
+        f"{fmt_s(big['mean_ttft_s_off'])} to {fmt_s(big['mean_ttft_s_on'])} ({judged(big)}). " + cost_of_leaving_it_on(aa),
+        f"**How to tell it is working:** watch `vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total` on "
+        f"`/metrics` (this run: {fmt_pct(h1)} for {big['regime']} at {top_reuse}% reuse, c={c_min}) and per-request "
+        "`usage.prompt_tokens_details.cached_tokens` (server flag `--enable-prompt-tokens-details`). A rate near zero "
+        "despite a shared prompt means the prefix is not token-identical (a timestamp or user id near the top) or is being evicted.",
+    ]
+    if hmax is not None and h1 is not None and hmax < h1 * (1 - NOISE):
+        bullets.append(
+            f"**Failure mode:** a burst of requests for a prefix that is not cached yet all miss together, because "
+            f"blocks become reusable only once computed: at c={c_max} the same prompts hit {fmt_pct(hmax)} vs "
+            f"{fmt_pct(h1)} at c={c_min}. Warm the prefix (one request) before a burst, and keep it hot."
+        )
+    else:
+        bullets.append(
+            f"**Failure mode:** only whole KV blocks ({block_size} tokens here) are reused and the last prompt token is "
+            "always recomputed, so a prefix that changes anywhere early (a timestamp in the system prompt) caches nothing, "
+            "and under memory pressure cached blocks are evicted. Concurrent first requests of a cold prefix can also miss "
+            f"together; this run did not show it (hit rate {fmt_pct(hmax)} at c={c_max} vs {fmt_pct(h1)} at c={c_min})."
+        )
+    bullets.append(
+        f"**For a product/SRE audience:** the server remembers the work it did reading a shared beginning of a prompt "
+        f"(system prompt, policy, document) and skips it for the next request that starts the same way; on this run that "
+        f"made the first token arrive {fmt_x(big['ttft_speedup'])} sooner for a {big['prefix_len_tokens']}-token shared prefix"
+        + (" (within the run's noise; see the intervals above)." if not helped(big) else ".")
+    )
+    return bullets
