@@ -80,7 +80,7 @@ def main() -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/reset_prefix_cache", reset)
     app.router.add_post("/v1/completions", completions)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, shutdown_timeout=0.5)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return resp
     for i in range(N_TOKENS):
         if i:
-            await asyncio.sleep(ITL_DELAY if behaviour != "stall" else 5)
+            await asyncio.sleep(ITL_DELAY if behaviour != "stall" else 1.5)
         await resp.write(sse({"choices": [{"index": 0, "text": f"t{i}"}]}))
         if behaviour == "broken" and i == 1:
             await resp.write(b"data: {not json\n\n")

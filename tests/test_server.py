@@ -153,5 +153,5 @@ def test_a_port_the_caller_chose_is_kept(tmp_path):
         port = held.getsockname()[1]
         script = fake_script(tmp_path, f"exec {sys.executable} {Path(__file__).parent / 'fake_vllm.py'} $PORT\n")
         with pytest.raises(ServerError):
-            with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=5, port=port):
+            with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=2, port=port):
                 pass

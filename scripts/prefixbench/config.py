@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from .corpus import DEFAULT_QUESTIONS, question_variants
-from .host import CpuInfo, DtypeChoice, cpu_dtype, read_cpu_info
+from .host import CpuInfo, DtypeChoice, cpu_dtype, nvidia_smi, read_cpu_info
 from .prompts import Regime, aligned_length
 from .server import ServerSpec
 from .settings import BenchSettings
@@ -24,13 +22,8 @@ class ConfigError(ValueError):
 
 
 def has_cuda_gpu() -> bool:
-    if not shutil.which("nvidia-smi"):
-        return False
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (subprocess.SubprocessError, OSError):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
+    out = nvidia_smi("-L", timeout_s=20)
+    return out is not None and "GPU" in out
 
 
 def target_name(config: dict[str, Any], gpu_present: bool | None = None) -> str:

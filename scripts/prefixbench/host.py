@@ -77,6 +77,34 @@ def cpu_dtype(requested: str, cpu: CpuInfo) -> DtypeChoice:
     )
 
 
+def nvidia_smi(*args: str, timeout_s: float = 10) -> str | None:
+    """What `nvidia-smi ARGS` prints, or None where there is no such tool or it fails (the one place it is called)."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=timeout_s)
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def has_nvidia_smi() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def process_tree(pid: int | None) -> list:
+    """A process and all its descendants (psutil.Process objects); empty if it is gone."""
+    import psutil
+
+    if pid is None:
+        return []
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -90,14 +118,7 @@ def hardware() -> dict:
         "cpu_count": cpu_count(),
         "cpu_flags": [f for f in SHOWN_FLAGS if f in cpu.flags],
     }
-    if shutil.which("nvidia-smi"):
-        try:
-            info["gpu"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        except (subprocess.SubprocessError, OSError):
-            pass
+    gpu = nvidia_smi("--query-gpu=name,memory.total", "--format=csv,noheader")
+    if gpu is not None:
+        info["gpu"] = gpu.strip()
     return info

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from . import metrics as m
 from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop
 from .corpus import text_of_at_least
 from .endpoint import Capabilities, Endpoint, fetch_metrics, probe, redact_url, reset_prefix_cache
-from .host import hardware
+from .host import hardware, has_nvidia_smi
 from .plan import Eta, fmt_duration
 from .point_meta import PointMeta
 from .prompts import read_prompts
@@ -161,7 +160,7 @@ async def measure_point(
             settings.sample_interval_s,
             caps.metrics,
             api_key(settings),
-            gpu=server_pid is not None and shutil.which("nvidia-smi") is not None,
+            gpu=server_pid is not None and has_nvidia_smi(),
         ) as sampler,
     ):
         for repeat in range(settings.repeats):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import queue
 import re
-import shutil
-import subprocess
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .client import bearer
+from .host import has_nvidia_smi, nvidia_smi, process_tree
 
 KV_USAGE_LINE = re.compile(rb"^vllm:kv_cache_usage_perc(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
@@ -28,15 +27,8 @@ def process_tree_rss(pid: int | None) -> int:
     """Resident memory of a process and all its descendants (a vLLM server is several processes)."""
     import psutil
 
-    if pid is None:
-        return 0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
     total = 0
-    for p in procs:
+    for p in process_tree(pid):
         try:
             total += p.memory_info().rss
         except psutil.Error:
@@ -62,18 +54,10 @@ def gpu_memory_used_mib() -> float | None:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001 - no NVML: fall back to the command line tool
         pass
-    if not shutil.which("nvidia-smi"):
-        return None
+    out = nvidia_smi("--query-gpu=memory.used", "--format=csv,noheader,nounits", timeout_s=5)
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-        return sum(float(x) for x in out.split())
-    except (subprocess.SubprocessError, ValueError, OSError):
+        return sum(float(x) for x in out.split()) if out is not None else None
+    except ValueError:
         return None
 
 
@@ -96,10 +80,10 @@ class Sampler:
 
     base_url: str
     server_pid: int | None  # None: a remote endpoint, whose memory this machine can't see
-    interval_s: float = 0.1
+    interval_s: float  # benchmark.sample_interval_s
     metrics: bool = True
     api_key: str | None = None
-    gpu: bool = field(default_factory=lambda: shutil.which("nvidia-smi") is not None)
+    gpu: bool = field(default_factory=has_nvidia_smi)
     probe: Callable[[], None] | None = None
     peak_rss_bytes: int = 0
     peak_gpu_mem_mib: float | None = None

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .client import bearer
+from .host import process_tree
 
 CACHE_FLAGS = {"no_prefix_cache": "--no-enable-prefix-caching", "with_prefix_cache": "--enable-prefix-caching"}
 
@@ -232,12 +233,7 @@ class ManagedServer:
         measure the other's server."""
         import psutil
 
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return False
-        for p in procs:
+        for p in process_tree(self.proc.pid if self.proc else None):
             try:
                 if any(
                     c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
@@ -263,7 +259,8 @@ class ManagedServer:
             self.check_alive()
             req = urllib.request.Request(f"{self.base_url}/v1/models", headers=bearer(self._api_key))
             try:
-                with urllib.request.urlopen(req, timeout=5) as r:
+                remaining = self.ready_timeout_s - (time.monotonic() - t0)
+                with urllib.request.urlopen(req, timeout=max(0.5, min(5.0, remaining))) as r:
                     if r.status == 200:
                         return
             except urllib.error.HTTPError as exc:
