@@ -99,3 +99,12 @@ def test_eta_scales_the_rest_by_the_pace_so_far():
     eta.point_done(20.0)
     eta.point_done(40.0)
     assert eta.remaining_s() == 0.0
+
+
+def test_min_rounds_keeps_a_level_not_a_burst():
+    rates = Rates(1.0, 0.01, 0.1)
+    prompts = {"m": prompts_of("m", 100, 64)}
+    plan = make_plan(rates, [("m", 100, 4, 0.0), ("m", 100, 16, 0.0)], prompts, 1.0, 16, 1, min_rounds=8)
+    sizes = [len(p["request_indices"]) for p in plan["points"]]
+    assert sizes == [32, 64]  # 8 rounds at c=4; at c=16 all 64 (8 rounds would need 128)
+    assert plan["min_rounds"] == 8 and "at least 8 round(s)" in plan_summary(plan)

@@ -119,3 +119,10 @@ def test_reader_fuzz_never_tracebacks(tmp_path_factory, lines):
         read_prompts(path)
     except ValueError:
         pass
+
+
+def test_question_variants_are_distinct_beyond_the_templates():
+    from prefixbench.corpus import question_variants
+
+    qs = question_variants(512)  # 8 rounds at concurrency 64
+    assert len(qs) == 512 == len(set(qs)) and all(q.strip() for q in qs)

@@ -114,6 +114,7 @@ def bench_settings(config: dict[str, Any]) -> BenchSettings:
         repeats=b["repeats"],
         burstiness=b["burstiness"],
         seed=config["seed"],
+        min_rounds=b["min_rounds"],
         api_key_env=config["server"].get("api_key_env"),
     )
 

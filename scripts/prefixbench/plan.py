@@ -96,9 +96,9 @@ class PlannedPoint:
     estimated_s: dict[str, float]  # per cache setting, all repeats
 
 
-def min_requests(concurrency: int, available: int) -> int:
-    """The fewest requests a point can honestly have: one full round at its concurrency (open loop: 4), at least 2."""
-    return min(available, max(2, concurrency or 4))
+def min_requests(concurrency: int, available: int, min_rounds: int = 1) -> int:
+    """The fewest requests a point keeps: `min_rounds` full rounds at its concurrency (open loop: 4), at least 2."""
+    return min(available, max(2, (concurrency or 4) * (min_rounds if concurrency else 1)))
 
 
 def make_plan(
@@ -109,6 +109,7 @@ def make_plan(
     max_tokens: int,
     repeats: int,
     steps: int = 100,
+    min_rounds: int = 1,
 ) -> dict:
     """The largest common fraction of every point's requests whose slower cache setting fits `budget_s`."""
 
@@ -116,7 +117,7 @@ def make_plan(
         out = []
         for regime, reuse, conc, rate in points:
             pool = [p for p in prompts_by_regime[regime] if p["reuse_pct"] == reuse]
-            n = max(min_requests(conc, len(pool)), math.ceil(fraction * len(pool)))
+            n = max(min_requests(conc, len(pool), min_rounds), math.ceil(fraction * len(pool)))
             chosen = choose(pool, n, reuse)
             est = {m: repeats * point_seconds(rates, chosen, m, conc, rate, max_tokens) for m in MODES}
             out.append(PlannedPoint(regime, reuse, conc, rate, len(pool), tuple(p["request_index"] for p in chosen), est))
@@ -136,6 +137,7 @@ def make_plan(
     trimmed = any(len(p.request_indices) < p.available for p in chosen)
     return {
         "budget_s": budget_s,
+        "min_rounds": min_rounds,
         "rates": asdict(rates),
         "fraction": fraction,
         "trimmed": trimmed,
@@ -172,8 +174,8 @@ def _budget_sentence(plan: dict) -> str:
     return (
         f"the full sweep would take about {fmt_duration(slow)} with the cache off, over the "
         f"{fmt_duration(plan['budget_s'])} budget, so the points send {plan['requests_planned']} of their "
-        f"{plan['requests_full']} requests ({plan['fraction']:.0%} of each point, at least one round at its "
-        "concurrency; the same requests in both settings, each point's reuse mix kept): about "
+        f"{plan['requests_full']} requests ({plan['fraction']:.0%} of each point, at least {plan.get('min_rounds', 1)} "
+        "round(s) at its concurrency; the same requests in both settings, each point's reuse mix kept): about "
         f"{fmt_duration(max(est.values()))}{over}"
     )
 

@@ -21,6 +21,7 @@ class BenchSettings:
     repeats: int
     burstiness: float
     seed: int
+    min_rounds: int
     api_key_env: str | None = None  # name of the environment variable holding the API key, never the key
 
 
