@@ -21,9 +21,10 @@ FAKE_VLLM = HERE / "fake_vllm.py"
 
 def snakemake_cmd(workdir: Path, configfile: Path, *args: str, profile: str | None = None) -> list[str]:
     """The pipeline on `configfile` in `workdir`: one machine (cores 1, gpu=1), or a workflow profile's way."""
+    # `args` (targets, flags) go first: after `--resources gpu=1` a target would be read as another resource.
     how = ["--workflow-profile", str(ROOT / "profiles" / profile)] if profile else ["--cores", "1", "--resources", "gpu=1"]
-    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
-            str(configfile), *how, *args]  # fmt: skip
+    return [sys.executable, "-m", "snakemake", *args, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
+            str(configfile), *how]  # fmt: skip
 
 
 def run_snakemake(workdir: Path, configfile: Path, *args: str, env: dict | None = None, timeout: int = 1500):

@@ -178,3 +178,12 @@ def test_a_rules_code_inputs_cover_every_module_its_script_loads(script):
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = {str(Path(f).resolve()) for f in out.stdout.split()}
     assert loaded and loaded <= closure, sorted(loaded - closure)
+
+
+def test_parsing_the_workflow_imports_no_client_or_server_code():
+    """The Snakefile imports prefixbench.config: settings types only, no aiohttp, no metrics parser."""
+    probe = (
+        "import sys, prefixbench.config; print(sorted(m for m in ('aiohttp', 'prometheus_client', 'polars') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT / "scripts", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -70,10 +70,10 @@ def test_plan_fits_the_budget_and_sends_the_same_requests_in_both_modes():
     rates = Rates(0.1, 0.005, 0.02)
     prompts = {"m": prompts_of("m", 100, 24) + prompts_of("m", 50, 24)}
     points = [("m", 100, 1, 0.0), ("m", 100, 4, 0.0), ("m", 50, 1, 0.0), ("m", 50, 4, 0.0)]
-    full = make_plan(rates, points, prompts, None, 16, 1)
+    full = make_plan(rates, points, prompts, None, 16, 1, min_rounds=1)
     assert not full["trimmed"] and full["fraction"] == 1.0
     budget = max(full["estimated_s"].values()) / 3
-    plan = make_plan(rates, points, prompts, budget, 16, 1)
+    plan = make_plan(rates, points, prompts, budget, 16, 1, min_rounds=1)
     assert plan["trimmed"] and not plan["over_budget"]
     assert max(plan["estimated_s"].values()) <= budget
     assert plan["requests_planned"] < plan["requests_full"] == 96
@@ -85,7 +85,7 @@ def test_plan_fits_the_budget_and_sends_the_same_requests_in_both_modes():
 def test_a_budget_too_small_keeps_the_minimum_and_says_so():
     rates = Rates(1.0, 0.01, 0.1)
     prompts = {"m": prompts_of("m", 100, 24)}
-    plan = make_plan(rates, [("m", 100, 4, 0.0)], prompts, 1.0, 16, 1)
+    plan = make_plan(rates, [("m", 100, 4, 0.0)], prompts, 1.0, 16, 1, min_rounds=1)
     assert plan["over_budget"]
     assert len(plan["points"][0]["request_indices"]) == 4  # one full round at concurrency 4
     assert "still exceeds" in plan_summary(plan)

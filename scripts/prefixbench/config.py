@@ -10,8 +10,7 @@ from urllib.parse import urlsplit
 from .corpus import DEFAULT_QUESTIONS, question_variants
 from .host import CpuInfo, DtypeChoice, cpu_dtype, nvidia_smi, read_cpu_info
 from .prompts import Regime, aligned_length
-from .server import ServerSpec
-from .settings import BenchSettings
+from .settings import BenchSettings, ServerSpec
 
 QUESTION_ROOM_TOKENS = 64  # room for "\nQ: <question>\nA:" after the prefix
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"

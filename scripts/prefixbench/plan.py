@@ -96,7 +96,7 @@ class PlannedPoint:
     estimated_s: dict[str, float]  # per cache setting, all repeats
 
 
-def min_requests(concurrency: int, available: int, min_rounds: int = 1) -> int:
+def min_requests(concurrency: int, available: int, min_rounds: int) -> int:
     """The fewest requests a point keeps: `min_rounds` full rounds at its concurrency (open loop: 4), at least 2."""
     return min(available, max(2, (concurrency or 4) * (min_rounds if concurrency else 1)))
 
@@ -108,8 +108,8 @@ def make_plan(
     budget_s: float | None,
     max_tokens: int,
     repeats: int,
+    min_rounds: int,
     steps: int = 100,
-    min_rounds: int = 1,
 ) -> dict:
     """The largest common fraction of every point's requests whose slower cache setting fits `budget_s`."""
 

@@ -18,33 +18,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .client import bearer
 from .host import process_tree
+from .settings import ServerSpec
 
 CACHE_FLAGS = {"no_prefix_cache": "--no-enable-prefix-caching", "with_prefix_cache": "--enable-prefix-caching"}
 
 
 class ServerError(RuntimeError):
     """The server could not start, or died; the message names the log and quotes its tail."""
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """Everything that defines a server configuration apart from the port."""
-
-    python: str
-    model: str
-    served_model_name: str
-    host: str
-    max_model_len: int
-    dtype: str
-    extra_args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    api_key_env: str | None = None  # the script exports VLLM_API_KEY from it: the key itself is never written
 
 
 def is_loopback(host: str) -> bool:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -28,3 +29,18 @@ class BenchSettings:
 def api_key(settings: BenchSettings) -> str | None:
     """The API key, read from the environment at the moment it is needed; it goes nowhere but a header."""
     return os.environ.get(settings.api_key_env) if settings.api_key_env else None
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything that defines a server configuration apart from the port."""
+
+    python: str
+    model: str
+    served_model_name: str
+    host: str
+    max_model_len: int
+    dtype: str
+    extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    api_key_env: str | None = None  # the script exports VLLM_API_KEY from it: the key itself is never written
