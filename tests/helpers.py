@@ -88,3 +88,24 @@ def fake_prompts(tmp_path: Path, n: int, warm_cached: int = 0) -> Path:
         prompts,
     )
     return prompts
+
+
+def measure_fake(script: Path, workdir: Path, points, *, journal: Path | None = None, **settings) -> None:
+    """One cache setting measured against a fake server script: the schema's settings, one repeat, `settings` on top."""
+    from prefixbench.config import default_bench_settings
+    from prefixbench.measure import measure_mode
+
+    measure_mode(
+        "with_prefix_cache",
+        script=script,
+        host="127.0.0.1",
+        log_path=workdir / "server.log",
+        server_info_path=workdir / "server.json",
+        model="fake",
+        points=points,
+        settings=default_bench_settings(**{"repeats": 1, **settings}),
+        ready_timeout_s=30,
+        python=sys.executable,
+        extra_info={},
+        journal_path=journal,
+    )

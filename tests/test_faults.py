@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from helpers import FAKE_VLLM, ROOT, SERVER_PYTHON, fake_prompts, fake_script, real_spec, snakemake_cmd  # noqa: E402
+from helpers import FAKE_VLLM, ROOT, SERVER_PYTHON, fake_prompts, fake_script, measure_fake, real_spec, snakemake_cmd
 
 from prefixbench.client import ClientConfig, run_closed_loop
 from prefixbench.config import default_bench_settings
@@ -190,18 +190,14 @@ def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
 def test_stalled_streams_time_out_and_are_counted(tmp_path, reliability):
     points = fake_points(tmp_path, 12, conc=4)
     t0 = time.monotonic()
-    measure_mode(
-        "with_prefix_cache",
-        script=fake_script(tmp_path, "FAKE_STALL_EVERY=4"),
-        host="127.0.0.1",
-        log_path=tmp_path / "s.log",
-        server_info_path=tmp_path / "s.json",
-        model="fake",
-        points=points,
-        settings=default_bench_settings(max_tokens=4, warmup_requests=0, stall_timeout_s=1.0, sample_interval_s=0.2, repeats=1),
-        ready_timeout_s=30,
-        python=sys.executable,
-        extra_info={},
+    measure_fake(
+        fake_script(tmp_path, "FAKE_STALL_EVERY=4"),
+        tmp_path,
+        points,
+        max_tokens=4,
+        warmup_requests=0,
+        stall_timeout_s=1.0,
+        sample_interval_s=0.2,
     )
     wall = time.monotonic() - t0
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
@@ -228,36 +224,19 @@ def test_malformed_streams_and_error_budget(tmp_path, reliability):
     ok_dir.mkdir()
     over_dir.mkdir()
     points = fake_points(ok_dir, 12)
-    measure_mode(
-        "with_prefix_cache",
-        script=fake_script(ok_dir, "FAKE_BROKEN_EVERY=4"),
-        host="127.0.0.1",
-        log_path=ok_dir / "s.log",
-        server_info_path=ok_dir / "s.json",
-        model="fake",
-        points=points,
-        settings=default_bench_settings(max_tokens=4, warmup_requests=0, repeats=1),
-        ready_timeout_s=30,
-        python=sys.executable,
-        extra_info={},
-    )
+    measure_fake(fake_script(ok_dir, "FAKE_BROKEN_EVERY=4"), ok_dir, points, max_tokens=4, warmup_requests=0)
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
     failed = [r for r in recs if r["status"] == "failed"]
     assert len(failed) == 3 and all("JSONDecodeError" in r["error"] for r in failed)
     points2 = fake_points(over_dir, 12)
     with pytest.raises(RuntimeError, match="error budget 10%"):
-        measure_mode(
-            "with_prefix_cache",
-            script=fake_script(over_dir, "FAKE_BROKEN_EVERY=4"),
-            host="127.0.0.1",
-            log_path=over_dir / "s.log",
-            server_info_path=over_dir / "s.json",
-            model="fake",
-            points=points2,
-            settings=default_bench_settings(max_tokens=4, warmup_requests=0, max_failed_fraction=0.1, repeats=1),
-            ready_timeout_s=30,
-            python=sys.executable,
-            extra_info={},
+        measure_fake(
+            fake_script(over_dir, "FAKE_BROKEN_EVERY=4"),
+            over_dir,
+            points2,
+            max_tokens=4,
+            warmup_requests=0,
+            max_failed_fraction=0.1,
         )
     kept = len(points2[0].records_path.read_text().splitlines())
     reliability(
@@ -492,19 +471,14 @@ def test_planted_api_key_never_written(tmp_path, reliability, monkeypatch):
     script.write_text(
         f'#!/usr/bin/env bash\nexport VLLM_API_KEY="${{PREFIXBENCH_TEST_KEY:?}}"\nexec {sys.executable} {FAKE_VLLM} $1\n'
     )
-    measure_mode(
-        "with_prefix_cache",
-        script=script,
-        host="127.0.0.1",
-        log_path=tmp_path / "server.log",
-        server_info_path=tmp_path / "server.json",
-        model="fake",
-        points=points,
-        settings=default_bench_settings(max_tokens=4, warmup_requests=1, api_key_env="PREFIXBENCH_TEST_KEY", repeats=1),
-        ready_timeout_s=30,
-        python=sys.executable,
-        extra_info={},
-        journal_path=tmp_path / "journal.jsonl",
+    measure_fake(
+        script,
+        tmp_path,
+        points,
+        journal=tmp_path / "journal.jsonl",
+        max_tokens=4,
+        warmup_requests=1,
+        api_key_env="PREFIXBENCH_TEST_KEY",
     )
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
     assert all(r["status"] == "ok" for r in recs)  # the server demanded the key and got it

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-from helpers import fake_prompts, fake_script
+from helpers import fake_prompts, fake_script, measure_fake
 
-from prefixbench.config import default_bench_settings
-from prefixbench.measure import Point, measure_mode
+from prefixbench.measure import Point
 from prefixbench.server import ServerError
 
 
@@ -21,19 +19,8 @@ def setup(tmp_path, die_after=0, n=6):
 
 
 def run(tmp_path, script, points, journal, repeats=1):
-    measure_mode(
-        "with_prefix_cache",
-        script=script,
-        host="127.0.0.1",
-        log_path=tmp_path / "server.log",
-        server_info_path=tmp_path / "server.json",
-        model="fake",
-        points=points,
-        settings=default_bench_settings(max_tokens=4, warmup_requests=1, sample_interval_s=0.2, repeats=repeats),
-        ready_timeout_s=30,
-        python=sys.executable,
-        extra_info={},
-        journal_path=journal,
+    measure_fake(
+        script, tmp_path, points, journal=journal, max_tokens=4, warmup_requests=1, sample_interval_s=0.2, repeats=repeats
     )
 
 

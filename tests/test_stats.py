@@ -32,10 +32,11 @@ def test_ci_includes_one_when_nothing_changed():
 
 
 def test_seeded_and_guarded():
-    a, b = np.array([1.0, 1.1, 0.9]), np.array([0.5, 0.6, 0.4])
-    assert bootstrap_ratio_ci(a, b) == bootstrap_ratio_ci(a, b)
-    assert bootstrap_ratio_ci(np.array([1.0]), b) is None
-    assert bootstrap_ratio_ci(np.array([1.0, np.nan, 2.0]), b) is not None
+    a, b = np.array([1.0, 1.1, 0.9, 1.05]), np.array([0.5, 0.6, 0.4, 0.55])
+    ci = bootstrap_ratio_ci(a, b)
+    assert ci is not None and ci == bootstrap_ratio_ci(a, b)
+    assert bootstrap_ratio_ci(np.array([1.0, 1.1, 0.9]), b) is None  # three rounds: no interval
+    assert bootstrap_ratio_ci(np.array([1.0, np.nan, 2.0, 1.5, 1.2]), b) is not None
 
 
 def test_verdict_uses_the_interval():
@@ -56,8 +57,9 @@ def test_a_wave_is_one_cluster_so_the_interval_widens():
     assert honest[0] <= 1 <= honest[1]
 
 
-def test_one_cluster_gives_no_interval():
+def test_too_few_clusters_give_no_interval():
     assert cluster_ratio_ci(np.ones(4), [0] * 4, np.ones(4), [0, 1, 2, 3]) is None
+    assert cluster_ratio_ci(np.ones(6), [0, 0, 1, 1, 2, 2], np.ones(4), [0, 1, 2, 3]) is None  # 3 rounds of 2
 
 
 def test_rounds_and_busy_periods():

@@ -11,6 +11,7 @@ from . import MODES
 from .aggregate import closed_loop, open_loop
 from .ideal import Shape, ideal_rows, load_shape
 
+SPEEDUP_TITLE = "TTFT speed-up (off / on, log scale)"
 MODE_COLORS = alt.Scale(domain=list(MODES), range=["#d62728", "#1f77b4"])
 
 
@@ -87,7 +88,7 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
         .mark_line(point=True)
         .encode(
             x=alt.X("prefix_len_tokens:Q", title="shared prefix length (tokens)"),
-            y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
+            y=alt.Y("ttft_speedup:Q", title=SPEEDUP_TITLE, scale=alt.Scale(type="log")),
             color=alt.Color("reuse:N", title="reuse"),
             tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
         )
@@ -97,7 +98,7 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
         .mark_line(point=True)
         .encode(
             x=alt.X("reuse_pct:Q", title="requests sharing the prefix (%)", scale=alt.Scale(domain=[0, 100])),
-            y=alt.Y("ttft_speedup:Q", title="TTFT speed-up (off / on)"),
+            y=alt.Y("ttft_speedup:Q", title=SPEEDUP_TITLE, scale=alt.Scale(type="log")),
             color=alt.Color("prefix_len_tokens:N", title="prefix tokens"),
             tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
         )
@@ -110,18 +111,18 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
         alt.Chart()
         .transform_filter("isValid(datum.aa_ttft_lo)")
         .transform_aggregate(lo="min(aa_ttft_lo)", hi="max(aa_ttft_hi)")
-        .mark_rect(color="gray", opacity=0.18)
+        .mark_rect(color="gray", opacity=0.35)
         .encode(y="lo:Q", y2="hi:Q")
     )
     bars_len = (
         by_len.transform_filter("isValid(datum.ttft_speedup_lo)")
         .mark_errorbar(ticks=True)
-        .encode(y=alt.Y("ttft_speedup_lo:Q", title="TTFT speed-up (off / on)"), y2="ttft_speedup_hi:Q")
+        .encode(y=alt.Y("ttft_speedup_lo:Q", title=SPEEDUP_TITLE, scale=alt.Scale(type="log")), y2="ttft_speedup_hi:Q")
     )
     bars_reuse = (
         by_reuse.transform_filter("isValid(datum.ttft_speedup_lo)")
         .mark_errorbar(ticks=True)
-        .encode(y=alt.Y("ttft_speedup_lo:Q", title="TTFT speed-up (off / on)"), y2="ttft_speedup_hi:Q")
+        .encode(y=alt.Y("ttft_speedup_lo:Q", title=SPEEDUP_TITLE, scale=alt.Scale(type="log")), y2="ttft_speedup_hi:Q")
     )
     top = (
         alt.layer(band, by_len, bars_len, rule, data=df)

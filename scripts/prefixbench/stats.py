@@ -15,7 +15,7 @@ import numpy as np
 
 N_BOOT = 2000
 LEVEL = 0.95
-MIN_CLUSTERS = 2
+MIN_CLUSTERS = 4  # fewer independent rounds than this make a percentile bootstrap a guess
 
 
 def bootstrap_ratio_ci(
@@ -51,7 +51,7 @@ def cluster_ratio_ci(
 ) -> tuple[float, float] | None:
     """Percentile CI of mean(off) / mean(on), resampling each side's clusters with replacement.
 
-    None when either side has fewer than two clusters: one wave cannot say how the next would go."""
+    None when either side has fewer than MIN_CLUSTERS clusters: a few waves cannot say how the next would go."""
     rng = np.random.default_rng(seed)
     m_off = _cluster_means(off, off_clusters, rng, n_boot)
     m_on = _cluster_means(on, on_clusters, rng, n_boot)
