@@ -34,15 +34,7 @@ def test_not_measured_names_what_an_endpoint_lacks():
     bare = Capabilities(cache_reset="HTTP 404").not_measured()
     assert any("server start time" in s for s in bare)
     assert any("/metrics" in s for s in bare) and any("HTTP 404" in s for s in bare)
-    full = Capabilities(
-        metrics=True,
-        prefix_cache_counters=True,
-        latency_histograms=True,
-        idle_gauges=True,
-        kv_usage=True,
-        cache_reset="ok",
-        version="0.32.0",
-    ).not_measured()
+    full = Capabilities.everything(version="0.32.0").not_measured()
     assert not any("/metrics" in s or "reset" in s or "version" in s for s in full)
 
 

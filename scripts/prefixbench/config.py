@@ -175,27 +175,32 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def script_closure(script: str | Path) -> list[str]:
-    """The package files an edge script runs: the modules it imports from prefixbench, and theirs."""
+def package_imports(source: str) -> list[str]:
+    """The prefixbench modules a file's code imports (relative or absolute, function-level ones included)."""
     import ast
 
     mods: list[str] = []
-    for node in ast.walk(ast.parse(Path(script).read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixbench"):
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            mods += [node.module] if node.module else [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixbench"):
             sub = node.module.removeprefix("prefixbench").lstrip(".")
             mods += [sub] if sub else [a.name for a in node.names]
         elif isinstance(node, ast.Import):
             mods += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("prefixbench.")]
-    return package_closure(*mods)
+    return mods
+
+
+def script_closure(script: str | Path) -> list[str]:
+    """The package files an edge script runs: the modules it imports from prefixbench, and theirs."""
+    return package_closure(*package_imports(Path(script).read_text()))
 
 
 def package_closure(*modules: str) -> list[str]:
     """The package's modules that `modules` import, directly or not, as file paths (sorted).
 
-    A step's code inputs are derived from its imports (read with `ast`, function-level imports included),
-    so editing any module a step runs reruns that step; nothing is listed by hand."""
-    import ast
-
+    A step's code inputs are derived from its imports, so editing any module a step runs reruns that step;
+    nothing is listed by hand."""
     seen: set[str] = set()
     todo = list(modules)
     while todo:
@@ -203,13 +208,6 @@ def package_closure(*modules: str) -> list[str]:
         if name in seen or not (PACKAGE_DIR / f"{name}.py").is_file():
             continue
         seen.add(name)
-        for node in ast.walk(ast.parse((PACKAGE_DIR / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                todo += [node.module] if node.module else [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixbench"):
-                sub = node.module.removeprefix("prefixbench").lstrip(".")
-                todo += [sub] if sub else [a.name for a in node.names]
-            elif isinstance(node, ast.Import):
-                todo += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("prefixbench.")]
+        todo += package_imports((PACKAGE_DIR / f"{name}.py").read_text())
     files = [str(PACKAGE_DIR / f"{m}.py") for m in seen] + [str(PACKAGE_DIR / "__init__.py")]
     return sorted(set(files))

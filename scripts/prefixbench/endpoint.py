@@ -59,6 +59,12 @@ class Capabilities:
     cache_reset: str = "not tried"  # "ok", or why not
     version: str | None = None
 
+    @classmethod
+    def everything(cls, version: str | None = None) -> Capabilities:
+        """A vLLM server prefixbench started itself: every endpoint on, dev mode (cache reset) included."""
+        return cls(metrics=True, prefix_cache_counters=True, latency_histograms=True, idle_gauges=True,
+                   kv_usage=True, cache_reset="ok", version=version)  # fmt: skip
+
     def not_measured(self) -> list[str]:
         """Plain sentences: what this endpoint kept the run from measuring."""
         out = [

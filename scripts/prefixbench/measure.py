@@ -72,16 +72,7 @@ def client_config(server: MeasuredTarget, model: str, settings: BenchSettings) -
 def capabilities_of(server: MeasuredTarget) -> Capabilities:
     """A server we started is vLLM with everything on; an endpoint has what its probe found."""
     probed = getattr(server, "capabilities", None)
-    if probed is not None:
-        return probed
-    return Capabilities(
-        metrics=True,
-        prefix_cache_counters=True,
-        latency_histograms=True,
-        idle_gauges=True,
-        kv_usage=True,
-        cache_reset="ok",
-    )
+    return probed if probed is not None else Capabilities.everything()
 
 
 async def wait_idle(session: aiohttp.ClientSession, base_url: str, timeout_s: float = 60.0) -> None:
