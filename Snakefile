@@ -17,6 +17,7 @@ report: "report/workflow.rst"
 wildcard_constraints:
     mode="|".join(MODES),
     regime="|".join(REGIMES),
+    instance=r"\d+",
 
 
 # Cheap steps run beside Snakemake; on a cluster only `measure` (and model conversion) become jobs.

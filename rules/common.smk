@@ -13,6 +13,7 @@ sys.path.insert(0, SCRIPTS_DIR)
 
 from prefixbench import MODES  # noqa: E402
 from prefixbench import config as pbconfig  # noqa: E402
+from prefixbench.design import previous_slot, slot_order  # noqa: E402
 
 validate(config, "../config/schema/config.schema.yaml")
 
@@ -59,6 +60,9 @@ BENCH = asdict(pbconfig.bench_settings(config))
 TIME_BUDGET_S = config["benchmark"].get("time_budget_s")
 PLAN_FILE = "results/calibration.json" if TIME_BUDGET_S and not ENDPOINT_MODE else None
 RATES = sorted(config["benchmark"]["request_rates"])
+# Server lifetimes per cache setting, run interleaved in a counterbalanced order (prefixbench.design).
+INSTANCES = config["benchmark"]["instances"]
+SLOTS = slot_order(INSTANCES, config["seed"])
 # Every measurement point of one server lifetime: (regime, reuse %, concurrency, request rate);
 # closed-loop points have rate 0, open-loop points concurrency 0.
 POINTS = [
@@ -87,12 +91,21 @@ REGIME_TABLES = [f"results/tables/{r}/{m}.csv" for r in REGIMES for m in MODES]
 
 
 def point_files(suffix):
-    """Per-point outputs of one mode (the {mode} wildcard is kept)."""
-    return [f"results/raw/{{mode}}/{r}/reuse{u}_{f'rate{q:g}' if q else f'c{c}'}.{suffix}" for r, u, c, q in POINTS]
+    """Per-point outputs of one server lifetime (the {mode} and {instance} wildcards are kept)."""
+    return [f"results/raw/{{mode}}/i{{instance}}/{r}/reuse{u}_{f'rate{q:g}' if q else f'c{c}'}.{suffix}" for r, u, c, q in POINTS]
 
 
 def all_point_files(suffix):
-    return [f.format(mode=m) for m in MODES for f in point_files(suffix)]
+    return [f.format(mode=m, instance=i) for m, i in SLOTS for f in point_files(suffix)]
+
+
+SERVER_INFOS = [f"results/raw/{m}/i{i}/server.json" for m, i in SLOTS]
+
+
+def after_previous_lifetime(wildcards):
+    """The server lifetime that runs just before this one: the interleaved order is a chain in the DAG."""
+    prev = previous_slot(wildcards.mode, int(wildcards.instance), INSTANCES, config["seed"])
+    return [f"results/raw/{prev[0]}/i{prev[1]}/server.json"] if prev else []
 
 
 def model_inputs():

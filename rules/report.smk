@@ -4,7 +4,7 @@ rule report:
         template=REPORT_TEMPLATE,
         summary="results/summary.csv",
         speedup="results/speedup.csv",
-        info=expand("results/raw/{mode}/server.json", mode=MODES),
+        info=SERVER_INFOS,
         scripts=expand(SERVER_FILE, mode=MODES),
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         charts=CHARTS,

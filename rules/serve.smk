@@ -80,24 +80,26 @@ if PLAN_FILE:
 
 
 rule measure:
-    """One server lifetime per cache setting: start, wait ready, warm up, measure every point, tear down
-    (endpoint mode: probe the existing endpoint and measure every point against it)."""
+    """One server lifetime of one cache setting: start, wait ready, warm up, measure every point, tear down
+    (endpoint mode: probe the existing endpoint and measure every point against it). Lifetimes run one after
+    another in the interleaved order (`after`)."""
     input:
         script=SERVER_FILE,
         prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
         model=model_inputs(),
         plan=[PLAN_FILE] if PLAN_FILE else [],
         code=package_files("measure"),
+        after=after_previous_lifetime,
     output:
         records=point_files("jsonl"),
         meta=point_files("meta.json"),
-        info="results/raw/{mode}/server.json",
+        info="results/raw/{mode}/i{instance}/server.json",
     log:
-        server="results/logs/server_{mode}.log",
-        measure="results/logs/measure_{mode}.log",
-        records="results/logs/records_{mode}.jsonl",
+        server="results/logs/server_{mode}_i{instance}.log",
+        measure="results/logs/measure_{mode}_i{instance}.log",
+        records="results/logs/records_{mode}_i{instance}.jsonl",
     benchmark:
-        "results/benchmarks/measure_{mode}.tsv"
+        "results/benchmarks/measure_{mode}_i{instance}.tsv"
     conda:
         "../envs/pipeline.yaml"
     resources:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from prefixbench.calibrate import read_plan
+from prefixbench.design import point_order
 from prefixbench.endpoint import Endpoint
 from prefixbench.measure import Point, measure_endpoint, measure_mode
 from prefixbench.settings import BenchSettings
@@ -13,6 +14,7 @@ snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log.measure, "w", buffering=1)
 p = snakemake.params
 mode = snakemake.wildcards.mode
+instance = int(snakemake.wildcards.instance)
 prompts = {Path(f).stem: Path(f) for f in snakemake.input.prompts}
 plan = read_plan(snakemake.input.plan[0] if snakemake.input.plan else None)
 planned = plan["points"] if plan else [None] * len(p.points)
@@ -31,6 +33,7 @@ points = [
     for (regime, reuse, conc, rate), rec, meta, pp in zip(p.points, snakemake.output.records, snakemake.output.meta, planned)
 ]
 settings = BenchSettings(**p.bench)
+points = point_order(points, settings.seed, instance)
 extra = {
     "target": p.target,
     "model": dict(p.model),
@@ -42,6 +45,7 @@ if p.endpoint:
     endpoint = Endpoint(ep["base_url"], ep["model"], ep.get("api_key_env"), Path(snakemake.log.server))
     measure_endpoint(
         mode,
+        instance=instance,
         endpoint=endpoint,
         server_info_path=Path(snakemake.output.info),
         points=points,
@@ -52,6 +56,7 @@ if p.endpoint:
 else:
     measure_mode(
         mode,
+        instance=instance,
         script=Path(snakemake.input.script),
         host=p.host,
         log_path=Path(snakemake.log.server),

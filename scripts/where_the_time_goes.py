@@ -7,7 +7,7 @@ A benchmark that prints figures (not a test): run it after `./run.sh` in the sam
 
 It reads what the run left behind: `.venv*/.prefixbench-build-seconds` (written by run.sh when it
 creates an environment), Snakemake's `results/benchmarks/*.tsv`, `results/calibration.json`,
-`results/raw/{mode}/server.json` and every point's `meta.json`.
+`results/raw/{mode}/i{k}/server.json` and every point's `meta.json`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prefixbench import MODES  # noqa: E402
 from prefixbench.host import SHOWN_FLAGS, read_cpu_info  # noqa: E402
 
 
@@ -59,15 +58,12 @@ def rows(root: Path) -> list[tuple[str, float | None, str]]:
                 f"server ready after {plan['calibration']['startup_s']:.0f} s; {plan['summary']}",
             )
         )
-    for mode in MODES:
-        info_path = res / "raw" / mode / "server.json"
-        total = bench_s(res / f"benchmarks/measure_{mode}.tsv")
-        if not info_path.exists():
-            out.append((f"measure {mode}", total, "no server.json"))
-            continue
+    for info_path in sorted(res.glob("raw/*/i*/server.json"), key=lambda p: p.stat().st_mtime):
+        mode, lifetime = info_path.parent.parent.name, info_path.parent.name
+        total = bench_s(res / f"benchmarks/measure_{mode}_{lifetime}.tsv")
         info = json.loads(info_path.read_text())
-        out.append((f"measure {mode}", total, f"server ready after {info.get('startup_s') or 0:.0f} s"))
-        for meta_path in sorted((res / "raw" / mode).glob("*/*.meta.json")):
+        out.append((f"measure {mode} {lifetime}", total, f"server ready after {info.get('startup_s') or 0:.0f} s"))
+        for meta_path in sorted(info_path.parent.glob("*/*.meta.json")):
             meta = json.loads(meta_path.read_text())
             label = f"  {meta['regime']} reuse {meta['reuse_pct']}% " + (
                 f"rate {meta['request_rate']:g}/s" if meta.get("request_rate") else f"c{meta['concurrency']}"
@@ -85,7 +81,7 @@ def main() -> None:
     cpu = read_cpu_info()
     flags = ", ".join(f for f in SHOWN_FLAGS if f in cpu.flags) or "none of " + ", ".join(SHOWN_FLAGS)
     dtype = ""
-    info_path = args.root / "results/raw/no_prefix_cache/server.json"
+    info_path = args.root / "results/raw/no_prefix_cache/i1/server.json"
     if info_path.exists():
         choice = json.loads(info_path.read_text()).get("dtype_choice")
         dtype = f"; dtype {choice['dtype']} ({choice['reason']})" if choice else ""

@@ -25,13 +25,21 @@ def write_run(
     failed_at=None,
     max_tokens=8,
     rates=(),
+    instances=1,
+    instance_speed=None,
+    jitter=0.0,
 ) -> tuple[list[Path], list[Path]]:
+    """`instance_speed` {instance: factor} slows a whole server lifetime; `jitter` adds seeded per-request noise."""
+    import random
+
+    noise = random.Random(0)
     recs, metas = [], []
-    for mode in MODES:
+    for mode, instance in [(m, i) for i in range(1, instances + 1) for m in MODES]:
+        speed = (instance_speed or {}).get(instance, 1.0)
         for regime, prefix in regimes:
             for reuse in reuses:
                 for conc, rate in [(c, 0.0) for c in concs] + [(0, r) for r in rates]:
-                    d = root / mode / regime
+                    d = root / mode / f"i{instance}" / regime
                     d.mkdir(parents=True, exist_ok=True)
                     label = f"rate{rate:g}" if rate else f"c{conc}"
                     rp, mp = d / f"reuse{reuse}_{label}.jsonl", d / f"reuse{reuse}_{label}.meta.json"
@@ -41,7 +49,7 @@ def write_run(
                     for i in range(n):
                         group = "shared" if i < n_shared else f"unique-{i:03d}"
                         warm = group == "shared" and i > 0
-                        ttft = ttft_for(mode, prefix, warm, load)
+                        ttft = ttft_for(mode, prefix, warm, load) * speed * (1 + jitter * noise.uniform(-1, 1))
                         failed = failed_at == (mode, regime, reuse, conc) and i == 0
                         cached = prefix if warm and mode == "with_prefix_cache" else 0
                         hits += cached
@@ -50,6 +58,7 @@ def write_run(
                         lines.append(
                             {
                                 "mode": mode,
+                                "instance": instance,
                                 "regime": regime,
                                 "reuse_pct": reuse,
                                 "concurrency": conc,
@@ -75,6 +84,7 @@ def write_run(
                     rp.write_text("".join(json.dumps(x) + "\n" for x in lines))
                     PointMeta(
                         mode=mode,
+                        instance=instance,
                         regime=regime,
                         reuse_pct=reuse,
                         concurrency=conc,

@@ -187,3 +187,30 @@ def test_parsing_the_workflow_imports_no_client_or_server_code():
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT / "scripts", capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_server_lifetimes_run_in_the_interleaved_order(tmp_path):
+    """With two lifetimes per setting, the DAG chains the measure jobs in prefixbench.design's order."""
+    import re
+
+    from prefixbench.design import slot_order
+
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["benchmark"]["instances"] = 2
+    path = tmp_path / "k2.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    after = {}
+    for block in out.stdout.split("rule measure:")[1:]:
+        mode, instance = re.search(r"wildcards: mode=(\w+), instance=(\d+)", block).groups()
+        inputs = re.search(r"input: (.*)", block).group(1)
+        prev = re.search(r"results/raw/(\w+)/i(\d+)/server\.json", inputs)
+        after[(mode, int(instance))] = (prev.group(1), int(prev.group(2))) if prev else None
+    order = slot_order(2, cfg["seed"])
+    assert after == {slot: (order[k - 1] if k else None) for k, slot in enumerate(order)}

@@ -147,8 +147,8 @@ def test_endpoint_mode_measures_both_settings(endpoint_run, endpoints):
 
 @pytest.mark.integration
 def test_endpoint_mode_uses_what_each_endpoint_offers_and_says_the_rest(endpoint_run):
-    off = json.loads((endpoint_run / "results/raw/no_prefix_cache/server.json").read_text())
-    on = json.loads((endpoint_run / "results/raw/with_prefix_cache/server.json").read_text())
+    off = json.loads((endpoint_run / "results/raw/no_prefix_cache/i1/server.json").read_text())
+    on = json.loads((endpoint_run / "results/raw/with_prefix_cache/i1/server.json").read_text())
     assert off["started_by_prefixbench"] is False and on["started_by_prefixbench"] is False
     assert off["capabilities"]["cache_reset"] == "HTTP 404" and on["capabilities"]["cache_reset"] == "ok"
     assert off["capabilities"]["prefix_cache_counters"] and on["capabilities"]["latency_histograms"]
@@ -203,7 +203,7 @@ def test_a_refused_key_fails_clearly(endpoints, smollm2_dir, tmp_path):
         tmp_path,
         configfile,
         {**os.environ, "PREFIXBENCH_TEST_WRONG_KEY": "not-the-key"},
-        "results/raw/no_prefix_cache/server.json",
+        "results/raw/no_prefix_cache/i1/server.json",
     )
     assert proc.returncode != 0
     assert "results/logs/measure_no_prefix_cache.log" in proc.stderr

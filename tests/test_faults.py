@@ -297,7 +297,7 @@ def test_sigterm_to_snakemake_stops_at_once_keeps_records_and_rerun_resumes(tmp_
     kept = measured()
     assert running and not left and gone < 15, (gone, left)
     assert proc.returncode != 0 and kept >= 1
-    assert not any((tmp_path / "results/raw").glob("*/server.json"))  # an incomplete job leaves no outputs
+    assert not any((tmp_path / "results/raw").glob("*/*/server.json"))  # an incomplete job leaves no outputs
     rerun = subprocess.run(cmd + ["--rerun-incomplete"], capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (tmp_path / "results/prefix_caching_results.md").exists()

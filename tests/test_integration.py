@@ -116,7 +116,7 @@ def test_calibration_plans_the_sweep_and_the_report_says_so(pipeline_run):
         predicted = rates["fixed_s"] + rates["prefill_s_per_token"] * r["prompt_tokens"]
         assert abs(predicted - r["ttft_s"]) <= 0.5 * r["ttft_s"] + 0.05, (r, rates)
     assert plan["budget_s"] == cfg["benchmark"]["time_budget_s"] and not plan["trimmed"]
-    info = json.loads((work / "results/raw/no_prefix_cache/server.json").read_text())
+    info = json.loads((work / "results/raw/no_prefix_cache/i1/server.json").read_text())
     choice = info["dtype_choice"]
     assert choice["dtype"] in ("bfloat16", "float32")
     assert (choice["dtype"] == "bfloat16") == any(f in choice["flags"] for f in ("avx512_bf16", "amx_bf16"))

@@ -186,3 +186,16 @@ def test_open_loop_goodput(tmp_path):
 def test_no_open_loop_section_without_rates(tmp_path):
     md, _ = render_md(tmp_path)
     assert "Open loop" not in md
+
+
+def test_two_lifetimes_show_their_controls_and_order(tmp_path):
+    md, summary = render_md(tmp_path, n=40, instances=2, reuses=(100, 0), jitter=0.05)
+    assert "off vs off (lifetimes)" in md and "not run (1 lifetime)" not in md
+    assert "Each cache setting ran in 2 server lifetimes, interleaved" in md
+    assert "Between server lifetimes of the same setting" in md
+    assert (summary["instances"] == 2).all()
+
+
+def test_one_lifetime_says_the_instance_variance_was_not_measured(tmp_path):
+    md, _ = render_md(tmp_path, n=40, reuses=(100, 0))
+    assert "not run (1 lifetime)" in md and "k = 1" in md

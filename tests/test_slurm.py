@@ -92,7 +92,7 @@ def test_only_server_jobs_reach_the_scheduler_and_ask_for_a_gpu(slurm_run):
     for job in jobs:
         assert f"with SLURM jobid {job['JobId']} " in log, job
     for mode in ("no_prefix_cache", "with_prefix_cache"):
-        info = json.loads((work / f"results/raw/{mode}/server.json").read_text())
+        info = json.loads((work / f"results/raw/{mode}/i1/server.json").read_text())
         assert info["started_by_prefixbench"] and info["port"] > 0
 
 
@@ -107,7 +107,7 @@ def test_scancel_mid_measurement_leaves_no_server(slurm, smollm2_dir, tmp_path, 
     cfg["regimes"]["small"]["reuse_pcts"] = [100]
     configfile = tmp_path / "cancel.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    cmd = snakemake_cmd(tmp_path, configfile, "results/raw/no_prefix_cache/server.json", "--slurm-status-command", "squeue",
+    cmd = snakemake_cmd(tmp_path, configfile, "results/raw/no_prefix_cache/i1/server.json", "--slurm-status-command", "squeue",
                         "--slurm-init-seconds-before-status-checks", "5", profile="slurm")  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm.env)
 
@@ -118,7 +118,7 @@ def test_scancel_mid_measurement_leaves_no_server(slurm, smollm2_dir, tmp_path, 
                 out.append(p.pid)
         return out
 
-    records = tmp_path / "results/logs/records_no_prefix_cache.jsonl"
+    records = tmp_path / "results/logs/records_no_prefix_cache_i1.jsonl"
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and not (records.exists() and len(records.read_text().splitlines()) >= 3):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -137,7 +137,7 @@ def test_scancel_mid_measurement_leaves_no_server(slurm, smollm2_dir, tmp_path, 
     assert before and not left
     assert state == "CANCELLED" and proc.returncode != 0
     assert f"SLURM-job '{running[0]['JobId']}' failed" in out
-    assert not (tmp_path / "results/raw/no_prefix_cache/server.json").exists()
+    assert not (tmp_path / "results/raw/no_prefix_cache/i1/server.json").exists()
     kept = len(records.read_text().splitlines())
     assert kept >= 3
     reliability(

@@ -37,6 +37,8 @@ def load_records(paths: Iterable[Path]) -> pl.DataFrame:
         df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("schedule_lag_s"))
     if "repeat" not in df.columns:
         df = df.with_columns(pl.lit(0, dtype=pl.Int64).alias("repeat"))
+    if "instance" not in df.columns:  # records from before server instances existed: one lifetime per setting
+        df = df.with_columns(pl.lit(1, dtype=pl.Int64).alias("instance"))
     lag = pl.col("schedule_lag_s").cast(pl.Float64).fill_null(0.0)
     df = df.with_columns(
         # Open loop: latency from the scheduled send, so a late client cannot hide queueing (coordinated omission).
@@ -56,7 +58,7 @@ def load_records(paths: Iterable[Path]) -> pl.DataFrame:
 def with_window(records: pl.DataFrame) -> pl.DataFrame:
     """Mark each request in or out of its pass's steady-state window (stats.steady_window; open loop: all in)."""
     parts = []
-    for (_, _, _, conc, rate, _), grp in records.group_by(KEYS + ["repeat"], maintain_order=True):
+    for (_, _, _, conc, rate, _, _), grp in records.group_by(KEYS + ["instance", "repeat"], maintain_order=True):
         if rate:
             flags = [True] * grp.height
         else:
@@ -66,6 +68,7 @@ def with_window(records: pl.DataFrame) -> pl.DataFrame:
 
 
 def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
+    """One row per point and server lifetime (column `instance`); `point_totals` adds the lifetimes up."""
     rows = []
     for path in paths:
         meta = PointMeta.read(path)
@@ -73,6 +76,7 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
         rows.append(
             {
                 **{k: getattr(meta, k) for k in KEYS},
+                "instance": meta.instance,
                 "wall_s": meta.wall_s,
                 "requests_sent": meta.requests_sent,
                 "cache_reset": meta.cache_reset,
@@ -108,6 +112,24 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
     )
 
 
+def point_totals(meta: pl.DataFrame) -> pl.DataFrame:
+    """A point's lifetimes added up: times, requests and counters summed, the hit rate recomputed, peaks the highest."""
+    summed = ["wall_s", "requests_sent", "hit_tokens", "query_tokens"] + [
+        c for c in meta.columns if c.startswith("server_") and c.endswith(("_sum_s", "_count"))
+    ]
+    peaks = ["peak_server_rss_gib", "peak_gpu_mem_mib", "peak_kv_cache_usage"]
+    return meta.group_by(KEYS, maintain_order=True).agg(
+        *(pl.when(pl.col(c).is_not_null().any()).then(pl.col(c).sum()).alias(c) for c in summed),
+        *(pl.col(c).max() for c in peaks),
+        pl.col("cache_reset").filter(pl.col("cache_reset") != "ok").first().fill_null("ok").alias("cache_reset"),
+        pl.col("instance").n_unique().alias("instances"),
+        pl.when(pl.col("query_tokens").sum() > 0)
+        .then(pl.col("hit_tokens").sum() / pl.col("query_tokens").sum())
+        .otherwise(pl.col("measured_hit_rate").first())
+        .alias("measured_hit_rate"),
+    )
+
+
 def closed_loop(df: pl.DataFrame) -> pl.DataFrame:
     """Concurrency-sweep rows (request_rate 0); tables from before open-loop points are all closed loop."""
     return df.filter(pl.col("request_rate") == 0) if "request_rate" in df.columns else df
@@ -131,21 +153,17 @@ def _notes(row: dict) -> str:
 
 
 def repeat_throughput(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
-    """Output tokens/s of each repeat of a point, and their range: the spread a throughput claim must clear."""
-    if "repeat" not in records.columns:
-        records = records.with_columns(pl.lit(0, dtype=pl.Int64).alias("repeat"))
-    tokens = (
-        records.filter(pl.col("status") == "ok")
-        .group_by(KEYS + ["repeat"])
-        .agg(pl.col("completion_tokens").sum().alias("tokens"))
-    )
+    """Output tokens/s of each pass (repeat of each lifetime) of a point, and their range: the spread a throughput
+    claim must clear."""
+    unit = KEYS + ["instance", "repeat"]
+    tokens = records.filter(pl.col("status") == "ok").group_by(unit).agg(pl.col("completion_tokens").sum().alias("tokens"))
     walls = (
-        meta.select(KEYS + ["wall_s_per_repeat"])
+        meta.select(KEYS + ["instance", "wall_s_per_repeat"])
         .explode("wall_s_per_repeat")
-        .with_columns(pl.int_range(pl.len()).over(KEYS).alias("repeat"))
+        .with_columns(pl.int_range(pl.len()).over(KEYS + ["instance"]).alias("repeat"))
         .rename({"wall_s_per_repeat": "wall"})
     )
-    per = tokens.join(walls, on=KEYS + ["repeat"], how="inner").with_columns((pl.col("tokens") / pl.col("wall")).alias("t"))
+    per = tokens.join(walls, on=unit, how="inner").with_columns((pl.col("tokens") / pl.col("wall")).alias("t"))
     return per.group_by(KEYS).agg(
         pl.len().alias("repeats_measured"),
         pl.when(pl.len() >= 2).then(pl.col("t").min()).alias("tok_s_lo"),
@@ -193,9 +211,8 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
         pl.col("ttft_s").filter(counted & (pl.col("expected_cached_tokens") > 0)).mean().alias("mean_ttft_warm_s"),
     )
     df = (
-        per_point.join(meta, on=KEYS, how="left")
+        per_point.join(point_totals(meta), on=KEYS, how="left")
         .join(repeat_throughput(records, meta), on=KEYS, how="left")
-        .drop("wall_s_per_repeat")
         .with_columns(
             (pl.col("completion_tokens") / pl.col("wall_s")).alias("tok_s"),
             (pl.col("prompt_tokens") / pl.col("wall_s")).alias("prompt_tok_s"),
@@ -262,25 +279,31 @@ def speedups(summary: pl.DataFrame) -> pl.DataFrame:
 
 
 def with_clusters(records: pl.DataFrame) -> pl.DataFrame:
-    """Each record's cluster for the bootstrap: (repeat, round of c sends) closed loop, (repeat, busy period) open loop."""
-    if "repeat" not in records.columns:
-        records = records.with_columns(pl.lit(0, dtype=pl.Int64).alias("repeat"))
+    """Each record's cluster for the bootstrap: (instance, repeat, round of c sends) closed loop, (instance, repeat,
+    busy period) open loop. The bootstrap resamples instances first, then clusters within them."""
     parts = []
-    for (_, _, _, conc, rate, repeat), grp in records.group_by(KEYS + ["repeat"], maintain_order=True):
+    for (_, _, _, conc, rate, instance, repeat), grp in records.group_by(KEYS + ["instance", "repeat"], maintain_order=True):
         start = grp["start_s"].fill_null(0.0).to_list()
         if rate:
             end = [s + (e or 0.0) for s, e in zip(start, grp["e2e_s"].fill_null(0.0).to_list())]
             local = busy_periods(start, end)
         else:
             local = closed_loop_rounds(start, int(conc))
-        parts.append(grp.with_columns(pl.Series("cluster", [f"{repeat}:{c}" for c in local], dtype=pl.String)))
+        parts.append(grp.with_columns(pl.Series("cluster", [f"{instance}:{repeat}:{c}" for c in local], dtype=pl.String)))
     return pl.concat(parts, how="diagonal_relaxed")
 
 
 def _ci(off: pl.DataFrame | None, on: pl.DataFrame | None, metric: str) -> tuple[float, float] | None:
     if off is None or on is None or off.is_empty() or on.is_empty():
         return None
-    return cluster_ratio_ci(off[metric].to_numpy(), off["cluster"].to_list(), on[metric].to_numpy(), on["cluster"].to_list())
+    return cluster_ratio_ci(
+        off[metric].to_numpy(),
+        off["cluster"].to_list(),
+        on[metric].to_numpy(),
+        on["cluster"].to_list(),
+        off_groups=off["instance"].to_list(),
+        on_groups=on["instance"].to_list(),
+    )
 
 
 def aa_requests(records: pl.DataFrame) -> pl.DataFrame:
@@ -296,26 +319,64 @@ def aa_requests(records: pl.DataFrame) -> pl.DataFrame:
     return closed.filter(((pl.col("concurrency") == c_min) & (pl.col("prefix_group") != "shared")) | (pl.col("reuse_pct") == 0))
 
 
+def _ratio_row(a: pl.DataFrame, b: pl.DataFrame, prefix: str) -> dict:
+    """Mean ratio a/b of TTFT and E2E with clustered CIs, as `{prefix}_ttft_ratio`, `_lo`, `_hi` (and `_e2e_`)."""
+    row = {}
+    for metric, kind in (("ttft_s", "ttft"), ("e2e_s", "e2e")):
+        ci = _ci(a, b, metric)
+        row[f"{prefix}_{kind}_ratio"] = a[metric].mean() / b[metric].mean() if a.height and b.height else None
+        row[f"{prefix}_{kind}_lo"], row[f"{prefix}_{kind}_hi"] = ci if ci else (None, None)
+    return row
+
+
+INSTANCE_CONTROLS = {"inst_off": OFF, "inst_on": ON}
+
+
 def aa_floor(records: pl.DataFrame) -> pl.DataFrame:
-    """Per regime (and `*` for all): the off/on ratio of the A/A requests and its clustered 95% CI."""
+    """Per regime (and `*` for all): the A/A controls and their clustered 95% CIs.
+
+    `aa_*`: off/on of the requests that can hit nothing (aa_requests). `inst_off_*`, `inst_on_*` (with two or more
+    server lifetimes per setting): the same setting against itself, odd-numbered lifetimes over even-numbered ones,
+    over every request of the regime, each relative to the same request's mean over all lifetimes. `floor_*` is the widest of them: the noise no claim may sit inside."""
     aa = aa_requests(records).with_columns(
         pl.concat_str([pl.col("reuse_pct"), pl.col("concurrency"), pl.col("cluster")], separator="/").alias("cluster")
     )
+    # Each request relative to the mean of the same request (same point, same prompt) over every lifetime: the
+    # lifetimes send identical requests, so the same-setting control is paired, request for request, and the mix of
+    # cold, warm and unique requests cannot decide it.
+    same = records.filter(pl.col("status") == "ok").with_columns(
+        pl.concat_str(
+            [pl.col("reuse_pct"), pl.col("concurrency"), pl.col("request_rate"), pl.col("cluster")], separator="/"
+        ).alias("cluster"),
+        (pl.col("instance") % 2 == 1).alias("odd"),
+        *((pl.col(m) / pl.col(m).mean().over(KEYS + ["request_index"])).alias(m) for m in ("ttft_s", "e2e_s")),
+    )
     rows = []
-    scopes = [("*", aa)] + [(r, g) for (r,), g in aa.group_by("regime", maintain_order=True)]
-    for regime, grp in scopes:
+    for regime in ["*"] + list(dict.fromkeys(records["regime"].to_list())):
+        grp = aa if regime == "*" else aa.filter(pl.col("regime") == regime)
         off, on = (grp.filter(pl.col("mode") == m) for m in MODES)
         row = {"regime": regime, "aa_requests_off": off.height, "aa_requests_on": on.height}
-        for metric, name in (("ttft_s", "aa_ttft"), ("e2e_s", "aa_e2e")):
-            ci = _ci(off, on, metric)
-            row[f"{name}_ratio"] = off[metric].mean() / on[metric].mean() if off.height and on.height else None
-            row[f"{name}_lo"], row[f"{name}_hi"] = ci if ci else (None, None)
+        row |= _ratio_row(off, on, "aa")
+        mine = same if regime == "*" else same.filter(pl.col("regime") == regime)
+        for prefix, mode in INSTANCE_CONTROLS.items():
+            one = mine.filter(pl.col("mode") == mode)
+            row |= _ratio_row(one.filter(pl.col("odd")), one.filter(~pl.col("odd")), prefix)
+        for kind in ("ttft", "e2e"):
+            los = [row[f"{p}_{kind}_lo"] for p in ("aa", *INSTANCE_CONTROLS) if row[f"{p}_{kind}_lo"] is not None]
+            his = [row[f"{p}_{kind}_hi"] for p in ("aa", *INSTANCE_CONTROLS) if row[f"{p}_{kind}_hi"] is not None]
+            row[f"floor_{kind}_lo"], row[f"floor_{kind}_hi"] = (min(los), max(his)) if los else (None, None)
         rows.append(row)
     schema = {
         "regime": pl.String,
         "aa_requests_off": pl.Int64,
         "aa_requests_on": pl.Int64,
-        **{f"{n}_{k}": pl.Float64 for n in ("aa_ttft", "aa_e2e") for k in ("ratio", "lo", "hi")},
+        **{
+            f"{p}_{kind}_{k}": pl.Float64
+            for p in ("aa", *INSTANCE_CONTROLS)
+            for kind in ("ttft", "e2e")
+            for k in ("ratio", "lo", "hi")
+        },
+        **{f"floor_{kind}_{k}": pl.Float64 for kind in ("ttft", "e2e") for k in ("lo", "hi")},
     }
     return pl.DataFrame(rows, schema=schema)
 

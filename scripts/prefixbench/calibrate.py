@@ -59,7 +59,16 @@ def calibrate(
     if bad:
         raise ServerError(f"calibration request failed: {bad[0]['error']}")
     rates = fit_rates([(r["prompt_tokens"], r["ttft_s"], r["e2e_s"], r["completion_tokens"]) for r in records])
-    plan = make_plan(rates, points, prompts, budget_s, settings.max_tokens, settings.repeats, min_rounds=settings.min_rounds)
+    plan = make_plan(
+        rates,
+        points,
+        prompts,
+        budget_s,
+        settings.max_tokens,
+        settings.repeats,
+        min_rounds=settings.min_rounds,
+        instances=settings.instances,
+    )
     plan["summary"] = plan_summary(plan)
     plan["calibration"] = {
         "startup_s": startup_s,

@@ -104,13 +104,15 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
         )
     )
     # The uncertainty: each ratio's clustered 95% CI, and the A/A band (what identical work shows off vs on).
-    for col in ("ttft_speedup_lo", "ttft_speedup_hi", "aa_ttft_lo", "aa_ttft_hi"):
+    if "floor_ttft_lo" not in df.columns and "aa_ttft_lo" in df.columns:  # tables from before instance controls
+        df = df.with_columns(pl.col("aa_ttft_lo").alias("floor_ttft_lo"), pl.col("aa_ttft_hi").alias("floor_ttft_hi"))
+    for col in ("ttft_speedup_lo", "ttft_speedup_hi", "floor_ttft_lo", "floor_ttft_hi"):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias(col))
     band = (
         alt.Chart()
-        .transform_filter("isValid(datum.aa_ttft_lo)")
-        .transform_aggregate(lo="min(aa_ttft_lo)", hi="max(aa_ttft_hi)")
+        .transform_filter("isValid(datum.floor_ttft_lo)")
+        .transform_aggregate(lo="min(floor_ttft_lo)", hi="max(floor_ttft_hi)")
         .mark_rect(color="gray", opacity=0.35)
         .encode(y="lo:Q", y2="hi:Q")
     )

@@ -111,6 +111,7 @@ def bench_settings(config: dict[str, Any]) -> BenchSettings:
         sample_interval_s=b["sample_interval_s"],
         max_failed_fraction=b["max_failed_fraction"],
         repeats=b["repeats"],
+        instances=b["instances"],
         burstiness=b["burstiness"],
         seed=config["seed"],
         min_rounds=b["min_rounds"],

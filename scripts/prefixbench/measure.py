@@ -202,6 +202,7 @@ async def measure_point(
     sent = len(prompts) * settings.repeats
     meta = PointMeta(
         mode=context["mode"],
+        instance=context.get("instance", 1),
         regime=point.regime,
         reuse_pct=point.reuse_pct,
         concurrency=point.concurrency,
@@ -253,6 +254,7 @@ def server_version(python: str) -> str:
 
 def measure_points(
     mode: str,
+    instance: int,
     server: MeasuredTarget,
     model: str,
     points: Sequence[Point],
@@ -260,14 +262,15 @@ def measure_points(
     journal: TextIO | None,
 ) -> int:
     """Warm the server up, then every point in order; one console line per point, with the time left."""
-    context = {"mode": mode}
+    context = {"mode": mode, "instance": instance}
+    name = f"{mode} #{instance}"
     max_prefix = max(p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1])
     t0 = time.monotonic()
     asyncio.run(warm_up(server, model, settings, max_prefix))
     eta = Eta(point_estimates(points))
     if all(p.estimated_s is not None for p in points):
         print(
-            f"[prefixbench] {mode}: {len(points)} points, about {fmt_duration(eta.remaining_s())} (calibrated estimate)",
+            f"[prefixbench] {name}: {len(points)} points, about {fmt_duration(eta.remaining_s())} (calibrated estimate)",
             flush=True,
         )
     for i, point in enumerate(points, 1):
@@ -277,7 +280,7 @@ def measure_points(
         eta.point_done(time.monotonic() - t_point)
         # One line per point on stdout (the console), while the progress bars go to the job's log.
         print(
-            f"[prefixbench] {mode} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
+            f"[prefixbench] {name} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
             f"{point.label}: {meta.requests_ok}/{meta.requests_sent} ok in {meta.wall_s:.1f} s; "
             f"elapsed {fmt_duration(time.monotonic() - t0)}, about {fmt_duration(eta.remaining_s())} left",
             flush=True,
@@ -306,6 +309,7 @@ def warmup_policy(settings: BenchSettings) -> str:
 def measure_mode(
     mode: str,
     *,
+    instance: int = 1,
     script: Path,
     host: str,
     log_path: Path,
@@ -321,6 +325,7 @@ def measure_mode(
     """Run every point of one cache setting against one server lifetime (records also to `journal_path`)."""
     info = {
         "mode": mode,
+        "instance": instance,
         "script": str(script),
         "vllm_version": server_version(python),
         "hardware": hardware(),
@@ -334,13 +339,14 @@ def measure_mode(
     ):
         info["startup_s"] = server.startup_s
         info["port"] = server.port
-        info["points"] = measure_points(mode, server, model, points, settings, journal)
+        info["points"] = measure_points(mode, instance, server, model, points, settings, journal)
     server_info_path.write_text(json.dumps(info, indent=2))
 
 
 def measure_endpoint(
     mode: str,
     *,
+    instance: int = 1,
     endpoint: Endpoint,
     server_info_path: Path,
     points: Sequence[Point],
@@ -358,6 +364,7 @@ def measure_endpoint(
         settings_note = ""
     info = {
         "mode": mode,
+        "instance": instance,
         "started_by_prefixbench": False,
         "endpoint": {"base_url": redact_url(endpoint.base_url), "model": endpoint.model, "api_key_env": endpoint.api_key_env},
         "capabilities": asdict(caps),
@@ -369,5 +376,5 @@ def measure_endpoint(
         **extra_info,
     }
     with journal_path.open("w") if journal_path else contextlib.nullcontext() as journal:
-        info["points"] = measure_points(mode, endpoint, endpoint.model, points, settings, journal)
+        info["points"] = measure_points(mode, instance, endpoint, endpoint.model, points, settings, journal)
     server_info_path.write_text(json.dumps(info, indent=2))

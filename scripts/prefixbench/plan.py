@@ -109,9 +109,12 @@ def make_plan(
     max_tokens: int,
     repeats: int,
     min_rounds: int,
+    instances: int = 1,
     steps: int = 100,
 ) -> dict:
-    """The largest common fraction of every point's requests whose slower cache setting fits `budget_s`."""
+    """The largest common fraction of every point's requests whose slower cache setting fits `budget_s`.
+
+    The budget covers all `instances` lifetimes of a setting; a point's `estimated_s` is one lifetime's."""
 
     def planned(fraction: float) -> list[PlannedPoint]:
         out = []
@@ -124,7 +127,7 @@ def make_plan(
         return out
 
     def total(pts: list[PlannedPoint]) -> dict[str, float]:
-        return {m: sum(p.estimated_s[m] for p in pts) for m in MODES}
+        return {m: instances * sum(p.estimated_s[m] for p in pts) for m in MODES}
 
     full = planned(1.0)
     fraction, chosen = 1.0, full
@@ -144,8 +147,9 @@ def make_plan(
         "over_budget": budget_s is not None and max(est.values()) > budget_s,
         "estimated_s": est,
         "full_estimated_s": total(full),
-        "requests_planned": sum(len(p.request_indices) for p in chosen) * repeats,
-        "requests_full": sum(p.available for p in chosen) * repeats,
+        "instances": instances,
+        "requests_planned": sum(len(p.request_indices) for p in chosen) * repeats * instances,
+        "requests_full": sum(p.available for p in chosen) * repeats * instances,
         "points": [asdict(p) for p in chosen],
     }
 

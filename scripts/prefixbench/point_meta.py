@@ -30,6 +30,7 @@ class PointMeta:
     peak_gpu_mem_mib: float | None = None
     peak_kv_cache_usage: float | None = None
     memory_samples: int = 0
+    instance: int = 1  # which server lifetime of its cache setting (prefixbench.design)
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

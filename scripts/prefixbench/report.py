@@ -12,9 +12,9 @@ from pathlib import Path
 import jinja2
 import polars as pl
 
+from . import OFF, ON
 from .aggregate import SEED_COLUMNS, closed_loop
 from .findings import (
-    ON,
     aa_finding,
     aa_table,
     cold_warm_table,
@@ -63,6 +63,12 @@ def prompt_strategy(prompt_paths: Sequence[Path]) -> list[dict]:
     return out
 
 
+def lifetime_order(lifetimes: Sequence[dict]) -> str:
+    """The server lifetimes as they ran, e.g. `off #1, on #1, on #2, off #2`."""
+    short = {OFF: "off", ON: "on"}
+    return ", ".join(f"{short.get(i['mode'], i['mode'])} #{i.get('instance', 1)}" for i in lifetimes)
+
+
 def not_measured(endpoints: dict[str, dict]) -> list[str]:
     """What the endpoints kept the run from measuring, each item once, naming the settings it applies to."""
     where: dict[str, list[str]] = {}
@@ -92,9 +98,9 @@ def render(
         everything = everything.with_columns(pl.lit(0.0).alias("request_rate"))
     summary = closed_loop(everything)  # the seed's questions are about the concurrency sweep
     sp = closed_loop(pl.read_csv(speedup_csv))
-    infos = {i["mode"]: i for i in (json.loads(Path(p).read_text()) for p in info_paths)}
-    info = infos.get(ON) or next(iter(infos.values()))
-    endpoints = {mode: i for mode, i in infos.items() if not i.get("started_by_prefixbench", True)}
+    lifetimes = [json.loads(Path(p).read_text()) for p in info_paths]  # in the order they ran
+    info = next((i for i in lifetimes if i["mode"] == ON), lifetimes[0])
+    endpoints = {i["mode"]: i for i in lifetimes if not i.get("started_by_prefixbench", True)}
     dummy = model.get("source") == "dummy"
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template.parent)),
@@ -105,7 +111,8 @@ def render(
     )
     text = env.get_template(template.name).render(
         info=info,
-        infos=infos,
+        lifetimes=lifetimes,
+        order=lifetime_order(lifetimes),
         target=target,
         model=model,
         dummy=dummy,

@@ -20,6 +20,7 @@ class BenchSettings:
     sample_interval_s: float
     max_failed_fraction: float
     repeats: int
+    instances: int
     burstiness: float
     seed: int
     min_rounds: int

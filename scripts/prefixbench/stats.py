@@ -1,10 +1,12 @@
 """Intervals that respect how requests are correlated, and the A/A rule that decides what is a real effect.
 
 Requests of one point are not independent: at concurrency c the requests admitted together share a
-wave (their TTFTs agree within a fraction of a millisecond on a GPU), and every repeat starts from its
-own cache state. So the bootstrap resamples *clusters*, never single requests: a cluster is one round
-of c consecutive sends within one repeat (closed loop), or one busy period of overlapping requests
-(open loop). With too few clusters on a side there is no interval, and no claim.
+wave (their TTFTs agree within a fraction of a millisecond on a GPU), every repeat starts from its
+own cache state, and every server lifetime (instance) has its own speed. So the bootstrap resamples
+*clusters*, never single requests: a cluster is one round of c consecutive sends within one repeat
+(closed loop), or one busy period of overlapping requests (open loop); with several instances it
+resamples instances first, then clusters within each drawn instance (a two-stage bootstrap). With too
+few clusters on a side there is no interval, and no claim.
 """
 
 from __future__ import annotations
@@ -26,18 +28,39 @@ def bootstrap_ratio_ci(
     return cluster_ratio_ci(off, np.arange(len(off)), on, np.arange(len(on)), n_boot, level, seed)
 
 
-def _cluster_means(values: np.ndarray, clusters: Sequence, rng: np.random.Generator, n_boot: int) -> np.ndarray | None:
+def _cluster_sums(values: np.ndarray, clusters: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    labels = {c: i for i, c in enumerate(dict.fromkeys(list(clusters)))}
+    idx = np.fromiter((labels[c] for c in clusters), dtype=int, count=len(values))
+    sums = np.bincount(idx, weights=values, minlength=len(labels))
+    return sums, np.bincount(idx, minlength=len(labels)).astype(float)
+
+
+def _cluster_means(
+    values: np.ndarray, clusters: Sequence, rng: np.random.Generator, n_boot: int, groups: Sequence | None = None
+) -> np.ndarray | None:
+    """Bootstrap means of `values`: clusters resampled with replacement, or with more than one group (server
+    instance), groups resampled first and then the clusters of each drawn group."""
     values = np.asarray(values, dtype=float)
     keep = ~np.isnan(values)
     values, clusters = values[keep], np.asarray(clusters, dtype=object)[keep]
-    labels = {c: i for i, c in enumerate(dict.fromkeys(clusters.tolist()))}
-    if len(labels) < MIN_CLUSTERS:
+    if len(set(clusters.tolist())) < MIN_CLUSTERS:
         return None
-    idx = np.fromiter((labels[c] for c in clusters.tolist()), dtype=int, count=len(values))
-    sums = np.bincount(idx, weights=values, minlength=len(labels))
-    counts = np.bincount(idx, minlength=len(labels)).astype(float)
-    draw = rng.integers(0, len(labels), (n_boot, len(labels)))
-    return sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+    group_ids = np.asarray(groups, dtype=object)[keep] if groups is not None else np.zeros(len(values), dtype=object)
+    names = list(dict.fromkeys(group_ids.tolist()))
+    if len(names) == 1:
+        sums, counts = _cluster_sums(values, clusters.tolist())
+        draw = rng.integers(0, len(sums), (n_boot, len(sums)))
+        return sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+    per_group = [_cluster_sums(values[group_ids == g], clusters[group_ids == g].tolist()) for g in names]
+    total, n = np.zeros(n_boot), np.zeros(n_boot)
+    picks = rng.integers(0, len(names), (n_boot, len(names)))
+    for slot in range(len(names)):
+        for g, (sums, counts) in enumerate(per_group):
+            rows = picks[:, slot] == g
+            draw = rng.integers(0, len(sums), (int(rows.sum()), len(sums)))
+            total[rows] += sums[draw].sum(axis=1)
+            n[rows] += counts[draw].sum(axis=1)
+    return total / n
 
 
 def cluster_ratio_ci(
@@ -48,13 +71,15 @@ def cluster_ratio_ci(
     n_boot: int = N_BOOT,
     level: float = LEVEL,
     seed: int = 0,
+    off_groups: Sequence | None = None,
+    on_groups: Sequence | None = None,
 ) -> tuple[float, float] | None:
-    """Percentile CI of mean(off) / mean(on), resampling each side's clusters with replacement.
+    """Percentile CI of mean(off) / mean(on), resampling each side's clusters (within its instances) with replacement.
 
     None when either side has fewer than MIN_CLUSTERS clusters: a few waves cannot say how the next would go."""
     rng = np.random.default_rng(seed)
-    m_off = _cluster_means(off, off_clusters, rng, n_boot)
-    m_on = _cluster_means(on, on_clusters, rng, n_boot)
+    m_off = _cluster_means(off, off_clusters, rng, n_boot, off_groups)
+    m_on = _cluster_means(on, on_clusters, rng, n_boot, on_groups)
     if m_off is None or m_on is None:
         return None
     alpha = (1 - level) / 2

@@ -1,0 +1,48 @@
+"""The design of the experiment: in which order server lifetimes and points run.
+
+Run order must not be confounded with the cache setting: a server that starts second finds warm compile
+caches, a machine warms up, a neighbour's load comes and goes. So each cache setting runs in k server
+lifetimes (instances), interleaved in a counterbalanced order (ABBA: off, on, on, off, off, on, ...),
+the seed choosing which setting opens; within an instance the points run in a seeded random order, the
+same for both settings of that instance and different between instances.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TypeVar
+
+from . import MODES
+
+T = TypeVar("T")
+
+
+def slot_order(instances: int, seed: int) -> list[tuple[str, int]]:
+    """(mode, instance) in the order the server lifetimes run: pairs alternate which setting goes first."""
+    first = random.Random(f"slots:{seed}").randrange(2)
+    order: list[tuple[str, int]] = []
+    for i in range(1, instances + 1):
+        a, b = MODES if (i - 1 + first) % 2 == 0 else MODES[::-1]
+        order += [(a, i), (b, i)]
+    return order
+
+
+def previous_slot(mode: str, instance: int, instances: int, seed: int) -> tuple[str, int] | None:
+    """The lifetime that runs just before (mode, instance), or None for the first."""
+    order = slot_order(instances, seed)
+    at = order.index((mode, instance))
+    return order[at - 1] if at else None
+
+
+def point_order(points: Sequence[T], seed: int, instance: int) -> list[T]:
+    """The points of one instance in a seeded random order (identical for off and on of that instance)."""
+    out = list(points)
+    random.Random(f"points:{seed}:{instance}").shuffle(out)
+    return out
+
+
+def order_words(instances: int, seed: int) -> str:
+    """The lifetimes' order, for the report."""
+    short = {MODES[0]: "off", MODES[1]: "on"}
+    return ", ".join(f"{short[m]} #{i}" for m, i in slot_order(instances, seed))

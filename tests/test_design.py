@@ -1,0 +1,84 @@
+"""The design of experiment: interleaved server lifetimes, seeded point order, and what instances add to the floor."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from synthetic import write_run
+
+from prefixbench import OFF, ON
+from prefixbench.aggregate import load_meta, load_records, point_totals, speedups, summarize, with_confidence
+from prefixbench.design import order_words, point_order, previous_slot, slot_order
+from prefixbench.stats import cluster_ratio_ci
+
+
+def test_lifetimes_alternate_in_a_counterbalanced_order():
+    for seed in range(6):
+        order = slot_order(3, seed)
+        assert sorted(order) == sorted((m, i) for m in (OFF, ON) for i in (1, 2, 3))
+        # ABBA: each pair has both settings, and the setting that opens a pair alternates
+        assert [{order[2 * k][0], order[2 * k + 1][0]} for k in range(3)] == [{OFF, ON}] * 3
+        assert order[0][0] != order[2][0] and order[2][0] == order[5][0]
+    assert {slot_order(1, s)[0][0] for s in range(20)} == {OFF, ON}  # the seed decides who opens
+
+
+def test_previous_slot_chains_the_order():
+    order = slot_order(2, 7)
+    assert previous_slot(*order[0], 2, 7) is None
+    assert [previous_slot(*s, 2, 7) for s in order[1:]] == order[:-1]
+    assert order_words(2, 7).count("#") == 4
+
+
+def test_point_order_is_seeded_shared_by_both_settings_and_differs_between_instances():
+    points = list(range(12))
+    assert point_order(points, 7, 1) == point_order(points, 7, 1)
+    assert sorted(point_order(points, 7, 1)) == points
+    assert point_order(points, 7, 1) != point_order(points, 7, 2)
+
+
+def test_two_stage_bootstrap_widens_when_lifetimes_disagree():
+    rng = np.random.default_rng(1)
+    on = rng.normal(1.0, 0.02, 80)
+    on_clusters = [i // 4 for i in range(80)]
+    off = np.concatenate([rng.normal(1.0, 0.02, 40), rng.normal(1.3, 0.02, 40)])  # two lifetimes, 30% apart
+    off_clusters = [i // 4 for i in range(80)]
+    flat = cluster_ratio_ci(off, off_clusters, on, on_clusters)
+    staged = cluster_ratio_ci(off, off_clusters, on, on_clusters, off_groups=[i // 40 for i in range(80)])
+    assert flat and staged
+    assert (staged[1] - staged[0]) > 2 * (flat[1] - flat[0])
+    assert staged[0] < 1.05 and staged[1] > 1.25  # both lifetimes' levels are plausible
+
+
+def test_meta_of_several_lifetimes_adds_up(tmp_path):
+    recs, metas = write_run(tmp_path, instances=2, n=8)
+    meta = load_meta(metas)
+    totals = point_totals(meta)
+    assert meta.height == 2 * totals.height
+    row = totals.filter((pl.col("mode") == ON) & (pl.col("regime") == "large") & (pl.col("reuse_pct") == 100)).row(0, named=True)
+    assert row["wall_s"] == 4.0 and row["requests_sent"] == 16 and row["instances"] == 2
+    assert row["measured_hit_rate"] == pytest.approx(7 * 1024 / (8 * (1024 + 12)))
+    summary = summarize(load_records(recs), meta)
+    assert summary.height == totals.height and (summary["requests_ok"] == 16).all()
+
+
+def _floor(tmp_path, **kw):
+    recs, metas = write_run(tmp_path, reuses=(100, 0), concs=(1,), n=24, jitter=0.05, **kw)
+    records = load_records(recs)
+    return with_confidence(speedups(summarize(records, load_meta(metas))), records)
+
+
+def test_one_lifetime_leaves_the_instance_controls_empty(tmp_path):
+    sp = _floor(tmp_path)
+    assert sp["inst_off_ttft_ratio"].is_null().all()
+    assert (sp["floor_ttft_lo"] == sp["aa_ttft_lo"]).all()
+
+
+def test_a_slow_lifetime_widens_the_floor_and_blocks_claims_inside_it(tmp_path):
+    calm = _floor(tmp_path / "calm", instances=2)
+    slow = _floor(tmp_path / "slow", instances=2, instance_speed={2: 1.6})
+    row_calm = calm.row(0, named=True)
+    row_slow = slow.row(0, named=True)
+    assert row_calm["inst_off_ttft_lo"] < 1 < row_calm["inst_off_ttft_hi"]  # identical lifetimes: A/A holds
+    assert row_slow["inst_off_ttft_hi"] < 0.8  # lifetime 1 over lifetime 2: clearly faster
+    assert row_slow["floor_ttft_lo"] < row_calm["floor_ttft_lo"]
