@@ -17,6 +17,7 @@ report: "report/workflow.rst"
 wildcard_constraints:
     mode="|".join(MODES),
     regime="|".join(REGIMES),
+    shape="|".join(SHAPES) or "none",
     instance=r"\d+",
 
 

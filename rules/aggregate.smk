@@ -3,18 +3,22 @@ rule aggregate:
     input:
         records=all_point_files("jsonl"),
         meta=all_point_files("meta.json"),
+        prompts=[prompt_file(n) for n in SHAPES],
         code=package_files("aggregate"),
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables", labels={"table": "every point"}),
         speedup=report(
             "results/speedup.csv", caption="../report/speedup.rst", category="Tables", labels={"table": "off/on ratios"}
         ),
+        shapes="results/shape_requests.csv",
     log:
         "results/logs/aggregate.log",
     benchmark:
         "results/benchmarks/aggregate.tsv"
     conda:
         "../envs/pipeline.yaml"
+    params:
+        block_size=TARGET["block_size"],
     script:
         "../scripts/aggregate.py"
 

@@ -3,6 +3,7 @@ rule charts:
     input:
         summary="results/summary.csv",
         speedup="results/speedup.csv",
+        shapes="results/shape_requests.csv",
         code=package_files("charts"),
         model=model_inputs(),
     output:

@@ -48,11 +48,18 @@ except pbconfig.ConfigError as exc:
 ENDPOINT_MODE = pbconfig.is_endpoint(TARGET)
 MODEL = pbconfig.model_of(TARGET)
 REGIMES = pbconfig.regimes(config)
+# Workload shapes (multi-turn, prefix pools, KV overflow, trace replay): one regime each, with per-request predictions.
+SHAPES = pbconfig.shapes(config)
+KV_SHAPES = [n for n, s in SHAPES.items() if s.kind == "kv_overflow"]
+MAIN_SHAPES = [n for n in SHAPES if n not in KV_SHAPES]
+KV_BLOCKS = pbconfig.kv_capacity(config)
 QUESTIONS = pbconfig.questions(config)
 CONCURRENCY = sorted(config["benchmark"]["concurrency"])
 # A CPU target's dtype follows this machine's CPU flags (`auto`: bfloat16 only where the CPU computes it natively).
 DTYPE_CHOICE = pbconfig.dtype_choice(TARGET_NAME, TARGET)
 SERVER_SPEC = None if ENDPOINT_MODE else pbconfig.server_spec(config, TARGET, DTYPE_CHOICE)
+# The kv_overflow shapes run in lifetimes of their own, on the same server with a deliberately small KV cache.
+KV_SPEC = pbconfig.kv_server_spec(SERVER_SPEC, KV_BLOCKS, TARGET["block_size"]) if KV_BLOCKS and SERVER_SPEC else None
 # What stands for each cache setting: the server script prefixbench runs, or the existing endpoint it measures.
 SERVER_FILE = "results/servers/endpoint_{mode}.json" if ENDPOINT_MODE else "results/servers/serve_slm_{mode}.sh"
 BENCH = asdict(pbconfig.bench_settings(config))
@@ -70,11 +77,33 @@ POINTS = [
     for name, regime in REGIMES.items()
     for reuse in regime.reuse_pcts
     for conc, rate in [(c, 0.0) for c in CONCURRENCY] + [(0, r) for r in RATES]
+] + [
+    # A shape is one level (reuse 100: every request follows the shape's own sharing); a trace replays open loop.
+    (name, 100, conc, rate)
+    for name in MAIN_SHAPES
+    for conc, rate in (
+        [(0, float(SHAPES[name].params["rate"]))] if SHAPES[name].kind == "trace" else [(c, 0.0) for c in CONCURRENCY]
+    )
 ]
+# The small-KV lifetimes: each working set one at a time, so the cache model can be exact.
+KV_POINTS = [(name, 100, 1, 0.0) for name in KV_SHAPES]
+
+
+def prompt_file(name):
+    """Where a regime's or a shape's prompts are written."""
+    return f"results/prompts/shapes/{name}.jsonl" if name in SHAPES else f"results/prompts/{name}.jsonl"
+
+
+MAIN_PROMPTS = [prompt_file(n) for n in list(REGIMES) + MAIN_SHAPES]
+KV_PROMPTS = [prompt_file(n) for n in KV_SHAPES]
 REPORT_TEMPLATE = config.get("report_template") or os.path.join(
     SCRIPTS_DIR, "prefixbench", "templates", "prefix_caching_results.md.j2"
 )
-CHART_NAMES = ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"] + (["open_loop"] if RATES else [])
+CHART_NAMES = (
+    ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"]
+    + (["open_loop"] if RATES else [])
+    + (["shapes"] if SHAPES else [])
+)
 CHARTS = [f"results/charts/{n}.{ext}" for n in CHART_NAMES for ext in ("png", "svg")]
 
 
@@ -90,16 +119,28 @@ CHART_OUTPUTS = [chart_output(f) for f in CHARTS]
 REGIME_TABLES = [f"results/tables/{r}/{m}.csv" for r in REGIMES for m in MODES]
 
 
-def point_files(suffix):
+def point_files(suffix, points=None, lifetime="i{instance}"):
     """Per-point outputs of one server lifetime (the {mode} and {instance} wildcards are kept)."""
-    return [f"results/raw/{{mode}}/i{{instance}}/{r}/reuse{u}_{f'rate{q:g}' if q else f'c{c}'}.{suffix}" for r, u, c, q in POINTS]
+    return [
+        f"results/raw/{{mode}}/{lifetime}/{r}/reuse{u}_{f'rate{q:g}' if q else f'c{c}'}.{suffix}"
+        for r, u, c, q in (POINTS if points is None else points)
+    ]
+
+
+# The small-KV lifetimes run after the main ones, off and on in the order the seed's first pair used.
+KV_ORDER = [m for m, _ in SLOTS[:2]] if KV_SHAPES else []
+SERVER_INFOS = [f"results/raw/{m}/i{i}/server.json" for m, i in SLOTS] + [f"results/raw/{m}/kv/server.json" for m in KV_ORDER]
 
 
 def all_point_files(suffix):
-    return [f.format(mode=m, instance=i) for m, i in SLOTS for f in point_files(suffix)]
+    main = [f.format(mode=m, instance=i) for m, i in SLOTS for f in point_files(suffix)]
+    return main + [f.format(mode=m) for m in KV_ORDER for f in point_files(suffix, KV_POINTS, "kv")]
 
 
-SERVER_INFOS = [f"results/raw/{m}/i{i}/server.json" for m, i in SLOTS]
+def after_previous_kv_lifetime(wildcards):
+    """The lifetime before this small-KV one: the last main lifetime, or the other setting's small-KV one."""
+    at = KV_ORDER.index(wildcards.mode)
+    return [SERVER_INFOS[len(SLOTS) - 1 + at]]
 
 
 def after_previous_lifetime(wildcards):

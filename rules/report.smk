@@ -4,9 +4,10 @@ rule report:
         template=REPORT_TEMPLATE,
         summary="results/summary.csv",
         speedup="results/speedup.csv",
+        shapes="results/shape_requests.csv",
         info=SERVER_INFOS,
         scripts=expand(SERVER_FILE, mode=MODES),
-        prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
+        prompts=MAIN_PROMPTS + KV_PROMPTS,
         charts=CHARTS,
         code=package_files("report"),
         model=model_inputs(),
@@ -29,5 +30,6 @@ rule report:
         block_size=TARGET["block_size"],
         slo=config["benchmark"]["slo"],
         max_tokens=BENCH["max_tokens"],
+        shapes={n: asdict(s) for n, s in SHAPES.items()},
     script:
         "../scripts/report.py"

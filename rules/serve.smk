@@ -54,7 +54,7 @@ if PLAN_FILE:
         and leaves the compile caches warm for both cache settings."""
         input:
             script=SERVER_FILE.format(mode="no_prefix_cache"),
-            prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
+            prompts=MAIN_PROMPTS,
             model=model_inputs(),
             code=package_files("calibrate"),
         output:
@@ -85,7 +85,7 @@ rule measure:
     another in the interleaved order (`after`)."""
     input:
         script=SERVER_FILE,
-        prompts=expand("results/prompts/{regime}.jsonl", regime=REGIMES),
+        prompts=MAIN_PROMPTS,
         model=model_inputs(),
         plan=[PLAN_FILE] if PLAN_FILE else [],
         code=package_files("measure"),
@@ -116,5 +116,49 @@ rule measure:
         endpoint=lambda w: TARGET["endpoints"][w.mode] if ENDPOINT_MODE else {},
         description=TARGET.get("description", ""),
         dtype_choice=DTYPE_CHOICE.as_dict() if DTYPE_CHOICE else {},
+        instance=lambda w: int(w.instance),
     script:
         "../scripts/measure.py"
+
+
+if KV_SHAPES:
+
+    use rule server_script as server_script_kv with:
+        output:
+            "results/servers/serve_slm_{mode}_kv.sh",
+        log:
+            "results/logs/server_script_{mode}_kv.log",
+        params:
+            spec=asdict(KV_SPEC),
+
+    use rule measure as measure_kv with:
+        input:
+            script="results/servers/serve_slm_{mode}_kv.sh",
+            prompts=KV_PROMPTS,
+            model=model_inputs(),
+            plan=[],
+            code=package_files("measure"),
+            after=after_previous_kv_lifetime,
+        output:
+            records=point_files("jsonl", KV_POINTS, "kv"),
+            meta=point_files("meta.json", KV_POINTS, "kv"),
+            info="results/raw/{mode}/kv/server.json",
+        log:
+            server="results/logs/server_{mode}_kv.log",
+            measure="results/logs/measure_{mode}_kv.log",
+            records="results/logs/records_{mode}_kv.jsonl",
+        benchmark:
+            "results/benchmarks/measure_{mode}_kv.tsv"
+        params:
+            points=KV_POINTS,
+            bench=BENCH,
+            host=config["server"]["host"],
+            ready_timeout_s=config["server"]["ready_timeout_s"],
+            served_name=MODEL["served_name"],
+            python=TARGET.get("python", ""),
+            target=TARGET_NAME,
+            model=MODEL,
+            endpoint={},
+            description=TARGET.get("description", ""),
+            dtype_choice=DTYPE_CHOICE.as_dict() if DTYPE_CHOICE else {},
+            instance=1,

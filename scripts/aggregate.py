@@ -12,4 +12,7 @@ write_summary(
     map(Path, snakemake.input.meta),
     Path(snakemake.output.summary),
     Path(snakemake.output.speedup),
+    Path(snakemake.output.shapes),
+    prompt_paths=map(Path, snakemake.input.prompts),
+    block_size=snakemake.params.block_size,
 )

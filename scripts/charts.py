@@ -16,4 +16,5 @@ draw_all(
     slo=dict(p.slo),
     model_dir=p.model_dir or None,
     block_size=p.block_size,
+    shape_csv=Path(snakemake.input.shapes),
 )

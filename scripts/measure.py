@@ -14,7 +14,7 @@ snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log.measure, "w", buffering=1)
 p = snakemake.params
 mode = snakemake.wildcards.mode
-instance = int(snakemake.wildcards.instance)
+instance = int(p.instance)
 prompts = {Path(f).stem: Path(f) for f in snakemake.input.prompts}
 plan = read_plan(snakemake.input.plan[0] if snakemake.input.plan else None)
 planned = plan["points"] if plan else [None] * len(p.points)
@@ -35,6 +35,7 @@ points = [
 settings = BenchSettings(**p.bench)
 points = point_order(points, settings.seed, instance)
 extra = {
+    "lifetime": "kv" if "/kv/" in str(snakemake.output.info) else f"#{instance}",
     "target": p.target,
     "model": dict(p.model),
     "dtype_choice": dict(p.dtype_choice) or None,

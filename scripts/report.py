@@ -21,4 +21,6 @@ render(
     max_tokens=p.max_tokens,
     block_size=p.block_size,
     slo=dict(p.slo),
+    shape_csv=Path(i.shapes),
+    shapes={k: dict(v) for k, v in dict(p.shapes).items()},
 )

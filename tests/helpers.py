@@ -92,6 +92,21 @@ def fake_prompts(tmp_path: Path, n: int, warm_cached: int = 0) -> Path:
 
 def measure_fake(script: Path, workdir: Path, points, *, journal: Path | None = None, **settings) -> None:
     """One cache setting measured against a fake server script: the schema's settings, one repeat, `settings` on top."""
+    measure_setting(script, workdir, points, journal=journal, **settings)
+
+
+def measure_setting(
+    script: Path,
+    workdir: Path,
+    points,
+    *,
+    model: str = "fake",
+    python: str = sys.executable,
+    ready_timeout_s: float = 30,
+    journal: Path | None = None,
+    **settings,
+) -> None:
+    """Every point of the cache-on setting against one server lifetime started from `script`."""
     from prefixbench.config import default_bench_settings
     from prefixbench.measure import measure_mode
 
@@ -101,11 +116,11 @@ def measure_fake(script: Path, workdir: Path, points, *, journal: Path | None = 
         host="127.0.0.1",
         log_path=workdir / "server.log",
         server_info_path=workdir / "server.json",
-        model="fake",
+        model=model,
         points=points,
         settings=default_bench_settings(**{"repeats": 1, **settings}),
-        ready_timeout_s=30,
-        python=sys.executable,
+        ready_timeout_s=ready_timeout_s,
+        python=python,
         extra_info={},
         journal_path=journal,
     )

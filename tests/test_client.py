@@ -156,3 +156,36 @@ async def test_open_loop_sends_on_schedule_not_on_completion(fake_server):
     assert all(abs(a - b) < 0.05 for a, b in zip(starts, expected))
     one = TTFT_DELAY + (N_TOKENS - 1) * ITL_DELAY
     assert wall < expected[-1] + one + 0.3  # closed loop at c=1 would take 10 x one
+
+
+async def test_sessions_send_turns_in_order_and_interleave(fake_server):
+    from prefixbench.client import run_sessions
+
+    out = []
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2)
+    sessions = [[(0, "ok"), (2, "ok"), (4, "ok")], [(1, "ok"), (3, "ok"), (5, "ok")]]
+    await run_sessions(cfg, sessions, 2, 0.1, out.append)
+    by = {r.request_index: r for r in out}
+    assert len(out) == 6 and all(r.status == "ok" for r in out)
+    for turns in sessions:  # a turn starts after the previous turn of its session ended, plus the think time
+        for (a, _), (b, _) in zip(turns, turns[1:]):
+            assert by[b].start_s >= by[a].start_s + by[a].e2e_s + 0.1
+    assert abs(by[0].start_s - by[1].start_s) < 0.1  # two workers: the sessions run side by side
+
+
+async def test_a_failed_turn_ends_its_session_and_the_rest_are_recorded_failed(fake_server):
+    from prefixbench.client import run_sessions
+
+    out = []
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2)
+    await run_sessions(cfg, [[(0, "ok"), (1, "http500"), (2, "ok"), (3, "ok")]], 1, 0.0, out.append)
+    assert [(r.request_index, r.status) for r in out] == [(0, "ok"), (1, "failed"), (2, "failed"), (3, "failed")]
+    assert "not sent" in out[2].error and out[2].http_status is None
+
+
+async def test_open_loop_follows_given_offsets(fake_server):
+    out = []
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2)
+    await run_open_loop(cfg, [(0, "ok"), (1, "ok"), (2, "ok")], 1.0, 1.0, 0, out.append, offsets=[0.0, 0.3, 0.9])
+    starts = sorted(r.start_s for r in out)
+    assert starts[1] - starts[0] == pytest.approx(0.3, abs=0.05) and starts[2] - starts[0] == pytest.approx(0.9, abs=0.05)

@@ -43,8 +43,8 @@ def test_outputs_exist(pipeline_run):
         "results/speedup.csv",
         "results/servers/serve_slm_no_prefix_cache.sh",
         "results/servers/serve_slm_with_prefix_cache.sh",
-        "results/logs/server_no_prefix_cache.log",
-        "results/logs/server_with_prefix_cache.log",
+        "results/logs/server_no_prefix_cache_i1.log",
+        "results/logs/server_with_prefix_cache_i1.log",
         "results/prompts/small.jsonl",
     ]:
         assert (work / rel).is_file(), rel

@@ -14,6 +14,8 @@ import polars as pl
 
 from . import MODES, OFF, ON
 from .point_meta import PointMeta
+from .shape_results import load_hashes, shape_requests
+from .shapes import SINGLE_PREFIX
 from .stats import busy_periods, closed_loop_rounds, cluster_ratio_ci, steady_window
 
 SEED_COLUMNS = ["mode", "prefix_len_tokens", "concurrency", "mean_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "notes"]
@@ -312,6 +314,8 @@ def aa_requests(records: pl.DataFrame) -> pl.DataFrame:
     Unique-prefix requests at the lowest concurrency (one at a time: no cached request ahead in the queue), and every
     request of a 0%-reuse point."""
     ok = records.filter(pl.col("status") == "ok")
+    if "workload" in ok.columns:  # a workload shape has its own sharing: its requests are never A/A controls
+        ok = ok.filter(pl.col("workload").is_in(SINGLE_PREFIX) | pl.col("workload").is_null())
     closed = ok.filter(pl.col("request_rate") == 0)
     if closed.is_empty():
         return closed
@@ -409,11 +413,22 @@ def with_confidence(sp: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
     return out.with_columns(*(pl.col(c).fill_null(fill.get(c)) for c in overall.columns if fill.get(c) is not None))
 
 
-def write_summary(record_paths: Iterable[Path], meta_paths: Iterable[Path], summary_csv: Path, speedup_csv: Path) -> None:
+def write_summary(
+    record_paths: Iterable[Path],
+    meta_paths: Iterable[Path],
+    summary_csv: Path,
+    speedup_csv: Path,
+    shape_csv: Path | None = None,
+    prompt_paths: Iterable[Path] = (),
+    block_size: int = 16,
+) -> None:
+    """summary.csv and speedup.csv; with `shape_csv`, every shape request with the cache model's prediction."""
     records = load_records(record_paths)
     summary = summarize(records, load_meta(meta_paths))
     summary.write_csv(summary_csv, float_precision=6)
     with_confidence(speedups(summary), records).write_csv(speedup_csv, float_precision=6)
+    if shape_csv is not None:
+        shape_requests(records, load_hashes(prompt_paths), block_size).write_csv(shape_csv, float_precision=6)
 
 
 REGIME_TABLE_COLUMNS = [

@@ -10,6 +10,7 @@ import polars as pl
 from . import MODES
 from .aggregate import closed_loop, open_loop
 from .ideal import Shape, ideal_rows, load_shape
+from .shapes import SINGLE_PREFIX
 
 SPEEDUP_TITLE = "TTFT speed-up (off / on, log scale)"
 MODE_COLORS = alt.Scale(domain=list(MODES), range=["#d62728", "#1f77b4"])
@@ -203,6 +204,60 @@ def ideal_chart(summary: pl.DataFrame, shape: Shape | None, block_size: int) -> 
     )
 
 
+def shapes_chart(req: pl.DataFrame) -> alt.HConcatChart | alt.Chart:
+    """Multi-turn: mean TTFT by turn, off vs on; KV overflow: hit rate predicted vs measured by working set."""
+    ok = req.filter(pl.col("status") == "ok")
+    panels = []
+    mt = ok.filter(pl.col("workload") == "multi_turn")
+    if mt.height:
+        turns = mt.group_by(["regime", "concurrency", "turn", "mode"]).agg(pl.col("ttft_s").mean().alias("mean_ttft_s"))
+        turns = turns.with_columns(pl.format("{} c={}", pl.col("regime"), pl.col("concurrency")).alias("series"))
+        panels.append(
+            alt.Chart(turns)
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("turn:O", title="turn (history grows)"),
+                y=alt.Y("mean_ttft_s:Q", title="mean TTFT (s)"),
+                color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
+                shape=alt.Shape("series:N", title="shape, load"),
+                strokeDash=alt.StrokeDash("series:N", legend=None),
+                tooltip=["series", "mode", "turn", "mean_ttft_s"],
+            )
+            .properties(width=300, height=230, title="Multi-turn chat: TTFT by turn")
+        )
+    ov = ok.filter((pl.col("workload") == "kv_overflow") & (pl.col("mode") == MODES[1]))
+    if ov.height:
+        rates = ov.group_by("working_set").agg(
+            (pl.col("predicted_cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("predicted"),
+            (pl.col("cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("measured"),
+        )
+        x = alt.X("working_set:Q", title="working set / KV capacity")
+        y_axis = alt.Axis(format="%")
+        predicted = (
+            alt.Chart(rates)
+            .mark_line(color="#7f7f7f", strokeDash=[6, 3])
+            .encode(x=x, y=alt.Y("predicted:Q", title="prefix-cache hit rate (cache on)", axis=y_axis))
+        )
+        measured = (
+            alt.Chart(rates)
+            .mark_point(filled=True, size=90, color="#1f77b4")
+            .encode(x=x, y=alt.Y("measured:Q", axis=y_axis), tooltip=["working_set", "predicted", "measured"])
+        )
+        cliff = alt.Chart(pl.DataFrame({"x": [1.0]})).mark_rule(color="black").encode(x="x:Q")
+        panels.append(
+            (predicted + measured + cliff).properties(
+                width=300,
+                height=230,
+                title="KV overflow: hit rate, measured (dots) vs model (dashed); line: capacity",
+            )
+        )
+    if not panels:
+        return (
+            alt.Chart(pl.DataFrame({"note": ["no multi-turn or overflow shape in this run"]})).mark_text().encode(text="note:N")
+        )
+    return alt.hconcat(*panels).resolve_scale(color="independent")
+
+
 def draw_all(
     *,
     summary_csv: Path,
@@ -212,9 +267,14 @@ def draw_all(
     slo: dict,
     model_dir: str | None,
     block_size: int,
+    shape_csv: Path | None = None,
 ) -> list[Path]:
     summary = pl.read_csv(summary_csv)
     ratios = pl.read_csv(speedup_csv)
+    if "workload" in summary.columns:  # the one-shared-prefix sweep; the shapes get their own chart
+        summary = summary.filter(pl.col("workload").is_in(SINGLE_PREFIX))
+        ratios = ratios.filter(pl.col("regime").is_in(summary["regime"].unique().to_list()))
+    shape_req = pl.read_csv(shape_csv, infer_schema_length=None) if shape_csv and Path(shape_csv).stat().st_size else None
     outdir.mkdir(parents=True, exist_ok=True)
     makers = {
         "ttft_vs_concurrency": lambda: ttft_vs_concurrency(summary),
@@ -222,6 +282,7 @@ def draw_all(
         "speedup": lambda: speedup(ratios),
         "open_loop": lambda: open_loop_latency(summary, slo),
         "ideal": lambda: ideal_chart(summary, load_shape(model_dir) if model_dir else None, block_size),
+        "shapes": lambda: shapes_chart(shape_req if shape_req is not None else pl.DataFrame({"status": []})),
     }
     charts = {name: makers[name]() for name in (names or ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"])}
     written = []

@@ -53,8 +53,9 @@ def bearer(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def completion_payload(cfg: ClientConfig, prompt: str) -> dict:
-    """Fixed-length greedy generation (`ignore_eos`) so every mode decodes the same number of tokens."""
+def completion_payload(cfg: ClientConfig, prompt: str | list[int]) -> dict:
+    """Fixed-length greedy generation (`ignore_eos`) so every mode decodes the same number of tokens (a prompt may
+    be token ids, which vLLM takes as they are)."""
     return {
         "model": cfg.model,
         "prompt": prompt,
@@ -93,7 +94,9 @@ def per_token_latencies(rec: RequestRecord) -> None:
     )
 
 
-async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int, prompt: str, t_origin: float) -> RequestRecord:
+async def send_one(
+    session: aiohttp.ClientSession, cfg: ClientConfig, index: int, prompt: str | list[int], t_origin: float
+) -> RequestRecord:
     """Send one streaming completion and time it; every failure mode ends as a failed record."""
     rec = RequestRecord(request_index=index)
     headers = bearer(cfg.api_key)
@@ -164,25 +167,47 @@ async def send_one(session: aiohttp.ClientSession, cfg: ClientConfig, index: int
 async def run_closed_loop(
     cfg: ClientConfig, prompts: Sequence[tuple[int, str]], concurrency: int, on_record: Callable[[RequestRecord], None]
 ) -> float:
-    """Send every prompt with at most `concurrency` in flight; returns the wall time in seconds."""
+    """Send every prompt with at most `concurrency` in flight (each its own one-turn session); returns the wall time."""
+    return await run_sessions(cfg, [[p] for p in prompts], concurrency, 0.0, on_record)
+
+
+async def run_sessions(
+    cfg: ClientConfig,
+    sessions: Sequence[Sequence[tuple[int, str | list[int]]]],
+    concurrency: int,
+    think_time_s: float,
+    on_record: Callable[[RequestRecord], None],
+) -> float:
+    """Multi-turn traffic: `concurrency` workers each take the next session and send its turns in order, one
+    after the other with `think_time_s` between an answer and the next question; sessions interleave across
+    workers. A failed turn ends its session (the next turn's history would be a lie); the turns it skips are
+    recorded as failed, never dropped. Returns the wall time."""
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
-    queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
-    for item in prompts:
-        queue.put_nowait(item)
+    queue: asyncio.Queue[Sequence[tuple[int, str | list[int]]]] = asyncio.Queue()
+    for session in sessions:
+        queue.put_nowait(session)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     t_origin = time.perf_counter()
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector) as http:
 
         async def worker() -> None:
             while True:
                 try:
-                    index, prompt = queue.get_nowait()
+                    turns = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                on_record(await send_one(session, cfg, index, prompt, t_origin))
+                for k, (index, prompt) in enumerate(turns):
+                    rec = await send_one(http, cfg, index, prompt, t_origin)
+                    on_record(rec)
+                    if rec.status != "ok":
+                        for skipped, _ in turns[k + 1 :]:
+                            on_record(RequestRecord(skipped, error=f"not sent: turn of request {index} failed"))
+                        break
+                    if think_time_s and k + 1 < len(turns):
+                        await asyncio.sleep(think_time_s)
 
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(prompts)))))
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(sessions)))))
     return time.perf_counter() - t_origin
 
 
@@ -207,9 +232,13 @@ async def run_open_loop(
     burstiness: float,
     seed: int,
     on_record: Callable[[RequestRecord], None],
+    offsets: Sequence[float] | None = None,
 ) -> float:
-    """Send each prompt at its scheduled time whatever is in flight (open loop); returns the wall time."""
-    offsets = arrival_offsets(len(prompts), rate, burstiness, seed)
+    """Send each prompt at its scheduled time whatever is in flight (open loop); returns the wall time.
+
+    The schedule is gamma arrivals at `rate`, or `offsets` (seconds from the start) when given (a trace)."""
+    if offsets is None:
+        offsets = arrival_offsets(len(prompts), rate, burstiness, seed)
     connector = aiohttp.TCPConnector(limit=0)
     t_origin = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:

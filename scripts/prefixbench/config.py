@@ -11,6 +11,7 @@ from .corpus import DEFAULT_QUESTIONS, question_variants
 from .host import CpuInfo, DtypeChoice, cpu_dtype, nvidia_smi, read_cpu_info
 from .prompts import Regime, aligned_length
 from .settings import BenchSettings, ServerSpec
+from .shapes import Shape
 
 QUESTION_ROOM_TOKENS = 64  # room for "\nQ: <question>\nA:" after the prefix
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
@@ -47,6 +48,52 @@ def regimes(config: dict[str, Any]) -> dict[str, Regime]:
     return {
         name: Regime(name, r["prefix_tokens"], r["workload"], tuple(r["reuse_pcts"])) for name, r in config["regimes"].items()
     }
+
+
+def shape_defaults() -> dict[str, dict[str, Any]]:
+    """Per shape kind, the schema's defaults (Snakemake's validate() does not fill defaults inside if/then)."""
+    import yaml
+
+    entry = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["shapes"]["additionalProperties"]
+    out = {}
+    for branch in entry["allOf"]:
+        kind = branch["if"]["properties"]["kind"]["const"]
+        props = branch["then"]["properties"]
+        out[kind] = {k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v}
+    return out
+
+
+def shapes(config: dict[str, Any]) -> dict[str, Shape]:
+    """The workload shapes, one regime each; a kv_overflow entry becomes one regime per working set."""
+    defaults = shape_defaults()
+    out: dict[str, Shape] = {}
+    for name, entry in (config.get("shapes") or {}).items():
+        kind = entry["kind"]
+        params = {**defaults.get(kind, {}), **{k: v for k, v in entry.items() if k != "kind"}}
+        if kind == "kv_overflow":
+            for ws in params.pop("working_sets"):
+                label = f"{name}_ws{round(ws * 100)}"
+                out[label] = Shape(label, kind, {**params, "working_set": ws, "family": name})
+        else:
+            out[name] = Shape(name, kind, params)
+    return out
+
+
+def kv_capacity(config: dict[str, Any]) -> int | None:
+    """The KV blocks of the small-cache server lifetime the kv_overflow shapes share (None without any)."""
+    caps = {s.params["capacity_blocks"] for s in shapes(config).values() if s.kind == "kv_overflow"}
+    if len(caps) > 1:
+        raise ConfigError(f"shapes: kv_overflow entries ask for different capacity_blocks {sorted(caps)}; they share one server")
+    return caps.pop() if caps else None
+
+
+def kv_server_spec(spec: ServerSpec, capacity_blocks: int, block_size: int) -> ServerSpec:
+    """The same server with a KV cache of `capacity_blocks` blocks (and a context that fits in it)."""
+    return dataclasses.replace(
+        spec,
+        max_model_len=min(spec.max_model_len, (capacity_blocks - 1) * block_size),
+        extra_args=(*spec.extra_args, "--num-gpu-blocks-override", str(capacity_blocks)),
+    )
 
 
 def is_endpoint(target: dict[str, Any]) -> bool:
@@ -169,6 +216,19 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
             f"model.path={model['path']!r}: no such folder (source: path); point it at a model folder "
             "or use source: hub for a hub id"
         )
+    for name, shape in shapes(config).items():
+        if name in config["regimes"]:
+            raise ConfigError(f"shapes.{name}: a regime has the same name; give the shape another one")
+        if shape.kind == "trace" and not Path(shape.params["path"]).is_file():
+            raise ConfigError(f"shapes.{name}.path={shape.params['path']!r}: no such trace file")
+        if shape.kind == "trace" and shape.params["chunk_tokens"] % target["block_size"]:
+            raise ConfigError(
+                f"shapes.{name}.chunk_tokens={shape.params['chunk_tokens']} must be a multiple of the KV block size "
+                f"({target['block_size']}), or trace blocks would not map to whole cached blocks"
+            )
+        if shape.kind == "kv_overflow" and is_endpoint(target):
+            raise ConfigError(f"shapes.{name}: kv_overflow sets the server's KV size, so it needs a server prefixbench starts")
+    kv_capacity(config)
     if not questions(config) or any(not q for q in questions(config)):
         raise ConfigError("questions: the list is empty or holds a blank question; give at least one question")
 

@@ -37,6 +37,15 @@ async def fetch_metrics(session: aiohttp.ClientSession, base_url: str) -> dict[s
         return m.parse_metrics(await r.text())
 
 
+async def fetch_kv_blocks(session: aiohttp.ClientSession, base_url: str) -> int | None:
+    """The server's KV capacity in blocks, as its /metrics states it (None when it does not)."""
+    try:
+        async with session.get(f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+            return m.kv_cache_blocks(await r.text()) if r.status == 200 else None
+    except aiohttp.ClientError:
+        return None
+
+
 async def reset_prefix_cache(session: aiohttp.ClientSession, base_url: str) -> str:
     """'ok', or why not (the endpoint exists only in dev mode, which only loopback servers get)."""
     try:

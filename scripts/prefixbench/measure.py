@@ -22,9 +22,9 @@ from typing import Protocol, TextIO
 import aiohttp
 
 from . import metrics as m
-from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop
+from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop, run_sessions
 from .corpus import text_of_at_least
-from .endpoint import Capabilities, Endpoint, fetch_metrics, probe, redact_url, reset_prefix_cache
+from .endpoint import Capabilities, Endpoint, fetch_kv_blocks, fetch_metrics, probe, redact_url, reset_prefix_cache
 from .host import hardware, has_nvidia_smi
 from .plan import Eta, fmt_duration
 from .point_meta import PointMeta
@@ -100,6 +100,30 @@ async def server_calls(server: MeasuredTarget):
         raise ServerError(
             f"server at {server.base_url} stopped answering ({type(exc).__name__}: {exc}); log: {server.log_path}"
         ) from None
+
+
+SHAPE_FIELDS = ("session", "turn", "document", "working_set", "arrival_s")  # copied from a shape's prompt to its record
+
+
+async def run_pass(cfg: ClientConfig, prompts: Sequence[dict], point: Point, settings: BenchSettings, repeat: int, sink) -> float:
+    """One pass over a point's prompts, in the shape's own traffic pattern; returns the wall time.
+
+    Multi-turn prompts (with `session`) go session by session, turns in order; a trace (with `arrival_s`) at its
+    scaled arrival times; anything else closed loop at the point's concurrency, or open loop at its rate."""
+    items = [(p["request_index"], p["prompt"]) for p in prompts]
+    if prompts and "session" in prompts[0]:
+        by_session: dict[int, list[tuple[int, str]]] = {}
+        for p in sorted(prompts, key=lambda p: (p["session"], p["turn"])):
+            by_session.setdefault(p["session"], []).append((p["request_index"], p["prompt"]))
+        order = sorted(by_session, key=lambda s: min(i for i, _ in by_session[s]))
+        think = float(prompts[0].get("think_time_s", 0.0))
+        return await run_sessions(cfg, [by_session[s] for s in order], max(point.concurrency, 1), think, sink)
+    if point.request_rate and prompts and "arrival_s" in prompts[0]:
+        offsets = [p["arrival_s"] for p in prompts]
+        return await run_open_loop(cfg, items, point.request_rate, settings.burstiness, 0, sink, offsets=offsets)
+    if point.request_rate:
+        return await run_open_loop(cfg, items, point.request_rate, settings.burstiness, settings.seed + repeat, sink)
+    return await run_closed_loop(cfg, items, point.concurrency, sink)
 
 
 async def measure_point(
@@ -183,17 +207,11 @@ async def measure_point(
                         workload=src.get("workload"),
                         prefix_group=src.get("prefix_group"),
                         expected_cached_tokens=src.get("expected_cached_tokens"),
+                        **{k: src[k] for k in SHAPE_FIELDS if k in src},
                     )
                 )
 
-            items = [(p["request_index"], p["prompt"]) for p in prompts]
-            walls.append(
-                await (
-                    run_open_loop(cfg, items, point.request_rate, settings.burstiness, settings.seed + repeat, sink)
-                    if point.request_rate
-                    else run_closed_loop(cfg, items, point.concurrency, sink)
-                )
-            )
+            walls.append(await run_pass(cfg, prompts, point, settings, repeat, sink))
             server.check_alive()
             async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
                 async with server_calls(server):
@@ -252,6 +270,11 @@ def server_version(python: str) -> str:
         return "unknown"
 
 
+async def read_kv_blocks(server: MeasuredTarget, settings: BenchSettings) -> int | None:
+    async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
+        return await fetch_kv_blocks(session, server.base_url)
+
+
 def measure_points(
     mode: str,
     instance: int,
@@ -262,7 +285,9 @@ def measure_points(
     journal: TextIO | None,
 ) -> int:
     """Warm the server up, then every point in order; one console line per point, with the time left."""
-    context = {"mode": mode, "instance": instance}
+    kv_blocks = asyncio.run(read_kv_blocks(server, settings)) if capabilities_of(server).metrics else None
+    # Every record carries its server's KV capacity: the cache model replays each pass against it.
+    context = {"mode": mode, "instance": instance, "kv_blocks": kv_blocks}
     name = f"{mode} #{instance}"
     max_prefix = max(p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1])
     t0 = time.monotonic()
@@ -340,6 +365,7 @@ def measure_mode(
         info["startup_s"] = server.startup_s
         info["port"] = server.port
         info["points"] = measure_points(mode, instance, server, model, points, settings, journal)
+        info["kv_blocks"] = asyncio.run(read_kv_blocks(server, settings))
     server_info_path.write_text(json.dumps(info, indent=2))
 
 

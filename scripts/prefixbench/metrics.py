@@ -36,3 +36,12 @@ def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
 def hit_rate(delta: dict[str, float]) -> float | None:
     q = delta.get(PREFIX_QUERIES, 0.0)
     return delta.get(PREFIX_HITS, 0.0) / q if q > 0 else None
+
+
+def kv_cache_blocks(text: str) -> int | None:
+    """The server's KV capacity in blocks, from `vllm:cache_config_info{num_gpu_blocks=...}` (None if absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("vllm:cache_config_info") and sample.labels.get("num_gpu_blocks", "").isdigit():
+                return int(sample.labels["num_gpu_blocks"])
+    return None

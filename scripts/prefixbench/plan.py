@@ -121,6 +121,8 @@ def make_plan(
         for regime, reuse, conc, rate in points:
             pool = [p for p in prompts_by_regime[regime] if p["reuse_pct"] == reuse]
             n = max(min_requests(conc, len(pool), min_rounds), math.ceil(fraction * len(pool)))
+            if pool and "block_hashes" in pool[0]:  # a workload shape is never trimmed: its sessions and order are the test
+                n = len(pool)
             chosen = choose(pool, n, reuse)
             est = {m: repeats * point_seconds(rates, chosen, m, conc, rate, max_tokens) for m in MODES}
             out.append(PlannedPoint(regime, reuse, conc, rate, len(pool), tuple(p["request_index"] for p in chosen), est))

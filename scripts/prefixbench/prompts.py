@@ -141,7 +141,7 @@ def write_jsonl(records: Sequence[dict], path: Path) -> None:
             fh.write(json.dumps(rec) + "\n")
 
 
-REQUIRED_FIELDS = {"prompt": str, "prefix_len_tokens": int, "reuse_pct": int, "request_index": int}
+REQUIRED_FIELDS = {"prompt": (str, list), "prefix_len_tokens": int, "reuse_pct": int, "request_index": int}
 
 
 def read_prompts(path: Path) -> list[dict]:
@@ -159,7 +159,8 @@ def read_prompts(path: Path) -> list[dict]:
                 raise ValueError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
             for key, typ in REQUIRED_FIELDS.items():
                 if not isinstance(rec.get(key), typ) or isinstance(rec.get(key), bool):
-                    raise ValueError(f"{path}:{n}: field {key!r} missing or not {typ.__name__}")
+                    names = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+                    raise ValueError(f"{path}:{n}: field {key!r} missing or not {names}")
             out.append(rec)
     if not out:
         raise ValueError(f"{path}: no prompts")

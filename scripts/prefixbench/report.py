@@ -32,12 +32,34 @@ from .findings import (
 )
 from .formatting import fmt_ci, fmt_s, fmt_x, markdown_table
 from .ideal import load_shape
+from .shape_findings import (
+    describe,
+    overflow_table,
+    overflow_words,
+    prediction_words,
+    shapes_table,
+    trace_words,
+    turns_table,
+    turns_words,
+)
+from .shape_results import prediction_check
+from .shapes import SINGLE_PREFIX
+
+
+def kv_of(check: pl.DataFrame, regime: str) -> int | None:
+    """The KV blocks the server that ran a shape reported."""
+    if check.is_empty():
+        return None
+    rows = check.filter(pl.col("regime") == regime)
+    return rows["kv_blocks"][0] if rows.height else None
 
 
 def prompt_strategy(prompt_paths: Sequence[Path]) -> list[dict]:
     out = []
     for path in prompt_paths:
         recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        if recs[0].get("workload") not in SINGLE_PREFIX:
+            continue  # a workload shape is described in its own section
         shared = (
             next(r for r in recs if r["prefix_group"] == "shared")
             if any(r["prefix_group"] == "shared" for r in recs)
@@ -66,7 +88,7 @@ def prompt_strategy(prompt_paths: Sequence[Path]) -> list[dict]:
 def lifetime_order(lifetimes: Sequence[dict]) -> str:
     """The server lifetimes as they ran, e.g. `off #1, on #1, on #2, off #2`."""
     short = {OFF: "off", ON: "on"}
-    return ", ".join(f"{short.get(i['mode'], i['mode'])} #{i.get('instance', 1)}" for i in lifetimes)
+    return ", ".join(f"{short.get(i['mode'], i['mode'])} {i.get('lifetime', '#' + str(i.get('instance', 1)))}" for i in lifetimes)
 
 
 def not_measured(endpoints: dict[str, dict]) -> list[str]:
@@ -92,12 +114,22 @@ def render(
     max_tokens: int,
     block_size: int,
     slo: dict | None = None,
+    shape_csv: Path | None = None,
+    shapes: dict[str, dict] | None = None,
 ) -> None:
     everything = pl.read_csv(summary_csv)
     if "request_rate" not in everything.columns:
         everything = everything.with_columns(pl.lit(0.0).alias("request_rate"))
-    summary = closed_loop(everything)  # the seed's questions are about the concurrency sweep
-    sp = closed_loop(pl.read_csv(speedup_csv))
+    sp_all = pl.read_csv(speedup_csv)
+    # The seed's questions are about the one-shared-prefix concurrency sweep; the shapes have their own section.
+    single = everything.filter(pl.col("workload").is_in(SINGLE_PREFIX)) if "workload" in everything.columns else everything
+    summary = closed_loop(single)
+    sp = closed_loop(sp_all.filter(pl.col("regime").is_in(single["regime"].unique().to_list())))
+    shape_req = (
+        pl.read_csv(shape_csv, infer_schema_length=None) if shape_csv and Path(shape_csv).stat().st_size else pl.DataFrame()
+    )
+    check = prediction_check(shape_req, block_size) if shape_req.height else pl.DataFrame()
+    shapes = shapes or {}
     lifetimes = [json.loads(Path(p).read_text()) for p in info_paths]  # in the order they ran
     info = next((i for i in lifetimes if i["mode"] == ON), lifetimes[0])
     endpoints = {i["mode"]: i for i in lifetimes if not i.get("started_by_prefixbench", True)}
@@ -151,13 +183,23 @@ def render(
         aa={"answer": aa_finding(sp, aa_table(sp)).answer, "rows": aa_table(sp)},
         fmt_ci=fmt_ci,
         fmt_x=fmt_x,
-        design=design_note(everything),
+        design=design_note(single),
+        shape_section={
+            "table": shapes_table(sp_all, check, shapes) if shapes else "",
+            "described": [f"`{n}` ({s['kind']}): {describe(s, kv_of(check, n))}" for n, s in shapes.items()],
+            "prediction": prediction_words(check, block_size) if shapes else "",
+            "turns_table": turns_table(shape_req) if shape_req.height else "",
+            "turns": turns_words(shape_req) if shape_req.height else "",
+            "overflow_table": overflow_table(check, sp_all) if check.height else "",
+            "overflow": overflow_words(check) if check.height else "",
+            "trace": trace_words(check, shapes, block_size) if check.height else "",
+        },
         length=prefix_length_finding(sp),
         hitrate=hit_rate_model(summary),
         bullets=consulting_bullets(summary, sp, block_size),
-        checks=cross_checks(everything, block_size),
+        checks=cross_checks(single, block_size),
         cold_warm=cold_warm_table(summary),
-        goodput=goodput_finding(everything, slo),
+        goodput=goodput_finding(single, slo),
         ideal=ideal_finding(summary, load_shape(model.get("path", "")), block_size),
         n_points=everything.height,
         n_requests=int(everything["requests_sent"].sum()),

@@ -1,0 +1,132 @@
+"""Workload shapes, request by request: the cache model's prediction beside the server's measured hits.
+
+Each pass of a shape point (one lifetime, one repeat, from a reset cache) is replayed through
+kvcache.replay with the requests' actual send and end times and the server's own KV capacity (from its
+/metrics), so the prediction accounts for concurrency and eviction. With the cache off nothing can hit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import polars as pl
+
+from . import OFF
+from .kvcache import Request, replay
+from .shapes import SHAPES
+
+PASS = ["mode", "instance", "regime", "reuse_pct", "concurrency", "request_rate", "repeat"]
+SHAPE_COLUMNS = ["session", "turn", "document", "working_set", "kv_blocks"]
+
+
+def load_hashes(prompt_paths: Iterable[Path]) -> dict[tuple[str, int], list[str]]:
+    """(regime, request_index) -> the prompt's block hashes, for every shape prompt file."""
+    out = {}
+    for path in prompt_paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if "block_hashes" in rec:
+                    out[(rec["regime"], rec["request_index"])] = rec["block_hashes"]
+    return out
+
+
+def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str]], block_size: int) -> pl.DataFrame:
+    """One row per request of a shape point, with `predicted_cached_tokens` from the cache model."""
+    shaped = records.filter(pl.col("workload").is_in(SHAPES))
+    if shaped.is_empty():
+        return shaped
+    for col in SHAPE_COLUMNS:
+        if col not in shaped.columns:
+            shaped = shaped.with_columns(pl.lit(None).alias(col))
+    parts = []
+    for key, grp in shaped.group_by(PASS, maintain_order=True):
+        mode, regime = key[0], key[2]
+        blocks = grp["kv_blocks"].drop_nulls()
+        if mode == OFF or blocks.is_empty():
+            predicted = [0 if mode == OFF else None] * grp.height
+        else:
+            reqs = [
+                Request(
+                    r["request_index"],
+                    tuple(hashes.get((regime, r["request_index"]), ())),
+                    r["prompt_tokens"] or 0,
+                    r["completion_tokens"] or 1,
+                    r["start_s"] or 0.0,
+                    (r["start_s"] or 0.0) + (r["e2e_s"] or 0.0),
+                )
+                for r in grp.iter_rows(named=True)
+                if r["prompt_tokens"]  # a request that never reached the engine holds no blocks
+            ]
+            got = replay(reqs, int(blocks[0]), block_size)
+            predicted = [got.get(i) for i in grp["request_index"]]
+        parts.append(grp.with_columns(pl.Series("predicted_cached_tokens", predicted, dtype=pl.Int64)))
+    out = pl.concat(parts, how="diagonal_relaxed")
+    keep = [
+        *PASS,
+        "workload",
+        "request_index",
+        "status",
+        "in_window",
+        "start_s",
+        "ttft_s",
+        "e2e_s",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "expected_cached_tokens",
+        "predicted_cached_tokens",
+        *SHAPE_COLUMNS,
+    ]
+    return out.select([c for c in keep if c in out.columns])
+
+
+def prediction_check(req: pl.DataFrame, block_size: int) -> pl.DataFrame:
+    """Per shape point (cache on): predicted vs measured cached tokens, and the requests that differ by more
+    than one block."""
+    on = req.filter((pl.col("mode") != OFF) & (pl.col("status") == "ok") & pl.col("predicted_cached_tokens").is_not_null())
+    if on.is_empty():
+        return pl.DataFrame()
+    diff = (pl.col("cached_tokens") - pl.col("predicted_cached_tokens")).abs()
+    return (
+        on.group_by(["regime", "workload", "concurrency", "request_rate"], maintain_order=True)
+        .agg(
+            pl.len().alias("requests"),
+            pl.col("prompt_tokens").sum().alias("prompt_tokens"),
+            pl.col("expected_cached_tokens").sum().alias("expected_cached_tokens"),
+            pl.col("predicted_cached_tokens").sum().alias("predicted_cached_tokens"),
+            pl.col("cached_tokens").sum().alias("measured_cached_tokens"),
+            (diff == 0).sum().alias("exact"),
+            (diff > block_size).sum().alias("off_by_more_than_a_block"),
+            diff.max().alias("max_diff_tokens"),
+            pl.col("working_set").first().alias("working_set"),
+            pl.col("kv_blocks").first().alias("kv_blocks"),
+        )
+        .with_columns(
+            (pl.col("expected_cached_tokens") / pl.col("prompt_tokens")).alias("expected_hit_rate"),
+            (pl.col("predicted_cached_tokens") / pl.col("prompt_tokens")).alias("predicted_hit_rate"),
+            (pl.col("measured_cached_tokens") / pl.col("prompt_tokens")).alias("measured_hit_rate"),
+        )
+    )
+
+
+def by_turn(req: pl.DataFrame) -> pl.DataFrame:
+    """Multi-turn: mean TTFT off and on, and the measured hit rate with the cache on, per turn index."""
+    mt = req.filter((pl.col("workload") == "multi_turn") & (pl.col("status") == "ok"))
+    if mt.is_empty():
+        return pl.DataFrame()
+    agg = mt.group_by(["regime", "concurrency", "turn", "mode"]).agg(
+        pl.col("ttft_s").mean().alias("mean_ttft_s"),
+        (pl.col("cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("hit_rate"),
+        pl.col("prompt_tokens").mean().alias("mean_prompt_tokens"),
+        pl.len().alias("requests"),
+    )
+    off = agg.filter(pl.col("mode") == OFF).drop("mode", "hit_rate").rename({"mean_ttft_s": "ttft_off_s"})
+    on = agg.filter(pl.col("mode") != OFF).drop("mode", "mean_prompt_tokens", "requests").rename({"mean_ttft_s": "ttft_on_s"})
+    return (
+        off.join(on, on=["regime", "concurrency", "turn"], how="inner")
+        .with_columns((pl.col("ttft_off_s") / pl.col("ttft_on_s")).alias("ttft_speedup"))
+        .sort(["regime", "concurrency", "turn"])
+    )
