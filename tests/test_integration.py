@@ -59,12 +59,16 @@ def test_summary_is_complete_and_accounts_for_every_request(pipeline_run):
     assert s.columns[:8] == SEED_COLUMNS
     n_q = len(cfg["questions"]) * cfg["benchmark"]["repeats"]
     loads = len(cfg["benchmark"]["concurrency"]) + len(cfg["benchmark"]["request_rates"])
-    assert s.height == 2 * len(cfg["regimes"]["small"]["reuse_pcts"]) * loads
+    single, shaped = s.filter(pl.col("regime") == "small"), s.filter(pl.col("regime") != "small")
+    assert single.height == 2 * len(cfg["regimes"]["small"]["reuse_pcts"]) * loads
+    assert shaped.height == 2 * len(cfg["shapes"]) * len(cfg["benchmark"]["concurrency"])
     assert (s.filter(pl.col("request_rate") > 0)["concurrency"] == 0).all()
     assert set(s["mode"]) == {"no_prefix_cache", "with_prefix_cache"}
-    assert (s["requests_sent"] == n_q).all() and (s["requests_ok"] + s["requests_failed"] == s["requests_sent"]).all()
+    assert (single["requests_sent"] == n_q).all() and (s["requests_ok"] + s["requests_failed"] == s["requests_sent"]).all()
+    chat = cfg["shapes"]["chat"]
+    assert (shaped.filter(pl.col("regime") == "chat")["requests_sent"] == chat["sessions"] * chat["turns"] * 2).all()
     assert (s["requests_failed"] == 0).all()
-    assert (s["prefix_len_tokens"] == 256).all()
+    assert (single["prefix_len_tokens"] == 256).all()
     records = [json.loads(line) for p in (work / "results/raw").rglob("*.jsonl") for line in p.read_text().splitlines()]
     assert len(records) == s["requests_sent"].sum()
     assert all(r["completion_tokens"] == cfg["benchmark"]["max_tokens"] for r in records)
@@ -179,3 +183,22 @@ def test_snakemake_report_files_charts_and_tables_by_regime_and_setting(pipeline
     ]:  # the regime table caption, the workflow text
         assert text in html, text
     assert (work / "results/tables/small/with_prefix_cache.csv").is_file()
+
+
+def test_shapes_hits_follow_the_cache_model_and_the_report_has_their_section(pipeline_run):
+    work, _, cfg = pipeline_run
+    req = pl.read_csv(work / "results/shape_requests.csv")
+    assert set(req["regime"]) == set(cfg["shapes"]) and (req["status"] == "ok").all()
+    on = req.filter(pl.col("mode") == "with_prefix_cache")
+    assert (on["kv_blocks"] > 0).all() and on["predicted_cached_tokens"].is_not_null().all()
+    # Within one block per request (a turn can also hit a block its predecessor filled with generated tokens
+    # that happen to match the scripted answer's first tokens; the model cannot know generated tokens).
+    assert ((on["cached_tokens"] - on["predicted_cached_tokens"]).abs() <= 128).all()
+    assert on["cached_tokens"].sum() > 0
+    off = req.filter(pl.col("mode") == "no_prefix_cache")
+    assert (off["cached_tokens"] == 0).all() and (off["predicted_cached_tokens"] == 0).all()
+    turns = on.filter(pl.col("regime") == "chat")["turn"].unique().sort().to_list()
+    assert turns == list(range(1, cfg["shapes"]["chat"]["turns"] + 1))
+    md = (work / "results/prefix_caching_results.md").read_text()
+    assert "## Workload shapes: which traffic benefits most" in md and "### Multi-turn chat: the benefit by turn" in md
+    assert (work / "results/charts/shapes.png").read_bytes()[:4] == b"\x89PNG"

@@ -28,7 +28,7 @@ def test_measured_hits_follow_the_cache_model_through_the_capacity_cliff(tmp_pat
     points, paths = [], []
     for ws in (0.5, 2.0):  # the working set at half the capacity, then twice it
         name = f"ov_ws{round(ws * 100)}"
-        shape = Shape(name, "kv_overflow", {"capacity_blocks": CAPACITY, "doc_tokens": 384, "working_set": ws, "requests": 14})
+        shape = Shape(name, "kv_overflow", {"capacity_blocks": CAPACITY, "doc_tokens": 384, "working_set": ws, "requests": 24})
         recs = build_shape_prompts(
             smollm2_tokenizer, shape, DEFAULT_QUESTIONS, B, 7, spec.max_model_len, 4, len(smollm2_tokenizer.inner)
         )
@@ -40,7 +40,7 @@ def test_measured_hits_follow_the_cache_model_through_the_capacity_cliff(tmp_pat
         script, tmp_path, points, model="smollm2", python=str(SERVER_PYTHON), ready_timeout_s=600, max_tokens=4, warmup_requests=1
     )
     req = shape_requests(load_records([p.records_path for p in points]), load_hashes(paths), B)
-    assert req.height == 28 and (req["status"] == "ok").all()
+    assert req.height == 48 and (req["status"] == "ok").all()
     assert (req["kv_blocks"] == CAPACITY).all()  # the capacity came from the server's /metrics
     off_by = (req["cached_tokens"] - req["predicted_cached_tokens"]).abs()
     assert (off_by <= B).all(), req.filter(off_by > B).select(
