@@ -25,6 +25,7 @@ wildcard_constraints:
 localrules:
     all,
     prompts,
+    shape_prompts,
     aggregate,
     regime_table,
     charts,

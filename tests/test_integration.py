@@ -133,8 +133,8 @@ def test_calibration_plans_the_sweep_and_the_report_says_so(pipeline_run):
     console = (work / "console.txt").read_text()
     n_points = len(plan["points"])
     for mode in ("no_prefix_cache", "with_prefix_cache"):
-        assert f"[prefixbench] {mode}: {n_points} points, about" in console
-        lines = [ln for ln in console.splitlines() if f"[prefixbench] {mode} point " in ln]
+        assert f"[prefixbench] {mode} #1: {n_points} points, about" in console
+        lines = [ln for ln in console.splitlines() if f"[prefixbench] {mode} #1 point " in ln]
         assert len(lines) == n_points and all("elapsed" in ln and " left" in ln for ln in lines)
         assert lines[-1].endswith("about 0 s left")
 
