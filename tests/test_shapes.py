@@ -126,3 +126,14 @@ def test_a_prompt_that_cannot_fit_is_refused(smollm2_tokenizer):
             16,
             49152,
         )
+
+
+def test_the_vendored_trace_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from prefixbench.config import shapes
+
+    monkeypatch.chdir(tmp_path)
+    entry = {"kind": "trace", "path": "resources/traces/mooncake/conversation_trace.jsonl.gz", "requests": 2}
+    got = shapes({"shapes": {"t": {**entry, "chunk_tokens": 128, "rate": 1.0}}})["t"]
+    assert Path(got.params["path"]).is_file() and Path(got.params["path"]).is_absolute()

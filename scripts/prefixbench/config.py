@@ -14,7 +14,8 @@ from .settings import BenchSettings, ServerSpec
 from .shapes import Shape
 
 QUESTION_ROOM_TOKENS = 64  # room for "\nQ: <question>\nA:" after the prefix
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
+REPO_DIR = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_DIR / "config" / "schema" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,8 @@ def shapes(config: dict[str, Any]) -> dict[str, Shape]:
     for name, entry in (config.get("shapes") or {}).items():
         kind = entry["kind"]
         params = {**defaults.get(kind, {}), **{k: v for k, v in entry.items() if k != "kind"}}
+        if kind == "trace" and not Path(params["path"]).is_file() and (REPO_DIR / params["path"]).is_file():
+            params["path"] = str(REPO_DIR / params["path"])  # a repository file (the vendored trace), from any workdir
         if kind == "kv_overflow":
             for ws in params.pop("working_sets"):
                 label = f"{name}_ws{round(ws * 100)}"
