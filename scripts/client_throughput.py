@@ -20,7 +20,6 @@ import multiprocessing as mp
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
 from prefixbench.host import read_cpu_info  # noqa: E402
+from prefixbench.peer import run_bench_serve  # noqa: E402
 
 MODEL = "instant"
 
@@ -90,21 +90,12 @@ def prefixbench_req_s(base_url: str, n: int, conc: int, max_tokens: int) -> floa
 def peer_req_s(python: str, tokenizer: str, base_url: str, n: int, conc: int, max_tokens: int, workdir: Path) -> float:
     data = workdir / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": "hello " * 16}) + "\n" for _ in range(n)))
-    runner = (
-        "import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-        "from vllm.benchmarks.serve import add_cli_args, main; "
-        "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))"
-    )
     args = (
         f"--backend vllm --base-url {base_url} --endpoint /v1/completions --model {MODEL} --tokenizer {tokenizer} "
         f"--dataset-name custom --dataset-path {data} --custom-output-len {max_tokens} --skip-chat-template "
-        f"--disable-shuffle --num-prompts {n} --max-concurrency {conc} --request-rate inf --ignore-eos "
-        f"--save-result --result-dir {workdir} --result-filename peer.json --disable-tqdm"
+        f"--disable-shuffle --num-prompts {n} --max-concurrency {conc} --request-rate inf --ignore-eos"
     ).split()
-    out = subprocess.run([python, "-c", runner, *args], capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        raise RuntimeError(f"vllm bench serve failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    res = json.loads((workdir / "peer.json").read_text())
+    res = run_bench_serve(python, args, workdir)
     if res["completed"] != n:
         raise RuntimeError(f"vllm bench serve completed {res['completed']} of {n}")
     return float(res["request_throughput"])

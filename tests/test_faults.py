@@ -21,11 +21,20 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from helpers import FAKE_VLLM, ROOT, SERVER_PYTHON, fake_prompts, fake_script, measure_fake, real_spec, snakemake_cmd
+from helpers import (
+    FAKE_VLLM,
+    ROOT,
+    SERVER_PYTHON,
+    fake_prompts,
+    fake_script,
+    measure_fake,
+    measure_setting,
+    real_spec,
+    snakemake_cmd,
+)
 
 from prefixbench.client import ClientConfig, run_closed_loop
-from prefixbench.config import default_bench_settings
-from prefixbench.measure import Point, measure_mode
+from prefixbench.measure import Point
 from prefixbench.prompts import write_jsonl
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, write_script
 
@@ -148,19 +157,18 @@ def test_engine_killed_mid_point(tmp_path, smollm2_dir, reliability):
 
     threading.Thread(target=killer, daemon=True).start()
     with pytest.raises((ServerError, RuntimeError)) as exc:
-        measure_mode(
-            "with_prefix_cache",
-            script=script,
-            host="127.0.0.1",
-            log_path=tmp_path / "server.log",
-            server_info_path=tmp_path / "server.json",
+        measure_setting(
+            script,
+            tmp_path,
+            [point],
             model="smollm2",
-            points=[point],
-            settings=default_bench_settings(max_tokens=8, warmup_requests=1, request_timeout_s=60, stall_timeout_s=30, repeats=1),
-            ready_timeout_s=600,
             python=str(SERVER_PYTHON),
-            extra_info={},
-            journal_path=journal,
+            ready_timeout_s=600,
+            journal=journal,
+            max_tokens=8,
+            warmup_requests=1,
+            request_timeout_s=60,
+            stall_timeout_s=30,
         )
     detect = time.monotonic() - killed["t"]
     records = [json.loads(x) for x in journal.read_text().splitlines()]

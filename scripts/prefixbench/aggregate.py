@@ -132,6 +132,13 @@ def point_totals(meta: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def single_prefix(summary: pl.DataFrame, ratios: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The one-shared-prefix sweep's rows of the summary and of the off/on table (the shapes have their own section)."""
+    if "workload" in summary.columns:
+        summary = summary.filter(pl.col("workload").is_in(SINGLE_PREFIX))
+    return summary, ratios.filter(pl.col("regime").is_in(summary["regime"].unique().to_list()))
+
+
 def closed_loop(df: pl.DataFrame) -> pl.DataFrame:
     """Concurrency-sweep rows (request_rate 0); tables from before open-loop points are all closed loop."""
     return df.filter(pl.col("request_rate") == 0) if "request_rate" in df.columns else df

@@ -8,9 +8,9 @@ import altair as alt
 import polars as pl
 
 from . import MODES
-from .aggregate import closed_loop, open_loop
+from .aggregate import closed_loop, open_loop, single_prefix
 from .ideal import Shape, ideal_rows, load_shape
-from .shapes import SINGLE_PREFIX
+from .shape_results import read_shape_requests
 
 SPEEDUP_TITLE = "TTFT speed-up (off / on, log scale)"
 MODE_COLORS = alt.Scale(domain=list(MODES), range=["#d62728", "#1f77b4"])
@@ -271,10 +271,8 @@ def draw_all(
 ) -> list[Path]:
     summary = pl.read_csv(summary_csv)
     ratios = pl.read_csv(speedup_csv)
-    if "workload" in summary.columns:  # the one-shared-prefix sweep; the shapes get their own chart
-        summary = summary.filter(pl.col("workload").is_in(SINGLE_PREFIX))
-        ratios = ratios.filter(pl.col("regime").is_in(summary["regime"].unique().to_list()))
-    shape_req = pl.read_csv(shape_csv, infer_schema_length=None) if shape_csv and Path(shape_csv).stat().st_size else None
+    summary, ratios = single_prefix(summary, ratios)  # the shapes get their own chart
+    shape_req = read_shape_requests(shape_csv)
     outdir.mkdir(parents=True, exist_ok=True)
     makers = {
         "ttft_vs_concurrency": lambda: ttft_vs_concurrency(summary),
@@ -282,7 +280,7 @@ def draw_all(
         "speedup": lambda: speedup(ratios),
         "open_loop": lambda: open_loop_latency(summary, slo),
         "ideal": lambda: ideal_chart(summary, load_shape(model_dir) if model_dir else None, block_size),
-        "shapes": lambda: shapes_chart(shape_req if shape_req is not None else pl.DataFrame({"status": []})),
+        "shapes": lambda: shapes_chart(shape_req if shape_req.height else pl.DataFrame({"status": []})),
     }
     charts = {name: makers[name]() for name in (names or ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"])}
     written = []

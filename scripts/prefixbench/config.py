@@ -76,7 +76,7 @@ def shapes(config: dict[str, Any]) -> dict[str, Shape]:
         if kind == "kv_overflow":
             for ws in params.pop("working_sets"):
                 label = f"{name}_ws{round(ws * 100)}"
-                out[label] = Shape(label, kind, {**params, "working_set": ws, "family": name})
+                out[label] = Shape(label, kind, {**params, "working_set": ws})
         else:
             out[name] = Shape(name, kind, params)
     return out

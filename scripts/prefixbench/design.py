@@ -40,9 +40,3 @@ def point_order(points: Sequence[T], seed: int, instance: int) -> list[T]:
     out = list(points)
     random.Random(f"points:{seed}:{instance}").shuffle(out)
     return out
-
-
-def order_words(instances: int, seed: int) -> str:
-    """The lifetimes' order, for the report."""
-    short = {MODES[0]: "off", MODES[1]: "on"}
-    return ", ".join(f"{short[m]} #{i}" for m, i in slot_order(instances, seed))

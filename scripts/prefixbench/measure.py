@@ -283,8 +283,10 @@ def measure_points(
     points: Sequence[Point],
     settings: BenchSettings,
     journal: TextIO | None,
-) -> int:
-    """Warm the server up, then every point in order; one console line per point, with the time left."""
+) -> dict:
+    """Warm the server up, then every point in order; one console line per point, with the time left.
+
+    Returns what the lifetime's server.json records of it: the points measured and the server's KV blocks."""
     kv_blocks = asyncio.run(read_kv_blocks(server, settings)) if capabilities_of(server).metrics else None
     # Every record carries its server's KV capacity: the cache model replays each pass against it.
     context = {"mode": mode, "instance": instance, "kv_blocks": kv_blocks}
@@ -310,7 +312,7 @@ def measure_points(
             f"elapsed {fmt_duration(time.monotonic() - t0)}, about {fmt_duration(eta.remaining_s())} left",
             flush=True,
         )
-    return len(points)
+    return {"points": len(points), "kv_blocks": kv_blocks}
 
 
 def point_estimates(points: Sequence[Point]) -> list[float]:
@@ -364,8 +366,7 @@ def measure_mode(
     ):
         info["startup_s"] = server.startup_s
         info["port"] = server.port
-        info["points"] = measure_points(mode, instance, server, model, points, settings, journal)
-        info["kv_blocks"] = asyncio.run(read_kv_blocks(server, settings))
+        info |= measure_points(mode, instance, server, model, points, settings, journal)
     server_info_path.write_text(json.dumps(info, indent=2))
 
 
@@ -402,5 +403,5 @@ def measure_endpoint(
         **extra_info,
     }
     with journal_path.open("w") if journal_path else contextlib.nullcontext() as journal:
-        info["points"] = measure_points(mode, instance, endpoint, endpoint.model, points, settings, journal)
+        info |= measure_points(mode, instance, endpoint, endpoint.model, points, settings, journal)
     server_info_path.write_text(json.dumps(info, indent=2))

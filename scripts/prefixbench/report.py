@@ -13,7 +13,7 @@ import jinja2
 import polars as pl
 
 from . import OFF, ON
-from .aggregate import SEED_COLUMNS, closed_loop
+from .aggregate import SEED_COLUMNS, closed_loop, single_prefix
 from .findings import (
     aa_finding,
     aa_table,
@@ -42,7 +42,7 @@ from .shape_findings import (
     turns_table,
     turns_words,
 )
-from .shape_results import prediction_check
+from .shape_results import prediction_check, read_shape_requests
 from .shapes import SINGLE_PREFIX
 
 
@@ -122,12 +122,9 @@ def render(
         everything = everything.with_columns(pl.lit(0.0).alias("request_rate"))
     sp_all = pl.read_csv(speedup_csv)
     # The seed's questions are about the one-shared-prefix concurrency sweep; the shapes have their own section.
-    single = everything.filter(pl.col("workload").is_in(SINGLE_PREFIX)) if "workload" in everything.columns else everything
-    summary = closed_loop(single)
-    sp = closed_loop(sp_all.filter(pl.col("regime").is_in(single["regime"].unique().to_list())))
-    shape_req = (
-        pl.read_csv(shape_csv, infer_schema_length=None) if shape_csv and Path(shape_csv).stat().st_size else pl.DataFrame()
-    )
+    single, sp = single_prefix(everything, sp_all)
+    summary, sp = closed_loop(single), closed_loop(sp)
+    shape_req = read_shape_requests(shape_csv)
     check = prediction_check(shape_req, block_size) if shape_req.height else pl.DataFrame()
     shapes = shapes or {}
     lifetimes = [json.loads(Path(p).read_text()) for p in info_paths]  # in the order they ran

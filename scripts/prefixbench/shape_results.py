@@ -33,6 +33,11 @@ def load_hashes(prompt_paths: Iterable[Path]) -> dict[tuple[str, int], list[str]
     return out
 
 
+def read_shape_requests(path: Path | None) -> pl.DataFrame:
+    """shape_requests.csv, or an empty table (a run without shapes leaves the file empty)."""
+    return pl.read_csv(path, infer_schema_length=None) if path and Path(path).stat().st_size else pl.DataFrame()
+
+
 def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str]], block_size: int) -> pl.DataFrame:
     """One row per request of a shape point, with `predicted_cached_tokens` from the cache model."""
     shaped = records.filter(pl.col("workload").is_in(SHAPES))
