@@ -1,30 +1,69 @@
 #!/usr/bin/env bash
-# How the published GPU reference numbers were made on a GPU machine that reaches no package registry
-# (vLLM and the pipeline's measuring dependencies carried as wheels, see ../shared/device/README.md):
-# runs the pipeline's own rules up to `measure` for one config, then packs what they wrote into $OUT.
-# Aggregation, charts and the report are rendered afterwards on any machine with ./run.sh's environment.
-#   bash scripts/device_sweep.sh CONFIG NAME
+# How the published GPU reference numbers are made on a GPU machine that reaches no package registry and
+# allows commands of limited length (vLLM and the pipeline's measuring dependencies carried as wheels, see
+# ../shared/device/README.md). Runs the pipeline's own measuring jobs for one config, one at a time in the
+# DAG's order: the calibration start, each server lifetime in the interleaved (ABBA) order, the small-KV
+# lifetimes. It starts the next job only if it should end before DEADLINE (epoch seconds, judged from the
+# jobs before it), so a command never stops inside a lifetime; run it again in the same folder to go on.
+# Then packs what the jobs wrote into $OUT/NAME.tar.gz. Aggregation, charts and the report are rendered
+# afterwards on any machine with ./run.sh's environment (docs/results/README.md says how).
+#   bash scripts/device_sweep.sh CONFIG NAME DEADLINE
+# GPU: the one CUDA_VISIBLE_DEVICES names (two sweeps on a two-GPU host run side by side, one GPU each).
 set -euo pipefail
-config=$1 name=$2
+config=$1 name=$2 deadline=$3
 out=${OUT:-/tmp/out}
-mkdir -p .venv-server/bin "$out"
-printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > .venv-server/bin/python  # the configs' server python
-chmod +x .venv-server/bin/python
-export VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-/tmp/vllm-cache}  # torch.compile cache shared by both servers
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/$name.gpu.txt"
-t0=$(date +%s)
-python3 -m snakemake --configfile "$config" --cores 4 --resources gpu=1 --scheduler greedy \
-  results/raw/no_prefix_cache/server.json results/raw/with_prefix_cache/server.json 2>&1 | tail -n 25
-echo "sweep_wall_s=$(( $(date +%s) - t0 ))" | tee "$out/$name.wall.txt"
-# One more start of the cache-on server, now with a warm compile cache, to time it.
-python3 - <<'PY' | tee -a "$out/$name.wall.txt"
-import sys, time
+mkdir -p .venv-server/bin "$out" results/logs
+if [[ ! -e .venv-server/bin/python ]]; then  # the configs' server python: this machine's, with vLLM on PYTHONPATH
+  printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > .venv-server/bin/python
+  chmod +x .venv-server/bin/python
+fi
+export VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-$PWD/.vllm-cache}  # torch.compile cache shared by this sweep's servers
+gpu_select=()
+[[ -n "${CUDA_VISIBLE_DEVICES:-}" ]] && gpu_select=(-i "$CUDA_VISIBLE_DEVICES")
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader "${gpu_select[@]}" > results/logs/device_gpu.txt 2>/dev/null || echo "no nvidia-smi" > results/logs/device_gpu.txt
+python3 -c "import vllm; print('vllm', vllm.__version__)" >> results/logs/device_gpu.txt 2>/dev/null || true
+
+# The measuring jobs in the order the DAG chains them (prefixbench.design.slot_order, as rules/common.smk).
+mapfile -t jobs < <(python3 - "$config" <<'PY'
+import sys, yaml
 sys.path.insert(0, "scripts")
-from pathlib import Path
-from prefixbench.server import ManagedServer
-t0 = time.monotonic()
-with ManagedServer(Path("results/servers/serve_slm_with_prefix_cache.sh"), "127.0.0.1", Path("results/logs/server_restart.log"), 900):
-    print(f"restart_with_warm_compile_cache_s={time.monotonic() - t0:.1f}")
+from prefixbench.design import slot_order
+cfg = yaml.safe_load(open(sys.argv[1]))
+bench = cfg["benchmark"]
+slots = slot_order(bench.get("instances", 1), cfg["seed"])
+if bench.get("time_budget_s"):
+    print("results/calibration.json")
+for mode, i in slots:
+    print(f"results/raw/{mode}/i{i}/server.json")
+if any(s.get("kind") == "kv_overflow" for s in (cfg.get("shapes") or {}).values()):
+    for mode, _ in slots[:2]:
+        print(f"results/raw/{mode}/kv/server.json")
 PY
-tar czf "$out/$name.tar.gz" results .snakemake/metadata
-ls -la "$out"
+)
+
+smk=(python3 -m snakemake --configfile "$config" --cores 4 --resources gpu=1 --scheduler greedy --rerun-incomplete)
+"${smk[@]}" --unlock >/dev/null 2>&1 || true
+# How long the next job takes: the last one of its kind, here or in an earlier run of this script.
+last_of() { { grep -E "$1" results/logs/device_sweep_times.txt 2>/dev/null || true; } | tail -n 1 | sed -E 's/.* took ([0-9]+)s/\1/'; }
+last_main=$(last_of '/i[0-9]+/server.json took') last_kv=$(last_of '/kv/server.json took')
+last_main=${last_main:-${FIRST_LIFETIME_GUESS_S:-300}} last_kv=${last_kv:-${FIRST_KV_GUESS_S:-150}}
+for job in "${jobs[@]}"; do
+  [[ -f "$job" ]] && continue
+  case $job in */kv/*) guess=$last_kv ;; *) guess=$last_main ;; esac
+  now=$(date +%s)
+  if (( now + guess * 115 / 100 > deadline )); then
+    echo "[$name] stopping before $job: about ${guess}s needed, $((deadline - now))s left; run again to go on"
+    break
+  fi
+  echo "[$name] $(date -u +%T) $job (about ${guess}s)"
+  t0=$(date +%s)
+  # SIGINT at the deadline: Snakemake stops the job, the job tears its server down; the next run redoes it.
+  timeout -s INT $((deadline - now)) "${smk[@]}" "$job" >> "results/logs/device_sweep.log" 2>&1 \
+    || { echo "[$name] $job did not finish (see results/logs/device_sweep.log)"; tail -n 15 results/logs/device_sweep.log; break; }
+  took=$(( $(date +%s) - t0 ))
+  echo "[$name] $job took ${took}s" | tee -a results/logs/device_sweep_times.txt
+  case $job in */kv/*) last_kv=$took ;; *calibration*) ;; *) last_main=$took ;; esac
+done
+done_jobs=0; for job in "${jobs[@]}"; do [[ -f "$job" ]] && done_jobs=$((done_jobs + 1)); done
+echo "[$name] $done_jobs of ${#jobs[@]} measuring jobs done"
+tar czf "$out/$name.tar.gz" results $(ls -d .snakemake/metadata 2>/dev/null)

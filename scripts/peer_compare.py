@@ -4,9 +4,10 @@
 Starts one server from a generated script (cache on by default), then, each from a reset prefix cache:
 prefixbench's closed-loop client, and `vllm bench serve` with the same prompts (its custom JSONL
 dataset, no chat template, fixed output length, same concurrency). Prints both tools' mean/p95 TTFT
-and E2E side by side with their ratio, and writes them as JSON.
+and E2E, each tool's runs interleaved (AB, BA, ...) so neither always runs on the warmer server; writes
+each tool's median and min-max over its runs (the run-to-run spread) as JSON and as a Markdown table.
 
-  .venv/bin/python scripts/peer_compare.py --prompts results/prompts/large.jsonl --reuse 100 --concurrency 4
+  .venv/bin/python scripts/peer_compare.py --prompts results/prompts/large.jsonl --concurrency 1 16 64 --runs 2
 """
 
 from __future__ import annotations
@@ -117,12 +118,35 @@ def peer_run(
     }
 
 
+def spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
+
+
+def peer_table(result: dict) -> str:
+    """Markdown: per concurrency, each tool's median mean TTFT / E2E over its runs, with min-max (the spread)."""
+    lines = [
+        "| concurrency | requests | tool | mean TTFT ms, median [min-max] | mean E2E ms, median [min-max] |",
+        "|---|---|---|---|---|",
+    ]
+    for level in result["levels"]:
+        for tool in ("prefixbench", "vllm_bench_serve"):
+            t = level[tool]
+            cells = [
+                f"{t[k]['median'] * 1e3:.1f} [{t[k]['min'] * 1e3:.1f}-{t[k]['max'] * 1e3:.1f}]"
+                for k in ("mean_ttft_s", "mean_e2e_s")
+            ]
+            lines.append(f"| {level['concurrency']} | {level['requests']} | {tool.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--script", default="results/servers/serve_slm_with_prefix_cache.sh")
     ap.add_argument("--prompts", required=True, type=Path)
     ap.add_argument("--reuse", type=int, default=100)
-    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1])
+    ap.add_argument("--runs", type=int, default=1, help="runs of each tool per level, alternating which goes first")
+    ap.add_argument("--rounds", type=int, default=8, help="requests per level = rounds x concurrency (at least 32)")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="served model name")
     ap.add_argument("--tokenizer", default="resources/models/SmolLM2-135M-Instruct")
@@ -130,7 +154,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/peer_compare.json"))
     args = ap.parse_args()
 
-    prompts = [p["prompt"] for p in read_prompts(args.prompts) if p["reuse_pct"] == args.reuse]
+    pool = [p["prompt"] for p in read_prompts(args.prompts) if p["reuse_pct"] == args.reuse]
+    levels = []
     with (
         tempfile.TemporaryDirectory() as tmp,
         ManagedServer(Path(args.script), "127.0.0.1", Path(tmp) / "server.log", 900) as server,
@@ -143,27 +168,41 @@ def main() -> None:
                 lambda r: None,
             )
         )
-        ours = asyncio.run(prefixbench_run(server.base_url, args.model, prompts, args.concurrency, args.max_tokens))
-        peer = peer_run(
-            args.python, server.base_url, args.model, args.tokenizer, prompts, args.concurrency, args.max_tokens, Path(tmp)
-        )
-    rows = {
-        k: {"prefixbench": ours[k], "vllm_bench_serve": peer[k], "ratio": ours[k] / peer[k]}
-        for k in ("mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s")
-    }
+        for conc in args.concurrency:
+            n = max(32, args.rounds * conc)
+            prompts = (pool * (n // len(pool) + 1))[:n]
+            runs: dict[str, list[dict]] = {"prefixbench": [], "vllm_bench_serve": []}
+            for run in range(args.runs):
+                order = ["prefixbench", "vllm_bench_serve"][:: 1 if run % 2 == 0 else -1]  # interleaved: AB, BA, ...
+                for tool in order:
+                    if tool == "prefixbench":
+                        res = asyncio.run(prefixbench_run(server.base_url, args.model, prompts, conc, args.max_tokens))
+                    else:
+                        res = peer_run(
+                            args.python, server.base_url, args.model, args.tokenizer, prompts, conc, args.max_tokens, Path(tmp)
+                        )
+                    runs[tool].append(res)
+                    print(
+                        f"c={conc} run {run + 1} {tool}: mean TTFT {res['mean_ttft_s'] * 1e3:.1f} ms, "
+                        f"mean E2E {res['mean_e2e_s'] * 1e3:.1f} ms",
+                        flush=True,
+                    )
+            level = {"concurrency": conc, "requests": n}
+            for tool, rs in runs.items():
+                level[tool] = {k: spread([r[k] for r in rs]) for k in ("mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s")}
+            levels.append(level)
     result = {
         "prompts": str(args.prompts),
         "reuse_pct": args.reuse,
-        "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
-        "requests": {"prefixbench": ours["requests"], "vllm_bench_serve": peer["requests"]},
-        "metrics": rows,
+        "runs": args.runs,
+        "levels": levels,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"{'metric':<12} {'prefixbench':>12} {'vllm bench':>12} {'ratio':>7}")
-    for k, r in rows.items():
-        print(f"{k:<12} {r['prefixbench']:>12.4f} {r['vllm_bench_serve']:>12.4f} {r['ratio']:>7.3f}")
+    table = peer_table(result)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

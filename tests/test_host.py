@@ -56,3 +56,14 @@ def test_the_server_command_gets_the_resolved_dtype():
     assert server_spec(cfg, target, on_epyc).dtype == "float32"
     assert server_spec(cfg, target, dtype_choice("cpu", target, read_cpu_info(XEON))).dtype == "bfloat16"
     assert dtype_choice("gpu", target, read_cpu_info(EPYC)) is None  # a GPU target's dtype is the engine's business
+
+
+def test_visible_gpus_reads_cuda_visible_devices():
+    """Two pipelines on one host, one GPU each, must not sum each other's GPU memory."""
+    from prefixbench.host import visible_gpus
+
+    assert visible_gpus({}) is None
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) is None
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}) == [1]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,2"}) == [0, 2]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-5f2c"}) is None  # UUIDs: leave nvidia-smi unrestricted

@@ -88,6 +88,26 @@ def nvidia_smi(*args: str, timeout_s: float = 10) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+def visible_gpus(env: dict[str, str] | None = None) -> list[int] | None:
+    """The GPU indices CUDA_VISIBLE_DEVICES leaves this job (None: all of them, or ids that are not indices).
+
+    Two pipelines on one host, one GPU each, must not count each other's memory."""
+    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if value is None or not value.strip():
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        return None
+
+
+def nvidia_smi_gpus(*args: str, timeout_s: float = 10) -> str | None:
+    """`nvidia-smi ARGS` restricted to the GPUs this job may use."""
+    ids = visible_gpus()
+    select = ("-i", ",".join(map(str, ids))) if ids else ()
+    return nvidia_smi(*args, *select, timeout_s=timeout_s)
+
+
 def has_nvidia_smi() -> bool:
     return shutil.which("nvidia-smi") is not None
 
@@ -118,7 +138,7 @@ def hardware() -> dict:
         "cpu_count": cpu_count(),
         "cpu_flags": [f for f in SHOWN_FLAGS if f in cpu.flags],
     }
-    gpu = nvidia_smi("--query-gpu=name,memory.total", "--format=csv,noheader")
+    gpu = nvidia_smi_gpus("--query-gpu=name,memory.total", "--format=csv,noheader")
     if gpu is not None:
         info["gpu"] = gpu.strip()
     return info

@@ -12,6 +12,14 @@ KV_USAGE = "vllm:kv_cache_usage_perc"
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds")
+# The engine's own view of a point, where the server exports it: time waiting in the queue, in prefill and in
+# decode per request, and the engine steps with the tokens each scheduled (count = steps, sum = tokens).
+QUEUE = "vllm:request_queue_time_seconds"
+PREFILL = "vllm:request_prefill_time_seconds"
+DECODE = "vllm:request_decode_time_seconds"
+STEP_TOKENS = "vllm:iteration_tokens_total"
+PREEMPTIONS = "vllm:num_preemptions_total"
+ENGINE_HISTOGRAMS = (QUEUE, PREFILL, DECODE, STEP_TOKENS)
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -27,8 +35,8 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Deltas of the counters and histogram sums/counts that matter for one point."""
-    names = [PREFIX_QUERIES, PREFIX_HITS]
-    for h in HISTOGRAMS:
+    names = [PREFIX_QUERIES, PREFIX_HITS, PREEMPTIONS]
+    for h in HISTOGRAMS + ENGINE_HISTOGRAMS:
         names += [f"{h}_sum", f"{h}_count"]
     return {n: after.get(n, 0.0) - before.get(n, 0.0) for n in names if n in after or n in before}
 

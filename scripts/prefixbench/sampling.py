@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .client import bearer
-from .host import has_nvidia_smi, nvidia_smi, process_tree
+from .host import has_nvidia_smi, nvidia_smi_gpus, process_tree, visible_gpus
 
 KV_USAGE_LINE = re.compile(rb"^vllm:kv_cache_usage_perc(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
@@ -37,7 +37,8 @@ def process_tree_rss(pid: int | None) -> int:
 
 
 def gpu_memory_used_mib() -> float | None:
-    """GPU memory in use, all GPUs, through NVML where nvidia-ml-py is installed, else nvidia-smi."""
+    """GPU memory in use on the GPUs this job may use (CUDA_VISIBLE_DEVICES), through NVML where nvidia-ml-py
+    is installed, else nvidia-smi."""
     try:
         import pynvml  # nvidia-ml-py
 
@@ -46,7 +47,7 @@ def gpu_memory_used_mib() -> float | None:
             return (
                 sum(
                     pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used
-                    for i in range(pynvml.nvmlDeviceGetCount())
+                    for i in (visible_gpus() or range(pynvml.nvmlDeviceGetCount()))
                 )
                 / 2**20
             )
@@ -54,7 +55,7 @@ def gpu_memory_used_mib() -> float | None:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001 - no NVML: fall back to the command line tool
         pass
-    out = nvidia_smi("--query-gpu=memory.used", "--format=csv,noheader,nounits", timeout_s=5)
+    out = nvidia_smi_gpus("--query-gpu=memory.used", "--format=csv,noheader,nounits", timeout_s=5)
     try:
         return sum(float(x) for x in out.split()) if out is not None else None
     except ValueError:
