@@ -43,13 +43,24 @@ PY
 
 smk=(python3 -m snakemake --configfile "$config" --cores 4 --resources gpu=1 --scheduler greedy --rerun-incomplete)
 "${smk[@]}" --unlock >/dev/null 2>&1 || true
-# How long the next job takes: the last one of its kind, here or in an earlier run of this script.
+# Every prompt file and server script first (CPU work: building the small-KV prompts took 2 min on the H200 host),
+# so the lifetimes' durations are the servers' alone.
+"${smk[@]}" --omit-from calibrate measure measure_kv -- "${jobs[@]}" >> results/logs/device_sweep.log 2>&1 \
+  || { echo "[$name] preparing prompts failed"; tail -n 15 results/logs/device_sweep.log; }
+# How long the next job takes: the last one of its kind and cache setting (cache off runs longer), here or in an
+# earlier run of this script; else the last one of its kind; else a first guess.
 last_of() { { grep -E "$1" results/logs/device_sweep_times.txt 2>/dev/null || true; } | tail -n 1 | sed -E 's/.* took ([0-9]+)s/\1/'; }
-last_main=$(last_of '/i[0-9]+/server.json took') last_kv=$(last_of '/kv/server.json took')
-last_main=${last_main:-${FIRST_LIFETIME_GUESS_S:-300}} last_kv=${last_kv:-${FIRST_KV_GUESS_S:-150}}
+guess_for() {
+  local job=$1 kind='/i[0-9]+/server.json' first=${FIRST_LIFETIME_GUESS_S:-300} mode
+  [[ $job == */kv/* ]] && kind='/kv/server.json' first=${FIRST_KV_GUESS_S:-150}
+  mode=$(cut -d/ -f3 <<< "$job")
+  local same; same=$(last_of "/$mode$kind took")
+  local any; any=$(last_of "$kind took")
+  echo "${same:-${any:-$first}}"
+}
 for job in "${jobs[@]}"; do
   [[ -f "$job" ]] && continue
-  case $job in */kv/*) guess=$last_kv ;; *) guess=$last_main ;; esac
+  guess=$(guess_for "$job")
   now=$(date +%s)
   if (( now + guess * 115 / 100 > deadline )); then
     echo "[$name] stopping before $job: about ${guess}s needed, $((deadline - now))s left; run again to go on"
@@ -60,9 +71,7 @@ for job in "${jobs[@]}"; do
   # SIGINT at the deadline: Snakemake stops the job, the job tears its server down; the next run redoes it.
   timeout -s INT $((deadline - now)) "${smk[@]}" "$job" >> "results/logs/device_sweep.log" 2>&1 \
     || { echo "[$name] $job did not finish (see results/logs/device_sweep.log)"; tail -n 15 results/logs/device_sweep.log; break; }
-  took=$(( $(date +%s) - t0 ))
-  echo "[$name] $job took ${took}s" | tee -a results/logs/device_sweep_times.txt
-  case $job in */kv/*) last_kv=$took ;; *calibration*) ;; *) last_main=$took ;; esac
+  echo "[$name] $job took $(( $(date +%s) - t0 ))s" | tee -a results/logs/device_sweep_times.txt
 done
 done_jobs=0; for job in "${jobs[@]}"; do [[ -f "$job" ]] && done_jobs=$((done_jobs + 1)); done
 echo "[$name] $done_jobs of ${#jobs[@]} measuring jobs done"

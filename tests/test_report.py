@@ -199,3 +199,42 @@ def test_two_lifetimes_show_their_controls_and_order(tmp_path):
 def test_one_lifetime_says_the_instance_variance_was_not_measured(tmp_path):
     md, _ = render_md(tmp_path, n=40, reuses=(100, 0))
     assert "not run (1 lifetime)" in md and "k = 1" in md
+
+
+def _tput_rows(regime: str, reuse: int, off: tuple[float, float, float], on: tuple[float, float, float]) -> list[dict]:
+    """Two load levels per mode; (tok_s, lo, hi) at p95 0.2 s and twice that throughput at p95 0.4 s."""
+    rows = []
+    for mode, (t, lo, hi) in (("no_prefix_cache", off), ("with_prefix_cache", on)):
+        for k, p95 in ((1, 0.2), (2, 0.4)):
+            rows.append(
+                {
+                    "mode": mode,
+                    "regime": regime,
+                    "reuse_pct": reuse,
+                    "prefix_len_tokens": 512,
+                    "p95_e2e_s": p95,
+                    "tok_s": t * k,
+                    "tok_s_lo": lo * k,
+                    "tok_s_hi": hi * k,
+                }
+            )
+    return rows
+
+
+def test_a_throughput_gain_inside_the_zero_reuse_control_is_not_claimed():
+    """The 0%-reuse case is identical work off and on: its on/off spread is the floor a throughput claim must clear."""
+    import polars as pl
+
+    from prefixbench.findings import throughput_finding
+
+    summary = pl.DataFrame(
+        _tput_rows("r", 0, (1000, 900, 1100), (1000, 900, 1100))  # control: on/off 0.82-1.22
+        + _tput_rows("r", 50, (1000, 990, 1010), (1100, 1090, 1110))  # 1.10x, CI 1.08-1.12: inside the control
+        + _tput_rows("r", 100, (1000, 990, 1010), (2000, 1980, 2020))  # 2.0x, CI 1.96-2.04: beyond it
+    )
+    f = throughput_finding(summary)
+    by_reuse = {d.split("reuse ")[1].split("%")[0]: d for d in f.details}
+    assert "A/A control for throughput" in by_reuse["0"]
+    assert "no difference beyond the A/A noise floor" in by_reuse["50"]
+    assert "2.00× more" in by_reuse["100"]
+    assert f.answer.startswith("In 1 of 2 regime/reuse cases with reuse, beyond the A/A floor")

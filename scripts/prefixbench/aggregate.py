@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from . import MODES, OFF, ON
+from . import metrics as m
 from .point_meta import PointMeta
 from .shape_results import load_hashes, shape_requests
 from .shapes import SINGLE_PREFIX
@@ -69,6 +70,26 @@ def with_window(records: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts, how="diagonal_relaxed")
 
 
+# The engine's own view of a point (vLLM's histograms, where exported): per-request queue, prefill and decode
+# time; engine steps and the tokens they scheduled; preemptions. Summed over a point's lifetimes like the rest.
+ENGINE_METRICS = {
+    "server_queue_sum_s": f"{m.QUEUE}_sum",
+    "server_queue_count": f"{m.QUEUE}_count",
+    "server_prefill_sum_s": f"{m.PREFILL}_sum",
+    "server_prefill_count": f"{m.PREFILL}_count",
+    "server_decode_sum_s": f"{m.DECODE}_sum",
+    "server_decode_count": f"{m.DECODE}_count",
+    "server_steps_count": f"{m.STEP_TOKENS}_count",
+    "server_step_tokens_sum": f"{m.STEP_TOKENS}_sum",
+    "server_preemptions": m.PREEMPTIONS,
+}
+ENGINE_COLUMNS = list(ENGINE_METRICS)
+
+
+def engine_columns(delta: dict[str, float]) -> dict[str, float | None]:
+    return {col: delta.get(name) for col, name in ENGINE_METRICS.items()}
+
+
 def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
     """One row per point and server lifetime (column `instance`); `point_totals` adds the lifetimes up."""
     rows = []
@@ -89,6 +110,7 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
                 "server_ttft_count": delta.get("vllm:time_to_first_token_seconds_count"),
                 "server_e2e_sum_s": delta.get("vllm:e2e_request_latency_seconds_sum"),
                 "server_e2e_count": delta.get("vllm:e2e_request_latency_seconds_count"),
+                **engine_columns(delta),
                 "peak_server_rss_gib": meta.peak_server_rss_gib,
                 "peak_gpu_mem_mib": meta.peak_gpu_mem_mib,
                 "peak_kv_cache_usage": meta.peak_kv_cache_usage,
@@ -107,6 +129,7 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
             "server_ttft_count": pl.Float64,
             "server_e2e_sum_s": pl.Float64,
             "server_e2e_count": pl.Float64,
+            **{c: pl.Float64 for c in ENGINE_COLUMNS},
             "peak_gpu_mem_mib": pl.Float64,
             "peak_kv_cache_usage": pl.Float64,
             "peak_server_rss_gib": pl.Float64,
@@ -116,15 +139,16 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
 
 def point_totals(meta: pl.DataFrame) -> pl.DataFrame:
     """A point's lifetimes added up: times, requests and counters summed, the hit rate recomputed, peaks the highest."""
-    summed = ["wall_s", "requests_sent", "hit_tokens", "query_tokens"] + [
-        c for c in meta.columns if c.startswith("server_") and c.endswith(("_sum_s", "_count"))
-    ]
+    summed = ["wall_s", "requests_sent", "hit_tokens", "query_tokens"] + [c for c in meta.columns if c.startswith("server_")]
     peaks = ["peak_server_rss_gib", "peak_gpu_mem_mib", "peak_kv_cache_usage"]
     return meta.group_by(KEYS, maintain_order=True).agg(
         *(pl.when(pl.col(c).is_not_null().any()).then(pl.col(c).sum()).alias(c) for c in summed),
         *(pl.col(c).max() for c in peaks),
         pl.col("cache_reset").filter(pl.col("cache_reset") != "ok").first().fill_null("ok").alias("cache_reset"),
         pl.col("instance").n_unique().alias("instances"),
+        # Mean wall time per engine step, each lifetime on its own: the spread between lifetimes of one setting.
+        (pl.col("wall_s") / pl.col("server_steps_count")).min().alias("step_s_min"),
+        (pl.col("wall_s") / pl.col("server_steps_count")).max().alias("step_s_max"),
         pl.when(pl.col("query_tokens").sum() > 0)
         .then(pl.col("hit_tokens").sum() / pl.col("query_tokens").sum())
         .otherwise(pl.col("measured_hit_rate").first())
@@ -234,6 +258,11 @@ def summarize(records: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
             .alias("expected_hit_rate"),
             (pl.col("server_ttft_sum_s") / pl.col("server_ttft_count")).alias("server_mean_ttft_s"),
             (pl.col("server_e2e_sum_s") / pl.col("server_e2e_count")).alias("server_mean_e2e_s"),
+            (pl.col("server_queue_sum_s") / pl.col("server_queue_count")).alias("server_mean_queue_s"),
+            (pl.col("server_prefill_sum_s") / pl.col("server_prefill_count")).alias("server_mean_prefill_s"),
+            (pl.col("server_decode_sum_s") / pl.col("server_decode_count")).alias("server_mean_decode_s"),
+            (pl.col("server_step_tokens_sum") / pl.col("server_steps_count")).alias("tokens_per_step"),
+            (pl.col("wall_s") / pl.col("server_steps_count")).alias("step_s"),
         )
         .with_columns(
             (pl.col("mean_ttft_all_s") - pl.col("server_mean_ttft_s")).alias("ttft_gap_s"),

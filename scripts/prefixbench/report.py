@@ -14,6 +14,7 @@ import polars as pl
 
 from . import OFF, ON
 from .aggregate import SEED_COLUMNS, closed_loop, single_prefix
+from .engine_view import engine_rows, engine_table, engine_words
 from .findings import (
     aa_finding,
     aa_table,
@@ -174,10 +175,11 @@ def render(
             ],
         ),
         ttft=ttft_finding(sp),
-        throughput=throughput_finding(summary),
+        throughput=throughput_finding(summary, sp),
         memory=memory_finding(summary, sp),
         shapes=reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
         aa={"answer": aa_finding(sp, aa_table(sp)).answer, "rows": aa_table(sp)},
+        engine={"table": engine_table(engine_rows(summary)), "words": engine_words(engine_rows(summary))},
         fmt_ci=fmt_ci,
         fmt_x=fmt_x,
         design=design_note(single),
