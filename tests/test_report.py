@@ -238,3 +238,41 @@ def test_a_throughput_gain_inside_the_zero_reuse_control_is_not_claimed():
     assert "no difference beyond the A/A noise floor" in by_reuse["50"]
     assert "2.00× more" in by_reuse["100"]
     assert f.answer.startswith("In 1 of 2 regime/reuse cases with reuse, beyond the A/A floor")
+
+
+def test_the_conclusion_quotes_the_strongest_claimed_point_and_its_concurrency():
+    """At c=1 the effect sits inside the A/A floor, at c=64 it clears it: the headline is c=64, never the unclaimed c=1."""
+    from prefixbench.findings import consulting_bullets
+
+    def point(conc, off, on, lo, hi):
+        return {
+            "regime": "large",
+            "reuse_pct": 100,
+            "prefix_len_tokens": 1024,
+            "concurrency": conc,
+            "mean_ttft_s_off": off,
+            "mean_ttft_s_on": on,
+            "ttft_speedup": off / on,
+            "ttft_speedup_lo": lo,
+            "ttft_speedup_hi": hi,
+            "floor_ttft_lo": 0.87,
+            "floor_ttft_hi": 1.15,
+        }
+
+    sp = pl.DataFrame(
+        [point(1, 0.034, 0.021, 1.08, 2.41), point(16, 0.171, 0.043, 3.4, 4.59), point(64, 0.330, 0.081, 3.12, 5.07)]
+    )
+    summary = pl.DataFrame(
+        [
+            {"mode": "with_prefix_cache", "regime": "large", "reuse_pct": 100, "concurrency": c, "measured_hit_rate": 0.9}
+            for c in (1, 16, 64)
+        ]
+    )
+    bullets = consulting_bullets(summary, sp, 16)
+    assert "concurrency 64, first-token latency went from 330 ms to 81 ms (4.07× faster" in bullets[0]
+    assert "4.07× sooner for a 1024-token shared prefix at 64 request(s) in flight." in bullets[-1]
+    unclaimed = sp.with_columns(pl.lit(1.10).alias("ttft_speedup_lo"))  # nothing clears the floor: the lowest concurrency
+    assert (
+        "concurrency 1, first-token latency went from 34 ms to 21 ms (no difference beyond"
+        in consulting_bullets(summary, unclaimed, 16)[0]
+    )
