@@ -13,7 +13,7 @@ sys.path.insert(0, SCRIPTS_DIR)
 
 from prefixbench import MODES  # noqa: E402
 from prefixbench import config as pbconfig  # noqa: E402
-from prefixbench.design import previous_slot, slot_order  # noqa: E402
+from prefixbench.design import kv_order, previous_slot, server_infos, slot_order  # noqa: E402
 
 validate(config, "../config/schema/config.schema.yaml")
 
@@ -128,8 +128,8 @@ def point_files(suffix, points=None, lifetime="i{instance}"):
 
 
 # The small-KV lifetimes run after the main ones, off and on in the order the seed's first pair used.
-KV_ORDER = [m for m, _ in SLOTS[:2]] if KV_SHAPES else []
-SERVER_INFOS = [f"results/raw/{m}/i{i}/server.json" for m, i in SLOTS] + [f"results/raw/{m}/kv/server.json" for m in KV_ORDER]
+KV_ORDER = kv_order(SLOTS) if KV_SHAPES else []
+SERVER_INFOS = server_infos(SLOTS, KV_ORDER)
 
 
 def all_point_files(suffix):

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
 from prefixbench.host import read_cpu_info  # noqa: E402
-from prefixbench.peer import run_bench_serve  # noqa: E402
+from prefixbench.peer import bench_serve_args, run_bench_serve  # noqa: E402
 
 MODEL = "instant"
 
@@ -90,12 +90,7 @@ def prefixbench_req_s(base_url: str, n: int, conc: int, max_tokens: int) -> floa
 def peer_req_s(python: str, tokenizer: str, base_url: str, n: int, conc: int, max_tokens: int, workdir: Path) -> float:
     data = workdir / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": "hello " * 16}) + "\n" for _ in range(n)))
-    args = (
-        f"--backend vllm --base-url {base_url} --endpoint /v1/completions --model {MODEL} --tokenizer {tokenizer} "
-        f"--dataset-name custom --dataset-path {data} --custom-output-len {max_tokens} --skip-chat-template "
-        f"--disable-shuffle --num-prompts {n} --max-concurrency {conc} --request-rate inf --ignore-eos"
-    ).split()
-    res = run_bench_serve(python, args, workdir)
+    res = run_bench_serve(python, bench_serve_args(base_url, MODEL, tokenizer, data, n, conc, max_tokens), workdir)
     if res["completed"] != n:
         raise RuntimeError(f"vllm bench serve completed {res['completed']} of {n}")
     return float(res["request_throughput"])

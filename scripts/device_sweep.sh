@@ -23,21 +23,16 @@ gpu_select=()
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader "${gpu_select[@]}" > results/logs/device_gpu.txt 2>/dev/null || echo "no nvidia-smi" > results/logs/device_gpu.txt
 python3 -c "import vllm; print('vllm', vllm.__version__)" >> results/logs/device_gpu.txt 2>/dev/null || true
 
-# The measuring jobs in the order the DAG chains them (prefixbench.design.slot_order, as rules/common.smk).
+# The measuring jobs in the order the DAG chains them (prefixbench.design, as rules/common.smk uses it).
 mapfile -t jobs < <(python3 - "$config" <<'PY'
 import sys, yaml
 sys.path.insert(0, "scripts")
-from prefixbench.design import slot_order
+from prefixbench.design import kv_order, server_infos, slot_order
 cfg = yaml.safe_load(open(sys.argv[1]))
 bench = cfg["benchmark"]
 slots = slot_order(bench.get("instances", 1), cfg["seed"])
-if bench.get("time_budget_s"):
-    print("results/calibration.json")
-for mode, i in slots:
-    print(f"results/raw/{mode}/i{i}/server.json")
-if any(s.get("kind") == "kv_overflow" for s in (cfg.get("shapes") or {}).values()):
-    for mode, _ in slots[:2]:
-        print(f"results/raw/{mode}/kv/server.json")
+has_kv = any(s.get("kind") == "kv_overflow" for s in (cfg.get("shapes") or {}).values())
+print("\n".join((["results/calibration.json"] if bench.get("time_budget_s") else []) + server_infos(slots, kv_order(slots) if has_kv else [])))
 PY
 )
 

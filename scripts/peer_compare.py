@@ -27,7 +27,7 @@ import aiohttp  # noqa: E402
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
 from prefixbench.config import default_bench_settings  # noqa: E402
 from prefixbench.measure import reset_prefix_cache, wait_idle, warmup_prompt  # noqa: E402
-from prefixbench.peer import run_bench_serve  # noqa: E402
+from prefixbench.peer import bench_serve_args, run_bench_serve  # noqa: E402
 
 DEFAULTS = default_bench_settings()  # timeouts as the schema sets them
 from prefixbench.prompts import read_prompts  # noqa: E402
@@ -74,41 +74,8 @@ def peer_run(
     asyncio.run(reset(base_url))
     data = workdir / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    res = run_bench_serve(
-        python,
-        [
-            "--backend",
-            "vllm",
-            "--base-url",
-            base_url,
-            "--endpoint",
-            "/v1/completions",
-            "--model",
-            model,
-            "--tokenizer",
-            tokenizer,
-            "--dataset-name",
-            "custom",
-            "--dataset-path",
-            str(data),
-            "--custom-output-len",
-            str(max_tokens),
-            "--skip-chat-template",
-            "--disable-shuffle",
-            "--num-prompts",
-            str(len(prompts)),
-            "--max-concurrency",
-            str(conc),
-            "--request-rate",
-            "inf",
-            "--ignore-eos",
-            "--percentile-metrics",
-            "ttft,e2el",
-            "--metric-percentiles",
-            "95",
-        ],
-        workdir,
-    )
+    args = bench_serve_args(base_url, model, tokenizer, data, len(prompts), conc, max_tokens)
+    res = run_bench_serve(python, [*args, "--percentile-metrics", "ttft,e2el", "--metric-percentiles", "95"], workdir)
     return {
         "mean_ttft_s": res["mean_ttft_ms"] / 1000,
         "p95_ttft_s": res["p95_ttft_ms"] / 1000,

@@ -81,3 +81,15 @@ def test_a_slow_lifetime_widens_the_floor_and_blocks_claims_inside_it(tmp_path):
     assert row_calm["inst_off_ttft_lo"] < 1 < row_calm["inst_off_ttft_hi"]  # identical lifetimes: A/A holds
     assert row_slow["inst_off_ttft_hi"] < 0.8  # lifetime 1 over lifetime 2: clearly faster
     assert row_slow["floor_ttft_lo"] < row_calm["floor_ttft_lo"]
+
+
+def test_server_infos_list_the_lifetimes_in_run_order_then_the_small_kv_ones():
+    """One list serves the DAG's chain and scripts/device_sweep.sh: main lifetimes as slot_order runs them, then
+    the small-KV lifetimes in the order the first pair used."""
+    from prefixbench.design import kv_order, server_infos, slot_order
+
+    slots = slot_order(2, 7)
+    infos = server_infos(slots, kv_order(slots))
+    assert infos[:4] == [f"results/raw/{m}/i{i}/server.json" for m, i in slots]
+    assert infos[4:] == [f"results/raw/{m}/kv/server.json" for m, _ in slots[:2]]
+    assert server_infos(slots, []) == infos[:4]

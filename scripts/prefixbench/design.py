@@ -35,6 +35,17 @@ def previous_slot(mode: str, instance: int, instances: int, seed: int) -> tuple[
     return order[at - 1] if at else None
 
 
+def kv_order(slots: Sequence[tuple[str, int]]) -> list[str]:
+    """The settings of the small-KV lifetimes, which run after the main ones in the order the first pair used."""
+    return [mode for mode, _ in slots[:2]]
+
+
+def server_infos(slots: Sequence[tuple[str, int]], kv_modes: Sequence[str]) -> list[str]:
+    """Each lifetime's server.json in run order: the DAG's chain (rules/common.smk) and the order
+    scripts/device_sweep.sh runs the measuring jobs in."""
+    return [f"results/raw/{m}/i{i}/server.json" for m, i in slots] + [f"results/raw/{m}/kv/server.json" for m in kv_modes]
+
+
 def point_order(points: Sequence[T], seed: int, instance: int) -> list[T]:
     """The points of one instance in a seeded random order (identical for off and on of that instance)."""
     out = list(points)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from . import OFF, ON
+from .aggregate import closed_loop
 from .formatting import markdown_table
 
 COLUMNS = ("tokens_per_step", "step_s", "server_mean_queue_s", "server_mean_prefill_s", "server_mean_decode_s")
@@ -20,11 +21,15 @@ def engine_rows(summary: pl.DataFrame) -> pl.DataFrame:
     """The closed-loop points at the highest concurrency that have the engine's histograms."""
     if "tokens_per_step" not in summary.columns or summary["tokens_per_step"].is_null().all():
         return summary.clear()
-    closed = summary.filter(pl.col("request_rate").fill_null(0) == 0) if "request_rate" in summary.columns else summary
+    closed = closed_loop(summary)
     if closed.is_empty():
         return closed
     top = closed["concurrency"].max()
     return closed.filter((pl.col("concurrency") == top) & pl.col("tokens_per_step").is_not_null())
+
+
+def _lifetimes(row: dict) -> int:
+    return row.get("instances") or 1
 
 
 def _ms(x: float | None) -> str:
@@ -34,9 +39,7 @@ def _ms(x: float | None) -> str:
 def engine_table(rows: pl.DataFrame) -> str:
     out = []
     for r in rows.sort(["prefix_len_tokens", "reuse_pct", "mode"], descending=[False, True, False]).iter_rows(named=True):
-        spread = (
-            f" ({_ms(r['step_s_min'])}–{_ms(r['step_s_max'])})" if r.get("instances", 1) and r.get("instances", 1) > 1 else ""
-        )
+        spread = f" ({_ms(r['step_s_min'])}–{_ms(r['step_s_max'])})" if _lifetimes(r) > 1 else ""
         out.append(
             {
                 "regime": r["regime"],
@@ -95,7 +98,7 @@ def engine_words(rows: pl.DataFrame) -> list[str]:
         spreads = [
             (m, r["step_s_min"], r["step_s_max"])
             for m, r in pair.items()
-            if (r.get("instances") or 1) > 1 and r["step_s_min"] and r["step_s_max"]
+            if _lifetimes(r) > 1 and r["step_s_min"] and r["step_s_max"]
         ]
         widest = max((hi / lo for _, lo, hi in spreads), default=1.0)
         if widest > 1.1:

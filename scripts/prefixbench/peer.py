@@ -17,6 +17,20 @@ RUNNER = (
 )
 
 
+def bench_serve_args(
+    base_url: str, model: str, tokenizer: str, dataset: Path, n: int, concurrency: int, max_tokens: int
+) -> list[str]:
+    """`vllm bench serve` sending a JSONL file's prompts as they are (no chat template, no shuffle), a fixed
+    output length, `concurrency` requests in flight, no rate limit: prefixbench's closed loop, in its terms."""
+    return [
+        *("--backend", "vllm", "--base-url", base_url, "--endpoint", "/v1/completions"),
+        *("--model", model, "--tokenizer", tokenizer),
+        *("--dataset-name", "custom", "--dataset-path", str(dataset), "--custom-output-len", str(max_tokens)),
+        *("--skip-chat-template", "--disable-shuffle", "--num-prompts", str(n)),
+        *("--max-concurrency", str(concurrency), "--request-rate", "inf", "--ignore-eos"),
+    ]
+
+
 def run_bench_serve(python: str, args: Sequence[str], workdir: Path, timeout_s: float = 1800) -> dict:
     """Run `vllm bench serve` with `args` in the environment of `python`; returns the result it saved."""
     save = ["--save-result", "--result-dir", str(workdir), "--result-filename", "peer.json", "--disable-tqdm"]

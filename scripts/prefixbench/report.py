@@ -127,6 +127,7 @@ def render(
     summary, sp = closed_loop(single), closed_loop(sp)
     shape_req = read_shape_requests(shape_csv)
     check = prediction_check(shape_req, block_size) if shape_req.height else pl.DataFrame()
+    engine = engine_rows(summary)
     shapes = shapes or {}
     lifetimes = [json.loads(Path(p).read_text()) for p in info_paths]  # in the order they ran
     info = next((i for i in lifetimes if i["mode"] == ON), lifetimes[0])
@@ -179,7 +180,7 @@ def render(
         memory=memory_finding(summary, sp),
         shapes=reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
         aa={"answer": aa_finding(sp, aa_table(sp)).answer, "rows": aa_table(sp)},
-        engine={"table": engine_table(engine_rows(summary)), "words": engine_words(engine_rows(summary))},
+        engine={"table": engine_table(engine), "words": engine_words(engine)},
         fmt_ci=fmt_ci,
         fmt_x=fmt_x,
         design=design_note(single),
