@@ -8,6 +8,9 @@
 # Then packs what the jobs wrote into $OUT/NAME.tar.gz. Aggregation, charts and the report are rendered
 # afterwards on any machine with ./run.sh's environment (docs/results/README.md says how).
 #   bash scripts/device_sweep.sh CONFIG NAME DEADLINE
+# RESTORE=docs/results/.../run_outputs.tar.xz goes on from a published sweep on a bare machine: its outputs are
+# unpacked first (a lifetime stopped midway is dropped), and once the prompts are rebuilt its finished jobs are
+# marked up to date (snakemake --touch), so only the missing lifetimes run (and then the peer table).
 # GPU: the one CUDA_VISIBLE_DEVICES names (two sweeps on a two-GPU host run side by side, one GPU each).
 set -euo pipefail
 config=$1 name=$2 deadline=$3
@@ -38,10 +41,26 @@ PY
 
 smk=(python3 -m snakemake --configfile "$config" --cores 4 --resources gpu=1 --scheduler greedy --rerun-incomplete)
 "${smk[@]}" --unlock >/dev/null 2>&1 || true
+if [[ -n "${RESTORE:-}" && ! -f results/.restored ]]; then
+  tar xJf "$RESTORE"
+  for info in "${jobs[@]}"; do  # a lifetime without its server.json was stopped midway: it runs again, whole
+    [[ $info == */server.json && ! -f $info && -d $(dirname "$info") ]] && rm -rf "$(dirname "$info")"
+  done
+  echo "$RESTORE" > results/.restored
+  echo "[$name] restored $(ls "${jobs[@]}" 2>/dev/null | wc -l) of ${#jobs[@]} measuring jobs from $RESTORE"
+fi
 # Every prompt file and server script first (CPU work: building the small-KV prompts took 2 min on the H200 host),
 # so the lifetimes' durations are the servers' alone.
 "${smk[@]}" --omit-from calibrate measure measure_kv -- "${jobs[@]}" >> results/logs/device_sweep.log 2>&1 \
   || { echo "[$name] preparing prompts failed"; tail -n 15 results/logs/device_sweep.log; }
+if [[ -f results/.restored && ! -f results/.touched ]]; then
+  mapfile -t restored < <(ls "${jobs[@]}" 2>/dev/null)
+  if (( ${#restored[@]} )); then
+    "${smk[@]}" --touch -- "${restored[@]}" >> results/logs/device_sweep.log 2>&1 \
+      || { echo "[$name] marking the restored jobs up to date failed"; tail -n 15 results/logs/device_sweep.log; exit 1; }
+  fi
+  touch results/.touched
+fi
 # How long the next job takes: the last one of its kind and cache setting (cache off runs longer), here or in an
 # earlier run of this script; else the last one of its kind; else a first guess.
 last_of() { { grep -E "$1" results/logs/device_sweep_times.txt 2>/dev/null || true; } | tail -n 1 | sed -E 's/.* took ([0-9]+)s/\1/'; }

@@ -27,11 +27,11 @@ import aiohttp  # noqa: E402
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
 from prefixbench.config import default_bench_settings  # noqa: E402
 from prefixbench.measure import reset_prefix_cache, wait_idle, warmup_prompt  # noqa: E402
-from prefixbench.peer import bench_serve_args, run_bench_serve  # noqa: E402
-
-DEFAULTS = default_bench_settings()  # timeouts as the schema sets them
+from prefixbench.peer import bench_serve_args, peer_table, run_bench_serve  # noqa: E402
 from prefixbench.prompts import read_prompts  # noqa: E402
 from prefixbench.server import ManagedServer  # noqa: E402
+
+DEFAULTS = default_bench_settings()  # timeouts as the schema sets them
 
 
 def p95(xs: list[float]) -> float:
@@ -85,25 +85,17 @@ def peer_run(
     }
 
 
+async def served_version(base_url: str) -> str:
+    """The engine's version, as the server reports it (`GET /version`)."""
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"{base_url}/version") as r:
+            return (await r.json()).get("version", "unknown") if r.status == 200 else "unknown"
+    except (aiohttp.ClientError, ValueError):
+        return "unknown"
+
+
 def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
-
-
-def peer_table(result: dict) -> str:
-    """Markdown: per concurrency, each tool's median mean TTFT / E2E over its runs, with min-max (the spread)."""
-    lines = [
-        "| concurrency | requests | tool | mean TTFT ms, median [min-max] | mean E2E ms, median [min-max] |",
-        "|---|---|---|---|---|",
-    ]
-    for level in result["levels"]:
-        for tool in ("prefixbench", "vllm_bench_serve"):
-            t = level[tool]
-            cells = [
-                f"{t[k]['median'] * 1e3:.1f} [{t[k]['min'] * 1e3:.1f}-{t[k]['max'] * 1e3:.1f}]"
-                for k in ("mean_ttft_s", "mean_e2e_s")
-            ]
-            lines.append(f"| {level['concurrency']} | {level['requests']} | {tool.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -123,6 +115,7 @@ def main() -> None:
 
     pool = [p["prompt"] for p in read_prompts(args.prompts) if p["reuse_pct"] == args.reuse]
     levels = []
+    version = "unknown"
     with (
         tempfile.TemporaryDirectory() as tmp,
         ManagedServer(Path(args.script), "127.0.0.1", Path(tmp) / "server.log", 900) as server,
@@ -135,6 +128,7 @@ def main() -> None:
                 lambda r: None,
             )
         )
+        version = asyncio.run(served_version(server.base_url))
         for conc in args.concurrency:
             n = max(32, args.rounds * conc)
             prompts = (pool * (n // len(pool) + 1))[:n]
@@ -159,6 +153,7 @@ def main() -> None:
                 level[tool] = {k: spread([r[k] for r in rs]) for k in ("mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s")}
             levels.append(level)
     result = {
+        "server": {"script": str(args.script), "version": version, "model": args.model},
         "prompts": str(args.prompts),
         "reuse_pct": args.reuse,
         "max_tokens": args.max_tokens,

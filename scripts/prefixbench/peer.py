@@ -38,3 +38,48 @@ def run_bench_serve(python: str, args: Sequence[str], workdir: Path, timeout_s: 
     if out.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads((workdir / "peer.json").read_text())
+
+
+TOOLS = ("prefixbench", "vllm_bench_serve")
+
+
+def _spread_pct(s: dict) -> float:
+    """A tool's run-to-run spread at one level: its runs' range over their median, in percent."""
+    return 100 * (s["max"] - s["min"]) / s["median"] if s["median"] else 0.0
+
+
+def peer_table(result: dict) -> str:
+    """Markdown: what ran, then per concurrency each tool's median over its runs with min-max (the spread),
+    then one generated sentence per level comparing the tools' medians with their own spreads."""
+    server = result.get("server", {})
+    lines = [
+        "# prefixbench vs `vllm bench serve`",
+        "",
+        f"One server (`{server.get('script', '?')}`, vLLM {server.get('version', '?')}, model "
+        f"`{server.get('model', '?')}`), the same prompts (`{result['prompts']}`, {result['reuse_pct']} % reuse), "
+        f"{result['max_tokens']} output tokens, {result['runs']} runs of each tool per concurrency, interleaved "
+        "(AB, BA, ...), the prefix cache reset before every run. Median over the runs [min-max].",
+        "",
+        "| concurrency | requests | tool | mean TTFT ms | p95 TTFT ms | mean E2E ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for level in result["levels"]:
+        for tool in TOOLS:
+            t = level[tool]
+            cells = [
+                f"{t[k]['median'] * 1e3:.1f} [{t[k]['min'] * 1e3:.1f}-{t[k]['max'] * 1e3:.1f}]"
+                for k in ("mean_ttft_s", "p95_ttft_s", "mean_e2e_s")
+            ]
+            lines.append(f"| {level['concurrency']} | {level['requests']} | {tool.replace('_', ' ')} | {' | '.join(cells)} |")
+    lines.append("")
+    for level in result["levels"]:
+        ours, theirs = (level[tool]["mean_ttft_s"] for tool in TOOLS)
+        diff = 100 * (ours["median"] / theirs["median"] - 1)
+        widest = max(_spread_pct(ours), _spread_pct(theirs))
+        verdict = "within" if abs(diff) <= widest else "outside"
+        lines.append(
+            f"- c={level['concurrency']}: prefixbench's median mean TTFT is {diff:+.1f} % against `vllm bench serve`'s; "
+            f"their run-to-run spreads are {_spread_pct(ours):.1f} % and {_spread_pct(theirs):.1f} %, "
+            f"so the tools differ {verdict} the spread."
+        )
+    return "\n".join(lines) + "\n"

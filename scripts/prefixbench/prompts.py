@@ -65,6 +65,20 @@ def format_prompt(prefix: str, question: str) -> str:
     return f"{prefix}\nQ: {question}\nA:"
 
 
+def encode_many(tok: Tokenizer, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """Many texts at once: the tokenizer's batch call where it has one, else one by one."""
+    batch = getattr(tok, "encode_many", None)
+    if batch is not None:
+        return batch(texts, add_special_tokens)
+    return [tok.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+
+
+def survives_every_question(tok: Tokenizer, prefix: str, want: list[int], questions: Sequence[str]) -> bool:
+    """Whether `prefix` tokenizes to `want` at the start of the prompt of every question (no merge at the join)."""
+    prompts = [format_prompt(prefix, q) for q in questions]
+    return all(ids[: len(want)] == want for ids in encode_many(tok, prompts, add_special_tokens=True))
+
+
 def exact_prefix(tok: Tokenizer, workload: str, seed: str, n_tokens: int, questions: Sequence[str]) -> tuple[str, list[int]]:
     """Text whose tokenization is exactly `n_tokens` ids (specials included) and stays so in every prompt."""
     special = special_prefix_ids(tok)
@@ -81,7 +95,7 @@ def exact_prefix(tok: Tokenizer, workload: str, seed: str, n_tokens: int, questi
         if candidate != candidate.rstrip() or tok.encode(candidate, add_special_tokens=False) != cut:
             continue
         want = special + cut
-        if all(tok.encode(format_prompt(candidate, q), add_special_tokens=True)[:n_tokens] == want for q in questions):
+        if survives_every_question(tok, candidate, want, questions):
             return candidate, want
     raise PrefixMismatch(f"could not build a {n_tokens}-token {workload} prefix that survives re-tokenization")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .corpus import text_of_at_least
 from .kvcache import Request, block_hashes, replay
-from .prompts import PrefixMismatch, Tokenizer, exact_prefix, format_prompt
+from .prompts import PrefixMismatch, Tokenizer, exact_prefix, format_prompt, survives_every_question
 
 SINGLE_PREFIX = ("chat_policy", "rag_document")  # the one-shared-prefix workloads (prompts.py)
 SHAPES = ("multi_turn", "prefix_pool", "kv_overflow", "trace")
@@ -125,7 +125,7 @@ def exact_extension(
         full = f"{base}{text}" if text.startswith("\n") else None
         if full is None or full != full.rstrip() or tok.encode(full, add_special_tokens=True) != want:
             continue
-        if all(tok.encode(format_prompt(full, q), add_special_tokens=True)[: len(want)] == want for q in questions):
+        if survives_every_question(tok, full, want, questions):
             return full, want
     raise PrefixMismatch(f"could not build a {n_tokens}-token {workload} extension that survives re-tokenization")
 
