@@ -90,10 +90,10 @@ done
 done_jobs=0; for job in "${jobs[@]}"; do [[ -f "$job" ]] && done_jobs=$((done_jobs + 1)); done
 echo "[$name] $done_jobs of ${#jobs[@]} measuring jobs done"
 # Then, if time is left, the peer table: prefixbench and `vllm bench serve` on one cache-on server, the
-# largest regime's fully shared prompts, concurrency 1/16/64, two runs of each tool, interleaved.
+# largest regime's fully shared prompts, concurrency 1/16/64, three runs of each tool, interleaved.
 if (( done_jobs == ${#jobs[@]} )) && [[ ! -f results/peer_compare.json ]]; then
   now=$(date +%s)
-  if (( now + ${PEER_GUESS_S:-300} <= deadline )); then
+  if (( now + ${PEER_GUESS_S:-360} <= deadline )); then
     read -r served tokenizer regime < <(python3 - "$config" <<'PY'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
@@ -104,7 +104,7 @@ PY
 )
     echo "[$name] $(date -u +%T) peer table on $regime"
     timeout -s INT $((deadline - now)) python3 scripts/peer_compare.py --script results/servers/serve_slm_with_prefix_cache.sh \
-      --prompts "results/prompts/$regime.jsonl" --reuse 100 --concurrency 1 16 64 --runs 2 --max-tokens 32 \
+      --prompts "results/prompts/$regime.jsonl" --reuse 100 --concurrency 1 16 64 --runs 3 --max-tokens 32 \
       --model "$served" --tokenizer "$tokenizer" --out results/peer_compare.json > results/logs/peer_compare.log 2>&1 \
       && tail -n 8 results/logs/peer_compare.log || echo "[$name] peer table did not finish (results/logs/peer_compare.log)"
   else

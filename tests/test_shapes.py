@@ -137,3 +137,28 @@ def test_the_vendored_trace_is_found_from_any_working_directory(tmp_path, monkey
     entry = {"kind": "trace", "path": "resources/traces/mooncake/conversation_trace.jsonl.gz", "requests": 2}
     got = shapes({"shapes": {"t": {**entry, "chunk_tokens": 128, "rate": 1.0}}})["t"]
     assert Path(got.params["path"]).is_file() and Path(got.params["path"]).is_absolute()
+
+
+def test_shapes_table_keeps_the_configs_order_not_the_names():
+    import polars as pl
+
+    from prefixbench.shape_findings import shapes_table
+
+    names = ["overflow_ws50", "overflow_ws100", "overflow_ws400"]
+    sp = pl.DataFrame(
+        {
+            "regime": sorted(names),  # as the summary sorts them: ws100, ws400, ws50
+            "concurrency": [1, 1, 1],
+            "request_rate": [0.0, 0.0, 0.0],
+            "mean_ttft_s_off": [0.034, 0.035, 0.034],
+            "mean_ttft_s_on": [0.026, 0.031, 0.027],
+            "ttft_speedup": [1.31, 1.13, 1.26],
+            "throughput_gain": [1.05, 1.02, 1.05],
+        }
+    )
+    check = pl.DataFrame(
+        {"regime": ["x"], "concurrency": [1], "request_rate": [0.0]},
+    )
+    table = shapes_table(sp, check, {n: {"kind": "kv_overflow"} for n in names})
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert rows == names

@@ -43,9 +43,16 @@ def describe(shape: dict, kv_blocks: int | None) -> str:
 
 
 def shapes_table(sp: pl.DataFrame, check: pl.DataFrame, shapes: dict[str, dict]) -> str:
-    """Shape -> hit rate (expected, predicted, measured) and TTFT off/on with its verdict, per point."""
+    """Shape -> hit rate (expected, predicted, measured) and TTFT off/on with its verdict, per point; shapes in
+    the config's order (a sweep's working sets ascending, not as their names sort: ws50 after ws400)."""
+    order = {name: i for i, name in enumerate(shapes)}
+    points = (
+        sp.filter(pl.col("regime").is_in(list(shapes)))
+        .with_columns(pl.col("regime").replace_strict(order, return_dtype=pl.Int64).alias("_shape_order"))
+        .sort("_shape_order", maintain_order=True)
+    )
     rows = []
-    for r in sp.filter(pl.col("regime").is_in(list(shapes))).iter_rows(named=True):
+    for r in points.iter_rows(named=True):
         c = check.filter(
             (pl.col("regime") == r["regime"])
             & (pl.col("concurrency") == r["concurrency"])
