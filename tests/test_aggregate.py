@@ -54,6 +54,7 @@ def test_failures_counted_and_noted(summary):
     ).row(0, named=True)
     assert (row["requests_ok"], row["requests_failed"], row["requests_sent"]) == (9, 1, 10)
     assert row["error_rate"] == pytest.approx(0.1)
+    assert row["notes"].startswith("large; reuse 100%")  # the seed table names the regime (or shape)
     assert "1 of 10 failed, means over ok only" in row["notes"]
     assert row["tok_s"] == pytest.approx(9 * 8 / 2.0)
 

@@ -93,3 +93,17 @@ def test_server_infos_list_the_lifetimes_in_run_order_then_the_small_kv_ones():
     assert infos[:4] == [f"results/raw/{m}/i{i}/server.json" for m, i in slots]
     assert infos[4:] == [f"results/raw/{m}/kv/server.json" for m, _ in slots[:2]]
     assert server_infos(slots, []) == infos[:4]
+
+
+def test_requests_of_a_single_lifetime_leave_the_pooled_instance_control_alone(tmp_path):
+    """A small-KV sweep runs one lifetime per setting: its requests cannot say how lifetimes differ."""
+    from prefixbench.aggregate import aa_floor, with_clusters
+
+    recs, _ = write_run(tmp_path, reuses=(100, 0), concs=(1,), n=24, jitter=0.05, instances=2, instance_speed={2: 1.6})
+    records = with_clusters(load_records(recs).filter(pl.col("in_window")))
+    single = records.filter(pl.col("instance") == 1).with_columns(pl.lit("overflow_ws50").alias("regime"))
+    pooled = aa_floor(records).filter(pl.col("regime") == "*").row(0, named=True)
+    with_single = aa_floor(pl.concat([records, single])).filter(pl.col("regime") == "*").row(0, named=True)
+    for k in ("inst_off_ttft_ratio", "inst_off_ttft_lo", "inst_off_ttft_hi"):
+        assert with_single[k] == pytest.approx(pooled[k], rel=0.05)
+    assert pooled["inst_off_ttft_hi"] < 0.8  # the slow second lifetime is seen

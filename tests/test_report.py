@@ -11,7 +11,7 @@ from synthetic import write_run
 
 from prefixbench.aggregate import load_meta, load_records, speedups, summarize, with_confidence
 from prefixbench.config import schema_defaults
-from prefixbench.findings import ttft_finding, verdict
+from prefixbench.findings import helped, judged, ttft_finding, verdict
 from prefixbench.report import render
 
 SLO = schema_defaults()["benchmark"]["slo"]
@@ -122,6 +122,26 @@ def test_failures_show_in_report(tmp_path):
 def test_dummy_weights_are_stated(tmp_path):
     md, _ = render_md(tmp_path, model={"source": "dummy", "path": "m", "served_name": "s"})
     assert "Random weights" in md and "--load-format dummy" in md
+
+
+def test_no_claim_for_a_gain_larger_than_the_hit_rate_can_explain():
+    # 17% of the prompt tokens from cache remove at most 17% of the prefill: off/on <= 1 / 0.83 = 1.20x.
+    row = {
+        "ttft_speedup": 1.47,
+        "ttft_speedup_lo": 1.37,
+        "ttft_speedup_hi": 1.58,
+        "floor_ttft_lo": 0.71,
+        "floor_ttft_hi": 1.35,
+        "measured_hit_rate_on": 0.17,
+        "request_rate": 0.0,
+    }
+    assert judged(row).startswith("not claimed: 1.47× (95% CI 1.37–1.58) is more than a 17% hit rate can remove")
+    assert "(at most 1.20×)" in judged(row) and not helped(row)
+    # The same gain at a 60% hit rate (at most 2.5x) stands.
+    assert judged(row | {"measured_hit_rate_on": 0.60}) == "1.47× faster (95% CI 1.37–1.58)"
+    assert helped(row | {"measured_hit_rate_on": 0.60})
+    # An interval that reaches below the bound is not refuted by it; open-loop queues are left out.
+    assert helped(row | {"ttft_speedup_lo": 1.19, "floor_ttft_hi": 1.1}) and helped(row | {"request_rate": 20.0})
 
 
 def test_no_claim_without_an_interval_or_inside_the_aa_floor():

@@ -173,9 +173,10 @@ def open_loop(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _notes(row: dict) -> str:
-    parts = [f"reuse {row['reuse_pct']}%"]
+    """The seed table's notes: which regime or shape the row is (its other columns do not say), load, hit rate."""
+    parts = [row["regime"], f"reuse {row['reuse_pct']}%"]
     if row["request_rate"]:
-        parts.insert(0, f"open loop {row['request_rate']:g} req/s")
+        parts.insert(1, f"open loop {row['request_rate']:g} req/s")
     if row["measured_hit_rate"] is not None:
         parts.append(f"hit rate {row['measured_hit_rate']:.0%}")
     if row["requests_failed"]:
@@ -384,7 +385,11 @@ def aa_floor(records: pl.DataFrame) -> pl.DataFrame:
     # Each request relative to the mean of the same request (same point, same prompt) over every lifetime: the
     # lifetimes send identical requests, so the same-setting control is paired, request for request, and the mix of
     # cold, warm and unique requests cannot decide it.
-    same = records.filter(pl.col("status") == "ok").with_columns(
+    # A request sent in one lifetime only (the small-KV lifetimes, one per setting) is its own mean: it carries no
+    # lifetime-to-lifetime variation and would only pull the pooled control towards 1.
+    same = records.filter(
+        (pl.col("status") == "ok") & (pl.col("instance").n_unique().over(KEYS + ["request_index"]) > 1)
+    ).with_columns(
         pl.concat_str(
             [pl.col("reuse_pct"), pl.col("concurrency"), pl.col("request_rate"), pl.col("cluster")], separator="/"
         ).alias("cluster"),

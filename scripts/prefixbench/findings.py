@@ -1,7 +1,8 @@
 """The report's findings: each answer to a seed question, and the sentence it supports, computed from the data.
 
 An effect is claimed only where its clustered 95% interval excludes 1 and clears the run's A/A floor (see
-stats.outside_floor); without an interval it is shown, not claimed. The template only arranges these.
+stats.outside_floor), and a closed-loop gain only where the point's hit rate can explain it (hit_bound_of);
+without an interval it is shown, not claimed. The template only arranges these.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ def verdict(
     worse: str = "slower",
     ci: tuple[float | None, float | None] | None = None,
     floor: tuple[float, float] | None = None,
+    hit_bound: tuple[float, float] | None = None,
 ) -> str:
     """Words for an off/on ratio where >1 means the cache helped.
 
     An effect is claimed only when its clustered 95% CI excludes 1 and clears the A/A floor (the interval two
-    identical setups show on this run); without an interval nothing is claimed."""
+    identical setups show on this run); without an interval nothing is claimed. `hit_bound` (hit rate, the most
+    speed-up it can explain): a gain whose whole interval lies above it is not the cache's, and is not claimed."""
     if ratio is None:
         return "not measured"
     if not ci or ci[0] is None or ci[1] is None:
@@ -40,6 +43,11 @@ def verdict(
         return f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)"
     if not outside_floor((ci[0], ci[1]), floor):
         return f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})"
+    if ratio > 1 and hit_bound and ci[0] > hit_bound[1]:
+        return (
+            f"not claimed: {fmt_x(ratio)} ({band}) is more than a {fmt_pct(hit_bound[0])} hit rate can remove "
+            f"(at most {fmt_x(hit_bound[1])}): server-lifetime noise, not the cache"
+        )
     if ratio > 1:
         return f"{fmt_x(ratio)} {better} ({band})"
     return f"{fmt_x(1 / ratio)} {worse} (95% CI {1 / ci[1]:.2f}–{1 / ci[0]:.2f})"
@@ -58,14 +66,32 @@ def floor_of(row: dict, name: str = "ttft_speedup") -> tuple[float, float] | Non
     return (lo, hi) if lo is not None and hi is not None else None
 
 
+def hit_bound_of(row: dict, name: str = "ttft_speedup") -> tuple[float, float] | None:
+    """(hit rate, 1 / (1 - hit rate)) for a closed-loop TTFT or E2E ratio: with a share h of the prompt tokens
+    served from cache, the cache can remove at most that share of the prefill work, so off/on is at most
+    1 / (1 - h) (fixed costs and decode only lower it; a quadratic attention term lowers it too). Open-loop
+    points are left out: there a queue that grows past saturation can make the gain larger than the work saved."""
+    h = row.get("measured_hit_rate_on")
+    if name not in ("ttft_speedup", "e2e_speedup") or h is None or not 0 <= h < 1 or row.get("request_rate"):
+        return None
+    return h, 1 / (1 - h)
+
+
 def judged(row: dict, name: str = "ttft_speedup") -> str:
-    return verdict(row[name], ci=ci_of(row, name), floor=floor_of(row, name))
+    return verdict(row[name], ci=ci_of(row, name), floor=floor_of(row, name), hit_bound=hit_bound_of(row, name))
 
 
 def helped(row: dict, name: str = "ttft_speedup") -> bool:
-    """The cache helped beyond noise: the CI lies above 1 and above the A/A floor."""
+    """The cache helped beyond noise: the CI lies above 1 and above the A/A floor, and not wholly above what the
+    point's hit rate can explain."""
     ci = ci_of(row, name)
-    return ci is not None and row[name] > 1 and outside_floor(ci, floor_of(row, name))
+    bound = hit_bound_of(row, name)
+    return (
+        ci is not None
+        and row[name] > 1
+        and outside_floor(ci, floor_of(row, name))
+        and not (bound is not None and ci[0] > bound[1])
+    )
 
 
 def hurt(row: dict, name: str = "ttft_speedup") -> bool:
@@ -118,7 +144,8 @@ def ttft_finding(sp: pl.DataFrame) -> Finding:
     ]
     answer += (
         " Intervals are 95% bootstrap CIs that resample whole rounds of requests (requests sent together share "
-        "their fate), and an effect is claimed only where its interval excludes 1 and clears the A/A floor."
+        "their fate), and an effect is claimed only where its interval excludes 1 and clears the A/A floor (and a "
+        "closed-loop gain only where it is not larger than its point's hit rate can explain)."
     )
     return Finding(answer, details)
 
