@@ -79,7 +79,10 @@ def test_cache_counters_behave(pipeline_run):
     s = pl.read_csv(work / "results/summary.csv")
     off = s.filter(pl.col("mode") == "no_prefix_cache")
     assert off["hit_tokens"].fill_null(0).sum() == 0 and off["cached_tokens"].sum() == 0
-    on = s.filter(
+    # The single-prefix regime (config/test.yaml's `small`, 256 tokens): the summary sorts shapes (chat's short
+    # history) before it, and a chat turn's few cached tokens save less than this CPU's run-to-run noise.
+    small = s.filter(pl.col("regime") == "small")
+    on = small.filter(
         (pl.col("mode") == "with_prefix_cache")
         & (pl.col("reuse_pct") == 100)
         & (pl.col("concurrency") == 1)
@@ -90,9 +93,12 @@ def test_cache_counters_behave(pipeline_run):
     # Sequential, reset before the point: measured hits equal the generator's expectation within a block per request.
     assert abs(on["hit_tokens"] - on["expected_cached_tokens"]) <= block * on["requests_sent"]
     assert on["cached_tokens"] == on["hit_tokens"]
-    off_row = off.filter((pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1) & (pl.col("request_rate") == 0)).row(
-        0, named=True
-    )
+    off_row = small.filter(
+        (pl.col("mode") == "no_prefix_cache")
+        & (pl.col("reuse_pct") == 100)
+        & (pl.col("concurrency") == 1)
+        & (pl.col("request_rate") == 0)
+    ).row(0, named=True)
     assert on["mean_ttft_s"] < off_row["mean_ttft_s"], "a cached 256-token prefix should cut TTFT on this model"
     for meta in (work / "results/raw").rglob("*.meta.json"):
         assert json.loads(meta.read_text())["cache_reset"] == "ok"
