@@ -82,23 +82,18 @@ def test_cache_counters_behave(pipeline_run):
     # The single-prefix regime (config/test.yaml's `small`, 256 tokens): the summary sorts shapes (chat's short
     # history) before it, and a chat turn's few cached tokens save less than this CPU's run-to-run noise.
     small = s.filter(pl.col("regime") == "small")
-    on = small.filter(
-        (pl.col("mode") == "with_prefix_cache")
-        & (pl.col("reuse_pct") == 100)
-        & (pl.col("concurrency") == 1)
-        & (pl.col("request_rate") == 0)
-    ).row(0, named=True)
+
+    def point(mode: str) -> dict:
+        one = (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1) & (pl.col("request_rate") == 0)
+        return small.filter((pl.col("mode") == mode) & one).row(0, named=True)
+
+    on = point("with_prefix_cache")
     assert on["hit_tokens"] > 0
     block = 128
     # Sequential, reset before the point: measured hits equal the generator's expectation within a block per request.
     assert abs(on["hit_tokens"] - on["expected_cached_tokens"]) <= block * on["requests_sent"]
     assert on["cached_tokens"] == on["hit_tokens"]
-    off_row = small.filter(
-        (pl.col("mode") == "no_prefix_cache")
-        & (pl.col("reuse_pct") == 100)
-        & (pl.col("concurrency") == 1)
-        & (pl.col("request_rate") == 0)
-    ).row(0, named=True)
+    off_row = point("no_prefix_cache")
     assert on["mean_ttft_s"] < off_row["mean_ttft_s"], "a cached 256-token prefix should cut TTFT on this model"
     for meta in (work / "results/raw").rglob("*.meta.json"):
         assert json.loads(meta.read_text())["cache_reset"] == "ok"
