@@ -39,6 +39,8 @@ print("\n".join((["results/calibration.json"] if bench.get("time_budget_s") else
 PY
 )
 
+finished_jobs() { for job in "${jobs[@]}"; do [[ -f $job ]] && echo "$job"; done; return 0; }
+
 smk=(python3 -m snakemake --configfile "$config" --cores 4 --resources gpu=1 --scheduler greedy --rerun-incomplete)
 "${smk[@]}" --unlock >/dev/null 2>&1 || true
 if [[ -n "${RESTORE:-}" && ! -f results/.restored ]]; then
@@ -47,14 +49,14 @@ if [[ -n "${RESTORE:-}" && ! -f results/.restored ]]; then
     [[ $info == */server.json && ! -f $info && -d $(dirname "$info") ]] && rm -rf "$(dirname "$info")"
   done
   echo "$RESTORE" > results/.restored
-  echo "[$name] restored $(ls "${jobs[@]}" 2>/dev/null | wc -l) of ${#jobs[@]} measuring jobs from $RESTORE"
+  echo "[$name] restored $(finished_jobs | wc -l) of ${#jobs[@]} measuring jobs from $RESTORE"
 fi
 # Every prompt file and server script first (CPU work: building the small-KV prompts took 2 min on the H200 host),
 # so the lifetimes' durations are the servers' alone.
 "${smk[@]}" --omit-from calibrate measure measure_kv -- "${jobs[@]}" >> results/logs/device_sweep.log 2>&1 \
   || { echo "[$name] preparing prompts failed"; tail -n 15 results/logs/device_sweep.log; }
 if [[ -f results/.restored && ! -f results/.touched ]]; then
-  mapfile -t restored < <(ls "${jobs[@]}" 2>/dev/null)
+  mapfile -t restored < <(finished_jobs)
   if (( ${#restored[@]} )); then
     "${smk[@]}" --touch -- "${restored[@]}" >> results/logs/device_sweep.log 2>&1 \
       || { echo "[$name] marking the restored jobs up to date failed"; tail -n 15 results/logs/device_sweep.log; exit 1; }
@@ -87,7 +89,7 @@ for job in "${jobs[@]}"; do
     || { echo "[$name] $job did not finish (see results/logs/device_sweep.log)"; tail -n 15 results/logs/device_sweep.log; break; }
   echo "[$name] $job took $(( $(date +%s) - t0 ))s" | tee -a results/logs/device_sweep_times.txt
 done
-done_jobs=0; for job in "${jobs[@]}"; do [[ -f "$job" ]] && done_jobs=$((done_jobs + 1)); done
+done_jobs=$(finished_jobs | wc -l)
 echo "[$name] $done_jobs of ${#jobs[@]} measuring jobs done"
 # Then, if time is left, the peer table: prefixbench and `vllm bench serve` on one cache-on server, the
 # largest regime's fully shared prompts, concurrency 1/16/64, three runs of each tool, interleaved.

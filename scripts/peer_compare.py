@@ -27,7 +27,7 @@ import aiohttp  # noqa: E402
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
 from prefixbench.config import default_bench_settings  # noqa: E402
 from prefixbench.measure import reset_prefix_cache, wait_idle, warmup_prompt  # noqa: E402
-from prefixbench.peer import bench_serve_args, peer_table, run_bench_serve  # noqa: E402
+from prefixbench.peer import bench_serve_args, peer_table, run_bench_serve, spread  # noqa: E402
 from prefixbench.prompts import read_prompts  # noqa: E402
 from prefixbench.server import ManagedServer  # noqa: E402
 
@@ -92,10 +92,6 @@ async def served_version(base_url: str) -> str:
             return (await r.json()).get("version", "unknown") if r.status == 200 else "unknown"
     except (aiohttp.ClientError, ValueError):
         return "unknown"
-
-
-def spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
 
 def main() -> None:

@@ -2,16 +2,12 @@
 
 from pathlib import Path
 
-from prefixbench.peer import bench_serve_args, peer_table
-
-
-def _spread(median: float, lo: float, hi: float) -> dict:
-    return {"median": median, "min": lo, "max": hi, "runs": [lo, hi]}
+from prefixbench.peer import bench_serve_args, peer_table, spread
 
 
 def _level(conc: int, ours: float, theirs: float, width: float) -> dict:
     def tool(m: float) -> dict:
-        s = _spread(m, m * (1 - width), m * (1 + width))
+        s = spread([m * (1 - width), m, m * (1 + width)])  # median m, range m +- width
         return {"mean_ttft_s": s, "p95_ttft_s": s, "mean_e2e_s": s, "p95_e2e_s": s}
 
     return {"concurrency": conc, "requests": max(32, 8 * conc), "prefixbench": tool(ours), "vllm_bench_serve": tool(theirs)}

@@ -174,9 +174,10 @@ def open_loop(df: pl.DataFrame) -> pl.DataFrame:
 
 def _notes(row: dict) -> str:
     """The seed table's notes: which regime or shape the row is (its other columns do not say), load, hit rate."""
-    parts = [row["regime"], f"reuse {row['reuse_pct']}%"]
+    parts = [row["regime"]]
     if row["request_rate"]:
-        parts.insert(1, f"open loop {row['request_rate']:g} req/s")
+        parts.append(f"open loop {row['request_rate']:g} req/s")
+    parts.append(f"reuse {row['reuse_pct']}%")
     if row["measured_hit_rate"] is not None:
         parts.append(f"hit rate {row['measured_hit_rate']:.0%}")
     if row["requests_failed"]:

@@ -43,7 +43,7 @@ def verdict(
         return f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)"
     if not outside_floor((ci[0], ci[1]), floor):
         return f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})"
-    if ratio > 1 and hit_bound and ci[0] > hit_bound[1]:
+    if ratio > 1 and beyond_hits(ci, hit_bound):
         return (
             f"not claimed: {fmt_x(ratio)} ({band}) is more than a {fmt_pct(hit_bound[0])} hit rate can remove "
             f"(at most {fmt_x(hit_bound[1])}): server-lifetime noise, not the cache"
@@ -77,6 +77,11 @@ def hit_bound_of(row: dict, name: str = "ttft_speedup") -> tuple[float, float] |
     return h, 1 / (1 - h)
 
 
+def beyond_hits(ci: tuple[float, float], bound: tuple[float, float] | None) -> bool:
+    """The whole interval lies above what the point's hit rate can explain (hit_bound_of)."""
+    return bound is not None and ci[0] > bound[1]
+
+
 def judged(row: dict, name: str = "ttft_speedup") -> str:
     return verdict(row[name], ci=ci_of(row, name), floor=floor_of(row, name), hit_bound=hit_bound_of(row, name))
 
@@ -85,12 +90,11 @@ def helped(row: dict, name: str = "ttft_speedup") -> bool:
     """The cache helped beyond noise: the CI lies above 1 and above the A/A floor, and not wholly above what the
     point's hit rate can explain."""
     ci = ci_of(row, name)
-    bound = hit_bound_of(row, name)
     return (
         ci is not None
         and row[name] > 1
         and outside_floor(ci, floor_of(row, name))
-        and not (bound is not None and ci[0] > bound[1])
+        and not beyond_hits(ci, hit_bound_of(row, name))
     )
 
 

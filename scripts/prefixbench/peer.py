@@ -4,6 +4,7 @@ scripts/client_throughput.py)."""
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,11 @@ def run_bench_serve(python: str, args: Sequence[str], workdir: Path, timeout_s: 
 TOOLS = ("prefixbench", "vllm_bench_serve")
 
 
+def spread(xs: list[float]) -> dict:
+    """One tool's runs of one measure at one level: their median and range (what peer_table reads)."""
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
+
+
 def _spread_pct(s: dict) -> float:
     """A tool's run-to-run spread at one level: its runs' range over their median, in percent."""
     return 100 * (s["max"] - s["min"]) / s["median"] if s["median"] else 0.0
@@ -75,11 +81,11 @@ def peer_table(result: dict) -> str:
     for level in result["levels"]:
         ours, theirs = (level[tool]["mean_ttft_s"] for tool in TOOLS)
         diff = 100 * (ours["median"] / theirs["median"] - 1)
-        widest = max(_spread_pct(ours), _spread_pct(theirs))
-        verdict = "within" if abs(diff) <= widest else "outside"
+        ours_pct, theirs_pct = _spread_pct(ours), _spread_pct(theirs)
+        verdict = "within" if abs(diff) <= max(ours_pct, theirs_pct) else "outside"
         lines.append(
             f"- c={level['concurrency']}: prefixbench's median mean TTFT is {diff:+.1f} % against `vllm bench serve`'s; "
-            f"their run-to-run spreads are {_spread_pct(ours):.1f} % and {_spread_pct(theirs):.1f} %, "
+            f"their run-to-run spreads are {ours_pct:.1f} % and {theirs_pct:.1f} %, "
             f"so the tools differ {verdict} the spread."
         )
     return "\n".join(lines) + "\n"

@@ -46,10 +46,8 @@ def shapes_table(sp: pl.DataFrame, check: pl.DataFrame, shapes: dict[str, dict])
     """Shape -> hit rate (expected, predicted, measured) and TTFT off/on with its verdict, per point; shapes in
     the config's order (a sweep's working sets ascending, not as their names sort: ws50 after ws400)."""
     order = {name: i for i, name in enumerate(shapes)}
-    points = (
-        sp.filter(pl.col("regime").is_in(list(shapes)))
-        .with_columns(pl.col("regime").replace_strict(order, return_dtype=pl.Int64).alias("_shape_order"))
-        .sort("_shape_order", maintain_order=True)
+    points = sp.filter(pl.col("regime").is_in(list(shapes))).sort(
+        pl.col("regime").replace_strict(order, return_dtype=pl.Int64), maintain_order=True
     )
     rows = []
     for r in points.iter_rows(named=True):
