@@ -29,6 +29,7 @@ points = [
         rate,
         request_indices=tuple(pp["request_indices"]) if pp else None,
         estimated_s=pp["estimated_s"][mode] if pp else None,
+        dropped=pp.get("dropped") if pp else None,
     )
     for (regime, reuse, conc, rate), rec, meta, pp in zip(p.points, snakemake.output.records, snakemake.output.meta, planned)
 ]

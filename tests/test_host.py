@@ -50,6 +50,7 @@ def test_the_server_command_gets_the_resolved_dtype():
         "max_model_len": 512,
         "dtype": "auto",
         "block_size": 128,
+        "cpu_isa": "native",
     }
     cfg = {"server": {"host": "127.0.0.1"}}
     on_epyc = dtype_choice("cpu", target, read_cpu_info(EPYC))
@@ -67,3 +68,28 @@ def test_visible_gpus_reads_cuda_visible_devices():
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}) == [1]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,2"}) == [0, 2]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-5f2c"}) is None  # UUIDs: leave nvidia-smi unrestricted
+
+
+def test_a_xeon_held_to_avx2_chooses_and_runs_as_an_epyc_would():
+    """Issue 25: the AVX2 emulation the tests' AVX2 tier and config/cpu-avx2.yaml use."""
+    from prefixbench.host import as_isa
+
+    held = as_isa(read_cpu_info(XEON), "avx2")
+    assert "avx2" in held.flags and not {f for f in held.flags if f.startswith(("avx512", "amx"))}
+    assert as_isa(read_cpu_info(XEON), "native") == read_cpu_info(XEON)
+    target = {
+        "python": "p",
+        "model": {"source": "path", "path": "m", "served_name": "s"},
+        "max_model_len": 512,
+        "dtype": "auto",
+        "block_size": 128,
+        "cpu_isa": "avx2",
+        "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+    }
+    choice = dtype_choice("cpu", target, read_cpu_info(XEON))
+    assert choice.dtype == "float32" and "held to AVX2" in choice.reason and "ATEN_CPU_CAPABILITY=avx2" in choice.reason
+    spec = server_spec({"server": {"host": "127.0.0.1"}}, target, choice)
+    assert spec.dtype == "float32"
+    assert dict(spec.env) == {"VLLM_CPU_KVCACHE_SPACE": "1", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    native = dtype_choice("cpu", {**target, "cpu_isa": "native"}, read_cpu_info(XEON))
+    assert native.dtype == "bfloat16" and "held" not in native.reason

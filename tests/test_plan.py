@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from prefixbench.plan import Eta, Rates, choose, fit_rates, make_plan, plan_summary, point_seconds
+from prefixbench.plan import (
+    Eta,
+    Rates,
+    choose,
+    drop_order,
+    fit_rates,
+    make_plan,
+    min_requests,
+    plan_summary,
+    point_seconds,
+)
 
 
 def prompts_of(regime: str, reuse: int, n: int, prefix: int = 512, block: int = 128) -> list[dict]:
@@ -20,6 +30,7 @@ def prompts_of(regime: str, reuse: int, n: int, prefix: int = 512, block: int = 
                 "reuse_pct": reuse,
                 "request_index": i,
                 "prefix_group": group,
+                "prefix_len_tokens": prefix,
                 "prompt_len_tokens": prefix + 10,
                 "expected_cached_tokens": prefix if warm else 0,
             }
@@ -86,8 +97,8 @@ def test_a_budget_too_small_keeps_the_minimum_and_says_so():
     rates = Rates(1.0, 0.01, 0.1)
     prompts = {"m": prompts_of("m", 100, 24)}
     plan = make_plan(rates, [("m", 100, 4, 0.0)], prompts, 1.0, 16, 1, min_rounds=1)
-    assert plan["over_budget"]
-    assert len(plan["points"][0]["request_indices"]) == 4  # one full round at concurrency 4
+    assert plan["over_budget"] and not plan["dropped"]  # the only concurrency level is never dropped
+    assert len(plan["points"][0]["request_indices"]) == 12  # one round inside the window: 1 + the burst and the drain
     assert "still exceeds" in plan_summary(plan)
 
 
@@ -106,5 +117,50 @@ def test_min_rounds_keeps_a_level_not_a_burst():
     prompts = {"m": prompts_of("m", 100, 64)}
     plan = make_plan(rates, [("m", 100, 4, 0.0), ("m", 100, 16, 0.0)], prompts, 1.0, 16, 1, min_rounds=8)
     sizes = [len(p["request_indices"]) for p in plan["points"]]
-    assert sizes == [32, 64]  # 8 rounds at c=4; at c=16 all 64 (8 rounds would need 128)
+    assert sizes == [40, 0]  # 8 rounds inside the window at c=4 (10 sent); c=16 would need 160 of its 64: not sent
     assert plan["min_rounds"] == 8 and "at least 8 round(s)" in plan_summary(plan)
+    assert plan["dropped"] == [
+        {
+            "regime": "m",
+            "reuse_pct": 100,
+            "concurrency": 16,
+            "reason": "8 round(s) inside a steady-state window at c=16 need 160 requests; the point has 64",
+        }
+    ]
+    assert "Not measured: m reuse 100% c=16 (8 round(s) inside a steady-state window" in plan_summary(plan)
+
+
+def test_no_point_is_trimmed_below_its_window():
+    """Issue 25: an AVX2 CPU's budget kept 6 requests at c=4, and no steady-state window opened."""
+    from prefixbench.stats import steady_window
+
+    for n in range(2, 40):
+        for conc in (2, 4, 8):
+            for rounds in (1, 2, 3):
+                if n < min_requests(conc, rounds):
+                    continue
+                # Requests in lock-step rounds: the window must hold at least `rounds` rounds.
+                start = [(i // conc) * 1.0 for i in range(n)]
+                e2e = [1.0 - 0.001 * (i % conc) for i in range(n)]
+                assert sum(steady_window(start, e2e, conc)) >= rounds * conc, (n, conc, rounds)
+    rates = Rates(0.046, 0.00346, 0.0677)  # the emulated AVX2 run's calibration
+    prompts = {r: prompts_of(r, reuse, 24, prefix) for r, prefix in (("medium", 512), ("large", 1024)) for reuse in (100,)}
+    for r, prefix in (("medium", 512), ("large", 1024)):
+        prompts[r] += prompts_of(r, 50, 24, prefix) + prompts_of(r, 0, 24, prefix)
+    points = [(r, reuse, c, 0.0) for r in ("medium", "large") for reuse in (100, 50, 0) for c in (1, 4)]
+    plan = make_plan(rates, points, prompts, 280.0, 16, 1, min_rounds=2)  # 360 s less the shapes' ~80 s
+    for p in plan["points"]:
+        assert p["dropped"] or len(p["request_indices"]) >= min_requests(p["concurrency"], 2)
+    assert max(plan["estimated_s"].values()) <= 280.0 and not plan["over_budget"]
+    dropped = [(d["regime"], d["reuse_pct"], d["concurrency"]) for d in plan["dropped"]]
+    assert dropped and all(c == 4 for _, _, c in dropped)  # c=1 is cheap and never dropped
+    assert ("large", 100, 4) not in dropped  # the headline goes last
+    assert dropped == [("medium", 50, 4), ("large", 50, 4)]
+
+
+def test_drop_order_spares_the_headline_and_the_lowest_concurrency():
+    points = [(r, reuse, c, 0.0) for r in ("medium", "large") for reuse in (100, 50, 0) for c in (1, 4, 16)]
+    order = [points[i] for i in drop_order(points, {"medium": 512, "large": 1024})]
+    assert all(c > 1 for _, _, c, _ in order) and len(order) == 12
+    assert order[0] == ("medium", 50, 16, 0.0) and order[-1] == ("large", 100, 4, 0.0)
+    assert [p[1] for p in order[:4]] == [50] * 4 and [p[1] for p in order[-4:]] == [100] * 4

@@ -296,3 +296,58 @@ def test_the_conclusion_quotes_the_strongest_claimed_point_and_its_concurrency()
         "concurrency 1, first-token latency went from 34 ms to 21 ms (no difference beyond"
         in consulting_bullets(summary, unclaimed, 16)[0]
     )
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n": 4},  # c=4: four requests are one burst, no window; c=1 measured
+        {"n": 4, "concs": (4,)},  # no point has a window at all
+        {"n": 4, "instances": 2, "reuses": (100, 50, 0)},  # lifetimes and A/A controls, still no c=4 window
+    ],
+    ids=["some-points", "no-point", "lifetimes"],
+)
+def test_points_without_a_window_never_crash_a_finding(tmp_path, kw):
+    """Issue 25: an AVX2 run trimmed c=4 to 6 requests, no window opened, and the report died on None - None.
+    Every finding must say what it could not measure (the guard in report.render would hide a crash: none may occur)."""
+    md, summary = render_md(tmp_path, **kw)
+    closed = summary.filter(pl.col("concurrency") == 4)
+    assert closed["window_requests"].max() == 0 and closed["mean_ttft_s"].is_null().all()
+    assert "Not computed: this analysis failed" not in md
+    assert "None" not in md
+    assert "not measured (no steady-state window: too few requests for its concurrency)" in md
+    assert "had no steady-state window at all" in md  # the design note names them
+    if kw.get("concs") == (4,):
+        assert "Not answerable from this run: no point at the highest reuse level was measured" in md
+        assert "**No conclusion:**" in md
+    else:
+        assert "**When to enable it:**" in md
+
+
+def test_a_failing_analysis_costs_only_its_own_answer(capsys):
+    from prefixbench.report import guarded
+
+    def broken(_):
+        raise TypeError("boom")
+
+    assert guarded(broken, 1).answer.startswith("Not computed: this analysis failed on this run's data (TypeError: boom)")
+    assert guarded(broken, 1, fallback=lambda w: [w]) == [
+        "Not computed: this analysis failed on this run's data (TypeError: boom); the rest stands."
+    ]
+    assert "TypeError: boom" in capsys.readouterr().err
+
+
+def test_charts_render_without_windows(tmp_path):
+    from prefixbench.charts import draw_all
+
+    make_inputs(tmp_path, n=4)
+    written = draw_all(
+        summary_csv=tmp_path / "summary.csv",
+        speedup_csv=tmp_path / "speedup.csv",
+        outdir=tmp_path / "charts",
+        names=["ttft_vs_concurrency", "throughput_vs_p95", "speedup"],
+        slo=SLO,
+        model_dir=None,
+        block_size=128,
+    )
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written if p.suffix == ".png")

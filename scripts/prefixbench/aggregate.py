@@ -95,6 +95,8 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
     rows = []
     for path in paths:
         meta = PointMeta.read(path)
+        if meta.dropped:  # the plan did not send it (plan.make_plan); the report's time-budget line says why
+            continue
         delta = meta.counters_delta
         rows.append(
             {
@@ -298,6 +300,7 @@ def speedups(summary: pl.DataFrame) -> pl.DataFrame:
         "peak_server_rss_gib",
         "peak_gpu_mem_mib",
         "peak_kv_cache_usage",
+        "window_requests",
     ]
     keys = ["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "request_rate"]
     off = summary.filter(pl.col("mode") == OFF).select(keys + cols).rename({c: f"{c}_off" for c in cols})
@@ -330,6 +333,8 @@ def with_clusters(records: pl.DataFrame) -> pl.DataFrame:
         else:
             local = closed_loop_rounds(start, int(conc))
         parts.append(grp.with_columns(pl.Series("cluster", [f"{instance}:{repeat}:{c}" for c in local], dtype=pl.String)))
+    if not parts:  # no request in any window (every point too short for one): nothing to resample
+        return records.with_columns(pl.lit(None, dtype=pl.String).alias("cluster"))
     return pl.concat(parts, how="diagonal_relaxed")
 
 

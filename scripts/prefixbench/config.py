@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .corpus import DEFAULT_QUESTIONS, question_variants
-from .host import CpuInfo, DtypeChoice, cpu_dtype, nvidia_smi, read_cpu_info
+from .host import CpuInfo, DtypeChoice, as_isa, cpu_dtype, isa_env, nvidia_smi, read_cpu_info
 from .prompts import Regime, aligned_length
 from .settings import BenchSettings, ServerSpec
 from .shapes import Shape
@@ -125,7 +125,13 @@ def dtype_choice(target_name: str, target: dict[str, Any], cpu: CpuInfo | None =
     """The CPU target's dtype, decided by this machine's CPU flags (`auto`: bfloat16 only where native)."""
     if target_name != "cpu" or is_endpoint(target):
         return None
-    return cpu_dtype(target["dtype"], cpu or read_cpu_info())
+    choice = cpu_dtype(target["dtype"], as_isa(cpu or read_cpu_info(), target["cpu_isa"]))
+    if target["cpu_isa"] == "native":
+        return choice
+    held = ", ".join(f"{k}={v}" for k, v in isa_env(target["cpu_isa"]).items())
+    return dataclasses.replace(
+        choice, reason=f"{choice.reason}; the server is held to {target['cpu_isa'].upper()} (`cpu_isa`: {held})"
+    )
 
 
 def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoice | None = None) -> ServerSpec:
@@ -144,7 +150,7 @@ def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoi
         max_model_len=target["max_model_len"],
         dtype=dtype.dtype if dtype else target["dtype"],
         extra_args=tuple(extra),
-        env=dict(target.get("env", {})),
+        env={**target.get("env", {}), **isa_env(target["cpu_isa"])},
         api_key_env=config["server"].get("api_key_env"),
     )
 

@@ -83,7 +83,44 @@ def beyond_hits(ci: tuple[float, float], bound: tuple[float, float] | None) -> b
 
 
 def judged(row: dict, name: str = "ttft_speedup") -> str:
+    if row.get(name) is None:
+        return f"not measured ({why_unmeasured(row)})"
     return verdict(row[name], ci=ci_of(row, name), floor=floor_of(row, name), hit_bound=hit_bound_of(row, name))
+
+
+def why_unmeasured(row: dict) -> str:
+    """Why a point has no ratio: most often a steady-state window that never opened (too few requests for its
+    concurrency: the opening burst and the drain are all there was)."""
+    if 0 in (row.get("window_requests_off"), row.get("window_requests_on")):
+        return "no steady-state window: too few requests for its concurrency"
+    return "no successful request in one of the settings"
+
+
+def measured(sp: pl.DataFrame, name: str = "ttft_speedup") -> pl.DataFrame:
+    """The rows that have the ratio `name`: a finding compares only these, and says which others it could not."""
+    return sp.filter(pl.col(name).is_not_null()) if name in sp.columns else sp.clear()
+
+
+def saved(row: dict) -> str:
+    """Mean TTFT saved per request (off minus on), or n/a where either side has no window."""
+    off, on = row.get("mean_ttft_s_off"), row.get("mean_ttft_s_on")
+    return "n/a" if off is None or on is None else fmt_s(off - on)
+
+
+def unmeasured_words(sp: pl.DataFrame, name: str = "ttft_speedup") -> str:
+    """A sentence naming the points a finding had to leave out, or nothing."""
+    missing = [r for r in _rows(sp) if r.get(name) is None] if name in sp.columns else []
+    if not missing:
+        return ""
+    return (
+        f" Left out, not measured: {', '.join(point_name(r) for r in missing)} ({why_unmeasured(missing[0])})."
+        if len({why_unmeasured(r) for r in missing}) == 1
+        else " Left out, not measured: " + ", ".join(f"{point_name(r)} ({why_unmeasured(r)})" for r in missing) + "."
+    )
+
+
+def point_name(row: dict) -> str:
+    return f"{row['regime']} reuse {row['reuse_pct']}% {load_label(row)}"
 
 
 def helped(row: dict, name: str = "ttft_speedup") -> bool:
@@ -92,6 +129,7 @@ def helped(row: dict, name: str = "ttft_speedup") -> bool:
     ci = ci_of(row, name)
     return (
         ci is not None
+        and row.get(name) is not None
         and row[name] > 1
         and outside_floor(ci, floor_of(row, name))
         and not beyond_hits(ci, hit_bound_of(row, name))
@@ -100,7 +138,7 @@ def helped(row: dict, name: str = "ttft_speedup") -> bool:
 
 def hurt(row: dict, name: str = "ttft_speedup") -> bool:
     ci = ci_of(row, name)
-    return ci is not None and row[name] < 1 and outside_floor(ci, floor_of(row, name))
+    return ci is not None and row.get(name) is not None and row[name] < 1 and outside_floor(ci, floor_of(row, name))
 
 
 @dataclass
@@ -114,7 +152,14 @@ def _rows(df: pl.DataFrame) -> list[dict]:
 
 
 def ttft_finding(sp: pl.DataFrame) -> Finding:
-    top = sp.filter(pl.col("reuse_pct") == sp["reuse_pct"].max())
+    gaps = unmeasured_words(sp)
+    top_all = sp.filter(pl.col("reuse_pct") == sp["reuse_pct"].max())
+    top = measured(top_all)
+    if top.is_empty():
+        return Finding(
+            "Not answerable from this run: no point at the highest reuse level was measured in both settings." + gaps,
+            [f"{point_name(r)}: {judged(r)}" for r in _rows(sp)],
+        )
     rows = _rows(top)
     n_helped, n_hurt = sum(helped(r) for r in rows), sum(hurt(r) for r in rows)
     best = top.sort("ttft_speedup", descending=True).row(0, named=True)
@@ -141,6 +186,7 @@ def ttft_finding(sp: pl.DataFrame) -> Finding:
         )
     if n_hurt:
         answer += f" At {n_hurt} point(s) the cache made TTFT worse beyond the floor (listed below)."
+    answer += gaps
     details = [
         f"{r['regime']} ({r['prefix_len_tokens']} tok), reuse {r['reuse_pct']}%, c={r['concurrency']}: "
         f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}, {judged(r)}"
@@ -256,6 +302,11 @@ def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) ->
             f"{r['tok_s_off']:.1f} tok/s, on {r['tok_s_on']:.1f} tok/s: {words}"
         )
     judged_rows = [r for r in rows if r["gain"] is not None and r["reuse_pct"] != 0]
+    if not rows:
+        return Finding(
+            "Not answerable from this run: no load level has a p95 latency in both settings (no steady-state window).",
+            details,
+        )
     if not judged_rows:
         return Finding("Not answerable from this run: the two modes' p95 ranges never overlap.", details)
     more = [r for r in judged_rows if r["gain"] > 1 and outside_floor(r["gain_ci"], floors.get(r["regime"]))]
@@ -292,12 +343,14 @@ def memory_finding(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
     rows = _rows(sp)
     details = []
     for r in rows:
-        parts = [f"RSS {r['peak_server_rss_gib_off']:.2f} → {r['peak_server_rss_gib_on']:.2f} GiB"]
+        parts = []
+        if r.get("peak_server_rss_gib_off") is not None and r.get("peak_server_rss_gib_on") is not None:
+            parts.append(f"RSS {r['peak_server_rss_gib_off']:.2f} → {r['peak_server_rss_gib_on']:.2f} GiB")
         if r.get("peak_kv_cache_usage_off") is not None and r.get("peak_kv_cache_usage_on") is not None:
             parts.append(f"KV cache {fmt_pct(r['peak_kv_cache_usage_off'])} → {fmt_pct(r['peak_kv_cache_usage_on'])}")
         if r.get("peak_gpu_mem_mib_off") is not None and r.get("peak_gpu_mem_mib_on") is not None:
             parts.append(f"GPU {r['peak_gpu_mem_mib_off']:.0f} → {r['peak_gpu_mem_mib_on']:.0f} MiB")
-        details.append(f"{r['regime']} reuse {r['reuse_pct']}% {load_label(r)}: " + ", ".join(parts))
+        details.append(f"{r['regime']} reuse {r['reuse_pct']}% {load_label(r)}: " + (", ".join(parts) or "not sampled"))
     rss = [
         (r["peak_server_rss_gib_on"] - r["peak_server_rss_gib_off"])
         for r in rows
@@ -356,7 +409,10 @@ def reuse_finding(sp: pl.DataFrame) -> Finding:
             f"Requests that can hit nothing (the A/A control: never-shared prefixes one at a time, and 0%-reuse "
             f"points): {aa_words(aa)}."
         )
-    best = sp.sort("ttft_speedup", descending=True).row(0, named=True)
+    ranked = measured(sp).sort("ttft_speedup", descending=True)
+    if ranked.is_empty():
+        return Finding("Not answerable from this run: no point was measured in both settings." + unmeasured_words(sp), details)
+    best = ranked.row(0, named=True)
     answer = (
         f"The gain tracks how much of each prompt is a prefix already in cache. The best case here was "
         f"{best['regime']} ({best['prefix_len_tokens']} tokens, {best['workload']}) at {best['reuse_pct']}% reuse "
@@ -365,7 +421,7 @@ def reuse_finding(sp: pl.DataFrame) -> Finding:
         "policy (the chat_policy regime), a RAG document asked about repeatedly (rag_document), and multi-turn chat, "
         "where each turn's history is the next turn's prefix. Traffic whose long parts differ per request gains nothing."
     )
-    return Finding(answer, details)
+    return Finding(answer + unmeasured_words(sp), details)
 
 
 def aa_row(sp: pl.DataFrame) -> dict | None:
@@ -445,17 +501,23 @@ def prefix_length_finding(sp: pl.DataFrame) -> Finding:
     top = sp.filter(pl.col("reuse_pct") == sp["reuse_pct"].max())
     details, trends = [], []
     for (conc,), grp in top.group_by("concurrency", maintain_order=True):
-        g = _rows(grp.sort("prefix_len_tokens"))
         details.append(
             f"c={conc}: "
             + "; ".join(
-                f"{r['prefix_len_tokens']} tok {judged(r)} (saves {fmt_s(r['mean_ttft_s_off'] - r['mean_ttft_s_on'])})" for r in g
+                f"{r['prefix_len_tokens']} tok {judged(r)}"
+                + (f" (saves {saved(r)})" if r.get("ttft_speedup") is not None else "")
+                for r in _rows(grp.sort("prefix_len_tokens"))
             )
         )
+        g = _rows(measured(grp).sort("prefix_len_tokens"))
         if len(g) >= 2:
             trends.append((conc, g[0], g[-1]))
     if not trends:
-        return Finding("Only one prefix length was measured, so the trend is not answerable from this run.", details)
+        return Finding(
+            "Only one prefix length was measured at any concurrency, so the trend is not answerable from this run."
+            + unmeasured_words(top),
+            details,
+        )
 
     def direction(a: dict, b: dict) -> str:
         ca, cb = ci_of(a, "ttft_speedup"), ci_of(b, "ttft_speedup")
@@ -469,8 +531,7 @@ def prefix_length_finding(sp: pl.DataFrame) -> Finding:
 
     parts = [
         f"at c={c} the speed-up {direction(a, b)}: {fmt_x(a['ttft_speedup'])} at {a['prefix_len_tokens']} tokens, "
-        f"{fmt_x(b['ttft_speedup'])} at {b['prefix_len_tokens']} (time saved per request "
-        f"{fmt_s(a['mean_ttft_s_off'] - a['mean_ttft_s_on'])} → {fmt_s(b['mean_ttft_s_off'] - b['mean_ttft_s_on'])})"
+        f"{fmt_x(b['ttft_speedup'])} at {b['prefix_len_tokens']} (time saved per request {saved(a)} → {saved(b)})"
         for c, a, b in trends
     ]
     grew = sum(direction(a, b) == "grew" for _, a, b in trends)
@@ -483,7 +544,7 @@ def prefix_length_finding(sp: pl.DataFrame) -> Finding:
         )
     else:
         tail = f"The longer prefix bought a larger speed-up, beyond the intervals, at {grew} of {len(trends)} concurrency levels."
-    answer = f"At {top['reuse_pct'][0]}% reuse, " + "; ".join(parts) + ". " + tail
+    answer = f"At {top['reuse_pct'][0]}% reuse, " + "; ".join(parts) + ". " + tail + unmeasured_words(top)
     return Finding(answer, details)
 
 
@@ -510,8 +571,8 @@ def hit_rate_model(summary: pl.DataFrame) -> Finding:
         full = on.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == c_min))
         cold = off.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == c_min))
         for r in _rows(on.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") < 100) & (pl.col("concurrency") == c_min))):
-            if full.is_empty() or cold.is_empty():
-                continue
+            if full.is_empty() or cold.is_empty() or None in (full["mean_ttft_s"][0], cold["mean_ttft_s"][0], r["mean_ttft_s"]):
+                continue  # a point without a steady-state window has no mean to blend
             f = r["reuse_pct"] / 100
             pred = f * full["mean_ttft_s"][0] + (1 - f) * cold["mean_ttft_s"][0]
             preds.append((regime, r["reuse_pct"], pred, r["mean_ttft_s"]))
@@ -730,6 +791,14 @@ def design_note(summary: pl.DataFrame) -> str:
     """How the latencies were measured: the steady-state window and what the design could not measure."""
     closed = closed_loop(summary).filter(pl.col("concurrency") > 1)
     parts = []
+    if "window_requests" in closed.columns and closed.filter(pl.col("window_requests") == 0).height:
+        empty = closed.filter(pl.col("window_requests") == 0)
+        parts.append(
+            f"{empty.height} point/setting pair(s) had no steady-state window at all (too few requests for their "
+            f"concurrency: {', '.join(sorted({point_name(r) for r in _rows(empty)}))}), so they have no latency and "
+            "no ratio: not measured."
+        )
+        closed = closed.filter(pl.col("window_requests") > 0)
     if closed.height and "window_requests" in closed.columns:
         rounds = (closed["window_requests"] / closed["concurrency"]).to_list()
         parts.append(
@@ -795,8 +864,14 @@ def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int)
     c_min, c_max = sp["concurrency"].min(), sp["concurrency"].max()
     # The headline: the longest prefix at full reuse, at the concurrency where the cache's effect is claimed and
     # largest; where no point clears the floor, at the lowest concurrency (and the words say it is within noise).
-    longest = sp.filter(pl.col("reuse_pct") == top_reuse).sort("prefix_len_tokens")["prefix_len_tokens"][-1]
-    candidates = sp.filter((pl.col("reuse_pct") == top_reuse) & (pl.col("prefix_len_tokens") == longest)).sort("concurrency")
+    ranked = measured(sp.filter(pl.col("reuse_pct") == top_reuse))
+    if ranked.is_empty():
+        return [
+            "**No conclusion:** no point at the highest reuse level was measured in both settings, so this run "
+            "supports no recommendation." + unmeasured_words(sp)
+        ]
+    longest = ranked.sort("prefix_len_tokens")["prefix_len_tokens"][-1]
+    candidates = ranked.filter(pl.col("prefix_len_tokens") == longest).sort("concurrency")
     claimed = [r for r in candidates.iter_rows(named=True) if helped(r)]
     big = max(claimed, key=lambda r: r["ttft_speedup"]) if claimed else candidates.row(0, named=True)
     aa = aa_row(sp)
@@ -805,7 +880,8 @@ def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int)
     def hr(conc: int) -> float | None:
         """Measured hit rate of the headline regime at full reuse and concurrency `conc`."""
         point = (pl.col("reuse_pct") == top_reuse) & (pl.col("concurrency") == conc) & (pl.col("regime") == big["regime"])
-        return on.filter(point)["measured_hit_rate"][0]
+        rates = on.filter(point)["measured_hit_rate"]
+        return rates[0] if rates.len() else None  # the point may not have been sent (plan.make_plan)
 
     h1, hmax = hr(c_min), hr(c_max)
     bullets = [

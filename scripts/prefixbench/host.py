@@ -43,6 +43,27 @@ def read_cpu_info(cpuinfo: str | None = None) -> CpuInfo:
     return CpuInfo(model or platform.processor() or "unknown", flags)
 
 
+# Flags an AVX2-only CPU (an AMD EPYC of this project's machines) lacks, and the environment that holds torch and
+# oneDNN to AVX2 on a CPU that has them: with both, an AVX-512/AMX Xeon runs a float32 server close to an EPYC's pace.
+NOT_AVX2_PREFIXES = ("avx512", "amx", "avx_vnni")
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def as_isa(cpu: CpuInfo, isa: str) -> CpuInfo:
+    """The CPU as the run must treat it: `native` as it is; `avx2` without any AVX-512, AMX or AVX-VNNI flag."""
+    if isa == "native":
+        return cpu
+    if isa != "avx2":
+        raise ValueError(f"cpu_isa {isa!r}: expected native or avx2")
+    kept = frozenset(f for f in cpu.flags if not f.startswith(NOT_AVX2_PREFIXES))
+    return CpuInfo(f"{cpu.model}, held to AVX2", kept)
+
+
+def isa_env(isa: str) -> dict[str, str]:
+    """The server environment that holds torch and oneDNN to `isa` (nothing for native)."""
+    return dict(AVX2_ENV) if isa == "avx2" else {}
+
+
 @dataclass(frozen=True)
 class DtypeChoice:
     """The dtype a CPU server runs in, and why: the report's setup table states it."""

@@ -105,7 +105,12 @@ def ideal_rows(summary, shape: Shape, block_size: int) -> list[dict]:
 
     closed = closed_loop(summary)
     c_min, top = closed["concurrency"].min(), closed["reuse_pct"].max()
-    cold_points = closed.filter((pl.col("concurrency") == c_min) & (pl.col("mode") == OFF) & (pl.col("requests_ok") > 0))
+    cold_points = closed.filter(
+        (pl.col("concurrency") == c_min)
+        & (pl.col("mode") == OFF)
+        & (pl.col("requests_ok") > 0)
+        & pl.col("mean_ttft_s").is_not_null()
+    )
     fit = fit_fixed_cost(
         [(r["prompt_tokens"] / r["requests_ok"], r["mean_ttft_s"]) for r in cold_points.iter_rows(named=True)], shape
     )
@@ -114,7 +119,7 @@ def ideal_rows(summary, shape: Shape, block_size: int) -> list[dict]:
     for (regime,), grp in pick.group_by("regime", maintain_order=True):
         off = grp.filter(pl.col("mode") == OFF)
         on = grp.filter(pl.col("mode") == ON)
-        if off.is_empty() or on.is_empty() or on["mean_ttft_warm_s"][0] is None:
+        if off.is_empty() or on.is_empty() or on["mean_ttft_warm_s"][0] is None or off["mean_ttft_s"][0] is None:
             continue
         cold, warm = off["mean_ttft_s"][0], on["mean_ttft_warm_s"][0]
         tokens = off["prompt_tokens"][0] / off["requests_ok"][0]

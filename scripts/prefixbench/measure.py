@@ -57,6 +57,7 @@ class Point:
     request_rate: float = 0.0  # open loop: mean arrivals per second; 0 for a closed-loop point
     request_indices: tuple[int, ...] | None = None  # the plan's subset of the reuse level's requests; None = all
     estimated_s: float | None = None  # the plan's estimate of this point's duration (all repeats)
+    dropped: str | None = None  # the plan gave this point up, and why: it is not sent
 
     @property
     def label(self) -> str:
@@ -300,6 +301,9 @@ def measure_points(
             f"[prefixbench] {name}: {len(points)} points, about {fmt_duration(eta.remaining_s())} (calibrated estimate)",
             flush=True,
         )
+    for point in (p for p in points if p.dropped):
+        write_dropped(point, mode, instance)
+    points = [p for p in points if not p.dropped]
     for i, point in enumerate(points, 1):
         pid = server.proc.pid if server.proc is not None else None
         t_point = time.monotonic()
@@ -313,6 +317,30 @@ def measure_points(
             flush=True,
         )
     return {"points": len(points), "kv_blocks": kv_blocks}
+
+
+def write_dropped(point: Point, mode: str, instance: int) -> None:
+    """A point the plan gave up: no records, and a meta file that says why (aggregate leaves it out)."""
+    point.records_path.parent.mkdir(parents=True, exist_ok=True)
+    point.records_path.write_text("")
+    PointMeta(
+        mode=mode,
+        instance=instance,
+        regime=point.regime,
+        reuse_pct=point.reuse_pct,
+        concurrency=point.concurrency,
+        request_rate=point.request_rate,
+        repeats=0,
+        requests_sent=0,
+        requests_ok=0,
+        requests_failed=0,
+        wall_s=0.0,
+        wall_s_per_repeat=[],
+        cache_reset="not sent",
+        counters_delta={},
+        measured_hit_rate=None,
+        dropped=point.dropped,
+    ).write(point.meta_path)
 
 
 def point_estimates(points: Sequence[Point]) -> list[float]:

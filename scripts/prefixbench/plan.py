@@ -94,11 +94,43 @@ class PlannedPoint:
     available: int
     request_indices: tuple[int, ...]
     estimated_s: dict[str, float]  # per cache setting, all repeats
+    dropped: str | None = None  # why the point is not measured (too small for a window, or the time budget)
 
 
-def min_requests(concurrency: int, available: int, min_rounds: int) -> int:
-    """The fewest requests a point keeps: `min_rounds` full rounds at its concurrency (open loop: 4), at least 2."""
-    return min(available, max(2, (concurrency or 4) * (min_rounds if concurrency else 1)))
+# Rounds a closed-loop pass spends outside its steady-state window (stats.steady_window): the opening burst of c
+# requests, sent together, and the drain, whose requests finish after the first worker ran out of work.
+OUTSIDE_WINDOW_ROUNDS = 2
+
+
+def min_requests(concurrency: int, min_rounds: int) -> int:
+    """The fewest requests that give a point `min_rounds` rounds inside its steady-state window.
+
+    At c = 1 every request is in the window (at least 2, so a point has a warm request); at c > 1 the first and
+    the last round fall outside it, so min_rounds + 2 rounds; open loop: 4 arrivals."""
+    if not concurrency:
+        return 4
+    if concurrency == 1:
+        return max(2, min_rounds)
+    return concurrency * (min_rounds + OUTSIDE_WINDOW_ROUNDS)
+
+
+def drop_order(points: Sequence[tuple[str, int, int, float]], prefix_len: dict[str, int]) -> list[int]:
+    """Which points a budget too small for every point's window gives up first (indices into `points`).
+
+    Only closed-loop points above the lowest concurrency go (c = 1 is cheap and every point's baseline): first the
+    mixed reuse levels, then 0% reuse, then full reuse; within each, the highest concurrency and the shortest prefix
+    first. The longest prefix at full reuse is the report's headline and goes last."""
+    closed = [c for _, _, c, rate in points if c and not rate]
+    if not closed:
+        return []
+    c_min, top = min(closed), max(r for _, r, _, _ in points)
+    candidates = [i for i, (_, _, c, rate) in enumerate(points) if c > c_min and not rate]
+
+    def key(i: int) -> tuple:
+        regime, reuse, conc, _ = points[i]
+        return (reuse == top, reuse == 0, -conc, prefix_len.get(regime, 0))
+
+    return sorted(candidates, key=key)
 
 
 def make_plan(
@@ -114,14 +146,32 @@ def make_plan(
 ) -> dict:
     """The largest common fraction of every point's requests whose slower cache setting fits `budget_s`.
 
-    The budget covers all `instances` lifetimes of a setting; a point's `estimated_s` is one lifetime's."""
+    No closed-loop point is trimmed below `min_rounds` rounds inside its steady-state window (min_requests): a point
+    whose questions cannot fill that window is dropped, and where even every point's minimum does not fit the
+    budget, points are dropped in `drop_order` until it does. Dropped points are listed with their reason. The
+    budget covers all `instances` lifetimes of a setting; a point's `estimated_s` is one lifetime's."""
+    pools = [[p for p in prompts_by_regime[regime] if p["reuse_pct"] == reuse] for regime, reuse, _, _ in points]
+    shape = [bool(pool) and "block_hashes" in pool[0] for pool in pools]
+    prefix_len = {r: ps[0].get("prefix_len_tokens", 0) for r, ps in prompts_by_regime.items() if ps}
 
-    def planned(fraction: float) -> list[PlannedPoint]:
+    def too_small(i: int) -> str | None:
+        regime, reuse, conc, rate = points[i]
+        need = min_requests(conc, min_rounds)
+        if shape[i] or rate or conc <= 1 or len(pools[i]) >= need:
+            return None
+        return (
+            f"{min_rounds} round(s) inside a steady-state window at c={conc} need {need} requests; the point has {len(pools[i])}"
+        )
+
+    def planned(fraction: float, dropped: dict[int, str]) -> list[PlannedPoint]:
         out = []
-        for regime, reuse, conc, rate in points:
-            pool = [p for p in prompts_by_regime[regime] if p["reuse_pct"] == reuse]
-            n = max(min_requests(conc, len(pool), min_rounds), math.ceil(fraction * len(pool)))
-            if pool and "block_hashes" in pool[0]:  # a workload shape is never trimmed: its sessions and order are the test
+        for i, (regime, reuse, conc, rate) in enumerate(points):
+            pool = pools[i]
+            if i in dropped:
+                out.append(PlannedPoint(regime, reuse, conc, rate, len(pool), (), {m: 0.0 for m in MODES}, dropped[i]))
+                continue
+            n = max(min(len(pool), min_requests(conc, min_rounds)), math.ceil(fraction * len(pool)))
+            if shape[i]:  # a workload shape is never trimmed: its sessions and order are the test
                 n = len(pool)
             chosen = choose(pool, n, reuse)
             est = {m: repeats * point_seconds(rates, chosen, m, conc, rate, max_tokens) for m in MODES}
@@ -131,15 +181,25 @@ def make_plan(
     def total(pts: list[PlannedPoint]) -> dict[str, float]:
         return {m: instances * sum(p.estimated_s[m] for p in pts) for m in MODES}
 
-    full = planned(1.0)
+    def fits(pts: list[PlannedPoint]) -> bool:
+        return budget_s is None or max(total(pts).values()) <= budget_s
+
+    dropped = {i: why for i in range(len(points)) if (why := too_small(i))}
+    full = planned(1.0, dropped)
     fraction, chosen = 1.0, full
-    if budget_s is not None:
+    queue = [i for i in drop_order(points, prefix_len) if i not in dropped]
+    while budget_s is not None:
         for k in range(steps, 0, -1):
-            fraction, chosen = k / steps, planned(k / steps)
-            if max(total(chosen).values()) <= budget_s:
+            fraction, chosen = k / steps, planned(k / steps, dropped)
+            if fits(chosen):
                 break
+        if fits(chosen) or not queue:
+            break
+        i = queue.pop(0)
+        dropped[i] = f"the {fmt_duration(budget_s)} time budget cannot hold a {min_rounds}-round window at every point"
     est = total(chosen)
-    trimmed = any(len(p.request_indices) < p.available for p in chosen)
+    measured = [p for p in chosen if p.dropped is None]
+    trimmed = any(len(p.request_indices) < p.available for p in measured)
     return {
         "budget_s": budget_s,
         "min_rounds": min_rounds,
@@ -148,11 +208,16 @@ def make_plan(
         "trimmed": trimmed,
         "over_budget": budget_s is not None and max(est.values()) > budget_s,
         "estimated_s": est,
-        "full_estimated_s": total(full),
+        "full_estimated_s": total(planned(1.0, {})),
         "instances": instances,
-        "requests_planned": sum(len(p.request_indices) for p in chosen) * repeats * instances,
+        "requests_planned": sum(len(p.request_indices) for p in measured) * repeats * instances,
         "requests_full": sum(p.available for p in chosen) * repeats * instances,
         "points": [asdict(p) for p in chosen],
+        "dropped": [
+            {"regime": p.regime, "reuse_pct": p.reuse_pct, "concurrency": p.concurrency, "reason": p.dropped}
+            for p in chosen
+            if p.dropped
+        ],
     }
 
 
@@ -163,7 +228,17 @@ def plan_summary(plan: dict) -> str:
         f"; calibrated on cold requests: {r['fixed_s'] * 1e3:.0f} ms fixed + {r['prefill_s_per_token'] * 1e3:.2f} ms "
         f"per prompt token, {r['decode_s_per_token'] * 1e3:.0f} ms per output token"
     )
-    return _budget_sentence(plan) + speed
+    return _budget_sentence(plan) + speed + dropped_sentence(plan.get("dropped", []))
+
+
+def dropped_sentence(dropped: Sequence[dict]) -> str:
+    """The points the plan gave up, grouped by reason: measured noise would read as a result, so they are not sent."""
+    if not dropped:
+        return ""
+    by_reason: dict[str, list[str]] = {}
+    for d in dropped:
+        by_reason.setdefault(d["reason"], []).append(f"{d['regime']} reuse {d['reuse_pct']}% c={d['concurrency']}")
+    return ". Not measured: " + "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items())
 
 
 def _budget_sentence(plan: dict) -> str:

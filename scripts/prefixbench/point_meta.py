@@ -31,6 +31,7 @@ class PointMeta:
     peak_kv_cache_usage: float | None = None
     memory_samples: int = 0
     instance: int = 1  # which server lifetime of its cache setting (prefixbench.design)
+    dropped: str | None = None  # the plan did not send this point, and why (plan.make_plan); no records
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

@@ -6,8 +6,11 @@ Every figure and every result sentence comes from the data (findings.py); nothin
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sys
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import polars as pl
@@ -16,6 +19,7 @@ from . import OFF, ON
 from .aggregate import SEED_COLUMNS, closed_loop, single_prefix
 from .engine_view import engine_rows, engine_table, engine_words
 from .findings import (
+    Finding,
     aa_finding,
     aa_table,
     cold_warm_table,
@@ -101,6 +105,17 @@ def not_measured(endpoints: dict[str, dict]) -> list[str]:
     return [item if len(modes) == len(endpoints) else f"{item} ({', '.join(modes)} only)" for item, modes in where.items()]
 
 
+def guarded(analysis: Callable[..., Any], *args: Any, fallback: Callable[[str], Any] | None = None) -> Any:
+    """One analysis, run so that its failure costs its own answer and not the report: the error goes to stderr
+    (the job's log) and the answer says it was not computed. The tests render every finding without it failing."""
+    try:
+        return analysis(*args)
+    except Exception as exc:  # noqa: BLE001 - any limit of one analysis; the traceback goes to the log
+        traceback.print_exc(file=sys.stderr)
+        words = f"Not computed: this analysis failed on this run's data ({type(exc).__name__}: {exc}); the rest stands."
+        return fallback(words) if fallback else Finding(words, [])
+
+
 def render(
     *,
     template: Path,
@@ -175,10 +190,10 @@ def render(
                 "peak_kv_cache_usage",
             ],
         ),
-        ttft=ttft_finding(sp),
-        throughput=throughput_finding(summary, sp),
-        memory=memory_finding(summary, sp),
-        shapes=reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
+        ttft=guarded(ttft_finding, sp),
+        throughput=guarded(throughput_finding, summary, sp),
+        memory=guarded(memory_finding, summary, sp),
+        shapes=guarded(reuse_finding, sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
         aa={"answer": aa_finding(sp, aa_table(sp)).answer, "rows": aa_table(sp)},
         engine={"table": engine_table(engine), "words": engine_words(engine)},
         fmt_ci=fmt_ci,
@@ -194,13 +209,13 @@ def render(
             "overflow": overflow_words(check) if check.height else "",
             "trace": trace_words(check, shapes, block_size) if check.height else "",
         },
-        length=prefix_length_finding(sp),
-        hitrate=hit_rate_model(summary),
-        bullets=consulting_bullets(summary, sp, block_size),
-        checks=cross_checks(single, block_size),
+        length=guarded(prefix_length_finding, sp),
+        hitrate=guarded(hit_rate_model, summary),
+        bullets=guarded(consulting_bullets, summary, sp, block_size, fallback=lambda w: [w]),
+        checks=guarded(cross_checks, single, block_size),
         cold_warm=cold_warm_table(summary),
-        goodput=goodput_finding(single, slo),
-        ideal=ideal_finding(summary, load_shape(model.get("path", "")), block_size),
+        goodput=guarded(goodput_finding, single, slo),
+        ideal=guarded(ideal_finding, summary, load_shape(model.get("path", "")), block_size),
         n_points=everything.height,
         n_requests=int(everything["requests_sent"].sum()),
         n_failed=int(everything["requests_failed"].sum()),
