@@ -11,7 +11,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from helpers import MODEL_DIR, ROOT, SERVER_PYTHON, run_snakemake, write_test_config  # noqa: E402
+from helpers import MODEL_DIR, PIPELINE_CPU_ISA, ROOT, SERVER_PYTHON, run_snakemake, write_test_config  # noqa: E402
 
 
 def ensure_smollm2() -> Path:
@@ -74,7 +74,7 @@ def pipeline_run(tmp_path_factory):
     if not SERVER_PYTHON.exists():
         pytest.fail(f"{SERVER_PYTHON} missing: run the tests with ./run.sh test, which creates it")
     work = tmp_path_factory.mktemp("pipeline")
-    configfile = write_test_config(work)
+    configfile = write_test_config(work, cpu_isa=PIPELINE_CPU_ISA)
     proc = run_snakemake(work, configfile)
     (work / "console.txt").write_text(proc.stdout + proc.stderr)  # what a user would have seen
     assert proc.returncode == 0, f"pipeline failed:\n{proc.stderr[-6000:]}"

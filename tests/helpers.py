@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from prefixbench.host import cpu_dtype, read_cpu_info
+from prefixbench.host import as_isa, cpu_dtype, isa_env, read_cpu_info
 from prefixbench.prompts import write_jsonl
 from prefixbench.server import ServerSpec
 
@@ -17,6 +18,12 @@ HERE = Path(__file__).resolve().parent
 SERVER_PYTHON = ROOT / ".venv-server" / "bin" / "python"
 MODEL_DIR = ROOT / "resources" / "models" / "SmolLM2-135M-Instruct"
 FAKE_VLLM = HERE / "fake_vllm.py"
+# The instruction set the real servers of the tests may use. `PREFIXBENCH_TEST_CPU_ISA=avx2 ./run.sh test` runs the
+# whole suite on an AVX-512/AMX machine as an AVX2-only EPYC would (float32, torch and oneDNN held to AVX2).
+TEST_CPU_ISA = os.environ.get("PREFIXBENCH_TEST_CPU_ISA", "native")
+# The pipeline's end-to-end run (local and through SLURM) is always held to AVX2: on an AVX2 machine that is what it
+# has, and on an AVX-512 one CI then proves the path an EPYC takes, with the other real-server tests on the native one.
+PIPELINE_CPU_ISA = "avx2"
 
 
 def snakemake_cmd(workdir: Path, configfile: Path, *args: str, profile: str | None = None) -> list[str]:
@@ -32,12 +39,13 @@ def run_snakemake(workdir: Path, configfile: Path, *args: str, env: dict | None 
                           env=env)  # fmt: skip
 
 
-def write_test_config(work: Path, **benchmark) -> Path:
+def write_test_config(work: Path, cpu_isa: str = TEST_CPU_ISA, **benchmark) -> Path:
     """config/test.yaml pointed at the repository's server environment and model, written into `work`."""
     cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     cpu = cfg["targets"]["cpu"]
     cpu["python"] = str(SERVER_PYTHON)
     cpu["model"]["path"] = str(MODEL_DIR)
+    cpu["cpu_isa"] = cpu_isa
     cfg["benchmark"].update(benchmark)
     template = work / "report.md.j2"
     template.write_text((ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2").read_text())
@@ -55,9 +63,9 @@ def real_spec(model_dir: Path, **kw) -> ServerSpec:
         served_model_name="smollm2",
         host="127.0.0.1",
         max_model_len=1024,
-        dtype=cpu_dtype("auto", read_cpu_info()).dtype,
+        dtype=cpu_dtype("auto", as_isa(read_cpu_info(), TEST_CPU_ISA)).dtype,
         extra_args=("--enforce-eager",),
-        env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+        env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", **isa_env(TEST_CPU_ISA)},
     )
     return ServerSpec(**{**base, **kw})
 

@@ -125,7 +125,11 @@ def test_calibration_plans_the_sweep_and_the_report_says_so(pipeline_run):
     choice = info["dtype_choice"]
     assert choice["dtype"] in ("bfloat16", "float32")
     assert (choice["dtype"] == "bfloat16") == any(f in choice["flags"] for f in ("avx512_bf16", "amx_bf16"))
-    assert f"--dtype {choice['dtype']}" in (work / "results/servers/serve_slm_no_prefix_cache.sh").read_text()
+    script = (work / "results/servers/serve_slm_no_prefix_cache.sh").read_text()
+    assert f"--dtype {choice['dtype']}" in script
+    # Issue 25: the pipeline runs held to AVX2 (helpers.PIPELINE_CPU_ISA), as an EPYC would run it, on either CPU kind.
+    assert cfg["targets"]["cpu"]["cpu_isa"] == "avx2" and choice["dtype"] == "float32" and "held to AVX2" in choice["reason"]
+    assert "ATEN_CPU_CAPABILITY=avx2" in script and "ONEDNN_MAX_CPU_ISA=AVX2" in script
     md = (work / "results/prefix_caching_results.md").read_text()
     assert f"| Dtype | `{choice['dtype']}`, chosen by the CPU's flags ({choice['reason']})" in md
     assert choice["cpu"] in md

@@ -9,7 +9,7 @@ import pytest
 from helpers import ROOT  # noqa: E402
 from synthetic import write_run
 
-from prefixbench.aggregate import load_meta, load_records, speedups, summarize, with_confidence
+from prefixbench.aggregate import speedups, write_summary
 from prefixbench.config import schema_defaults
 from prefixbench.findings import helped, judged, ttft_finding, verdict
 from prefixbench.report import render
@@ -20,10 +20,8 @@ TEMPLATE = ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2"
 
 def make_inputs(tmp_path, **kw):
     recs, metas = write_run(tmp_path / "raw", **kw)
-    records = load_records(recs)
-    summary = summarize(records, load_meta(metas))
-    summary.write_csv(tmp_path / "summary.csv")
-    with_confidence(speedups(summary), records).write_csv(tmp_path / "speedup.csv")
+    write_summary(recs, metas, tmp_path / "summary.csv", tmp_path / "speedup.csv")  # what the aggregate rule writes
+    summary = pl.read_csv(tmp_path / "summary.csv")
     infos = []
     for mode in ("no_prefix_cache", "with_prefix_cache"):
         p = tmp_path / f"{mode}.json"

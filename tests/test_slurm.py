@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import snakemake_cmd, write_test_config
+from helpers import PIPELINE_CPU_ISA, snakemake_cmd, write_test_config
 from slurm_cluster import SlurmCluster, conflict, install
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ def slurm(tmp_path_factory):
 @pytest.fixture(scope="module")
 def slurm_run(slurm, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm_pipeline")
-    configfile = write_test_config(work)
+    configfile = write_test_config(work, cpu_isa=PIPELINE_CPU_ISA)  # the same config as the local pipeline_run
     # This throwaway cluster keeps no accounting database (no sacct): ask squeue, and sooner.
     cmd = snakemake_cmd(work, configfile, "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks",
                         "5", profile="slurm")  # fmt: skip

@@ -73,6 +73,11 @@ def test_outside_floor():
     assert outside_floor((1.1, 1.3), None)
     assert not outside_floor((1.1, 1.3), (0.8, 1.15))
     assert outside_floor((1.2, 1.3), (0.8, 1.15)) and outside_floor((0.5, 0.7), (0.8, 1.15))
+    # Issue 20: a gain of 1.05-1.25 under a floor of 1.29-1.53 (a floor that excludes 1) is inside the noise, not
+    # clear of it; the old rule called any interval below the floor clear.
+    assert not outside_floor((1.05, 1.25), (1.29, 1.53))
+    assert outside_floor((1.6, 1.9), (1.29, 1.53))
+    assert not outside_floor((0.75, 0.95), (0.7, 0.9)) and outside_floor((0.5, 0.65), (0.7, 0.9))
 
 
 def test_steady_window_drops_the_ramp_up_burst_and_the_drain():

@@ -14,6 +14,7 @@ import polars as pl
 
 from . import MODES, OFF, ON
 from . import metrics as m
+from .paired import arm_walls, clean, main_arm_filter, paired_table, with_arm_columns
 from .point_meta import PointMeta
 from .shape_results import load_hashes, shape_requests
 from .shapes import SINGLE_PREFIX
@@ -42,6 +43,7 @@ def load_records(paths: Iterable[Path]) -> pl.DataFrame:
         df = df.with_columns(pl.lit(0, dtype=pl.Int64).alias("repeat"))
     if "instance" not in df.columns:  # records from before server instances existed: one lifetime per setting
         df = df.with_columns(pl.lit(1, dtype=pl.Int64).alias("instance"))
+    df = with_arm_columns(df)
     lag = pl.col("schedule_lag_s").cast(pl.Float64).fill_null(0.0)
     df = df.with_columns(
         # Open loop: latency from the scheduled send, so a late client cannot hide queueing (coordinated omission).
@@ -66,6 +68,9 @@ def with_window(records: pl.DataFrame) -> pl.DataFrame:
             flags = [True] * grp.height
         else:
             flags = steady_window(grp["start_s"].fill_null(0.0).to_list(), grp["e2e_s"].to_list(), int(conc))
+            if grp["arm"].is_not_null().any():  # a paired pass: each sub-block without the previous arm's overlap
+                own = clean(grp["arm"].to_list(), grp["sub_block"].to_list(), grp["send_index"].to_list(), int(conc))
+                flags = [a and b for a, b in zip(flags, own)]
         parts.append(grp.with_columns(pl.Series("in_window", flags, dtype=pl.Boolean)))
     return pl.concat(parts, how="diagonal_relaxed")
 
@@ -471,11 +476,28 @@ def write_summary(
 ) -> None:
     """summary.csv and speedup.csv; with `shape_csv`, every shape request with the cache model's prediction."""
     records = load_records(record_paths)
-    summary = summarize(records, load_meta(meta_paths))
+    # A paired point's summary row is its hit arm (the traffic as designed); both arms make its paired contrast.
+    main = records.filter(main_arm_filter())
+    paired = paired_table(records)
+    summary = with_mde(summarize(main, arm_walls(records, load_meta(meta_paths))), paired)
     summary.write_csv(summary_csv, float_precision=6)
-    with_confidence(speedups(summary), records).write_csv(speedup_csv, float_precision=6)
+    with_paired(with_confidence(speedups(summary), main), paired).write_csv(speedup_csv, float_precision=6)
     if shape_csv is not None:
         shape_requests(records, load_hashes(prompt_paths), block_size).write_csv(shape_csv, float_precision=6)
+
+
+PAIRED_POINT = ["regime", "reuse_pct", "concurrency", "request_rate"]
+
+
+def with_mde(summary: pl.DataFrame, paired: pl.DataFrame) -> pl.DataFrame:
+    """summary.csv's `mde_ttft_pct`: the smallest mean-TTFT effect the point's contrast could detect (80% power),
+    from the paired design where the point ran it, on both settings' rows of the point."""
+    return summary.join(paired.select(*PAIRED_POINT, "mde_ttft_pct"), on=PAIRED_POINT, how="left")
+
+
+def with_paired(sp: pl.DataFrame, paired: pl.DataFrame) -> pl.DataFrame:
+    """The off/on table with each point's paired contrast beside its cross-lifetime ratio."""
+    return sp.join(paired, on=PAIRED_POINT, how="left")
 
 
 REGIME_TABLE_COLUMNS = [

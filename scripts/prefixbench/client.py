@@ -38,6 +38,10 @@ class RequestRecord:
     output_chunks: int = 0
 
 
+# One request to send: (index, prompt) or (index, prompt, cache salt); a prompt is text or token ids.
+Turn = tuple[int, str | list[int]] | tuple[int, str | list[int], str | None]
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     base_url: str
@@ -53,10 +57,12 @@ def bearer(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def completion_payload(cfg: ClientConfig, prompt: str | list[int]) -> dict:
+def completion_payload(cfg: ClientConfig, prompt: str | list[int], salt: str | None = None) -> dict:
     """Fixed-length greedy generation (`ignore_eos`) so every mode decodes the same number of tokens (a prompt may
-    be token ids, which vLLM takes as they are)."""
-    return {
+    be token ids, which vLLM takes as they are). A `salt` (vLLM's `cache_salt`) makes the request share no cached
+    block with any other: the forced miss of the paired design (prefixbench.paired)."""
+    extra = {"cache_salt": salt} if salt else {}
+    return extra | {
         "model": cfg.model,
         "prompt": prompt,
         "max_tokens": cfg.max_tokens,
@@ -95,7 +101,12 @@ def per_token_latencies(rec: RequestRecord) -> None:
 
 
 async def send_one(
-    session: aiohttp.ClientSession, cfg: ClientConfig, index: int, prompt: str | list[int], t_origin: float
+    session: aiohttp.ClientSession,
+    cfg: ClientConfig,
+    index: int,
+    prompt: str | list[int],
+    t_origin: float,
+    salt: str | None = None,
 ) -> RequestRecord:
     """Send one streaming completion and time it; every failure mode ends as a failed record."""
     rec = RequestRecord(request_index=index)
@@ -108,7 +119,7 @@ async def send_one(
     tokens_so_far = 0
     try:
         async with session.post(
-            f"{cfg.base_url}/v1/completions", json=completion_payload(cfg, prompt), headers=headers, timeout=timeout
+            f"{cfg.base_url}/v1/completions", json=completion_payload(cfg, prompt, salt), headers=headers, timeout=timeout
         ) as resp:
             rec.http_status = resp.status
             if resp.status != 200:
@@ -165,15 +176,17 @@ async def send_one(
 
 
 async def run_closed_loop(
-    cfg: ClientConfig, prompts: Sequence[tuple[int, str]], concurrency: int, on_record: Callable[[RequestRecord], None]
+    cfg: ClientConfig, prompts: Sequence[Turn], concurrency: int, on_record: Callable[[RequestRecord], None]
 ) -> float:
-    """Send every prompt with at most `concurrency` in flight (each its own one-turn session); returns the wall time."""
+    """Send every prompt with at most `concurrency` in flight (each its own one-turn session); returns the wall time.
+
+    A prompt is (index, text or token ids), or (index, prompt, cache salt)."""
     return await run_sessions(cfg, [[p] for p in prompts], concurrency, 0.0, on_record)
 
 
 async def run_sessions(
     cfg: ClientConfig,
-    sessions: Sequence[Sequence[tuple[int, str | list[int]]]],
+    sessions: Sequence[Sequence[Turn]],
     concurrency: int,
     think_time_s: float,
     on_record: Callable[[RequestRecord], None],
@@ -184,7 +197,7 @@ async def run_sessions(
     recorded as failed, never dropped. Returns the wall time."""
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
-    queue: asyncio.Queue[Sequence[tuple[int, str | list[int]]]] = asyncio.Queue()
+    queue: asyncio.Queue[Sequence[Turn]] = asyncio.Queue()
     for session in sessions:
         queue.put_nowait(session)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -197,11 +210,11 @@ async def run_sessions(
                     turns = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                for k, (index, prompt) in enumerate(turns):
-                    rec = await send_one(http, cfg, index, prompt, t_origin)
+                for k, (index, prompt, *salt) in enumerate(turns):
+                    rec = await send_one(http, cfg, index, prompt, t_origin, salt[0] if salt else None)
                     on_record(rec)
                     if rec.status != "ok":
-                        for skipped, _ in turns[k + 1 :]:
+                        for skipped, *_ in turns[k + 1 :]:
                             on_record(RequestRecord(skipped, error=f"not sent: turn of request {index} failed"))
                         break
                     if think_time_s and k + 1 < len(turns):

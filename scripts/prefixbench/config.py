@@ -171,6 +171,7 @@ def bench_settings(config: dict[str, Any]) -> BenchSettings:
         burstiness=b["burstiness"],
         seed=config["seed"],
         min_rounds=b["min_rounds"],
+        paired=b["paired"],
         api_key_env=config["server"].get("api_key_env"),
     )
 

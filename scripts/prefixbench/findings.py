@@ -28,18 +28,29 @@ def verdict(
     ci: tuple[float | None, float | None] | None = None,
     floor: tuple[float, float] | None = None,
     hit_bound: tuple[float, float] | None = None,
+    mde_pct: float | None = None,
+    failed: str | None = None,
 ) -> str:
     """Words for an off/on ratio where >1 means the cache helped.
 
     An effect is claimed only when its clustered 95% CI excludes 1 and clears the A/A floor (the interval two
     identical setups show on this run); without an interval nothing is claimed. `hit_bound` (hit rate, the most
-    speed-up it can explain): a gain whose whole interval lies above it is not the cache's, and is not claimed."""
+    speed-up it can explain): a gain whose whole interval lies above it is not the cache's, and is not claimed.
+    `mde_pct`: the smallest effect the contrast could detect, which "no difference" always states. `failed`: the
+    design's control found a difference where there is none, so nothing is claimed."""
     if ratio is None:
         return "not measured"
+    if failed:
+        return f"not claimed: {fmt_x(ratio)}, but {failed}"
     if not ci or ci[0] is None or ci[1] is None:
         return f"{fmt_x(ratio)} off/on, not claimed (no interval: too few independent rounds)"
     band = f"95% CI {ci[0]:.2f}–{ci[1]:.2f}"
     if ci[0] <= 1 <= ci[1]:
+        if mde_pct is not None:
+            return (
+                f"no difference larger than {mde_pct:.0f}% ({fmt_x(ratio)}, {band} includes 1; {mde_pct:.0f}% is the "
+                "smallest effect this point could detect at 80% power)"
+            )
         return f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)"
     if not outside_floor((ci[0], ci[1]), floor):
         return f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})"
@@ -49,7 +60,7 @@ def verdict(
             f"(at most {fmt_x(hit_bound[1])}): server-lifetime noise, not the cache"
         )
     if ratio > 1:
-        return f"{fmt_x(ratio)} {better} ({band})"
+        return f"{fmt_x(ratio)} {better} ({band}" + (f"; MDE {mde_pct:.0f}%)" if mde_pct is not None else ")")
     return f"{fmt_x(1 / ratio)} {worse} (95% CI {1 / ci[1]:.2f}–{1 / ci[0]:.2f})"
 
 
@@ -85,7 +96,15 @@ def beyond_hits(ci: tuple[float, float], bound: tuple[float, float] | None) -> b
 def judged(row: dict, name: str = "ttft_speedup") -> str:
     if row.get(name) is None:
         return f"not measured ({why_unmeasured(row)})"
-    return verdict(row[name], ci=ci_of(row, name), floor=floor_of(row, name), hit_bound=hit_bound_of(row, name))
+    ttft = name == "ttft_speedup"
+    return verdict(
+        row[name],
+        ci=ci_of(row, name),
+        floor=floor_of(row, name),
+        hit_bound=hit_bound_of(row, name),
+        mde_pct=row.get("mde_ttft_pct") if ttft else None,
+        failed=row.get("design_failed") if ttft else None,
+    )
 
 
 def why_unmeasured(row: dict) -> str:
@@ -130,6 +149,7 @@ def helped(row: dict, name: str = "ttft_speedup") -> bool:
     return (
         ci is not None
         and row.get(name) is not None
+        and not (name == "ttft_speedup" and row.get("design_failed"))
         and row[name] > 1
         and outside_floor(ci, floor_of(row, name))
         and not beyond_hits(ci, hit_bound_of(row, name))
@@ -138,7 +158,13 @@ def helped(row: dict, name: str = "ttft_speedup") -> bool:
 
 def hurt(row: dict, name: str = "ttft_speedup") -> bool:
     ci = ci_of(row, name)
-    return ci is not None and row.get(name) is not None and row[name] < 1 and outside_floor(ci, floor_of(row, name))
+    return (
+        ci is not None
+        and row.get(name) is not None
+        and not (name == "ttft_speedup" and row.get("design_failed"))
+        and row[name] < 1
+        and outside_floor(ci, floor_of(row, name))
+    )
 
 
 @dataclass
@@ -192,12 +218,32 @@ def ttft_finding(sp: pl.DataFrame) -> Finding:
         f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}, {judged(r)}"
         for r in _rows(sp)
     ]
-    answer += (
-        " Intervals are 95% bootstrap CIs that resample whole rounds of requests (requests sent together share "
-        "their fate), and an effect is claimed only where its interval excludes 1 and clears the A/A floor (and a "
-        "closed-loop gain only where it is not larger than its point's hit rate can explain)."
-    )
+    answer += how_judged(sp)
     return Finding(answer, details)
+
+
+def how_judged(sp: pl.DataFrame) -> str:
+    """How the TTFT effects of this table were measured and judged, in words (paired, across lifetimes, or both)."""
+    kinds = set(sp["contrast"].to_list()) if "contrast" in sp.columns else {"lifetimes"}
+    parts = []
+    if "paired" in kinds:
+        parts.append(
+            " A point's effect is measured inside the cache-on server lifetimes: each point ran as alternating "
+            "sub-blocks of the traffic as designed (hits) and the same prompts with a unique `cache_salt` each (forced "
+            "misses), counterbalanced, and the effect is forced-miss over hit mean TTFT, paired sub-block by "
+            "sub-block, so the noise between server lifetimes cancels. Its 95% interval is a t interval over the "
+            "pairs, and the MDE the smallest effect the point could detect at 80% power. An effect is claimed where "
+            "the interval excludes 1, unless the regime's 0%-reuse control (both arms miss) found a difference, or "
+            "the gain is larger than the point's hit rate can explain."
+        )
+    if "lifetimes" in kinds:
+        parts.append(
+            " Where a point compares server lifetimes (cache off against cache on), intervals are 95% bootstrap CIs "
+            "that resample whole rounds of requests (requests sent together share their fate), and an effect is "
+            "claimed only where its interval excludes 1 and clears the A/A floor (and a closed-loop gain only where "
+            "it is not larger than its point's hit rate can explain)."
+        )
+    return "".join(parts)
 
 
 def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:

@@ -21,11 +21,13 @@ from typing import Protocol, TextIO
 
 import aiohttp
 
+from . import ON
 from . import metrics as m
 from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop, run_sessions
 from .corpus import text_of_at_least
 from .endpoint import Capabilities, Endpoint, fetch_kv_blocks, fetch_metrics, probe, redact_url, reset_prefix_cache
 from .host import hardware, has_nvidia_smi
+from .paired import SALTED, Send, mixed_order, schedule
 from .plan import Eta, fmt_duration
 from .point_meta import PointMeta
 from .prompts import read_prompts
@@ -106,6 +108,23 @@ async def server_calls(server: MeasuredTarget):
 SHAPE_FIELDS = ("session", "turn", "document", "working_set", "arrival_s")  # copied from a shape's prompt to its record
 
 
+def is_paired(point: Point, prompts: Sequence[dict], mode: str, settings: BenchSettings) -> bool:
+    """Whether a point runs as hit and forced-miss sub-blocks (prefixbench.paired): every closed-loop point of a
+    single shared prefix in a cache-on lifetime. Workload shapes and open-loop points keep the comparison across
+    lifetimes: their order and arrival times are the test, and salted misses near the KV capacity would evict what
+    the hit arm should find."""
+    single = bool(prompts) and not any(k in prompts[0] for k in ("block_hashes", "session", "arrival_s"))
+    return settings.paired != "none" and mode == ON and point.concurrency > 0 and not point.request_rate and single
+
+
+def paired_sends(point: Point, prompts: Sequence[dict], settings: BenchSettings, instance: int, repeat: int) -> list[Send]:
+    """This pass's sends: the point's prompts in request order, in hit and miss sub-blocks; every salt unique in the
+    lifetime (point, repeat, arm, sub-block, prompt)."""
+    indices = mixed_order(prompts)
+    prefix = f"pb{instance}-{point.regime}-{point.reuse_pct}-{point.label}-r{repeat}"
+    return schedule(indices, point.concurrency, prefix, settings.paired)
+
+
 async def run_pass(cfg: ClientConfig, prompts: Sequence[dict], point: Point, settings: BenchSettings, repeat: int, sink) -> float:
     """One pass over a point's prompts, in the shape's own traffic pattern; returns the wall time.
 
@@ -125,6 +144,13 @@ async def run_pass(cfg: ClientConfig, prompts: Sequence[dict], point: Point, set
     if point.request_rate:
         return await run_open_loop(cfg, items, point.request_rate, settings.burstiness, settings.seed + repeat, sink)
     return await run_closed_loop(cfg, items, point.concurrency, sink)
+
+
+async def run_paired_pass(cfg: ClientConfig, prompts: Sequence[dict], sends: Sequence[Send], concurrency: int, sink) -> float:
+    """One paired pass: every send in order as one closed loop at the point's concurrency (the level never drops
+    between sub-blocks); a record's request_index is its position in `sends`."""
+    text = {p["request_index"]: p["prompt"] for p in prompts}
+    return await run_closed_loop(cfg, [(k, text[s.request_index], s.salt) for k, s in enumerate(sends)], concurrency, sink)
 
 
 async def measure_point(
@@ -150,6 +176,7 @@ async def measure_point(
     if not prompts:
         raise ValueError(f"{point.prompts_path}: no prompts for reuse {point.reuse_pct}%")
     by_index = {p["request_index"]: p for p in prompts}
+    paired = is_paired(point, prompts, context["mode"], settings)
     cfg = client_config(server, model, settings)
     point.records_path.parent.mkdir(parents=True, exist_ok=True)
     counts = {"ok": 0, "failed": 0}
@@ -168,7 +195,7 @@ async def measure_point(
     # The loop that timestamps the streams only enqueues records; sampling and writing have threads of their own.
     with (
         point.records_path.open("w") as fh,
-        tqdm(total=len(prompts) * settings.repeats, file=sys.stderr, mininterval=2, desc=desc) as bar,
+        tqdm(total=len(prompts) * settings.repeats * (2 if paired else 1), file=sys.stderr, mininterval=2, desc=desc) as bar,
         RecordWriter([fh, journal], written) as writer,
         Sampler(
             server.base_url,
@@ -192,33 +219,43 @@ async def measure_point(
                         resets.append(caps.cache_reset)
                     before = await counters(session)
 
-            def sink(rec: RequestRecord, repeat: int = repeat) -> None:
-                src = by_index[rec.request_index]
-                counts[rec.status] += 1
-                writer.put(
-                    record_dict(
-                        rec,
-                        **context,
-                        regime=point.regime,
-                        reuse_pct=point.reuse_pct,
-                        concurrency=point.concurrency,
-                        request_rate=point.request_rate,
-                        repeat=repeat,
-                        prefix_len_tokens=src["prefix_len_tokens"],
-                        workload=src.get("workload"),
-                        prefix_group=src.get("prefix_group"),
-                        expected_cached_tokens=src.get("expected_cached_tokens"),
-                        **{k: src[k] for k in SHAPE_FIELDS if k in src},
-                    )
-                )
+            sends = paired_sends(point, prompts, settings, context.get("instance", 1), repeat) if paired else []
 
-            walls.append(await run_pass(cfg, prompts, point, settings, repeat, sink))
+            def sink(rec: RequestRecord, repeat: int = repeat, sends: list[Send] = sends) -> None:
+                send = sends[rec.request_index] if sends else None
+                src = by_index[send.request_index if send else rec.request_index]
+                counts[rec.status] += 1
+                out = record_dict(
+                    rec,
+                    **context,
+                    regime=point.regime,
+                    reuse_pct=point.reuse_pct,
+                    concurrency=point.concurrency,
+                    request_rate=point.request_rate,
+                    repeat=repeat,
+                    prefix_len_tokens=src["prefix_len_tokens"],
+                    workload=src.get("workload"),
+                    prefix_group=src.get("prefix_group"),
+                    expected_cached_tokens=src.get("expected_cached_tokens"),
+                    **{k: src[k] for k in SHAPE_FIELDS if k in src},
+                )
+                if send:  # the paired design: which arm, sub-block and pair; a salted miss can hit nothing
+                    out |= {"request_index": send.request_index, "send_index": rec.request_index, "arm": send.arm,
+                            "sub_block": send.sub_block, "pair": send.pair}  # fmt: skip
+                    if send.arm in SALTED:
+                        out["expected_cached_tokens"] = 0
+                writer.put(out)
+
+            if sends:
+                walls.append(await run_paired_pass(cfg, prompts, sends, point.concurrency, sink))
+            else:
+                walls.append(await run_pass(cfg, prompts, point, settings, repeat, sink))
             server.check_alive()
             async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
                 async with server_calls(server):
                     deltas.append(m.counter_delta(before, await counters(session)))
     delta = {k: sum(d.get(k, 0.0) for d in deltas) for k in {k for d in deltas for k in d}}
-    sent = len(prompts) * settings.repeats
+    sent = len(prompts) * settings.repeats * (2 if paired else 1)
     meta = PointMeta(
         mode=context["mode"],
         instance=context.get("instance", 1),
@@ -241,6 +278,7 @@ async def measure_point(
         peak_gpu_mem_mib=sampler.peak_gpu_mem_mib,
         peak_kv_cache_usage=sampler.peak_kv_usage,
         memory_samples=sampler.samples,
+        paired=settings.paired if paired else None,
     )
     meta.write(point.meta_path)
     if counts["failed"] > settings.max_failed_fraction * sent:
@@ -292,7 +330,10 @@ def measure_points(
     # Every record carries its server's KV capacity: the cache model replays each pass against it.
     context = {"mode": mode, "instance": instance, "kv_blocks": kv_blocks}
     name = f"{mode} #{instance}"
-    max_prefix = max(p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1])
+    for point in (p for p in points if p.dropped):
+        write_dropped(point, mode, instance)
+    points = [p for p in points if not p.dropped]
+    max_prefix = max((p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1]), default=64)
     t0 = time.monotonic()
     asyncio.run(warm_up(server, model, settings, max_prefix))
     eta = Eta(point_estimates(points))
@@ -301,9 +342,6 @@ def measure_points(
             f"[prefixbench] {name}: {len(points)} points, about {fmt_duration(eta.remaining_s())} (calibrated estimate)",
             flush=True,
         )
-    for point in (p for p in points if p.dropped):
-        write_dropped(point, mode, instance)
-    points = [p for p in points if not p.dropped]
     for i, point in enumerate(points, 1):
         pid = server.proc.pid if server.proc is not None else None
         t_point = time.monotonic()

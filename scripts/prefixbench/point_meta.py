@@ -32,6 +32,7 @@ class PointMeta:
     memory_samples: int = 0
     instance: int = 1  # which server lifetime of its cache setting (prefixbench.design)
     dropped: str | None = None  # the plan did not send this point, and why (plan.make_plan); no records
+    paired: str | None = None  # the paired design it ran (prefixbench.paired: hit_miss, miss_miss), None: one arm
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

@@ -17,6 +17,7 @@ import polars as pl
 
 from . import OFF, ON
 from .aggregate import SEED_COLUMNS, closed_loop, single_prefix
+from .contrasts import paired_effects
 from .engine_view import engine_rows, engine_table, engine_words
 from .findings import (
     Finding,
@@ -136,7 +137,7 @@ def render(
     everything = pl.read_csv(summary_csv)
     if "request_rate" not in everything.columns:
         everything = everything.with_columns(pl.lit(0.0).alias("request_rate"))
-    sp_all = pl.read_csv(speedup_csv)
+    sp_all = paired_effects(pl.read_csv(speedup_csv))  # a paired point is judged by its paired contrast
     # The seed's questions are about the one-shared-prefix concurrency sweep; the shapes have their own section.
     single, sp = single_prefix(everything, sp_all)
     summary, sp = closed_loop(single), closed_loop(sp)

@@ -24,6 +24,7 @@ class BenchSettings:
     burstiness: float
     seed: int
     min_rounds: int
+    paired: str  # cache-on points as hit and forced-miss sub-blocks (prefixbench.paired): hit_miss, miss_miss, none
     api_key_env: str | None = None  # name of the environment variable holding the API key, never the key
 
 

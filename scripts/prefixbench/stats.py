@@ -110,7 +110,9 @@ def busy_periods(start_s: Sequence[float], end_s: Sequence[float]) -> list[int]:
 
 
 def outside_floor(ci: tuple[float, float] | None, floor: tuple[float, float] | None) -> bool:
-    """Whether a ratio's interval excludes 1 *and* clears the A/A interval (the noise two identical setups show).
+    """Whether a ratio's interval excludes 1 *and* clears the A/A interval (the noise two identical setups show) on
+    the side of 1 it lies: a gain must lie above the floor's top (and above 1), a loss below its bottom (and below 1).
+    An interval above 1 but below a floor that itself lies above 1 is inside the noise, not clear of it.
 
     Without an A/A interval the rule falls back to excluding 1."""
     if ci is None:
@@ -120,7 +122,9 @@ def outside_floor(ci: tuple[float, float] | None, floor: tuple[float, float] | N
         return False
     if floor is None:
         return True
-    return lo > floor[1] or hi < floor[0]
+    if lo > 1:
+        return lo > max(1.0, floor[1])
+    return hi < min(1.0, floor[0])
 
 
 def steady_window(start_s: Sequence[float], e2e_s: Sequence[float | None], concurrency: int) -> list[bool]:

@@ -1,0 +1,262 @@
+"""The cache's effect measured inside one server lifetime: hit and forced-miss sub-blocks, paired and counterbalanced.
+
+Two lifetimes of one server can differ by 25-40% on identical work (an H200 host; 2-5% on a CPU), so a cache
+effect measured across lifetimes drowns in that noise. Inside a cache-on lifetime, vLLM's per-request `cache_salt`
+makes a request miss on purpose: a fresh salt shares no block with anything cached. So every point of a cache-on
+lifetime runs as alternating sub-blocks of the *hit arm* (the traffic as designed) and the *miss arm* (the same
+prompts, each with a unique salt), in a counterbalanced order (H M M H H M ...), as one closed loop at the point's
+concurrency, so the level never drops between sub-blocks. Each pair of sub-blocks sends the same prompts in both
+arms; its log-ratio miss/hit of mean TTFT is one observation, and lifetime-level shifts cancel inside it.
+
+The contrast is the mean of the pairs' log-ratios with a t interval (pairs - 1 degrees of freedom), and every
+contrast states its minimum detectable effect at 80% power from its own variance. With two salted arms (`miss_miss`)
+the same machinery is an A/A test: it must claim nothing. The simulation in tests/test_paired.py shows the interval
+covers at the noise sizes measured on an H200 (lifetime, sub-block and request level).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+HIT, MISS, MISS_B = "hit", "miss", "miss_b"
+DESIGNS = {"hit_miss": (HIT, MISS), "miss_miss": (MISS, MISS_B)}  # benchmark.paired; `none` runs the point once
+SALTED = (MISS, MISS_B)
+LEVEL, POWER = 0.95, 0.80
+
+
+def sub_block_size(concurrency: int) -> int:
+    """Requests per sub-block: at c = 1, 4; above, two rounds (the first c - 1 of a sub-block overlap the previous
+    arm's requests still in flight and are left out, so each sub-block keeps c + 1 clean requests)."""
+    return max(4, 2 * concurrency)
+
+
+@dataclass(frozen=True)
+class Send:
+    """One request of a paired pass: which prompt, which arm, which sub-block and pair, and its salt (miss arms)."""
+
+    request_index: int
+    arm: str
+    sub_block: int
+    pair: int
+    salt: str | None
+
+
+def mixed_order(prompts: Sequence[dict]) -> list[int]:
+    """The prompts' request indices with each prefix group spread evenly over the pass (shared and unique prompts of
+    a 50%-reuse point alternate), each group in request order: every sub-block then carries the point's reuse mix,
+    so pairs differ by noise, not by their share of hits."""
+    groups: dict[bool, list[int]] = {}
+    for p in sorted(prompts, key=lambda p: p["request_index"]):
+        groups.setdefault(p.get("prefix_group") == "shared", []).append(p["request_index"])
+    keyed = [((k + 0.5) / len(g), shared, i) for shared, g in groups.items() for k, i in enumerate(g)]
+    return [i for *_, i in sorted(keyed, key=lambda x: (x[0], not x[1]))]
+
+
+def schedule(request_indices: Sequence[int], concurrency: int, salt_prefix: str, design: str = "hit_miss") -> list[Send]:
+    """The sends of one paired pass, in order: the prompts cut into chunks of `sub_block_size`, each chunk sent once
+    in each arm, the arms' order alternating pair by pair (A B, B A, A B, ...): counterbalanced, so a drift over the
+    pass favours neither arm. A last chunk shorter than half a sub-block joins the one before it."""
+    arms = DESIGNS[design]
+    b = sub_block_size(concurrency)
+    idx = list(request_indices)
+    chunks = [idx[i : i + b] for i in range(0, len(idx), b)]
+    if len(chunks) > 1 and len(chunks[-1]) < b / 2:
+        chunks[-2] += chunks.pop()
+    sends, block = [], 0
+    for pair, chunk in enumerate(chunks):
+        for arm in arms if pair % 2 == 0 else arms[::-1]:
+            for i in chunk:
+                salt = f"{salt_prefix}-{arm}-{block}-{i}" if arm in SALTED else None
+                sends.append(Send(i, arm, block, pair, salt))
+            block += 1
+    return sends
+
+
+def clean(arms: Sequence[str], sub_blocks: Sequence[int], send_order: Sequence[int], concurrency: int) -> list[bool]:
+    """Which sends of a paired pass measure their own arm: not the first send of the pass (the first request after
+    idle is slower), and not the first c - 1 sends of a sub-block after the first (requests of the previous arm are
+    still in flight beside them). The pass's steady-state window (stats.steady_window) applies on top."""
+    order = np.argsort(np.asarray(send_order), kind="stable")
+    keep = [True] * len(order)
+    seen: dict[int, int] = {}
+    first_block = sub_blocks[order[0]] if len(order) else None
+    for rank, i in enumerate(order):
+        k = seen.get(sub_blocks[i], 0)
+        seen[sub_blocks[i]] = k + 1
+        if rank == 0 or (sub_blocks[i] != first_block and k < concurrency - 1):
+            keep[i] = False
+    return keep
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """miss/hit mean TTFT (> 1: the cache helped), its interval and the smallest effect the design could see."""
+
+    ratio: float | None
+    lo: float | None
+    hi: float | None
+    pairs: int
+    sd_log: float | None  # SD of the pairs' log-ratios
+    mde_pct: float | None  # minimum detectable effect at 80% power, two-sided 5%, in percent of the ratio
+
+
+def t_quantile(q: float, df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(q, df))
+
+
+def contrast(log_ratios: Sequence[float]) -> Contrast:
+    """The paired contrast from each pair's log(mean miss TTFT / mean hit TTFT).
+
+    Mean log-ratio with a t interval on pairs - 1 degrees of freedom; MDE = exp((t_0.975 + t_0.80) x SE) - 1. With
+    fewer than 2 pairs there is a ratio and nothing else; with an SD of 0 (identical pairs) the interval is the point."""
+    d = np.asarray([x for x in log_ratios if x is not None and math.isfinite(x)], dtype=float)
+    n = len(d)
+    if n == 0:
+        return Contrast(None, None, None, 0, None, None)
+    mean = float(d.mean())
+    if n < 2:
+        return Contrast(math.exp(mean), None, None, n, None, None)
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    half = t_quantile(1 - (1 - LEVEL) / 2, n - 1) * se
+    mde = (math.exp((t_quantile(1 - (1 - LEVEL) / 2, n - 1) + t_quantile(POWER, n - 1)) * se) - 1) * 100
+    return Contrast(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n, sd, mde)
+
+
+def pair_log_ratios(ttft: Sequence[float], arms: Sequence[str], pairs: Sequence[tuple], design: str = "hit_miss") -> list[float]:
+    """log(mean TTFT of arm B / mean TTFT of arm A) per pair (B = miss, A = hit; for A/A the second salted arm over
+    the first), from the clean, successful requests; a pair missing either arm is left out."""
+    a, b = DESIGNS[design]
+    sums: dict[tuple, dict[str, list[float]]] = {}
+    for t, arm, key in zip(ttft, arms, pairs):
+        if t is None:
+            continue
+        sums.setdefault(key, {}).setdefault(arm, []).append(t)
+    out = []
+    for arms_of in sums.values():
+        if arms_of.get(a) and arms_of.get(b):
+            out.append(math.log(np.mean(arms_of[b]) / np.mean(arms_of[a])))
+    return out
+
+
+# --- The paired design in a run's records (polars): which requests count, and the contrast per point. ---
+
+POINT = ["regime", "reuse_pct", "concurrency", "request_rate"]
+ARM_COLUMNS = {"arm": "String", "sub_block": "Int64", "pair": "Int64", "send_index": "Int64"}
+
+
+def with_arm_columns(records):
+    """Records from before the paired design (or of unpaired points) get null arm columns."""
+    import polars as pl
+
+    missing = [c for c in ARM_COLUMNS if c not in records.columns]
+    return records.with_columns(pl.lit(None, dtype=getattr(pl, ARM_COLUMNS[c])).alias(c) for c in missing)
+
+
+def main_arm_filter():
+    """The requests that stand for their point's setting in the summary: unpaired ones, and the first arm of a
+    paired pass (hit; in an A/A pass, the first salted arm). The other arm enters only the paired contrast."""
+    import polars as pl
+
+    has_hit = (pl.col("arm") == HIT).any().over(["mode", *POINT])
+    return pl.col("arm").is_null() | (pl.col("arm") == HIT) | (~has_hit & (pl.col("arm") == MISS))
+
+
+def arm_walls(records, meta):
+    """For paired points, the time the main arm's sub-blocks spanned (first send to last end, summed per pass), in
+    place of the whole pass's wall time, so its throughput is the main arm's own; and its hit rate from the main
+    arm's per-request cached tokens (the server's counters cover both arms of the pass)."""
+    import polars as pl
+
+    main = records.filter(pl.col("arm").is_not_null() & main_arm_filter())
+    paired = main.filter(pl.col("status") == "ok")
+    if main.is_empty():
+        return meta
+    unit = ["mode", *POINT, "instance", "repeat"]
+    spans = (
+        paired.group_by([*unit, "sub_block"])
+        .agg((pl.col("start_s") + pl.col("e2e_s")).max().alias("end"), pl.col("start_s").min().alias("start"))
+        .group_by(unit)
+        .agg((pl.col("end") - pl.col("start")).sum().alias("span"))
+        .sort([*unit])
+        .group_by(["mode", *POINT, "instance"])
+        .agg(pl.col("span").sort_by("repeat").alias("spans"), pl.col("span").sum().alias("span_total"))
+    )
+    hits = paired.group_by(["mode", *POINT, "instance"]).agg(
+        (pl.col("cached_tokens").cast(pl.Float64).sum() / pl.col("prompt_tokens").cast(pl.Float64).sum()).alias("arm_hit"),
+        pl.col("prompt_tokens").cast(pl.Float64).sum().alias("arm_queries"),
+    )
+    sent = main.group_by(["mode", *POINT, "instance"]).agg(pl.len().alias("arm_sent"))
+    on = ["mode", *POINT, "instance"]
+    out = meta.join(spans, on=on, how="left").join(hits, on=on, how="left").join(sent, on=on, how="left")
+    return out.with_columns(
+        pl.coalesce("arm_sent", "requests_sent").alias("requests_sent"),
+        pl.coalesce("span_total", "wall_s").alias("wall_s"),
+        pl.when(pl.col("spans").is_not_null())
+        .then(pl.col("spans"))
+        .otherwise(pl.col("wall_s_per_repeat"))
+        .alias("wall_s_per_repeat"),
+        pl.coalesce("arm_hit", "measured_hit_rate").alias("measured_hit_rate"),
+        # The server's hits (a salted request hits nothing) over the hit arm's prompt tokens: its hit rate.
+        pl.when(pl.col("arm_queries").is_not_null() & pl.col("query_tokens").is_not_null())
+        .then(pl.col("arm_queries"))
+        .otherwise(pl.col("query_tokens"))
+        .alias("query_tokens"),
+    ).drop("spans", "span_total", "arm_hit", "arm_sent", "arm_queries")
+
+
+def paired_table(records):
+    """One row per paired point: the contrast (miss/hit mean TTFT, > 1 = the cache helped) over every pair of every
+    pass and lifetime, its t interval and MDE, and what the salted arm hit (must be 0)."""
+    import polars as pl
+
+    paired = records.filter(pl.col("arm").is_not_null() & (pl.col("mode") == "with_prefix_cache"))
+    schema = {
+        "regime": pl.String,
+        "reuse_pct": pl.Int64,
+        "concurrency": pl.Int64,
+        "request_rate": pl.Float64,
+        "paired_design": pl.String,
+        "paired_ratio": pl.Float64,
+        "paired_lo": pl.Float64,
+        "paired_hi": pl.Float64,
+        "paired_pairs": pl.Int64,
+        "paired_sd_log": pl.Float64,
+        "mde_ttft_pct": pl.Float64,
+        "paired_mean_hit_s": pl.Float64,
+        "paired_mean_miss_s": pl.Float64,
+        "salted_cached_tokens": pl.Int64,
+        "salted_requests": pl.Int64,
+    }
+    rows = []
+    for key, grp in paired.group_by(POINT, maintain_order=True):
+        arms = set(grp["arm"].drop_nulls().to_list())
+        design = "hit_miss" if HIT in arms else "miss_miss"
+        ok = grp.filter((pl.col("status") == "ok") & pl.col("in_window"))
+        pairs = list(zip(ok["instance"].to_list(), ok["repeat"].to_list(), ok["pair"].to_list()))
+        c = contrast(pair_log_ratios(ok["ttft_s"].to_list(), ok["arm"].to_list(), pairs, design))
+        salted = grp.filter(pl.col("arm").is_in(list(SALTED)) & (pl.col("status") == "ok"))
+        first, second = DESIGNS[design]
+        rows.append(
+            dict(zip(POINT, key))
+            | {
+                "paired_design": design,
+                "paired_ratio": c.ratio,
+                "paired_lo": c.lo,
+                "paired_hi": c.hi,
+                "paired_pairs": c.pairs,
+                "paired_sd_log": c.sd_log,
+                "mde_ttft_pct": c.mde_pct,
+                "paired_mean_hit_s": ok.filter(pl.col("arm") == first)["ttft_s"].mean(),
+                "paired_mean_miss_s": ok.filter(pl.col("arm") == second)["ttft_s"].mean(),
+                "salted_cached_tokens": int(salted["cached_tokens"].fill_null(0).sum()),
+                "salted_requests": salted.height,
+            }
+        )
+    return pl.DataFrame(rows, schema=schema)
