@@ -48,7 +48,8 @@ async def completions(request):
     if DIE_AFTER and STATE["served"] > DIE_AFTER:
         os._exit(1)
     prompt = body["prompt"]
-    prefix = prompt.split("\nQ: ")[0]
+    # vLLM's cache_salt: a salted request's blocks are keyed by its salt too, so a fresh salt hits nothing.
+    prefix = (body.get("cache_salt") or "", prompt.split("\nQ: ")[0])
     n_prompt = len(prompt.split())
     cached = n_prompt // 2 if prefix in STATE["cached"] else 0
     STATE["cached"].add(prefix)

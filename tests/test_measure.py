@@ -18,9 +18,17 @@ def setup(tmp_path, die_after=0, n=6):
     return script, points
 
 
-def run(tmp_path, script, points, journal, repeats=1):
+def run(tmp_path, script, points, journal, repeats=1, paired="hit_miss"):
     measure_fake(
-        script, tmp_path, points, journal=journal, max_tokens=4, warmup_requests=1, sample_interval_s=0.2, repeats=repeats
+        script,
+        tmp_path,
+        points,
+        journal=journal,
+        max_tokens=4,
+        warmup_requests=1,
+        sample_interval_s=0.2,
+        repeats=repeats,
+        paired=paired,
     )
 
 
@@ -29,12 +37,25 @@ def test_every_point_measured_with_counters(tmp_path):
     run(tmp_path, script, points, tmp_path / "journal.jsonl")
     for p in points:
         recs = [json.loads(x) for x in p.records_path.read_text().splitlines()]
-        assert len(recs) == 6 and all(r["status"] == "ok" for r in recs)
+        # The paired design: each prompt once as a hit and once as a forced miss (a unique cache_salt).
+        assert len(recs) == 12 and all(r["status"] == "ok" for r in recs)
+        assert sorted(r["request_index"] for r in recs if r["arm"] == "hit") == list(range(6))
+        assert sorted(r["request_index"] for r in recs if r["arm"] == "miss") == list(range(6))
+        assert all(r["cached_tokens"] == 0 and r["expected_cached_tokens"] == 0 for r in recs if r["arm"] == "miss")
+        assert sorted(r["send_index"] for r in recs) == list(range(12)) and {r["pair"] for r in recs} == {0, 1}  # 4 + 2
         meta = json.loads(p.meta_path.read_text())
-        assert meta["cache_reset"] == "ok" and meta["requests_ok"] == 6
+        assert meta["cache_reset"] == "ok" and meta["requests_ok"] == 12 and meta["paired"] == "hit_miss"
         assert meta["counters_delta"]["vllm:prefix_cache_hits_total"] == sum(r["cached_tokens"] for r in recs) > 0
-    assert len((tmp_path / "journal.jsonl").read_text().splitlines()) == 12
+    assert len((tmp_path / "journal.jsonl").read_text().splitlines()) == 24
     assert json.loads((tmp_path / "server.json").read_text())["points"] == 2
+
+
+def test_without_the_paired_design_a_point_runs_once(tmp_path):
+    script, points = setup(tmp_path)
+    measure_fake(script, tmp_path, points, max_tokens=4, warmup_requests=1, sample_interval_s=0.2, paired="none")
+    recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
+    assert len(recs) == 6 and "arm" not in recs[0]
+    assert json.loads(points[0].meta_path.read_text())["paired"] is None
 
 
 def test_server_dying_mid_point_keeps_the_records(tmp_path):
@@ -50,7 +71,7 @@ def test_server_dying_mid_point_keeps_the_records(tmp_path):
 
 def test_repeats_each_start_from_a_reset_cache(tmp_path):
     script, points = setup(tmp_path)
-    run(tmp_path, script, points, None, repeats=2)
+    run(tmp_path, script, points, None, repeats=2, paired="none")  # one arm: the repeats' own counters
     recs = [json.loads(x) for x in points[0].records_path.read_text().splitlines()]
     assert len(recs) == 12 and sorted({r["repeat"] for r in recs}) == [0, 1]
     meta = json.loads(points[0].meta_path.read_text())

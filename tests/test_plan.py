@@ -161,6 +161,9 @@ def test_no_point_is_trimmed_below_its_window():
 def test_drop_order_spares_the_headline_and_the_lowest_concurrency():
     points = [(r, reuse, c, 0.0) for r in ("medium", "large") for reuse in (100, 50, 0) for c in (1, 4, 16)]
     order = [points[i] for i in drop_order(points, {"medium": 512, "large": 1024})]
-    assert all(c > 1 for _, _, c, _ in order) and len(order) == 12
-    assert order[0] == ("medium", 50, 16, 0.0) and order[-1] == ("large", 100, 4, 0.0)
-    assert [p[1] for p in order[:4]] == [50] * 4 and [p[1] for p in order[-4:]] == [100] * 4
+    above, last = order[:12], order[12:]
+    assert all(c > 1 for _, _, c, _ in above) and len(above) == 12
+    assert above[0] == ("medium", 50, 16, 0.0) and above[-1] == ("large", 100, 4, 0.0)
+    assert [p[1] for p in above[:4]] == [50] * 4 and [p[1] for p in above[-4:]] == [100] * 4
+    # then the mixed reuse at c=1; c=1's full reuse (the headline) and 0% reuse (its control) are never dropped
+    assert last == [("medium", 50, 1, 0.0), ("large", 50, 1, 0.0)]

@@ -68,6 +68,7 @@ def calibrate(
         settings.repeats,
         min_rounds=settings.min_rounds,
         instances=settings.instances,
+        paired=settings.paired != "none",
     )
     plan["summary"] = plan_summary(plan)
     plan["calibration"] = {

@@ -65,7 +65,8 @@ def schedule(request_indices: Sequence[int], concurrency: int, salt_prefix: str,
     idx = list(request_indices)
     chunks = [idx[i : i + b] for i in range(0, len(idx), b)]
     if len(chunks) > 1 and len(chunks[-1]) < b / 2:
-        chunks[-2] += chunks.pop()
+        last = chunks.pop()
+        chunks[-1] = chunks[-1] + last
     sends, block = [], 0
     for pair, chunk in enumerate(chunks):
         for arm in arms if pair % 2 == 0 else arms[::-1]:

@@ -14,7 +14,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from . import MODES, ON
+from . import MODES, OFF, ON
+from .paired import sub_block_size
+
+MIN_PAIRS = 3  # a paired point keeps at least this many hit/miss sub-block pairs: 2 degrees of freedom for its t
 
 
 @dataclass(frozen=True)
@@ -117,20 +120,22 @@ def min_requests(concurrency: int, min_rounds: int) -> int:
 def drop_order(points: Sequence[tuple[str, int, int, float]], prefix_len: dict[str, int]) -> list[int]:
     """Which points a budget too small for every point's window gives up first (indices into `points`).
 
-    Only closed-loop points above the lowest concurrency go (c = 1 is cheap and every point's baseline): first the
-    mixed reuse levels, then 0% reuse, then full reuse; within each, the highest concurrency and the shortest prefix
-    first. The longest prefix at full reuse is the report's headline and goes last."""
+    Closed-loop points above the lowest concurrency go first: the mixed reuse levels, then 0% reuse, then full
+    reuse; within each, the highest concurrency and the shortest prefix first. Then the mixed reuse levels at the
+    lowest concurrency (shortest prefix first). The lowest concurrency's full and 0% reuse points stay: the
+    headline (the longest prefix at full reuse) and its control (0% reuse: both arms of the paired design miss)."""
     closed = [c for _, _, c, rate in points if c and not rate]
     if not closed:
         return []
     c_min, top = min(closed), max(r for _, r, _, _ in points)
-    candidates = [i for i, (_, _, c, rate) in enumerate(points) if c > c_min and not rate]
+    above = [i for i, (_, _, c, rate) in enumerate(points) if c > c_min and not rate]
+    mixed = [i for i, (_, r, c, rate) in enumerate(points) if c == c_min and not rate and 0 < r < top]
 
     def key(i: int) -> tuple:
         regime, reuse, conc, _ = points[i]
         return (reuse == top, reuse == 0, -conc, prefix_len.get(regime, 0))
 
-    return sorted(candidates, key=key)
+    return sorted(above, key=key) + sorted(mixed, key=key)
 
 
 def make_plan(
@@ -143,15 +148,31 @@ def make_plan(
     min_rounds: int,
     instances: int = 1,
     steps: int = 100,
+    paired: bool = False,
 ) -> dict:
     """The largest common fraction of every point's requests whose slower cache setting fits `budget_s`.
 
     No closed-loop point is trimmed below `min_rounds` rounds inside its steady-state window (min_requests): a point
     whose questions cannot fill that window is dropped, and where even every point's minimum does not fit the
     budget, points are dropped in `drop_order` until it does. Dropped points are listed with their reason. The
-    budget covers all `instances` lifetimes of a setting; a point's `estimated_s` is one lifetime's."""
+    budget covers all `instances` lifetimes of a setting; a point's `estimated_s` is one lifetime's.
+
+    With `paired`, a cache-on lifetime sends every single-prefix closed-loop point twice (hits, and the same prompts
+    as forced misses: prefixbench.paired), so its estimate adds a cache-off pass, and such a point keeps at least
+    MIN_PAIRS sub-block pairs."""
     pools = [[p for p in prompts_by_regime[regime] if p["reuse_pct"] == reuse] for regime, reuse, _, _ in points]
     shape = [bool(pool) and "block_hashes" in pool[0] for pool in pools]
+    both_arms = [paired and not shape[i] and c > 0 and not rate for i, (_, _, c, rate) in enumerate(points)]
+
+    def floor(i: int) -> int:
+        conc = points[i][2]
+        return max(min_requests(conc, min_rounds), MIN_PAIRS * sub_block_size(conc) if both_arms[i] else 0)
+
+    def seconds(i: int, chosen: list[dict], mode: str) -> float:
+        _, _, conc, rate = points[i]
+        one = point_seconds(rates, chosen, mode, conc, rate, max_tokens)
+        miss = point_seconds(rates, chosen, OFF, conc, rate, max_tokens) if both_arms[i] and mode == ON else 0.0
+        return repeats * (one + miss)
     prefix_len = {r: ps[0].get("prefix_len_tokens", 0) for r, ps in prompts_by_regime.items() if ps}
 
     def too_small(i: int) -> str | None:
@@ -170,11 +191,11 @@ def make_plan(
             if i in dropped:
                 out.append(PlannedPoint(regime, reuse, conc, rate, len(pool), (), {m: 0.0 for m in MODES}, dropped[i]))
                 continue
-            n = max(min(len(pool), min_requests(conc, min_rounds)), math.ceil(fraction * len(pool)))
+            n = max(min(len(pool), floor(i)), math.ceil(fraction * len(pool)))
             if shape[i]:  # a workload shape is never trimmed: its sessions and order are the test
                 n = len(pool)
             chosen = choose(pool, n, reuse)
-            est = {m: repeats * point_seconds(rates, chosen, m, conc, rate, max_tokens) for m in MODES}
+            est = {m: seconds(i, chosen, m) for m in MODES}
             out.append(PlannedPoint(regime, reuse, conc, rate, len(pool), tuple(p["request_index"] for p in chosen), est))
         return out
 
@@ -196,7 +217,7 @@ def make_plan(
         if fits(chosen) or not queue:
             break
         i = queue.pop(0)
-        dropped[i] = f"the {fmt_duration(budget_s)} time budget cannot hold a {min_rounds}-round window at every point"
+        dropped[i] = f"the {fmt_duration(budget_s)} time budget cannot hold every point at its minimum"
     est = total(chosen)
     measured = [p for p in chosen if p.dropped is None]
     trimmed = any(len(p.request_indices) < p.available for p in measured)
