@@ -61,9 +61,7 @@ def write_run(
                         group = "shared" if i < n_shared else f"unique-{i:03d}"
                         warm = group == "shared" and i > 0 and not salted
                         arm_speed = (arm_effect or {}).get(arm, 1.0)
-                        ttft = (
-                            ttft_for(mode, prefix, warm, load) * speed * arm_speed * (1 + jitter * noise.uniform(-1, 1))
-                        )
+                        ttft = ttft_for(mode, prefix, warm, load) * speed * arm_speed * (1 + jitter * noise.uniform(-1, 1))
                         failed = failed_at == (mode, regime, reuse, conc) and i == 0 and arm in (None, "hit")
                         cached = prefix if warm and mode == "with_prefix_cache" else 0
                         hits += cached

@@ -70,8 +70,18 @@ def test_summary_is_complete_and_accounts_for_every_request(pipeline_run):
     assert (s["requests_failed"] == 0).all()
     assert (single["prefix_len_tokens"] == 256).all()
     records = [json.loads(line) for p in (work / "results/raw").rglob("*.jsonl") for line in p.read_text().splitlines()]
-    assert len(records) == s["requests_sent"].sum()
+    # A cache-on single-prefix closed-loop point ran paired: its summary row is the hit arm, and the forced misses
+    # (each with a unique cache_salt) are counted in speedup.csv. Every request sent is a record, and vice versa.
+    sp = pl.read_csv(work / "results/speedup.csv")
+    assert len(records) == s["requests_sent"].sum() + sp["salted_requests"].fill_null(0).sum()
     assert all(r["completion_tokens"] == cfg["benchmark"]["max_tokens"] for r in records)
+    paired = [r for r in records if r.get("arm")]
+    assert {r["arm"] for r in paired} == {"hit", "miss"} and all(r["mode"] == "with_prefix_cache" for r in paired)
+    assert all(r["regime"] == "small" and r["request_rate"] == 0 for r in paired)  # shapes and open loop: not paired
+    assert all(r["cached_tokens"] == 0 for r in paired if r["arm"] == "miss")  # a fresh salt hits nothing
+    closed = sp.filter(pl.col("request_rate") == 0)
+    assert closed["paired_ratio"].is_not_null().all() and (closed["salted_cached_tokens"] == 0).all()
+    assert s.filter((pl.col("regime") == "small") & (pl.col("request_rate") == 0))["mde_ttft_pct"].is_not_null().all()
 
 
 def test_cache_counters_behave(pipeline_run):
@@ -95,6 +105,12 @@ def test_cache_counters_behave(pipeline_run):
     assert on["cached_tokens"] == on["hit_tokens"]
     off_row = point("no_prefix_cache")
     assert on["mean_ttft_s"] < off_row["mean_ttft_s"], "a cached 256-token prefix should cut TTFT on this model"
+    # The paired contrast inside the cache-on lifetime: forced misses are slower than hits, beyond the interval.
+    sp = pl.read_csv(work / "results/speedup.csv").filter(
+        (pl.col("regime") == "small") & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == 1)
+    )
+    paired = sp.row(0, named=True)
+    assert paired["paired_lo"] > 1, paired
     for meta in (work / "results/raw").rglob("*.meta.json"):
         assert json.loads(meta.read_text())["cache_reset"] == "ok"
 

@@ -94,3 +94,43 @@ def test_model_reproduces_vllm_cpu_measurements(num_blocks, prefix_len, order, m
 def test_a_request_larger_than_the_free_blocks_is_refused():
     with pytest.raises(ValueError):
         PrefixCacheModel(1, B)
+
+
+def test_a_request_without_room_waits_for_blocks_and_is_looked_up_when_admitted():
+    """Issue 20: a KV cache smaller than the concurrent demand. vLLM queues a request until its blocks can be
+    allocated; the model admits it when a running request ends, and looks its prefix up then."""
+    from prefixbench.kvcache import replay_detail
+
+    shared = ids(1, 16)  # 4 blocks of B=4
+    a = Request("a", tuple(block_hashes(shared + [7], B)), 17, 1, 0.0, 10.0)  # 5 blocks, ends at 10
+    b = Request("b", tuple(block_hashes(shared + [8], B)), 17, 1, 1.0, 12.0)  # arrives while a runs: room for 1 block
+    got, unplaced = replay_detail([a, b], 7, B)  # 6 usable blocks
+    assert got == {"a": 0, "b": 16} and unplaced == {}  # b shares a's 4 pinned blocks: it needs 1 more, and fits
+    c = Request("c", tuple(block_hashes(ids(2, 17), B)), 17, 1, 1.0, 12.0)  # nothing shared: 5 blocks, 1 free
+    got, unplaced = replay_detail([a, c], 7, B)
+    assert got == {"a": 0, "c": 0} and unplaced == {}  # c waited for a's blocks
+    big = Request("big", tuple(block_hashes(ids(3, 40), B)), 40, 1, 0.0, 1.0)
+    got, unplaced = replay_detail([big, a], 7, B)
+    assert got == {"a": 0} and "needs 10 blocks, the cache has 6" in unplaced["big"]
+
+
+def test_a_request_the_model_cannot_place_before_it_ends_is_unpredicted_not_an_error():
+    from prefixbench.kvcache import replay_detail
+
+    a = Request("a", tuple(block_hashes(ids(1, 17), B)), 17, 1, 0.0, 10.0)
+    c = Request("c", tuple(block_hashes(ids(2, 17), B)), 17, 1, 1.0, 5.0)  # the server served it while a ran
+    got, unplaced = replay_detail([a, c], 7, B)
+    assert got == {"a": 0} and "found no free blocks" in unplaced["c"]
+
+
+def test_admission_counts_idle_cached_blocks_it_takes_from_the_free_queue():
+    from prefixbench.kvcache import replay_detail
+
+    shared = ids(1, 16)
+    a = Request("a", tuple(block_hashes(shared + [7], B)), 17, 1, 0.0, 1.0)  # leaves 4 cached blocks free
+    x = Request("x", tuple(block_hashes(ids(5, 4), B)), 4, 1, 1.5, 9.0)  # 1 block, runs long
+    b = Request("b", tuple(block_hashes(shared + [8] * 8, B)), 24, 1, 2.0, 3.0)  # 4 hits (idle) + 2 new = all 6
+    got, unplaced = replay_detail([a, x, b], 8, B)  # 7 usable: after x, 6 free, 4 of them b's hits
+    assert got == {"a": 0, "x": 0, "b": 16} and unplaced == {}
+    got, unplaced = replay_detail([a, x, b], 7, B)  # 6 usable: 5 free after x; b needs all 6
+    assert "b" not in got and "found no free blocks" in unplaced["b"]

@@ -118,7 +118,7 @@ def test_min_rounds_keeps_a_level_not_a_burst():
     plan = make_plan(rates, [("m", 100, 4, 0.0), ("m", 100, 16, 0.0)], prompts, 1.0, 16, 1, min_rounds=8)
     sizes = [len(p["request_indices"]) for p in plan["points"]]
     assert sizes == [40, 0]  # 8 rounds inside the window at c=4 (10 sent); c=16 would need 160 of its 64: not sent
-    assert plan["min_rounds"] == 8 and "at least 8 round(s)" in plan_summary(plan)
+    assert plan["min_rounds"] == 8 and "at least 8 round(s) inside its steady-state window" in plan_summary(plan)
     assert plan["dropped"] == [
         {
             "regime": "m",
@@ -155,7 +155,7 @@ def test_no_point_is_trimmed_below_its_window():
     dropped = [(d["regime"], d["reuse_pct"], d["concurrency"]) for d in plan["dropped"]]
     assert dropped and all(c == 4 for _, _, c in dropped)  # c=1 is cheap and never dropped
     assert ("large", 100, 4) not in dropped  # the headline goes last
-    assert dropped == [("medium", 50, 4), ("large", 50, 4)]
+    assert dropped == [("large", 50, 4)]  # medium 50% c=4 was dropped first, then taken back: it fits at its minimum
 
 
 def test_drop_order_spares_the_headline_and_the_lowest_concurrency():
@@ -167,3 +167,14 @@ def test_drop_order_spares_the_headline_and_the_lowest_concurrency():
     assert [p[1] for p in above[:4]] == [50] * 4 and [p[1] for p in above[-4:]] == [100] * 4
     # then the mixed reuse at c=1; c=1's full reuse (the headline) and 0% reuse (its control) are never dropped
     assert last == [("medium", 50, 1, 0.0), ("large", 50, 1, 0.0)]
+
+
+def test_a_paired_point_costs_both_arms_and_keeps_three_pairs():
+    rates = Rates(0.0, 0.004, 0.05)
+    prompts = {"m": prompts_of("m", 100, 24, 1024)}
+    one = make_plan(rates, [("m", 100, 1, 0.0)], prompts, None, 8, 1, min_rounds=1)
+    two = make_plan(rates, [("m", 100, 1, 0.0)], prompts, None, 8, 1, min_rounds=1, paired=True)
+    off, on = (two["estimated_s"][m] for m in ("no_prefix_cache", "with_prefix_cache"))
+    assert off == one["estimated_s"]["no_prefix_cache"] and on == pytest.approx(one["estimated_s"]["with_prefix_cache"] + off)
+    tight = make_plan(rates, [("m", 100, 1, 0.0)], prompts, 1.0, 8, 1, min_rounds=1, paired=True)
+    assert len(tight["points"][0]["request_indices"]) == 12  # 3 pairs of 4-request sub-blocks at c=1

@@ -140,16 +140,58 @@ class Request:
 
 
 def replay(requests: Iterable[Request], num_blocks: int, block_size: int) -> dict[object, int]:
-    """Predicted cached tokens of every request, replaying starts and ends in time order (ends first at a tie)."""
+    """Predicted cached tokens of every request the model could place (see replay_detail)."""
+    return replay_detail(requests, num_blocks, block_size)[0]
+
+
+def replay_detail(requests: Iterable[Request], num_blocks: int, block_size: int) -> tuple[dict[object, int], dict[object, str]]:
+    """Predicted cached tokens of every request, replaying starts and ends in time order (ends first at a tie), and
+    the requests the model could not place, with the reason.
+
+    Admission follows vLLM's scheduler: a request whose blocks cannot be allocated when it arrives waits, in arrival
+    order, until enough blocks are free (its cache lookup happens when it is admitted, as vLLM's does at
+    scheduling). A request larger than the whole cache, or still waiting when every other request has ended, is
+    `unpredicted`: counted and named in the report, never a reason to stop aggregating."""
     model = PrefixCacheModel(num_blocks, block_size)
     events = sorted(((r.end_s, 0, n, r) for n, r in enumerate(requests)), key=lambda e: e[:3])
     events = sorted(events + [(r.start_s, 1, n, r) for _, _, n, r in events], key=lambda e: e[:3])
     out: dict[object, int] = {}
+    unplaced: dict[object, str] = {}
+    waiting: list[Request] = []
+    admitted: set[object] = set()
+
+    def blocks_needed(r: Request) -> int:
+        """Free blocks admission takes: the new ones, and the hit ones that sit in the free queue (unreferenced)."""
+        hit = model.lookup(r.hashes, r.prompt_len)
+        idle_hits = sum(model.cached[h] in model.free for h in r.hashes[:hit])
+        return -(-r.total_tokens() // block_size) - hit + idle_hits
+
+    def admit(r: Request) -> None:
+        full = r.total_tokens() // block_size
+        outs = [f"{r.key}:out{j}" for j in range(r.prompt_len // block_size, full)]
+        out[r.key] = model.start(r.key, r.hashes, r.prompt_len, r.total_tokens(), outs)
+        admitted.add(r.key)
+
+    def admit_waiting() -> None:
+        while waiting and blocks_needed(waiting[0]) <= len(model.free):
+            admit(waiting.pop(0))
+
     for _, kind, _, r in events:
         if kind == 1:
-            full = r.total_tokens() // block_size
-            outs = [f"{r.key}:out{j}" for j in range(r.prompt_len // block_size, full)]
-            out[r.key] = model.start(r.key, r.hashes, r.prompt_len, r.total_tokens(), outs)
-        else:
+            if -(-r.total_tokens() // block_size) > model.usable_blocks:
+                unplaced[r.key] = f"needs {-(-r.total_tokens() // block_size)} blocks, the cache has {model.usable_blocks}"
+            elif waiting or blocks_needed(r) > len(model.free):
+                waiting.append(r)  # vLLM queues it until blocks free up (first come, first served)
+            else:
+                admit(r)
+        elif r.key in admitted:
             model.finish(r.key)
-    return out
+            admitted.discard(r.key)
+            admit_waiting()
+        elif r in waiting:  # it ended (the server served it) while the model still had no room for it
+            waiting.remove(r)
+            unplaced[r.key] = (
+                "the model found no free blocks for it before it ended: the server placed it (preemption, or blocks "
+                "freed sooner than the client saw)"
+            )
+    return out, unplaced

@@ -173,6 +173,7 @@ def make_plan(
         one = point_seconds(rates, chosen, mode, conc, rate, max_tokens)
         miss = point_seconds(rates, chosen, OFF, conc, rate, max_tokens) if both_arms[i] and mode == ON else 0.0
         return repeats * (one + miss)
+
     prefix_len = {r: ps[0].get("prefix_len_tokens", 0) for r, ps in prompts_by_regime.items() if ps}
 
     def too_small(i: int) -> str | None:
@@ -206,18 +207,27 @@ def make_plan(
         return budget_s is None or max(total(pts).values()) <= budget_s
 
     dropped = {i: why for i in range(len(points)) if (why := too_small(i))}
-    full = planned(1.0, dropped)
-    fraction, chosen = 1.0, full
-    queue = [i for i in drop_order(points, prefix_len) if i not in dropped]
-    while budget_s is not None:
+    fraction, chosen = 1.0, planned(1.0, dropped)
+    if budget_s is not None and not fits(chosen):
+        # 1. Drop points in drop_order until every remaining point fits at its minimum size.
+        why = f"the {fmt_duration(budget_s)} time budget cannot hold every point at its minimum"
+        budget_drops = []
+        for i in (i for i in drop_order(points, prefix_len) if i not in dropped):
+            if fits(planned(1 / steps, dropped)):
+                break
+            dropped[i] = why
+            budget_drops.append(i)
+        # 2. Take back, most valuable first, every dropped point that still fits at its minimum: a point costs its
+        # minimum, so a cheap one dropped before an expensive one may fit once the expensive one is gone.
+        for i in reversed(budget_drops):
+            del dropped[i]
+            if not fits(planned(1 / steps, dropped)):
+                dropped[i] = why
+        # 3. The largest common share of every kept point's requests that fits.
         for k in range(steps, 0, -1):
             fraction, chosen = k / steps, planned(k / steps, dropped)
             if fits(chosen):
                 break
-        if fits(chosen) or not queue:
-            break
-        i = queue.pop(0)
-        dropped[i] = f"the {fmt_duration(budget_s)} time budget cannot hold every point at its minimum"
     est = total(chosen)
     measured = [p for p in chosen if p.dropped is None]
     trimmed = any(len(p.request_indices) < p.available for p in measured)
@@ -274,10 +284,11 @@ def _budget_sentence(plan: dict) -> str:
         )
     over = " (the smallest honest sweep still exceeds the budget)" if plan["over_budget"] else ""
     return (
-        f"the full sweep would take about {fmt_duration(slow)} with the cache off, over the "
+        f"the full sweep would take about {fmt_duration(slow)} for the slower cache setting, over the "
         f"{fmt_duration(plan['budget_s'])} budget, so the points send {plan['requests_planned']} of their "
         f"{plan['requests_full']} requests ({plan['fraction']:.0%} of each point, at least {plan.get('min_rounds', 1)} "
-        "round(s) at its concurrency; the same requests in both settings, each point's reuse mix kept): about "
+        "round(s) inside its steady-state window; the same requests in both settings, each point's reuse mix kept): "
+        "about "
         f"{fmt_duration(max(est.values()))}{over}"
     )
 

@@ -85,6 +85,16 @@ def prediction_words(check: pl.DataFrame, block_size: int) -> str:
         f"end times and the server's KV capacity) predicted the cached tokens of {exact} of {n} shape requests with the "
         f"cache on exactly"
     )
+    if "unpredicted" in check.columns and check["unpredicted"].sum():
+        lost = check.filter(pl.col("unpredicted") > 0)
+        text += (
+            f" ({int(check['unpredicted'].sum())} further request(s) it could not place: "
+            + "; ".join(
+                f"{r['regime']} c={r['concurrency']}: {r['unpredicted']}, {r['unpredicted_reason']}"
+                for r in lost.iter_rows(named=True)
+            )
+            + ")"
+        )
     if off:
         return (
             text + f"; {off} differ by more than one block, the largest by {worst['max_diff_tokens']} tokens "

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from . import OFF
-from .kvcache import Request, replay
+from .kvcache import Request, replay_detail
 from .shapes import SHAPES
 
 PASS = ["mode", "instance", "regime", "reuse_pct", "concurrency", "request_rate", "repeat"]
@@ -50,6 +50,7 @@ def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str
     for key, grp in shaped.group_by(PASS, maintain_order=True):
         mode, regime = key[0], key[2]
         blocks = grp["kv_blocks"].drop_nulls()
+        reasons: list[str | None] = [None] * grp.height
         if mode == OFF or blocks.is_empty():
             predicted = [0 if mode == OFF else None] * grp.height
         else:
@@ -65,9 +66,15 @@ def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str
                 for r in grp.iter_rows(named=True)
                 if r["prompt_tokens"]  # a request that never reached the engine holds no blocks
             ]
-            got = replay(reqs, int(blocks[0]), block_size)
+            got, unplaced = replay_detail(reqs, int(blocks[0]), block_size)
             predicted = [got.get(i) for i in grp["request_index"]]
-        parts.append(grp.with_columns(pl.Series("predicted_cached_tokens", predicted, dtype=pl.Int64)))
+            reasons = [unplaced.get(i) for i in grp["request_index"]]
+        parts.append(
+            grp.with_columns(
+                pl.Series("predicted_cached_tokens", predicted, dtype=pl.Int64),
+                pl.Series("unpredicted", reasons, dtype=pl.String),
+            )
+        )
     out = pl.concat(parts, how="diagonal_relaxed")
     keep = [
         *PASS,
@@ -83,6 +90,7 @@ def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str
         "cached_tokens",
         "expected_cached_tokens",
         "predicted_cached_tokens",
+        "unpredicted",
         *SHAPE_COLUMNS,
     ]
     return out.select([c for c in keep if c in out.columns])
@@ -91,6 +99,13 @@ def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str
 def prediction_check(req: pl.DataFrame, block_size: int) -> pl.DataFrame:
     """Per shape point (cache on): predicted vs measured cached tokens, and the requests that differ by more
     than one block."""
+    if "unpredicted" not in req.columns:  # tables from before the model followed admission
+        req = req.with_columns(pl.lit(None, dtype=pl.String).alias("unpredicted"))
+    unplaced = (
+        req.filter((pl.col("mode") != OFF) & (pl.col("status") == "ok") & pl.col("unpredicted").is_not_null())
+        .group_by(["regime", "workload", "concurrency", "request_rate"])
+        .agg(pl.len().alias("unpredicted"), pl.col("unpredicted").first().alias("unpredicted_reason"))
+    )
     on = req.filter((pl.col("mode") != OFF) & (pl.col("status") == "ok") & pl.col("predicted_cached_tokens").is_not_null())
     if on.is_empty():
         return pl.DataFrame()
@@ -109,7 +124,9 @@ def prediction_check(req: pl.DataFrame, block_size: int) -> pl.DataFrame:
             pl.col("working_set").first().alias("working_set"),
             pl.col("kv_blocks").first().alias("kv_blocks"),
         )
+        .join(unplaced, on=["regime", "workload", "concurrency", "request_rate"], how="left")
         .with_columns(
+            pl.col("unpredicted").fill_null(0),
             (pl.col("expected_cached_tokens") / pl.col("prompt_tokens")).alias("expected_hit_rate"),
             (pl.col("predicted_cached_tokens") / pl.col("prompt_tokens")).alias("predicted_hit_rate"),
             (pl.col("measured_cached_tokens") / pl.col("prompt_tokens")).alias("measured_hit_rate"),
