@@ -261,3 +261,44 @@ def paired_table(records):
             }
         )
     return pl.DataFrame(rows, schema=schema)
+
+
+def flag_cost_table(main):
+    """What enabling the flag costs, per 0%-reuse point: mean TTFT with the cache on over off, where nothing can hit
+    (the main arm of a 0%-reuse point shares no prefix), with server lifetimes as the unit: lifetime k of one
+    setting against lifetime k of the other (they run interleaved, ABBA), a t interval on k - 1 degrees of freedom.
+    One lifetime per setting gives a ratio and no interval: the noise between lifetimes is then unmeasured."""
+    import polars as pl
+
+    zero = main.filter((pl.col("reuse_pct") == 0) & (pl.col("status") == "ok") & pl.col("in_window"))
+    schema = {
+        "regime": pl.String,
+        "reuse_pct": pl.Int64,
+        "concurrency": pl.Int64,
+        "request_rate": pl.Float64,
+        "flag_cost_ratio": pl.Float64,
+        "flag_cost_lo": pl.Float64,
+        "flag_cost_hi": pl.Float64,
+        "flag_cost_lifetimes": pl.Int64,
+        "flag_cost_mde_pct": pl.Float64,
+    }
+    if zero.is_empty():
+        return pl.DataFrame(schema=schema)
+    means = zero.group_by([*POINT, "mode", "instance"]).agg(pl.col("ttft_s").mean().alias("m"))
+    on = means.filter(pl.col("mode") == "with_prefix_cache").drop("mode").rename({"m": "on"})
+    off = means.filter(pl.col("mode") == "no_prefix_cache").drop("mode").rename({"m": "off"})
+    both = on.join(off, on=[*POINT, "instance"], how="inner")
+    rows = []
+    for key, grp in both.group_by(POINT, maintain_order=True):
+        c = contrast([math.log(a / b) for a, b in zip(grp["on"].to_list(), grp["off"].to_list()) if a and b])
+        rows.append(
+            dict(zip(POINT, key))
+            | {
+                "flag_cost_ratio": c.ratio,
+                "flag_cost_lo": c.lo,
+                "flag_cost_hi": c.hi,
+                "flag_cost_lifetimes": c.pairs,
+                "flag_cost_mde_pct": c.mde_pct,
+            }
+        )
+    return pl.DataFrame(rows, schema=schema)

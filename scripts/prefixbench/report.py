@@ -106,6 +106,18 @@ def not_measured(endpoints: dict[str, dict]) -> list[str]:
     return [item if len(modes) == len(endpoints) else f"{item} ({', '.join(modes)} only)" for item, modes in where.items()]
 
 
+def read_tables(summary_csv: Path, speedup_csv: Path) -> tuple[pl.DataFrame, ...]:
+    """The recorded tables as the findings read them: every summary row, every off/on row (a paired point judged by
+    its paired contrast), and the one-shared-prefix sweep's rows (all, and closed loop) of each."""
+    everything = pl.read_csv(summary_csv)
+    if "request_rate" not in everything.columns:
+        everything = everything.with_columns(pl.lit(0.0).alias("request_rate"))
+    sp_all = paired_effects(pl.read_csv(speedup_csv))
+    # The seed's questions are about the one-shared-prefix concurrency sweep; the shapes have their own section.
+    single, sp = single_prefix(everything, sp_all)
+    return everything, sp_all, single, closed_loop(single), closed_loop(sp)
+
+
 def guarded(analysis: Callable[..., Any], *args: Any, fallback: Callable[[str], Any] | None = None) -> Any:
     """One analysis, run so that its failure costs its own answer and not the report: the error goes to stderr
     (the job's log) and the answer says it was not computed. The tests render every finding without it failing."""
@@ -134,13 +146,7 @@ def render(
     shape_csv: Path | None = None,
     shapes: dict[str, dict] | None = None,
 ) -> None:
-    everything = pl.read_csv(summary_csv)
-    if "request_rate" not in everything.columns:
-        everything = everything.with_columns(pl.lit(0.0).alias("request_rate"))
-    sp_all = paired_effects(pl.read_csv(speedup_csv))  # a paired point is judged by its paired contrast
-    # The seed's questions are about the one-shared-prefix concurrency sweep; the shapes have their own section.
-    single, sp = single_prefix(everything, sp_all)
-    summary, sp = closed_loop(single), closed_loop(sp)
+    everything, sp_all, single, summary, sp = read_tables(summary_csv, speedup_csv)
     shape_req = read_shape_requests(shape_csv)
     check = prediction_check(shape_req, block_size) if shape_req.height else pl.DataFrame()
     engine = engine_rows(summary)
