@@ -380,3 +380,27 @@ def test_the_published_smollm2_h200_run_no_longer_says_what_its_data_do_not_carr
         assert said not in words, said
     assert "this run does not show a gain to enable it for" in bullets
     assert "shown here, not claimed" in words
+
+
+def test_a_paired_run_is_judged_by_its_paired_contrast_with_an_mde(tmp_path):
+    md, _ = render_md(tmp_path, n=24, paired="hit_miss", jitter=0.05, reuses=(100, 0))
+    assert "## The cache's effect inside each cache-on lifetime" in md
+    assert "| large | 100% | 1 |" in md and "**faster**" in md
+    assert "no difference larger than" in md  # the 0%-reuse points: no difference, and how small an effect was ruled out
+    assert "hit 0 cached tokens in total, as a salted request must" in md
+    assert "A point's effect is measured inside the cache-on server lifetimes" in md
+
+
+@pytest.mark.parametrize("effect", [1.0, 1.5])
+def test_an_aa_paired_run_claims_nothing_and_finds_a_real_difference(tmp_path, effect):
+    """Both arms salted (A/A): with no difference between the arms every point says 'no difference'; slow the second
+    arm by 1.5x and the same machinery finds the difference (the check can fail), and still claims no cache effect:
+    requests that hit nothing cannot owe a gain to the cache."""
+    md, _ = render_md(tmp_path, n=24, paired="miss_miss", jitter=0.05, reuses=(100,), arm_effect={"miss_b": effect})
+    table = md.split("## The cache's effect inside each cache-on lifetime")[1].split("## Cross-checks")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| medium") or line.startswith("| large")]
+    assert len(rows) == 4 and "**faster**" not in table
+    if effect == 1.0:
+        assert all("no difference >" in r for r in rows)
+    else:
+        assert all("more than its hit rate can explain" in r for r in rows)

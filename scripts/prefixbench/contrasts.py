@@ -60,3 +60,59 @@ def paired_effects(sp: pl.DataFrame) -> pl.DataFrame:
             dtype=pl.String,
         ),
     )
+
+
+def paired_section(sp: pl.DataFrame) -> dict[str, str]:
+    """The report's table of paired contrasts (one row per paired point) and what the forced misses hit, or nothing
+    where no point ran the paired design."""
+    from .formatting import fmt_s, fmt_x, markdown_table
+
+    if "contrast" not in sp.columns or sp.filter(pl.col("contrast") == "paired").is_empty():
+        return {"table": "", "words": ""}
+    rows = []
+    for r in sp.filter(pl.col("contrast") == "paired").iter_rows(named=True):
+        rows.append(
+            {
+                "regime": r["regime"],
+                "reuse": f"{r['reuse_pct']}%",
+                "c": r["concurrency"],
+                "forced miss": fmt_s(r["mean_ttft_s_off"]),
+                "hit": fmt_s(r["mean_ttft_s_on"]),
+                "miss/hit": fmt_x(r["ttft_speedup"]),
+                "95% CI": "–" if r["ttft_speedup_lo"] is None else f"{r['ttft_speedup_lo']:.2f}–{r['ttft_speedup_hi']:.2f}",
+                "MDE": "–" if r.get("mde_ttft_pct") is None else f"{r['mde_ttft_pct']:.0f}%",
+                "pairs": r.get("paired_pairs"),
+                "verdict": short_verdict(r),
+            }
+        )
+    salted = int(sp["salted_requests"].fill_null(0).sum()) if "salted_requests" in sp.columns else 0
+    hit = int(sp["salted_cached_tokens"].fill_null(0).sum()) if "salted_cached_tokens" in sp.columns else 0
+    words = (
+        f"The {salted} forced-miss requests (each with a fresh `cache_salt`) hit {hit} cached tokens"
+        + (
+            " in total, as a salted request must."
+            if hit == 0
+            else ": a salted request should hit nothing, so these points are suspect."
+        )
+        + " `MDE` is the smallest effect each point could have detected at 80% power (two-sided 5%), from its own "
+        "pairs' variance: where a point says no difference, it means none larger than that."
+    )
+    return {"table": markdown_table(pl.DataFrame(rows), list(rows[0])), "words": words}
+
+
+def short_verdict(r: dict) -> str:
+    """A paired point's verdict in a table cell: the same rule as findings.judged, in a few words."""
+    from .findings import helped, hurt
+
+    if r.get("design_failed"):
+        return "not claimed: the 0%-reuse control failed"
+    if helped(r):
+        return "**faster**"
+    if hurt(r):
+        return "**slower**"
+    lo, hi = r.get("ttft_speedup_lo"), r.get("ttft_speedup_hi")
+    if lo is None or hi is None:
+        return "no interval"
+    if lo <= 1 <= hi:
+        return f"no difference > {r['mde_ttft_pct']:.0f}%" if r.get("mde_ttft_pct") is not None else "no difference"
+    return "not claimed (more than its hit rate can explain)"

@@ -17,7 +17,7 @@ import polars as pl
 
 from . import OFF, ON
 from .aggregate import SEED_COLUMNS, closed_loop, single_prefix
-from .contrasts import paired_effects
+from .contrasts import paired_effects, paired_section
 from .engine_view import engine_rows, engine_table, engine_words
 from .findings import (
     Finding,
@@ -197,6 +197,7 @@ def render(
                 "peak_kv_cache_usage",
             ],
         ),
+        paired=guarded(paired_section, sp, fallback=lambda w: {"table": "", "words": w}),
         ttft=guarded(ttft_finding, sp),
         throughput=guarded(throughput_finding, summary, sp),
         memory=guarded(memory_finding, summary, sp),
