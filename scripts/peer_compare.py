@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Cross-check prefixbench's client against vLLM's own `vllm bench serve` on the same server and prompts.
+"""Cross-check prefixbench's client against vLLM's own `vllm bench serve`: a comparison that can fail.
 
-Starts one server from a generated script (cache on by default), then, each from a reset prefix cache:
-prefixbench's closed-loop client, and `vllm bench serve` with the same prompts (its custom JSONL
-dataset, no chat template, fixed output length, same concurrency). Prints both tools' mean/p95 TTFT
-and E2E, each tool's runs interleaved (AB, BA, ...) so neither always runs on the warmer server; writes
-each tool's median and min-max over its runs (the run-to-run spread) as JSON and as a Markdown table.
+Starts one server from a generated script (cache on), then per concurrency level runs both tools in balanced pairs
+(AB, BA, BA, AB, ...) on the same warm server: before every run the prefix cache is reset and the shared prefix
+warmed with a request of its own, so every run does the same work; each run's mean TTFT covers its steady-state
+window from that tool's own per-request output (`vllm bench serve --save-detailed`). The paired log-ratios give an
+equivalence verdict against a stated margin (prefixbench.peer.equivalence: equivalent, differs, inconclusive), the
+order effect, and each tool against the server's own TTFT histogram. Writes JSON and a Markdown table.
 
-  .venv/bin/python scripts/peer_compare.py --prompts results/prompts/large.jsonl --concurrency 1 16 64 --runs 2
+  .venv/bin/python scripts/peer_compare.py --prompts results/prompts/large.jsonl --concurrency 1 16 --pairs 10
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp  # noqa: E402
 
+from prefixbench import metrics as m  # noqa: E402
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
 from prefixbench.config import default_bench_settings  # noqa: E402
+from prefixbench.endpoint import fetch_metrics  # noqa: E402
 from prefixbench.measure import reset_prefix_cache, wait_idle, warmup_prompt  # noqa: E402
-from prefixbench.peer import bench_serve_args, peer_table, run_bench_serve, spread  # noqa: E402
+from prefixbench.peer import MARGIN, TOOLS, bench_serve_args, level_verdict, peer_table, run_bench_serve, window_mean_ttft  # noqa: E402
 from prefixbench.prompts import read_prompts  # noqa: E402
 from prefixbench.server import ManagedServer  # noqa: E402
 
@@ -38,51 +41,67 @@ def p95(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[94]
 
 
-async def reset(base_url: str) -> None:
+TTFT = m.HISTOGRAMS[0]  # vllm:time_to_first_token_seconds
+
+
+async def prepare(cfg: ClientConfig, warm_prompt: str) -> dict[str, float]:
+    """Idle server, reset prefix cache, the shared prefix warmed by a request of its own; the counters before the run."""
     async with aiohttp.ClientSession() as s:
-        await wait_idle(s, base_url)
-        status = await reset_prefix_cache(s, base_url)
+        await wait_idle(s, cfg.base_url)
+        status = await reset_prefix_cache(s, cfg.base_url)
         if status != "ok":
             raise RuntimeError(f"prefix cache reset failed: {status}")
+    await run_closed_loop(cfg, [(0, warm_prompt)], 1, lambda r: None)
+    async with aiohttp.ClientSession() as s:
+        await wait_idle(s, cfg.base_url)
+        return await fetch_metrics(s, cfg.base_url)
 
 
-async def prefixbench_run(base_url: str, model: str, prompts: list[str], conc: int, max_tokens: int) -> dict:
-    await reset(base_url)
+async def server_mean_ttft(base_url: str, before: dict[str, float]) -> float | None:
+    async with aiohttp.ClientSession() as s:
+        await wait_idle(s, base_url)
+        after = await fetch_metrics(s, base_url)
+    n = after.get(f"{TTFT}_count", 0.0) - before.get(f"{TTFT}_count", 0.0)
+    return (after.get(f"{TTFT}_sum", 0.0) - before.get(f"{TTFT}_sum", 0.0)) / n if n > 0 else None
+
+
+def summarize_run(start: list[float], ttft: list[float], e2e: list[float], conc: int, server: float | None) -> dict:
+    ok = [t for t in ttft if t is not None]
+    return window_mean_ttft(start, ttft, e2e, conc) | {
+        "all_mean_ttft_s": statistics.mean(ok) if ok else None,
+        "server_mean_ttft_s": server,
+        "requests": len(ttft),
+        "failed": len(ttft) - len(ok),
+    }
+
+
+async def prefixbench_run(cfg: ClientConfig, warm: str, prompts: list[str], conc: int) -> dict:
+    before = await prepare(cfg, warm)
     recs = []
-    await run_closed_loop(
-        ClientConfig(base_url, model, max_tokens, DEFAULTS.request_timeout_s, DEFAULTS.stall_timeout_s),
-        list(enumerate(prompts)),
-        conc,
-        recs.append,
-    )
+    await run_closed_loop(cfg, list(enumerate(prompts)), conc, recs.append)
+    recs.sort(key=lambda r: r.start_s)
     ok = [r for r in recs if r.status == "ok"]
     if len(ok) != len(recs):
         raise RuntimeError(f"{len(recs) - len(ok)} prefixbench requests failed: {recs[0].error}")
-    ttft, e2e = [r.ttft_s for r in ok], [r.e2e_s for r in ok]
-    return {
-        "mean_ttft_s": statistics.mean(ttft),
-        "p95_ttft_s": p95(ttft),
-        "mean_e2e_s": statistics.mean(e2e),
-        "p95_e2e_s": p95(e2e),
-        "requests": len(ok),
-    }
+    return summarize_run([r.start_s for r in ok], [r.ttft_s for r in ok], [r.e2e_s for r in ok], conc,
+                         await server_mean_ttft(cfg.base_url, before))  # fmt: skip
 
 
-def peer_run(
-    python: str, base_url: str, model: str, tokenizer: str, prompts: list[str], conc: int, max_tokens: int, workdir: Path
-) -> dict:
-    asyncio.run(reset(base_url))
+def peer_run(python: str, cfg: ClientConfig, tokenizer: str, warm: str, prompts: list[str], conc: int, workdir: Path) -> dict:
+    before = asyncio.run(prepare(cfg, warm))
     data = workdir / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    args = bench_serve_args(base_url, model, tokenizer, data, len(prompts), conc, max_tokens)
-    res = run_bench_serve(python, [*args, "--percentile-metrics", "ttft,e2el", "--metric-percentiles", "95"], workdir)
-    return {
-        "mean_ttft_s": res["mean_ttft_ms"] / 1000,
-        "p95_ttft_s": res["p95_ttft_ms"] / 1000,
-        "mean_e2e_s": res["mean_e2el_ms"] / 1000,
-        "p95_e2e_s": res["p95_e2el_ms"] / 1000,
-        "requests": res["completed"],
-    }
+    args = bench_serve_args(cfg.base_url, cfg.model, tokenizer, data, len(prompts), conc, cfg.max_tokens)
+    res = run_bench_serve(python, [*args, "--save-detailed", "--percentile-metrics", "ttft,e2el"], workdir)
+    ttft, lat = res["ttfts"], res["latencies"]
+    # Per-request send times where this vLLM saves them; else request order stands in (closed loop: round i // c).
+    start = res.get("start_times") or [float(i // conc) for i in range(len(ttft))]
+    keep = [i for i, t in enumerate(ttft) if t and (not res.get("errors") or not res["errors"][i])]
+    return summarize_run([start[i] for i in keep], [ttft[i] for i in keep], [lat[i] for i in keep], conc,
+                         asyncio.run(server_mean_ttft(cfg.base_url, before)))  # fmt: skip
+
+
+ORDERS = (TOOLS, TOOLS[::-1], TOOLS[::-1], TOOLS)  # AB, BA, BA, AB: balanced over every four pairs
 
 
 async def served_version(base_url: str) -> str:
@@ -100,8 +119,9 @@ def main() -> None:
     ap.add_argument("--prompts", required=True, type=Path)
     ap.add_argument("--reuse", type=int, default=100)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1])
-    ap.add_argument("--runs", type=int, default=1, help="runs of each tool per level, alternating which goes first")
-    ap.add_argument("--rounds", type=int, default=8, help="requests per level = rounds x concurrency (at least 32)")
+    ap.add_argument("--pairs", type=int, default=10, help="balanced pairs of runs (one run of each tool) per level")
+    ap.add_argument("--rounds", type=int, default=6, help="requests per run = rounds x concurrency (at least 16)")
+    ap.add_argument("--margin", type=float, default=MARGIN, help="equivalence margin (0.10: +-10 %%)")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="served model name")
     ap.add_argument("--tokenizer", default="resources/models/SmolLM2-135M-Instruct")
@@ -110,50 +130,43 @@ def main() -> None:
     args = ap.parse_args()
 
     pool = [p["prompt"] for p in read_prompts(args.prompts) if p["reuse_pct"] == args.reuse]
+    warm, pool = pool[-1], pool[:-1]  # the warm-up prompt shares the prefix and is never measured
     levels = []
-    version = "unknown"
     with (
         tempfile.TemporaryDirectory() as tmp,
         ManagedServer(Path(args.script), "127.0.0.1", Path(tmp) / "server.log", 900) as server,
     ):
-        asyncio.run(
-            run_closed_loop(
-                ClientConfig(server.base_url, args.model, args.max_tokens, DEFAULTS.request_timeout_s, DEFAULTS.stall_timeout_s),
-                [(0, warmup_prompt(0, 1024)), (1, warmup_prompt(1, 1024))],
-                1,
-                lambda r: None,
-            )
-        )
+        cfg = ClientConfig(server.base_url, args.model, args.max_tokens, DEFAULTS.request_timeout_s, DEFAULTS.stall_timeout_s)
+        asyncio.run(run_closed_loop(cfg, [(0, warmup_prompt(0, 1024)), (1, warmup_prompt(1, 1024))], 1, lambda r: None))
         version = asyncio.run(served_version(server.base_url))
         for conc in args.concurrency:
-            n = max(32, args.rounds * conc)
-            prompts = (pool * (n // len(pool) + 1))[:n]
-            runs: dict[str, list[dict]] = {"prefixbench": [], "vllm_bench_serve": []}
-            for run in range(args.runs):
-                order = ["prefixbench", "vllm_bench_serve"][:: 1 if run % 2 == 0 else -1]  # interleaved: AB, BA, ...
+            n = min(max(16, args.rounds * conc), len(pool))
+            prompts = pool[:n]
+            pairs = []
+            for k in range(args.pairs):
+                order = ORDERS[k % len(ORDERS)]
+                pair: dict = {"order": list(order)}
                 for tool in order:
                     if tool == "prefixbench":
-                        res = asyncio.run(prefixbench_run(server.base_url, args.model, prompts, conc, args.max_tokens))
+                        pair[tool] = asyncio.run(prefixbench_run(cfg, warm, prompts, conc))
                     else:
-                        res = peer_run(
-                            args.python, server.base_url, args.model, args.tokenizer, prompts, conc, args.max_tokens, Path(tmp)
-                        )
-                    runs[tool].append(res)
-                    print(
-                        f"c={conc} run {run + 1} {tool}: mean TTFT {res['mean_ttft_s'] * 1e3:.1f} ms, "
-                        f"mean E2E {res['mean_e2e_s'] * 1e3:.1f} ms",
-                        flush=True,
-                    )
-            level = {"concurrency": conc, "requests": n}
-            for tool, rs in runs.items():
-                level[tool] = {k: spread([r[k] for r in rs]) for k in ("mean_ttft_s", "p95_ttft_s", "mean_e2e_s", "p95_e2e_s")}
+                        pair[tool] = peer_run(args.python, cfg, args.tokenizer, warm, prompts, conc, Path(tmp))
+                pairs.append(pair)
+                print(
+                    f"c={conc} pair {k + 1} ({'-'.join(t[0] for t in order)}): "
+                    + ", ".join(f"{t} {pair[t]['mean_ttft_s'] * 1e3:.2f} ms" for t in TOOLS if pair[t]["mean_ttft_s"]),
+                    flush=True,
+                )
+            level = {"concurrency": conc, "requests": n, "pairs": pairs}
+            level["verdict"] = level_verdict(level, args.margin)
             levels.append(level)
     result = {
         "server": {"script": str(args.script), "version": version, "model": args.model},
         "prompts": str(args.prompts),
         "reuse_pct": args.reuse,
         "max_tokens": args.max_tokens,
-        "runs": args.runs,
+        "pairs": args.pairs,
+        "margin": args.margin,
         "levels": levels,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
