@@ -9,6 +9,7 @@ rule report:
         scripts=expand(SERVER_FILE, mode=MODES),
         prompts=MAIN_PROMPTS + KV_PROMPTS,
         charts=CHARTS,
+        calibration=[PLAN_FILE] if PLAN_FILE else [],
         code=package_files("report"),
         model=model_inputs(),
     output:

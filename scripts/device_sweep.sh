@@ -91,26 +91,35 @@ for job in "${jobs[@]}"; do
 done
 done_jobs=$(finished_jobs | wc -l)
 echo "[$name] $done_jobs of ${#jobs[@]} measuring jobs done"
-# Then, if time is left, the peer table: prefixbench and `vllm bench serve` on one cache-on server, the
-# largest regime's fully shared prompts, concurrency 1/16/64, three runs of each tool, interleaved.
-if (( done_jobs == ${#jobs[@]} )) && [[ ! -f results/peer_compare.json ]]; then
-  now=$(date +%s)
-  if (( now + ${PEER_GUESS_S:-360} <= deadline )); then
-    read -r served tokenizer regime < <(python3 - "$config" <<'PY'
+# Then, if time is left, on one cache-on server each: the A/A run of the paired design (both arms salted: it must
+# claim nothing) and the peer check (prefixbench and `vllm bench serve` in balanced pairs of runs, an equivalence
+# verdict per level), on the largest regime's fully shared prompts at the config's concurrency levels.
+if (( done_jobs == ${#jobs[@]} )); then
+  read -r served tokenizer regime levels < <(python3 - "$config" <<'PY'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 model = cfg["targets"][cfg["target"]]["model"]
 regime = max(cfg["regimes"], key=lambda r: cfg["regimes"][r]["prefix_tokens"])
-print(model["served_name"], model["path"], regime)
+print(model["served_name"], model["path"], regime, ",".join(str(c) for c in cfg["benchmark"]["concurrency"]))
 PY
 )
-    echo "[$name] $(date -u +%T) peer table on $regime"
+  max_tokens=$(python3 -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['benchmark'].get('max_tokens', 16))" "$config")
+  now=$(date +%s)
+  if [[ ! -f results/aa/server.json ]] && (( now + ${AA_GUESS_S:-180} <= deadline )); then
+    echo "[$name] $(date -u +%T) A/A run on $regime at c=$levels"
+    timeout -s INT $((deadline - now)) python3 scripts/aa_check.py --prompts "results/prompts/$regime.jsonl" \
+      --concurrency ${levels//,/ } --requests "${AA_REQUESTS:-128}" --max-tokens "$max_tokens" --model "$served" \
+      --out results/aa > results/logs/aa_check.log 2>&1 \
+      && tail -n 4 results/logs/aa_check.log || echo "[$name] A/A run did not finish (results/logs/aa_check.log)"
+  fi
+  now=$(date +%s)
+  if [[ ! -f results/peer_compare.json ]] && (( now + ${PEER_GUESS_S:-300} <= deadline )); then
+    echo "[$name] $(date -u +%T) peer check on $regime at c=$levels"
     timeout -s INT $((deadline - now)) python3 scripts/peer_compare.py --script results/servers/serve_slm_with_prefix_cache.sh \
-      --prompts "results/prompts/$regime.jsonl" --reuse 100 --concurrency 1 16 64 --runs 3 --max-tokens 32 \
-      --model "$served" --tokenizer "$tokenizer" --out results/peer_compare.json > results/logs/peer_compare.log 2>&1 \
-      && tail -n 8 results/logs/peer_compare.log || echo "[$name] peer table did not finish (results/logs/peer_compare.log)"
-  else
-    echo "[$name] no time left for the peer table"
+      --prompts "results/prompts/$regime.jsonl" --reuse 100 --concurrency ${levels//,/ } --pairs "${PEER_PAIRS:-10}" \
+      --max-tokens "$max_tokens" --model "$served" --tokenizer "$tokenizer" --out results/peer_compare.json \
+      > results/logs/peer_compare.log 2>&1 \
+      && tail -n 8 results/logs/peer_compare.log || echo "[$name] peer check did not finish (results/logs/peer_compare.log)"
   fi
 fi
 tar czf "$out/$name.tar.gz" results $(ls -d .snakemake/metadata 2>/dev/null)

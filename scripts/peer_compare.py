@@ -93,7 +93,9 @@ def peer_run(python: str, cfg: ClientConfig, tokenizer: str, warm: str, prompts:
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     args = bench_serve_args(cfg.base_url, cfg.model, tokenizer, data, len(prompts), conc, cfg.max_tokens)
     res = run_bench_serve(python, [*args, "--save-detailed", "--percentile-metrics", "ttft,e2el"], workdir)
-    ttft, lat = res["ttfts"], res["latencies"]
+    ttft = res["ttfts"]
+    # vLLM 0.26 saves no per-request latency: it is the TTFT plus the inter-token gaps (as newer vLLM computes it).
+    lat = res.get("latencies") or [(t or 0.0) + sum(i or []) for t, i in zip(ttft, res["itls"])]
     # Per-request send times where this vLLM saves them; else request order stands in (closed loop: round i // c).
     start = res.get("start_times") or [float(i // conc) for i in range(len(ttft))]
     keep = [i for i, t in enumerate(ttft) if t and (not res.get("errors") or not res["errors"][i])]

@@ -23,4 +23,5 @@ render(
     slo=dict(p.slo),
     shape_csv=Path(i.shapes),
     shapes={k: dict(v) for k, v in dict(p.shapes).items()},
+    calibration_json=Path(i.calibration[0]) if i.calibration else None,
 )

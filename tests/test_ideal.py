@@ -59,3 +59,38 @@ def test_the_ideal_keeps_the_fixed_cost():
     assert ideal == pytest.approx(fixed + k * prefill_flops(s, 1200, 1152))
     assert ideal > fixed  # never below the fixed cost, unlike the FLOPs-share bound
     assert fit_fixed_cost([(500, 0.1), (510, 0.1)], s) is None  # one length: not separable
+
+
+def test_no_share_above_the_ideal_and_no_share_where_warm_is_below_the_fixed_cost():
+    """Issue 20, item 6: the H200 reports printed 'delivered 157% to 372% of that saving' because the fit put the fixed
+    cost above what warm requests measured. A share is given only where the model explains the run."""
+    from prefixbench.ideal import explained
+
+    assert achieved_share(0.034, 0.021, 0.025) is None  # more than the model allows: 138 %
+    assert achieved_share(0.034, 0.030, 0.025) == pytest.approx(4 / 9)
+    assert achieved_share(0.034, 0.016, 0.010, fixed_s=0.024) is None  # warm below the fixed cost
+    assert not explained({"fixed_s": 0.024, "warm_s": 0.016}) and explained({"fixed_s": None, "warm_s": 0.016})
+
+
+def test_the_calibrations_short_request_pins_the_fixed_cost():
+    import polars as pl
+
+    from prefixbench.findings import ideal_finding
+
+    s = Shape(layers=30, hidden=576, kv_hidden=192, mlp=1536)
+    fixed, k = 0.015, 2e-12
+
+    def ttft(t):
+        return fixed + k * prefill_flops(s, t)
+
+    rows = []
+    for regime, tokens in (("medium", 520), ("large", 1036)):
+        for mode, t in (("no_prefix_cache", ttft(tokens)), ("with_prefix_cache", 0.012)):  # warm: below the fixed cost
+            rows.append({"mode": mode, "regime": regime, "reuse_pct": 100, "concurrency": 1, "request_rate": 0.0,
+                         "requests_ok": 10, "prompt_tokens": 10 * tokens, "prefix_len_tokens": tokens - 12,
+                         "mean_ttft_s": t, "mean_ttft_warm_s": t})  # fmt: skip
+    summary = pl.DataFrame(rows)
+    f = ideal_finding(summary, s, 16, [(16, ttft(16)), (1036, ttft(1036))])
+    assert "TTFT ≈ 15 ms fixed" in f.answer and "No regime's saving fits this model" in f.answer
+    assert all("the compute model does not explain this run" in d for d in f.details)
+    assert "the compute model allows (" not in " ".join(f.details) and "delivered" not in f.answer  # no share printed

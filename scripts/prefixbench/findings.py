@@ -14,7 +14,7 @@ import polars as pl
 from . import OFF, ON
 from .aggregate import closed_loop, open_loop
 from .formatting import fmt_pct, fmt_s, fmt_x, markdown_table
-from .ideal import Shape, ideal_rows
+from .ideal import Shape, explained, ideal_rows
 from .stats import outside_floor
 
 NOISE = 0.05  # relative change treated as no change where a rule needs one and no interval exists (hit rates)
@@ -819,11 +819,13 @@ def goodput_finding(summary: pl.DataFrame, slo: dict) -> Finding | None:
     return Finding(answer, details)
 
 
-def ideal_finding(summary: pl.DataFrame, shape: Shape | None, block_size: int) -> Finding:
+def ideal_finding(
+    summary: pl.DataFrame, shape: Shape | None, block_size: int, cold_samples: list[tuple[float, float]] = ()
+) -> Finding:
     """Measured warm TTFT against the ideal (the cached tokens' compute removed, the fixed cost kept)."""
     if shape is None:
         return Finding("Not computed: the model's config.json is not available locally (a hub model).", [])
-    rows = ideal_rows(summary, shape, block_size)
+    rows = ideal_rows(summary, shape, block_size, list(cold_samples))
     if not rows:
         return Finding("Not computed: no regime has both cache settings at full reuse.", [])
     fitted = rows[0]["s_per_flop"] is not None
@@ -839,6 +841,13 @@ def ideal_finding(summary: pl.DataFrame, shape: Shape | None, block_size: int) -
                 f": the cache removed {fmt_s(r['cold_s'] - r['warm_s'])} of the {fmt_s(r['cold_s'] - r['ideal_s'])} the "
                 f"compute model allows ({r['share']:.0%}); {fmt_s(r['warm_s'] - r['ideal_s'])} stayed above the ideal."
             )
+        elif not explained(r):
+            line += (
+                f", below the fitted fixed cost of {fmt_s(r['fixed_s'])}: the compute model does not explain this run "
+                "(a warm request cannot be cheaper than a request's fixed cost), so no share is given"
+            )
+        elif r["warm_s"] < r["ideal_s"]:
+            line += ": below the ideal, so the model's saving is not the whole story here; no share is given"
         details.append(line + ("" if line.endswith(".") else "."))
     valid = [r["share"] for r in rows if r["share"] is not None]
     head = (
@@ -848,12 +857,17 @@ def ideal_finding(summary: pl.DataFrame, shape: Shape | None, block_size: int) -
     if fitted:
         r0 = rows[0]
         answer = (
-            head + f"this run's cache-off points of different lengths, TTFT ≈ {fmt_s(r0['fixed_s'])} fixed + "
+            head + f"this run's cold requests of different lengths (the calibration's, the short one included, and the "
+            f"cache-off points), TTFT ≈ {fmt_s(r0['fixed_s'])} fixed + "
             f"{r0['s_per_flop'] * 1e12:.3g} s per TFLOP of prefill (c={r0['concurrency']}). The ideal warm TTFT keeps "
-            "the fixed cost and drops the cached tokens' compute. The engine delivered "
-            + (f"{min(valid):.0%} to {max(valid):.0%}" if valid else "an unmeasurable share")
-            + " of that saving; the rest of a warm request's TTFT is the fixed cost (request handling, scheduling, "
-            "the recomputed last block, the first decode step), which no cache removes."
+            "the fixed cost and drops the cached tokens' compute. "
+            + (
+                f"The engine delivered {min(valid):.0%} to {max(valid):.0%} of that saving; the rest of a warm request's "
+                "TTFT is the fixed cost (request handling, scheduling, the recomputed last block, the first decode "
+                "step), which no cache removes."
+                if valid
+                else "No regime's saving fits this model (see below), so no share of it is claimed."
+            )
         )
     else:
         answer = (

@@ -91,14 +91,27 @@ def fit_fixed_cost(samples: list[tuple[float, float]], shape: Shape) -> tuple[fl
     return my - k * mx, k
 
 
-def achieved_share(cold_s: float, warm_s: float, ideal_s: float) -> float | None:
-    """How much of the ideal TTFT saving the engine delivered (1 = all of it)."""
-    return (cold_s - warm_s) / (cold_s - ideal_s) if cold_s > ideal_s else None
+def achieved_share(cold_s: float, warm_s: float, ideal_s: float, fixed_s: float | None = None) -> float | None:
+    """How much of the ideal TTFT saving the engine delivered (1 = all of it); None where the compute model does not
+    explain the run: a warm TTFT below the fitted fixed cost, or a saving larger than the model allows."""
+    if cold_s <= ideal_s or (fixed_s is not None and warm_s < fixed_s):
+        return None
+    share = (cold_s - warm_s) / (cold_s - ideal_s)
+    return share if share <= 1.0 else None
 
 
-def ideal_rows(summary, shape: Shape, block_size: int) -> list[dict]:
+def explained(row: dict) -> bool:
+    """The compute model explains a row: its warm TTFT is not below the fitted fixed cost."""
+    return row["fixed_s"] is None or row["warm_s"] >= row["fixed_s"]
+
+
+def ideal_rows(summary, shape: Shape, block_size: int, cold_samples: list[tuple[float, float]] = ()) -> list[dict]:
     """Per regime, at full reuse and the lowest concurrency (closed loop): cold TTFT (cache off), the ideal for a
-    warm request (fixed cost kept, the cached tokens' compute removed), and the measured warm TTFT (cache on)."""
+    warm request (fixed cost kept, the cached tokens' compute removed), and the measured warm TTFT (cache on).
+
+    The fixed cost and the cost per FLOP are fitted on every cold measurement of different lengths there is: the
+    calibration's cold requests (`cold_samples`: (prompt tokens, TTFT), the short one included) and the cache-off
+    points at the lowest concurrency."""
     import polars as pl
 
     from .aggregate import closed_loop
@@ -112,7 +125,9 @@ def ideal_rows(summary, shape: Shape, block_size: int) -> list[dict]:
         & pl.col("mean_ttft_s").is_not_null()
     )
     fit = fit_fixed_cost(
-        [(r["prompt_tokens"] / r["requests_ok"], r["mean_ttft_s"]) for r in cold_points.iter_rows(named=True)], shape
+        [(r["prompt_tokens"] / r["requests_ok"], r["mean_ttft_s"]) for r in cold_points.iter_rows(named=True)]
+        + [(float(t), float(y)) for t, y in cold_samples if t and y],
+        shape,
     )
     pick = closed.filter((pl.col("concurrency") == c_min) & (pl.col("reuse_pct") == top))
     rows = []
@@ -138,7 +153,7 @@ def ideal_rows(summary, shape: Shape, block_size: int) -> list[dict]:
                 "fixed_s": fit[0] if fit else None,
                 "s_per_flop": fit[1] if fit else None,
                 "flops_left": prefill_flops(shape, tokens, cached) / prefill_flops(shape, tokens),
-                "share": achieved_share(cold, warm, ideal),
+                "share": achieved_share(cold, warm, ideal, fit[0] if fit else None),
             }
         )
     return rows

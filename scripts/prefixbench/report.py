@@ -106,6 +106,14 @@ def not_measured(endpoints: dict[str, dict]) -> list[str]:
     return [item if len(modes) == len(endpoints) else f"{item} ({', '.join(modes)} only)" for item, modes in where.items()]
 
 
+def cold_samples(calibration_json: Path | None) -> list[tuple[float, float]]:
+    """(prompt tokens, TTFT) of the calibration's cold requests, the short one included (none without a calibration)."""
+    if calibration_json is None or not Path(calibration_json).is_file():
+        return []
+    reqs = json.loads(Path(calibration_json).read_text()).get("calibration", {}).get("requests", [])
+    return [(r["prompt_tokens"], r["ttft_s"]) for r in reqs if r.get("prompt_tokens") and r.get("ttft_s")]
+
+
 def read_tables(summary_csv: Path, speedup_csv: Path) -> tuple[pl.DataFrame, ...]:
     """The recorded tables as the findings read them: every summary row, every off/on row (a paired point judged by
     its paired contrast), and the one-shared-prefix sweep's rows (all, and closed loop) of each."""
@@ -145,6 +153,7 @@ def render(
     slo: dict | None = None,
     shape_csv: Path | None = None,
     shapes: dict[str, dict] | None = None,
+    calibration_json: Path | None = None,
 ) -> None:
     everything, sp_all, single, summary, sp = read_tables(summary_csv, speedup_csv)
     shape_req = read_shape_requests(shape_csv)
@@ -223,7 +232,7 @@ def render(
         checks=guarded(cross_checks, single, block_size),
         cold_warm=cold_warm_table(summary),
         goodput=guarded(goodput_finding, single, slo),
-        ideal=guarded(ideal_finding, summary, load_shape(model.get("path", "")), block_size),
+        ideal=guarded(ideal_finding, summary, load_shape(model.get("path", "")), block_size, cold_samples(calibration_json)),
         n_points=everything.height,
         n_requests=int(everything["requests_sent"].sum()),
         n_failed=int(everything["requests_failed"].sum()),
