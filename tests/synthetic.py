@@ -31,6 +31,7 @@ def write_run(
     jitter=0.0,
     paired=None,
     arm_effect=None,
+    engine=False,
 ) -> tuple[list[Path], list[Path]]:
     """`instance_speed` {instance: factor} slows a whole server lifetime; `jitter` adds seeded per-request noise;
     `paired` (hit_miss, miss_miss) runs the cache-on closed-loop points as the paired design does; `arm_effect`
@@ -121,6 +122,20 @@ def write_run(
                             "vllm:time_to_first_token_seconds_count": len(sends),
                             "vllm:e2e_request_latency_seconds_sum": 2.0,
                             "vllm:e2e_request_latency_seconds_count": len(sends),
+                            **(
+                                {
+                                    "vllm:iteration_tokens_total_count": 10.0 * len(sends),
+                                    "vllm:iteration_tokens_total_sum": float(prefix * len(sends)),
+                                    "vllm:request_queue_time_seconds_sum": 0.001 * len(sends),
+                                    "vllm:request_queue_time_seconds_count": len(sends),
+                                    "vllm:request_prefill_time_seconds_sum": 0.01 * len(sends),
+                                    "vllm:request_prefill_time_seconds_count": len(sends),
+                                    "vllm:request_decode_time_seconds_sum": 0.02 * len(sends),
+                                    "vllm:request_decode_time_seconds_count": len(sends),
+                                }
+                                if engine
+                                else {}
+                            ),
                         },
                         measured_hit_rate=hits / queries if queries else None,
                         peak_server_rss_gib=3.5,

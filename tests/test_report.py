@@ -404,3 +404,9 @@ def test_an_aa_paired_run_claims_nothing_and_finds_a_real_difference(tmp_path, e
         assert all("no difference >" in r for r in rows)
     else:
         assert all("more than its hit rate can explain" in r for r in rows)
+
+
+def test_inside_the_engine_shows_without_workload_shapes(tmp_path):
+    """Issue 21's bug: the section sat inside the shapes block, so configs without shapes lost it."""
+    md, _ = render_md(tmp_path, engine=True)
+    assert "## Inside the engine at the highest concurrency" in md and "## Workload shapes" not in md
