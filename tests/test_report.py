@@ -410,3 +410,9 @@ def test_inside_the_engine_shows_without_workload_shapes(tmp_path):
     """Issue 21's bug: the section sat inside the shapes block, so configs without shapes lost it."""
     md, _ = render_md(tmp_path, engine=True)
     assert "## Inside the engine at the highest concurrency" in md and "## Workload shapes" not in md
+
+
+def test_an_interpolated_throughput_ratio_has_the_same_concurrency_ratio_beside_it(tmp_path):
+    """Issue 20, item 9: the README's bold 1.76x was an interpolation; at the same concurrency the ratio was 1.19x."""
+    md, _ = render_md(tmp_path, n=24)
+    assert "at the same concurrency, on/off 1.00× at c=1, 1.00× at c=4" in md

@@ -324,6 +324,20 @@ def throughput_floors(rows: list[dict], sp: pl.DataFrame | None = None) -> dict[
     return floors
 
 
+def same_concurrency(summary: pl.DataFrame, r: dict) -> str:
+    """Beside an interpolated ratio, the plain one: on/off throughput at each concurrency both settings ran (an
+    interpolation between two points of one curve can read larger than any measured pair)."""
+    if "concurrency" not in summary.columns:
+        return ""
+    grp = closed_loop(summary).filter((pl.col("regime") == r["regime"]) & (pl.col("reuse_pct") == r["reuse_pct"]))
+    off = {x["concurrency"]: x["tok_s"] for x in _rows(grp.filter(pl.col("mode") == OFF)) if x["tok_s"]}
+    on = {x["concurrency"]: x["tok_s"] for x in _rows(grp.filter(pl.col("mode") == ON)) if x["tok_s"]}
+    both = sorted(set(off) & set(on))
+    if not both:
+        return ""
+    return "; at the same concurrency, on/off " + ", ".join(f"{fmt_x(on[c] / off[c])} at c={c}" for c in both)
+
+
 def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) -> Finding:
     rows = throughput_at_p95(summary)
     floors = throughput_floors(rows, sp)
@@ -345,7 +359,7 @@ def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) ->
             words = words.replace("off/on", "on/off")
         details.append(
             head + f"at p95 E2E {fmt_s(r['p95_budget_s'])} (the highest both modes measured), off "
-            f"{r['tok_s_off']:.1f} tok/s, on {r['tok_s_on']:.1f} tok/s: {words}"
+            f"{r['tok_s_off']:.1f} tok/s, on {r['tok_s_on']:.1f} tok/s: {words}" + same_concurrency(summary, r)
         )
     judged_rows = [r for r in rows if r["gain"] is not None and r["reuse_pct"] != 0]
     if not rows:
