@@ -283,13 +283,17 @@ def _budget_sentence(plan: dict) -> str:
             "for the slower cache setting): nothing trimmed"
         )
     over = " (the smallest honest sweep still exceeds the budget)" if plan["over_budget"] else ""
+    kept = [p for p in plan["points"] if not p.get("dropped")]
+    at_floor = plan["fraction"] * max((p["available"] for p in kept), default=0) < min(
+        (len(p["request_indices"]) for p in kept), default=0
+    )
+    share = "each point at its minimum" if at_floor else f"{plan['fraction']:.0%} of each point"
     return (
         f"the full sweep would take about {fmt_duration(slow)} for the slower cache setting, over the "
         f"{fmt_duration(plan['budget_s'])} budget, so the points send {plan['requests_planned']} of their "
-        f"{plan['requests_full']} requests ({plan['fraction']:.0%} of each point, at least {plan.get('min_rounds', 1)} "
-        "round(s) inside its steady-state window; the same requests in both settings, each point's reuse mix kept): "
-        "about "
-        f"{fmt_duration(max(est.values()))}{over}"
+        f"{plan['requests_full']} requests ({share}, at least {plan.get('min_rounds', 1)} round(s) inside its "
+        "steady-state window and, where it runs paired, 3 hit/miss pairs; the same requests in both settings, each "
+        f"point's reuse mix kept): about {fmt_duration(max(est.values()))}{over}"
     )
 
 

@@ -234,7 +234,9 @@ def render(
         goodput=guarded(goodput_finding, single, slo),
         ideal=guarded(ideal_finding, summary, load_shape(model.get("path", "")), block_size, cold_samples(calibration_json)),
         n_points=everything.height,
-        n_requests=int(everything["requests_sent"].sum()),
+        # A paired point's summary row counts its hit arm; its forced misses are counted in the off/on table.
+        n_requests=int(everything["requests_sent"].sum())
+        + (int(sp_all["salted_requests"].fill_null(0).sum()) if "salted_requests" in sp_all.columns else 0),
         n_failed=int(everything["requests_failed"].sum()),
         fmt_s=fmt_s,
     )
