@@ -99,6 +99,8 @@ def peer_run(python: str, cfg: ClientConfig, tokenizer: str, warm: str, prompts:
     # Per-request send times where this vLLM saves them; else request order stands in (closed loop: round i // c).
     start = res.get("start_times") or [float(i // conc) for i in range(len(ttft))]
     keep = [i for i, t in enumerate(ttft) if t and (not res.get("errors") or not res["errors"][i])]
+    if len(keep) != len(ttft):  # as for prefixbench's own run: a failed request makes the run useless
+        raise RuntimeError(f"{len(ttft) - len(keep)} vllm bench serve requests failed: {res.get('errors', ['?'])[:1]}")
     return summarize_run([start[i] for i in keep], [ttft[i] for i in keep], [lat[i] for i in keep], conc,
                          asyncio.run(server_mean_ttft(cfg.base_url, before)))  # fmt: skip
 

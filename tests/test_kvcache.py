@@ -134,3 +134,13 @@ def test_admission_counts_idle_cached_blocks_it_takes_from_the_free_queue():
     assert got == {"a": 0, "x": 0, "b": 16} and unplaced == {}
     got, unplaced = replay_detail([a, x, b], 7, B)  # 6 usable: 5 free after x; b needs all 6
     assert "b" not in got and "found no free blocks" in unplaced["b"]
+
+
+def test_requests_queued_behind_one_the_model_could_not_place_are_admitted_when_it_ends():
+    from prefixbench.kvcache import replay_detail
+
+    a = Request("a", tuple(block_hashes(ids(1, 12), B)), 12, 1, 0.0, 10.0)  # 3 blocks
+    b = Request("b", tuple(block_hashes(ids(2, 12), B)), 12, 1, 1.0, 2.0)  # 3 blocks: waits, ends while waiting
+    c = Request("c", tuple(block_hashes(ids(3, 4), B)), 4, 1, 1.5, 9.0)  # 1 block: queued behind b
+    got, unplaced = replay_detail([a, b, c], 5, B)  # 4 usable: a leaves 1
+    assert "b" in unplaced and got == {"a": 0, "c": 0}

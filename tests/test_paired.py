@@ -120,3 +120,51 @@ def test_the_cross_lifetime_design_would_not_cover():
         ci = cluster_ratio_ci(np.array(off), c_off, np.array(on), c_on, n_boot=400, off_groups=g_off, on_groups=g_on)
         covered += ci is not None and ci[0] <= 1.6 <= ci[1]
     assert covered / runs < 0.9
+
+
+def test_a_pair_compares_only_the_prompts_clean_in_both_arms():
+    # Pair 0: the hit arm lost prompts 2 and 3 to the drain; only 0 and 1 compare. Pair 1 keeps one common prompt.
+    ttft = [1.0, 1.0, 9.0, 9.0, 2.0, 2.0, 3.0, 3.0]
+    arms = [HIT, HIT, MISS, MISS, MISS, MISS, HIT, MISS]
+    pairs = [(1, 0, 0)] * 6 + [(1, 0, 1)] * 2
+    prompts = [0, 1, 2, 3, 0, 1, 5, 5]
+    assert pair_log_ratios(ttft, arms, pairs, prompts=prompts) == pytest.approx([math.log(2.0)])
+
+
+def test_the_hit_arms_throughput_is_its_share_of_the_busy_time():
+    """Both arms share one closed loop: the hit arm's time is its share of the summed latencies, not the sum of its
+    sub-blocks' spans (which overlap the miss arm's at every switch)."""
+    import polars as pl
+
+    from prefixbench.paired import arm_walls
+
+    recs = pl.DataFrame(
+        {
+            "mode": ["with_prefix_cache"] * 4,
+            "regime": ["r"] * 4,
+            "reuse_pct": [100] * 4,
+            "concurrency": [2] * 4,
+            "request_rate": [0.0] * 4,
+            "instance": [1] * 4,
+            "repeat": [0] * 4,
+            "arm": [HIT, HIT, MISS, MISS],
+            "status": ["ok"] * 4,
+            "e2e_s": [1.0, 1.0, 3.0, 3.0],
+            "cached_tokens": [90, 90, 0, 0],
+            "prompt_tokens": [100] * 4,
+        }
+    )
+    meta = (
+        recs.select("mode", "regime", "reuse_pct", "concurrency", "request_rate", "instance")
+        .unique()
+        .with_columns(
+            pl.lit(8.0).alias("wall_s"),
+            pl.lit([8.0]).alias("wall_s_per_repeat"),
+            pl.lit(4).alias("requests_sent"),
+            pl.lit(None, dtype=pl.Float64).alias("measured_hit_rate"),
+            pl.lit(180.0).alias("query_tokens"),
+        )
+    )
+    out = arm_walls(recs, meta).row(0, named=True)
+    assert out["wall_s"] == pytest.approx(2.0) and out["wall_s_per_repeat"] == [pytest.approx(2.0)]
+    assert out["requests_sent"] == 2 and out["measured_hit_rate"] == pytest.approx(0.9) and out["query_tokens"] == 200

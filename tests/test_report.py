@@ -396,7 +396,7 @@ def test_an_aa_paired_run_claims_nothing_and_finds_a_real_difference(tmp_path, e
     """Both arms salted (A/A): with no difference between the arms every point says 'no difference'; slow the second
     arm by 1.5x and the same machinery finds the difference (the check can fail), and still claims no cache effect:
     requests that hit nothing cannot owe a gain to the cache."""
-    md, _ = render_md(tmp_path, n=24, paired="miss_miss", jitter=0.05, reuses=(100,), arm_effect={"miss_b": effect})
+    md, _ = render_md(tmp_path, n=32, paired="miss_miss", jitter=0.05, reuses=(100,), arm_effect={"miss_b": effect})
     table = md.split("## The cache's effect inside each cache-on lifetime")[1].split("## Cross-checks")[0]
     rows = [line for line in table.splitlines() if line.startswith("| medium") or line.startswith("| large")]
     assert len(rows) == 4 and "**faster**" not in table

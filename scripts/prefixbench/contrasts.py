@@ -16,7 +16,7 @@ import polars as pl
 EFFECT = ["ttft_speedup", "ttft_speedup_lo", "ttft_speedup_hi", "mean_ttft_s_off", "mean_ttft_s_on"]
 PAIRED = ["paired_ratio", "paired_lo", "paired_hi", "paired_mean_miss_s", "paired_mean_hit_s"]
 FLOAT_COLUMNS = ["paired_sd_log", "flag_cost_ratio", "flag_cost_lo", "flag_cost_hi", "flag_cost_mde_pct", "window_hit_rate_on"]
-INT_COLUMNS = ["paired_pairs", "salted_cached_tokens", "salted_requests", "flag_cost_lifetimes"]
+INT_COLUMNS = ["paired_pairs", "salted_cached_tokens", "salted_requests", "salted_failed", "flag_cost_lifetimes"]
 
 
 def design_failures(sp: pl.DataFrame) -> dict[tuple[str, int], str]:
@@ -40,7 +40,8 @@ def paired_effects(sp: pl.DataFrame) -> pl.DataFrame:
     a row holds: `paired` or `lifetimes`), the cross-lifetime figures kept as `cross_*`, no A/A floor on paired rows,
     and `design_failed` naming a failed control of the row's regime."""
     # A column with no value at all reads back from CSV as text: these are numbers whatever the file says.
-    sp = sp.with_columns(pl.col(c).cast(pl.Float64) for c in [*PAIRED, "mde_ttft_pct", *FLOAT_COLUMNS] if c in sp.columns)
+    floats = [*EFFECT, *PAIRED, "mde_ttft_pct", *FLOAT_COLUMNS]
+    sp = sp.with_columns(pl.col(c).cast(pl.Float64) for c in floats if c in sp.columns)
     sp = sp.with_columns(pl.col(c).cast(pl.Int64) for c in INT_COLUMNS if c in sp.columns)
     if "paired_ratio" not in sp.columns:  # tables from before the paired design
         return sp.with_columns(

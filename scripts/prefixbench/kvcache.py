@@ -194,4 +194,5 @@ def replay_detail(requests: Iterable[Request], num_blocks: int, block_size: int)
                 "the model found no free blocks for it before it ended: the server placed it (preemption, or blocks "
                 "freed sooner than the client saw)"
             )
+            admit_waiting()  # the ones queued behind it may fit now
     return out, unplaced

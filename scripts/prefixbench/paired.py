@@ -130,19 +130,39 @@ def contrast(log_ratios: Sequence[float]) -> Contrast:
     return Contrast(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n, sd, mde)
 
 
-def pair_log_ratios(ttft: Sequence[float], arms: Sequence[str], pairs: Sequence[tuple], design: str = "hit_miss") -> list[float]:
+MIN_COMMON = 2  # prompts a pair must have clean in both arms to count
+
+
+def pair_log_ratios(
+    ttft: Sequence[float],
+    arms: Sequence[str],
+    pairs: Sequence[tuple],
+    design: str = "hit_miss",
+    prompts: Sequence[int] | None = None,
+) -> list[float]:
     """log(mean TTFT of arm B / mean TTFT of arm A) per pair (B = miss, A = hit; for A/A the second salted arm over
-    the first), from the clean, successful requests; a pair missing either arm is left out."""
+    the first), from the clean, successful requests of the prompts clean in *both* arms (with `prompts`, each
+    request's prompt index): the drain and the overlap at a switch cut different prompts from the two arms, and a
+    pair of different prompts would compare their mix, not the cache. A pair with fewer than MIN_COMMON such
+    prompts is left out."""
     a, b = DESIGNS[design]
-    sums: dict[tuple, dict[str, list[float]]] = {}
-    for t, arm, key in zip(ttft, arms, pairs):
+    by: dict[tuple, dict[str, dict[int, float]]] = {}
+    for k, (t, arm, key) in enumerate(zip(ttft, arms, pairs)):
         if t is None:
             continue
-        sums.setdefault(key, {}).setdefault(arm, []).append(t)
+        by.setdefault(key, {}).setdefault(arm, {})[prompts[k] if prompts is not None else k] = t
     out = []
-    for arms_of in sums.values():
-        if arms_of.get(a) and arms_of.get(b):
-            out.append(math.log(np.mean(arms_of[b]) / np.mean(arms_of[a])))
+    for arms_of in by.values():
+        first, second = arms_of.get(a, {}), arms_of.get(b, {})
+        if prompts is not None:
+            common = set(first) & set(second)
+            xs, ys = [first[i] for i in common], [second[i] for i in common]
+            if len(common) < MIN_COMMON:
+                continue
+        else:
+            xs, ys = list(first.values()), list(second.values())
+        if xs and ys:
+            out.append(math.log(np.mean(ys) / np.mean(xs)))
     return out
 
 
@@ -170,46 +190,45 @@ def main_arm_filter():
 
 
 def arm_walls(records, meta):
-    """For paired points, the time the main arm's sub-blocks spanned (first send to last end, summed per pass), in
-    place of the whole pass's wall time, so its throughput is the main arm's own; and its hit rate from the main
-    arm's per-request cached tokens (the server's counters cover both arms of the pass)."""
+    """For paired points, the main arm's share of the pass's wall time, in place of the whole of it, so its
+    throughput is the main arm's own; and its hit rate from the main arm's per-request cached tokens (the server's
+    counters cover both arms of the pass).
+
+    Both arms run in one closed loop, so their sub-blocks overlap at every switch: the main arm's share of the wall
+    is its share of the requests' busy time (summed end-to-end latencies), not the sum of its sub-blocks' spans."""
     import polars as pl
 
-    main = records.filter(pl.col("arm").is_not_null() & main_arm_filter())
-    paired = main.filter(pl.col("status") == "ok")
-    if main.is_empty():
+    paired_points = records.filter(pl.col("arm").is_not_null())
+    if paired_points.is_empty():
         return meta
-    unit = ["mode", *POINT, "instance", "repeat"]
-    spans = (
-        paired.group_by([*unit, "sub_block"])
-        .agg((pl.col("start_s") + pl.col("e2e_s")).max().alias("end"), pl.col("start_s").min().alias("start"))
-        .group_by(unit)
-        .agg((pl.col("end") - pl.col("start")).sum().alias("span"))
-        .sort([*unit])
-        .group_by(["mode", *POINT, "instance"])
-        .agg(pl.col("span").sort_by("repeat").alias("spans"), pl.col("span").sum().alias("span_total"))
+    on = ["mode", *POINT, "instance"]
+    main = paired_points.filter(main_arm_filter())
+    busy = paired_points.group_by(on).agg(
+        (pl.col("e2e_s").filter(main_arm_filter()).sum() / pl.col("e2e_s").sum()).alias("arm_share")
     )
-    hits = paired.group_by(["mode", *POINT, "instance"]).agg(
+    ok = main.filter(pl.col("status") == "ok")
+    hits = ok.group_by(on).agg(
         (pl.col("cached_tokens").cast(pl.Float64).sum() / pl.col("prompt_tokens").cast(pl.Float64).sum()).alias("arm_hit"),
         pl.col("prompt_tokens").cast(pl.Float64).sum().alias("arm_queries"),
     )
-    sent = main.group_by(["mode", *POINT, "instance"]).agg(pl.len().alias("arm_sent"))
-    on = ["mode", *POINT, "instance"]
-    out = meta.join(spans, on=on, how="left").join(hits, on=on, how="left").join(sent, on=on, how="left")
+    sent = main.group_by(on).agg(pl.len().alias("arm_sent"))
+    out = meta.join(busy, on=on, how="left").join(hits, on=on, how="left").join(sent, on=on, how="left")
+    shares = out["arm_share"].fill_null(1.0).to_list()
     return out.with_columns(
         pl.coalesce("arm_sent", "requests_sent").alias("requests_sent"),
-        pl.coalesce("span_total", "wall_s").alias("wall_s"),
-        pl.when(pl.col("spans").is_not_null())
-        .then(pl.col("spans"))
-        .otherwise(pl.col("wall_s_per_repeat"))
-        .alias("wall_s_per_repeat"),
+        pl.Series("wall_s", [w * f for w, f in zip(out["wall_s"].to_list(), shares)], dtype=pl.Float64),
+        pl.Series(
+            "wall_s_per_repeat",
+            [[w * f for w in ws] for ws, f in zip(out["wall_s_per_repeat"].to_list(), shares)],
+            dtype=pl.List(pl.Float64),
+        ),
         pl.coalesce("arm_hit", "measured_hit_rate").alias("measured_hit_rate"),
         # The server's hits (a salted request hits nothing) over the hit arm's prompt tokens: its hit rate.
         pl.when(pl.col("arm_queries").is_not_null() & pl.col("query_tokens").is_not_null())
         .then(pl.col("arm_queries"))
         .otherwise(pl.col("query_tokens"))
         .alias("query_tokens"),
-    ).drop("spans", "span_total", "arm_hit", "arm_sent", "arm_queries")
+    ).drop("arm_share", "arm_hit", "arm_sent", "arm_queries")
 
 
 def paired_table(records):
@@ -234,6 +253,7 @@ def paired_table(records):
         "paired_mean_miss_s": pl.Float64,
         "salted_cached_tokens": pl.Int64,
         "salted_requests": pl.Int64,
+        "salted_failed": pl.Int64,
     }
     rows = []
     for key, grp in paired.group_by(POINT, maintain_order=True):
@@ -241,8 +261,10 @@ def paired_table(records):
         design = "hit_miss" if HIT in arms else "miss_miss"
         ok = grp.filter((pl.col("status") == "ok") & pl.col("in_window"))
         pairs = list(zip(ok["instance"].to_list(), ok["repeat"].to_list(), ok["pair"].to_list()))
-        c = contrast(pair_log_ratios(ok["ttft_s"].to_list(), ok["arm"].to_list(), pairs, design))
+        prompts = ok["request_index"].to_list()
+        c = contrast(pair_log_ratios(ok["ttft_s"].to_list(), ok["arm"].to_list(), pairs, design, prompts))
         salted = grp.filter(pl.col("arm").is_in(list(SALTED)) & (pl.col("status") == "ok"))
+        second_arm = grp.filter(pl.col("arm") == DESIGNS[design][1])  # ok or failed: the summary counts the first
         first, second = DESIGNS[design]
         rows.append(
             dict(zip(POINT, key))
@@ -257,7 +279,8 @@ def paired_table(records):
                 "paired_mean_hit_s": ok.filter(pl.col("arm") == first)["ttft_s"].mean(),
                 "paired_mean_miss_s": ok.filter(pl.col("arm") == second)["ttft_s"].mean(),
                 "salted_cached_tokens": int(salted["cached_tokens"].fill_null(0).sum()),
-                "salted_requests": salted.height,
+                "salted_requests": second_arm.height,
+                "salted_failed": int((second_arm["status"] != "ok").sum()),
             }
         )
     return pl.DataFrame(rows, schema=schema)

@@ -30,6 +30,7 @@ def bench_serve_args(
         *("--dataset-name", "custom", "--dataset-path", str(dataset), "--custom-output-len", str(max_tokens)),
         *("--skip-chat-template", "--disable-shuffle", "--num-prompts", str(n)),
         *("--max-concurrency", str(concurrency), "--request-rate", "inf", "--ignore-eos"),
+        *("--ready-check-timeout-sec", "0"),  # no test request: it would cache a prompt and join the server's histogram
     ]
 
 

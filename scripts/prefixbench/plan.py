@@ -108,12 +108,12 @@ OUTSIDE_WINDOW_ROUNDS = 2
 def min_requests(concurrency: int, min_rounds: int) -> int:
     """The fewest requests that give a point `min_rounds` rounds inside its steady-state window.
 
-    At c = 1 every request is in the window (at least 2, so a point has a warm request); at c > 1 the first and
-    the last round fall outside it, so min_rounds + 2 rounds; open loop: 4 arrivals."""
+    At c = 1 every request but the first after idle is in the window (so min_rounds + 1, at least 2); at c > 1 the
+    first and the last round fall outside it, so min_rounds + 2 rounds; open loop: 4 arrivals."""
     if not concurrency:
         return 4
     if concurrency == 1:
-        return max(2, min_rounds)
+        return max(2, min_rounds + 1)
     return concurrency * (min_rounds + OUTSIDE_WINDOW_ROUNDS)
 
 

@@ -237,7 +237,8 @@ def render(
         # A paired point's summary row counts its hit arm; its forced misses are counted in the off/on table.
         n_requests=int(everything["requests_sent"].sum())
         + (int(sp_all["salted_requests"].fill_null(0).sum()) if "salted_requests" in sp_all.columns else 0),
-        n_failed=int(everything["requests_failed"].sum()),
+        n_failed=int(everything["requests_failed"].sum())
+        + (int(sp_all["salted_failed"].fill_null(0).sum()) if "salted_failed" in sp_all.columns else 0),
         fmt_s=fmt_s,
     )
     out.write_text(text)
