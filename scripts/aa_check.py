@@ -57,7 +57,7 @@ def main() -> None:
         server_info_path=args.out / "server.json",
         model=args.model,
         points=points,
-        settings=default_bench_settings(paired="miss_miss", max_tokens=args.max_tokens, warmup_requests=4),
+        settings=default_bench_settings(paired="miss_miss", max_tokens=args.max_tokens, warmup_requests=4, repeats=1),
         ready_timeout_s=900,
         python=args.python,
         extra_info={"lifetime": "A/A", "design": "miss_miss"},
