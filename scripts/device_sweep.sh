@@ -41,7 +41,10 @@ PY
 
 finished_jobs() { for job in "${jobs[@]}"; do [[ -f $job ]] && echo "$job"; done; return 0; }
 
-smk=(python3 -m snakemake --configfile "$config" --cores 4 --resources gpu=1 --scheduler greedy --rerun-incomplete)
+# Every call copies the tree afresh, so every input is newer than the outputs of the calls before: without the
+# mtime trigger a finished lifetime stays finished (its params, code and inputs are still checked).
+smk=(python3 -m snakemake --configfile "$config" --cores 4 --resources gpu=1 --scheduler greedy --rerun-incomplete
+     --rerun-triggers params input software-env code)
 "${smk[@]}" --unlock >/dev/null 2>&1 || true
 if [[ -n "${RESTORE:-}" && ! -f results/.restored ]]; then
   tar xJf "$RESTORE"

@@ -161,9 +161,17 @@ def main() -> None:
                     + ", ".join(f"{t} {pair[t]['mean_ttft_s'] * 1e3:.2f} ms" for t in TOOLS if pair[t]["mean_ttft_s"]),
                     flush=True,
                 )
+                pair_level = {"concurrency": conc, "requests": n, "pairs": pairs}
+                # Written after every pair: a deadline that stops the command keeps every pair it finished.
+                write(args, version, [*levels, pair_level | {"verdict": level_verdict(pair_level, args.margin)}])
             level = {"concurrency": conc, "requests": n, "pairs": pairs}
             level["verdict"] = level_verdict(level, args.margin)
             levels.append(level)
+    print(write(args, version, levels))
+
+
+def write(args: argparse.Namespace, version: str, levels: list[dict]) -> str:
+    """The result so far as JSON and as the Markdown table; returns the table."""
     result = {
         "server": {"script": str(args.script), "version": version, "model": args.model},
         "prompts": str(args.prompts),
@@ -177,7 +185,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2))
     table = peer_table(result)
     args.out.with_suffix(".md").write_text(table)
-    print(table)
+    return table
 
 
 if __name__ == "__main__":

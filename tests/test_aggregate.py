@@ -95,3 +95,15 @@ def test_regime_mode_table_keeps_one_regime_and_setting():
     assert "unrelated" not in t.columns and "mode" not in t.columns
     with pytest.raises(ValueError, match="no rows"):
         regime_mode_table(summary, "c", "with_prefix_cache")
+
+
+def test_a_run_without_workload_shapes_writes_its_tables(tmp_path):
+    """A config with no shapes (the GPU paired preset, cpu-thorough) died writing an empty shape_requests.csv: an
+    empty frame still carried the records' nested per-token columns, which CSV cannot hold."""
+    from synthetic import write_run
+
+    from prefixbench.aggregate import write_summary
+
+    recs, metas = write_run(tmp_path / "raw", n=8)
+    write_summary(recs, metas, tmp_path / "s.csv", tmp_path / "sp.csv", tmp_path / "req.csv")
+    assert (tmp_path / "req.csv").is_file() and pl.read_csv(tmp_path / "s.csv").height > 0

@@ -165,8 +165,12 @@ def test_drop_order_spares_the_headline_and_the_lowest_concurrency():
     assert all(c > 1 for _, _, c, _ in above) and len(above) == 12
     assert above[0] == ("medium", 50, 16, 0.0) and above[-1] == ("large", 100, 4, 0.0)
     assert [p[1] for p in above[:4]] == [50] * 4 and [p[1] for p in above[-4:]] == [100] * 4
-    # then the mixed reuse at c=1; c=1's full reuse (the headline) and 0% reuse (its control) are never dropped
-    assert last == [("medium", 50, 1, 0.0), ("large", 50, 1, 0.0)]
+    # then the mixed reuse at c=1, then the shorter prefix whole; the longest prefix's full reuse (the headline) and
+    # 0% reuse (its control) at c=1 are never dropped
+    assert last == [("medium", 50, 1, 0.0), ("large", 50, 1, 0.0), ("medium", 0, 1, 0.0), ("medium", 100, 1, 0.0)]
+    with_shape = points + [("chat", 100, 1, 0.0)]
+    order = [with_shape[i] for i in drop_order(with_shape, {"medium": 512, "large": 1024, "chat": 256}, frozenset({"chat"}))]
+    assert order[-1] == ("chat", 100, 1, 0.0)  # a workload shape goes after the single-prefix regimes
 
 
 def test_a_paired_point_costs_both_arms_and_keeps_three_pairs():

@@ -128,7 +128,8 @@ def peer_table(result: dict) -> str:
         "",
         f"One warm server (`{server.get('script', '?')}`, vLLM {server.get('version', '?')}, model "
         f"`{server.get('model', '?')}`), the same prompts (`{result['prompts']}`, {result['reuse_pct']} % reuse), "
-        f"{result['max_tokens']} output tokens. Per concurrency, {result['pairs']} pairs of runs in a balanced order "
+        f"{result['max_tokens']} output tokens. Per concurrency, up to {result['pairs']} pairs of runs (the table "
+        "says how many finished) in a balanced order "
         "(AB, BA, BA, AB, ...); before every run the prefix cache is reset and the shared prefix warmed with a request "
         "of its own, and each run's mean TTFT covers its steady-state window (its cold first wave and its drain left "
         "out), from each tool's own per-request output. The tools agree (`equivalent`) where the 90 % interval of "
@@ -136,9 +137,9 @@ def peer_table(result: dict) -> str:
         "the comparison is `inconclusive` otherwise. The server's own TTFT histogram (`vllm:time_to_first_token_seconds`, "
         "deltas around each run, every request) is the reference both tools are read against.",
         "",
-        "| concurrency | requests per run | prefixbench mean TTFT ms | vllm bench serve mean TTFT ms | ratio | 90 % CI "
-        "| 95 % CI | verdict | client / server TTFT (prefixbench, vllm bench serve) | order effect |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| concurrency | requests per run | pairs | prefixbench mean TTFT ms | vllm bench serve mean TTFT ms | ratio "
+        "| 90 % CI | 95 % CI | verdict | client / server TTFT (prefixbench, vllm bench serve) | order effect |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for level in result["levels"]:
         v = level.get("verdict") or level_verdict(level, margin)
@@ -155,7 +156,8 @@ def peer_table(result: dict) -> str:
         order = "n/a" if v["order_effect"] is None else f"{v['order_effect']:.3f}"
         ratio = "n/a" if c["ratio"] is None else f"{c['ratio']:.3f}"
         lines.append(
-            f"| {level['concurrency']} | {level['requests']} | {mean_ms('prefixbench')} | {mean_ms('vllm_bench_serve')} | "
+            f"| {level['concurrency']} | {level['requests']} | {len(level['pairs'])} | {mean_ms('prefixbench')} | "
+            f"{mean_ms('vllm_bench_serve')} | "
             f"{ratio} | {ci(c['ci90'])} | {ci(c['ci95'])} | **{c['verdict']}** | {gap} | {order} |"
         )
     return "\n".join(lines) + "\n"

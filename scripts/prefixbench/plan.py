@@ -117,25 +117,36 @@ def min_requests(concurrency: int, min_rounds: int) -> int:
     return concurrency * (min_rounds + OUTSIDE_WINDOW_ROUNDS)
 
 
-def drop_order(points: Sequence[tuple[str, int, int, float]], prefix_len: dict[str, int]) -> list[int]:
+def drop_order(
+    points: Sequence[tuple[str, int, int, float]], prefix_len: dict[str, int], shapes: frozenset[str] = frozenset()
+) -> list[int]:
     """Which points a budget too small for every point's window gives up first (indices into `points`).
 
     Closed-loop points above the lowest concurrency go first: the mixed reuse levels, then 0% reuse, then full
-    reuse; within each, the highest concurrency and the shortest prefix first. Then the mixed reuse levels at the
-    lowest concurrency (shortest prefix first). The lowest concurrency's full and 0% reuse points stay: the
-    headline (the longest prefix at full reuse) and its control (0% reuse: both arms of the paired design miss)."""
+    reuse; within each, the highest concurrency and the shortest prefix first. Then, at the lowest concurrency, the
+    mixed reuse levels, then the shorter prefixes whole (a regime: its 0% point, then its full-reuse one; workload
+    shapes, which answer a question of their own, after the single-prefix regimes). The
+    longest prefix at full reuse (the headline) and its 0%-reuse control (both arms of the paired design miss) at
+    the lowest concurrency always stay."""
     closed = [c for _, _, c, rate in points if c and not rate]
     if not closed:
         return []
     c_min, top = min(closed), max(r for _, r, _, _ in points)
+    longest = max((prefix_len.get(r, 0) for r, _, c, rate in points if c == c_min and not rate), default=0)
     above = [i for i, (_, _, c, rate) in enumerate(points) if c > c_min and not rate]
-    mixed = [i for i, (_, r, c, rate) in enumerate(points) if c == c_min and not rate and 0 < r < top]
+    low = [i for i, (_, _, c, rate) in enumerate(points) if c == c_min and not rate]
+    mixed = [i for i in low if 0 < points[i][1] < top]
+    shorter = [i for i in low if i not in mixed and prefix_len.get(points[i][0], 0) < longest]
 
     def key(i: int) -> tuple:
         regime, reuse, conc, _ = points[i]
         return (reuse == top, reuse == 0, -conc, prefix_len.get(regime, 0))
 
-    return sorted(above, key=key) + sorted(mixed, key=key)
+    def regime_key(i: int) -> tuple:
+        regime, reuse, _, _ = points[i]
+        return (regime in shapes, prefix_len.get(regime, 0), regime, reuse == top)
+
+    return sorted(above, key=key) + sorted(mixed, key=key) + sorted(shorter, key=regime_key)
 
 
 def make_plan(
@@ -212,7 +223,8 @@ def make_plan(
         # 1. Drop points in drop_order until every remaining point fits at its minimum size.
         why = f"the {fmt_duration(budget_s)} time budget cannot hold every point at its minimum"
         budget_drops = []
-        for i in (i for i in drop_order(points, prefix_len) if i not in dropped):
+        names = frozenset(r for i, (r, _, _, _) in enumerate(points) if shape[i])
+        for i in (i for i in drop_order(points, prefix_len, names) if i not in dropped):
             if fits(planned(1 / steps, dropped)):
                 break
             dropped[i] = why

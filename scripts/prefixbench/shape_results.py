@@ -41,8 +41,8 @@ def read_shape_requests(path: Path | None) -> pl.DataFrame:
 def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str]], block_size: int) -> pl.DataFrame:
     """One row per request of a shape point, with `predicted_cached_tokens` from the cache model."""
     shaped = records.filter(pl.col("workload").is_in(SHAPES))
-    if shaped.is_empty():
-        return shaped
+    if shaped.is_empty():  # no workload shape in this run: an empty table of the columns (none nested: it is a CSV)
+        return shaped.select([c for c in (*PASS, "workload", "request_index", "status") if c in shaped.columns])
     for col in SHAPE_COLUMNS:
         if col not in shaped.columns:
             shaped = shaped.with_columns(pl.lit(None).alias(col))
