@@ -12,6 +12,7 @@ from prefixbench.paired import (
     MISS,
     clean,
     contrast,
+    min_paired_requests,
     mixed_order,
     pair_log_ratios,
     schedule,
@@ -21,20 +22,20 @@ from prefixbench.paired import (
 
 def test_schedule_is_counterbalanced_and_every_prompt_runs_once_in_each_arm():
     sends = schedule(range(12), 1, "p")
-    assert [s.arm for s in sends[::4]] == [HIT, MISS, MISS, HIT, HIT, MISS]  # A B, B A, A B
+    assert [s.arm for s in sends[::2]][:6] == [HIT, MISS, MISS, HIT, HIT, MISS]  # A B, B A, A B (2 a sub-block at c=1)
     for arm in (HIT, MISS):
         assert sorted(s.request_index for s in sends if s.arm == arm) == list(range(12))
-    for pair in range(3):  # a pair sends the same prompts in both arms
+    for pair in range(6):  # a pair sends the same prompts in both arms
         mine = [s for s in sends if s.pair == pair]
         assert {s.request_index for s in mine if s.arm == HIT} == {s.request_index for s in mine if s.arm == MISS}
     salts = [s.salt for s in sends if s.arm == MISS]
     assert all(salts) and len(set(salts)) == len(salts) and all(s.salt is None for s in sends if s.arm == HIT)
     assert all(len(x) <= 128 and not set("@/\\\0") & set(x) for x in salts)  # vLLM's cache_salt rules
-    assert sub_block_size(1) == 4 and sub_block_size(4) == 8 and sub_block_size(16) == 32
+    assert sub_block_size(1) == 2 and sub_block_size(4) == 8 and sub_block_size(16) == 32
 
 
 def test_a_short_last_chunk_joins_the_one_before():
-    sends = schedule(range(9), 1, "p")  # 4 + 4 + 1: the 1 joins the second chunk
+    sends = schedule(range(9), 2, "p")  # 4 + 4 + 1: the 1 joins the second chunk
     assert max(s.pair for s in sends) == 1 and len(sends) == 18
 
 
@@ -53,6 +54,7 @@ def test_clean_drops_the_first_send_and_each_sub_blocks_overlap():
     assert keep[8:11] == [False] * 3 and all(keep[11:16])  # the next: c - 1 = 3 overlap the previous arm
     one = schedule(range(8), 1, "p")
     assert clean([s.arm for s in one], [s.sub_block for s in one], list(range(16)), 1) == [False] + [True] * 15
+    assert min_paired_requests(1) == 12 and min_paired_requests(4) == 24
 
 
 def test_contrast_recovers_a_known_ratio_with_an_mde():
@@ -87,14 +89,14 @@ def simulate(k: int, pairs: int, per_block: int, true_ratio: float, rng, lifetim
     return c.lo, c.hi
 
 
-@pytest.mark.parametrize("k,pairs", [(1, 6), (3, 12), (4, 4)])
-def test_the_intervals_cover_and_an_aa_design_claims_nothing(k, pairs):
+@pytest.mark.parametrize("k,pairs,per_block", [(1, 6, 8), (3, 12, 8), (4, 4, 8), (1, 5, 2)])
+def test_the_intervals_cover_and_an_aa_design_claims_nothing(k, pairs, per_block):
     """Issue 20: the paired interval covers the true ratio at >= 93% with lifetime-, sub-block- and request-level
     noise of the measured sizes, and where there is no effect (A/A) it claims one at most 5% of the time."""
     rng = np.random.default_rng(20 + k)
     runs = 1500
-    covered = sum(lo <= 1.6 <= hi for lo, hi in (simulate(k, pairs, 8, 1.6, rng) for _ in range(runs)))
-    false_claims = sum(not lo <= 1.0 <= hi for lo, hi in (simulate(k, pairs, 8, 1.0, rng) for _ in range(runs)))
+    covered = sum(lo <= 1.6 <= hi for lo, hi in (simulate(k, pairs, per_block, 1.6, rng) for _ in range(runs)))
+    false_claims = sum(not lo <= 1.0 <= hi for lo, hi in (simulate(k, pairs, per_block, 1.0, rng) for _ in range(runs)))
     assert covered / runs >= 0.93, covered / runs
     assert false_claims / runs <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / runs), false_claims / runs
 

@@ -29,9 +29,17 @@ LEVEL, POWER = 0.95, 0.80
 
 
 def sub_block_size(concurrency: int) -> int:
-    """Requests per sub-block: at c = 1, 4; above, two rounds (the first c - 1 of a sub-block overlap the previous
-    arm's requests still in flight and are left out, so each sub-block keeps c + 1 clean requests)."""
-    return max(4, 2 * concurrency)
+    """Requests per sub-block: at c = 1, 2 (requests run one at a time, so nothing of one arm overlaps the other,
+    and more, smaller pairs give the t interval more degrees of freedom for the same requests); above, two rounds
+    (the first c - 1 of a sub-block overlap the previous arm's requests still in flight and are left out, so each
+    sub-block keeps c + 1 clean requests)."""
+    return 2 if concurrency <= 1 else 2 * concurrency
+
+
+def min_paired_requests(concurrency: int) -> int:
+    """The fewest prompts a paired point sends in each arm: 12 at c = 1 (6 pairs; the first request after idle
+    leaves one of them short), 3 pairs above: a t interval needs a few degrees of freedom to say anything."""
+    return 12 if concurrency <= 1 else 3 * sub_block_size(concurrency)
 
 
 @dataclass(frozen=True)

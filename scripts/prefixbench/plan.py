@@ -15,9 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from . import MODES, OFF, ON
-from .paired import sub_block_size
-
-MIN_PAIRS = 3  # a paired point keeps at least this many hit/miss sub-block pairs: 2 degrees of freedom for its t
+from .paired import min_paired_requests
 
 
 @dataclass(frozen=True)
@@ -170,14 +168,14 @@ def make_plan(
 
     With `paired`, a cache-on lifetime sends every single-prefix closed-loop point twice (hits, and the same prompts
     as forced misses: prefixbench.paired), so its estimate adds a cache-off pass, and such a point keeps at least
-    MIN_PAIRS sub-block pairs."""
+    paired.min_paired_requests of its prompts."""
     pools = [[p for p in prompts_by_regime[regime] if p["reuse_pct"] == reuse] for regime, reuse, _, _ in points]
     shape = [bool(pool) and "block_hashes" in pool[0] for pool in pools]
     both_arms = [paired and not shape[i] and c > 0 and not rate for i, (_, _, c, rate) in enumerate(points)]
 
     def floor(i: int) -> int:
         conc = points[i][2]
-        return max(min_requests(conc, min_rounds), MIN_PAIRS * sub_block_size(conc) if both_arms[i] else 0)
+        return max(min_requests(conc, min_rounds), min_paired_requests(conc) if both_arms[i] else 0)
 
     def seconds(i: int, chosen: list[dict], mode: str) -> float:
         _, _, conc, rate = points[i]
