@@ -107,3 +107,18 @@ def test_a_run_without_workload_shapes_writes_its_tables(tmp_path):
     recs, metas = write_run(tmp_path / "raw", n=8)
     write_summary(recs, metas, tmp_path / "s.csv", tmp_path / "sp.csv", tmp_path / "req.csv")
     assert (tmp_path / "req.csv").is_file() and pl.read_csv(tmp_path / "s.csv").height > 0
+
+
+def test_every_contrast_with_an_interval_states_its_mde(tmp_path):
+    """Issue 20: summary.csv's mde_ttft_pct on every point with an interval, paired or across lifetimes."""
+    from synthetic import write_run
+
+    from prefixbench.aggregate import write_summary
+
+    recs, metas = write_run(tmp_path / "raw", n=40, jitter=0.05, reuses=(100, 0))  # unpaired: across lifetimes
+    write_summary(recs, metas, tmp_path / "s.csv", tmp_path / "sp.csv")
+    sp = pl.read_csv(tmp_path / "sp.csv")
+    with_ci = sp.filter(pl.col("ttft_speedup_lo").is_not_null())
+    assert with_ci.height and with_ci["mde_ttft_pct"].is_not_null().all() and (with_ci["mde_ttft_pct"] > 0).all()
+    s = pl.read_csv(tmp_path / "s.csv")
+    assert s.filter(pl.col("regime") == "large")["mde_ttft_pct"].is_not_null().all()
