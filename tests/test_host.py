@@ -43,8 +43,9 @@ def test_an_explicit_dtype_is_kept_and_warned_about():
     assert cpu_dtype("float32", read_cpu_info(XEON)).dtype == "float32"
 
 
-def test_the_server_command_gets_the_resolved_dtype():
-    target = {
+def cpu_target(**kw) -> dict:
+    """A validated CPU target as the config resolves it (`kw` on top)."""
+    base = {
         "python": "p",
         "model": {"source": "path", "path": "m", "served_name": "s"},
         "max_model_len": 512,
@@ -52,6 +53,11 @@ def test_the_server_command_gets_the_resolved_dtype():
         "block_size": 128,
         "cpu_isa": "native",
     }
+    return base | kw
+
+
+def test_the_server_command_gets_the_resolved_dtype():
+    target = cpu_target()
     cfg = {"server": {"host": "127.0.0.1"}}
     on_epyc = dtype_choice("cpu", target, read_cpu_info(EPYC))
     assert server_spec(cfg, target, on_epyc).dtype == "float32"
@@ -77,15 +83,7 @@ def test_a_xeon_held_to_avx2_chooses_and_runs_as_an_epyc_would():
     held = as_isa(read_cpu_info(XEON), "avx2")
     assert "avx2" in held.flags and not {f for f in held.flags if f.startswith(("avx512", "amx"))}
     assert as_isa(read_cpu_info(XEON), "native") == read_cpu_info(XEON)
-    target = {
-        "python": "p",
-        "model": {"source": "path", "path": "m", "served_name": "s"},
-        "max_model_len": 512,
-        "dtype": "auto",
-        "block_size": 128,
-        "cpu_isa": "avx2",
-        "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-    }
+    target = cpu_target(cpu_isa="avx2", env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     choice = dtype_choice("cpu", target, read_cpu_info(XEON))
     assert choice.dtype == "float32" and "held to AVX2" in choice.reason and "ATEN_CPU_CAPABILITY=avx2" in choice.reason
     spec = server_spec({"server": {"host": "127.0.0.1"}}, target, choice)

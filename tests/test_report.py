@@ -172,12 +172,12 @@ def test_no_claim_without_an_interval_or_inside_the_aa_floor():
     assert answer.startswith("Partly.") and "at 1 of 2 points" in answer  # c=4's 1.1 lies inside the A/A band
 
 
-@pytest.mark.parametrize("name", ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"])
-def test_charts_render(tmp_path, name):
+def draw(tmp_path, **kw) -> list:
+    """The three data charts of a synthetic run (make_inputs with `kw`), as the charts rule draws them."""
     from prefixbench.charts import draw_all
 
-    make_inputs(tmp_path)
-    written = draw_all(
+    make_inputs(tmp_path, **kw)
+    return draw_all(
         summary_csv=tmp_path / "summary.csv",
         speedup_csv=tmp_path / "speedup.csv",
         outdir=tmp_path / "charts",
@@ -186,6 +186,11 @@ def test_charts_render(tmp_path, name):
         model_dir=None,
         block_size=128,
     )
+
+
+@pytest.mark.parametrize("name", ["ttft_vs_concurrency", "throughput_vs_p95", "speedup"])
+def test_charts_render(tmp_path, name):
+    written = draw(tmp_path)
     png = tmp_path / "charts" / f"{name}.png"
     assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert (tmp_path / "charts" / f"{name}.svg").read_text().lstrip().startswith("<svg")
@@ -338,19 +343,8 @@ def test_a_failing_analysis_costs_only_its_own_answer(capsys):
 
 
 def test_charts_render_without_windows(tmp_path):
-    from prefixbench.charts import draw_all
-
-    make_inputs(tmp_path, n=4)
-    written = draw_all(
-        summary_csv=tmp_path / "summary.csv",
-        speedup_csv=tmp_path / "speedup.csv",
-        outdir=tmp_path / "charts",
-        names=["ttft_vs_concurrency", "throughput_vs_p95", "speedup"],
-        slo=SLO,
-        model_dir=None,
-        block_size=128,
-    )
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written if p.suffix == ".png")
+    written = draw(tmp_path, n=4)
+    assert written and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written if p.suffix == ".png")
 
 
 def test_the_published_smollm2_h200_run_no_longer_says_what_its_data_do_not_carry():
