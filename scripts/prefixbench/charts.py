@@ -9,10 +9,12 @@ import polars as pl
 
 from . import MODES
 from .aggregate import closed_loop, open_loop, single_prefix
+from .contrasts import paired_effects
 from .ideal import Shape, ideal_rows, load_shape
 from .shape_results import read_shape_requests
 
 SPEEDUP_TITLE = "TTFT speed-up (off / on, log scale)"
+PAIRED_TITLE = "TTFT speed-up (forced miss / hit, log scale)"
 MODE_COLORS = alt.Scale(domain=list(MODES), range=["#d62728", "#1f77b4"])
 
 
@@ -77,7 +79,10 @@ def throughput_vs_p95(summary: pl.DataFrame) -> alt.FacetChart:
 
 
 def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
-    """TTFT speed-up (off/on) as the prefix grows and as reuse falls, per concurrency."""
+    """TTFT speed-up as the prefix grows and as reuse falls, per concurrency: the paired contrast (forced miss over
+    hit inside the cache-on lifetimes) where the point ran it, as the report judges it, else off over on."""
+    paired = "contrast" in speedups.columns and (speedups["contrast"] == "paired").any()
+    title = PAIRED_TITLE if paired else SPEEDUP_TITLE
     df = closed_loop(speedups).with_columns(
         pl.format("reuse {}%", pl.col("reuse_pct")).alias("reuse"),
         pl.format("c={}", pl.col("concurrency")).alias("conc"),
@@ -89,7 +94,7 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
         .mark_line(point=True)
         .encode(
             x=alt.X("prefix_len_tokens:Q", title="shared prefix length (tokens)"),
-            y=alt.Y("ttft_speedup:Q", title=SPEEDUP_TITLE, scale=alt.Scale(type="log")),
+            y=alt.Y("ttft_speedup:Q", title=title, scale=alt.Scale(type="log")),
             color=alt.Color("reuse:N", title="reuse"),
             tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
         )
@@ -99,7 +104,7 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
         .mark_line(point=True)
         .encode(
             x=alt.X("reuse_pct:Q", title="requests sharing the prefix (%)", scale=alt.Scale(domain=[0, 100])),
-            y=alt.Y("ttft_speedup:Q", title=SPEEDUP_TITLE, scale=alt.Scale(type="log")),
+            y=alt.Y("ttft_speedup:Q", title=title, scale=alt.Scale(type="log")),
             color=alt.Color("prefix_len_tokens:N", title="prefix tokens"),
             tooltip=["regime", "prefix_len_tokens", "reuse_pct", "concurrency", "ttft_speedup", "throughput_gain"],
         )
@@ -110,6 +115,7 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
     for col in ("ttft_speedup_lo", "ttft_speedup_hi", "floor_ttft_lo", "floor_ttft_hi"):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias(col))
+    band_words = "" if df["floor_ttft_lo"].is_null().all() else "gray band: A/A noise floor of unpaired points; "
     band = (
         alt.Chart()
         .transform_filter("isValid(datum.floor_ttft_lo)")
@@ -120,24 +126,24 @@ def speedup(speedups: pl.DataFrame) -> alt.VConcatChart:
     bars_len = (
         by_len.transform_filter("isValid(datum.ttft_speedup_lo)")
         .mark_errorbar(ticks=True)
-        .encode(y=alt.Y("ttft_speedup_lo:Q", title=SPEEDUP_TITLE, scale=alt.Scale(type="log")), y2="ttft_speedup_hi:Q")
+        .encode(y=alt.Y("ttft_speedup_lo:Q", title=title, scale=alt.Scale(type="log")), y2="ttft_speedup_hi:Q")
     )
     bars_reuse = (
         by_reuse.transform_filter("isValid(datum.ttft_speedup_lo)")
         .mark_errorbar(ticks=True)
-        .encode(y=alt.Y("ttft_speedup_lo:Q", title=SPEEDUP_TITLE, scale=alt.Scale(type="log")), y2="ttft_speedup_hi:Q")
+        .encode(y=alt.Y("ttft_speedup_lo:Q", title=title, scale=alt.Scale(type="log")), y2="ttft_speedup_hi:Q")
     )
     top = (
         alt.layer(band, by_len, bars_len, rule, data=df)
         .properties(width=200, height=160)
         .facet(column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency")))
-        .properties(title="Speed-up as the prefix grows (bars: 95% CI; gray band: A/A noise floor; dashed: no change)")
+        .properties(title=f"Speed-up as the prefix grows (bars: 95% CI; {band_words}dashed: no change)")
     )
     bottom = (
         alt.layer(band, by_reuse, bars_reuse, rule, data=df)
         .properties(width=200, height=160)
         .facet(column=alt.Column("conc:N", title="concurrency", sort=alt.SortField("concurrency")))
-        .properties(title="Speed-up as reuse falls (bars: 95% CI; gray band: A/A noise floor)")
+        .properties(title=f"Speed-up as reuse falls (bars: 95% CI; {band_words}dashed: no change)")
     )
     return alt.vconcat(top, bottom).resolve_scale(color="independent")
 
@@ -270,7 +276,7 @@ def draw_all(
     shape_csv: Path | None = None,
 ) -> list[Path]:
     summary = pl.read_csv(summary_csv)
-    ratios = pl.read_csv(speedup_csv)
+    ratios = paired_effects(pl.read_csv(speedup_csv))  # the contrast each point is judged by (prefixbench.contrasts)
     summary, ratios = single_prefix(summary, ratios)  # the shapes get their own chart
     shape_req = read_shape_requests(shape_csv)
     outdir.mkdir(parents=True, exist_ok=True)
