@@ -16,6 +16,17 @@ from .shape_results import read_shape_requests
 SPEEDUP_TITLE = "TTFT speed-up (off / on, log scale)"
 PAIRED_TITLE = "TTFT speed-up (forced miss / hit, log scale)"
 MODE_COLORS = alt.Scale(domain=list(MODES), range=["#d62728", "#1f77b4"])
+# A reader's words for the settings in every legend ("cache off" / "cache on"), the data keeping the mode names.
+MODE_LEGEND = alt.Legend(labelExpr=f"datum.label == '{MODES[0]}' ? 'cache off' : 'cache on'")
+
+
+def mode_color() -> alt.Color:
+    return alt.Color("mode:N", scale=MODE_COLORS, title="cache", legend=MODE_LEGEND)
+
+
+def reuse_rows() -> alt.Row:
+    """One row per reuse level, the highest first (numeric order, not the labels' alphabetical one)."""
+    return alt.Row("reuse:N", title=None, sort=alt.SortField("reuse_pct", order="descending"))
 
 
 def _with_labels(summary: pl.DataFrame) -> pl.DataFrame:
@@ -35,22 +46,27 @@ def _concurrency_axis(summary: pl.DataFrame) -> alt.X:
     )
 
 
+TTFT_COLUMNS = ("mean_ttft_s", "p50_ttft_s", "p95_ttft_s")
+
+
 def ttft_vs_concurrency(summary: pl.DataFrame) -> alt.FacetChart:
     """Mean TTFT against concurrency, cache off vs on, one panel per (prefix length, reuse)."""
     summary = closed_loop(summary)
-    df = _with_labels(summary)
+    df = _with_labels(summary).with_columns((pl.col(c) * 1000).alias(c.replace("_s", "_ms")) for c in TTFT_COLUMNS)
     base = alt.Chart(df).encode(
         x=_concurrency_axis(summary),
-        y=alt.Y("mean_ttft_s:Q", title="TTFT (s)"),
-        color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
-        tooltip=["mode", "prefix_len_tokens", "reuse_pct", "concurrency", "mean_ttft_s", "p95_ttft_s"],
+        y=alt.Y("mean_ttft_ms:Q", title="TTFT (ms)"),
+        color=mode_color(),
+        tooltip=["mode", "prefix_len_tokens", "reuse_pct", "concurrency", "mean_ttft_ms", "p95_ttft_ms"],
     )
-    layer = base.mark_line(point=True) + base.mark_errorbar().encode(y=alt.Y("p50_ttft_s:Q", title="TTFT (s)"), y2="p95_ttft_s:Q")
+    layer = base.mark_line(point=True) + base.mark_errorbar().encode(
+        y=alt.Y("p50_ttft_ms:Q", title="TTFT (ms)"), y2="p95_ttft_ms:Q"
+    )
     return (
         layer.properties(width=220, height=160)
         .facet(
             column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
-            row=alt.Row("reuse:N", title=None),
+            row=reuse_rows(),
         )
         .properties(title="Time to first token vs concurrency (line: mean; bar: p50 to p95)")
     )
@@ -62,7 +78,7 @@ def throughput_vs_p95(summary: pl.DataFrame) -> alt.FacetChart:
     base = alt.Chart(df).encode(
         x=alt.X("p95_e2e_s:Q", title="p95 end-to-end latency (s)"),
         y=alt.Y("tok_s:Q", title="output tokens/s"),
-        color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
+        color=mode_color(),
         order="concurrency:Q",
         tooltip=["mode", "prefix_len_tokens", "reuse_pct", "concurrency", "tok_s", "p95_e2e_s"],
     )
@@ -72,7 +88,7 @@ def throughput_vs_p95(summary: pl.DataFrame) -> alt.FacetChart:
         .properties(width=220, height=160)
         .facet(
             column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
-            row=alt.Row("reuse:N", title=None),
+            row=reuse_rows(),
         )
         .properties(title="Throughput vs p95 latency (labels: concurrency); up and left is better")
     )
@@ -154,7 +170,7 @@ def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
     base = alt.Chart().encode(
         x=alt.X("request_rate:Q", title="offered load (requests/s, open loop)"),
         y=alt.Y("p95_ttft_s:Q", title="p95 TTFT (s)", scale=alt.Scale(type="log")),
-        color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
+        color=mode_color(),
         tooltip=["mode", "prefix_len_tokens", "reuse_pct", "request_rate", "p95_ttft_s", "p95_e2e_s", "req_s"],
     )
     target = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(slo["p95_ttft_s"]))
@@ -163,7 +179,7 @@ def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
         .properties(width=220, height=160)
         .facet(
             column=alt.Column("prefix:N", title="shared prefix", sort=alt.SortField("prefix_len_tokens")),
-            row=alt.Row("reuse:N", title=None),
+            row=reuse_rows(),
         )
         .properties(title=f"Open loop: p95 TTFT vs offered load (dashed: SLO {slo['p95_ttft_s']:g} s)")
     )
@@ -224,7 +240,7 @@ def shapes_chart(req: pl.DataFrame) -> alt.HConcatChart | alt.Chart:
             .encode(
                 x=alt.X("turn:O", title="turn (history grows)"),
                 y=alt.Y("mean_ttft_s:Q", title="mean TTFT (s)"),
-                color=alt.Color("mode:N", scale=MODE_COLORS, title="cache"),
+                color=mode_color(),
                 shape=alt.Shape("series:N", title="shape, load"),
                 strokeDash=alt.StrokeDash("series:N", legend=None),
                 tooltip=["series", "mode", "turn", "mean_ttft_s"],
