@@ -79,8 +79,9 @@ def test_summary_is_complete_and_accounts_for_every_request(pipeline_run):
     assert {r["arm"] for r in paired} == {"hit", "miss"} and all(r["mode"] == "with_prefix_cache" for r in paired)
     assert all(r["regime"] == "small" and r["request_rate"] == 0 for r in paired)  # shapes and open loop: not paired
     assert all(r["cached_tokens"] == 0 for r in paired if r["arm"] == "miss")  # a fresh salt hits nothing
-    closed = sp.filter(pl.col("request_rate") == 0)
+    closed = sp.filter((pl.col("request_rate") == 0) & (pl.col("regime") == "small"))  # the shapes are not paired
     assert closed["paired_ratio"].is_not_null().all() and (closed["salted_cached_tokens"] == 0).all()
+    assert sp.filter(pl.col("regime") != "small")["paired_ratio"].is_null().all()
     assert s.filter((pl.col("regime") == "small") & (pl.col("request_rate") == 0))["mde_ttft_pct"].is_not_null().all()
 
 

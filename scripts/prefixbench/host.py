@@ -56,7 +56,7 @@ def as_isa(cpu: CpuInfo, isa: str) -> CpuInfo:
     if isa != "avx2":
         raise ValueError(f"cpu_isa {isa!r}: expected native or avx2")
     kept = frozenset(f for f in cpu.flags if not f.startswith(NOT_AVX2_PREFIXES))
-    return CpuInfo(f"{cpu.model}, held to AVX2", kept)
+    return CpuInfo(cpu.model, kept)  # the same CPU; the dtype choice's reason says it is held to AVX2
 
 
 def isa_env(isa: str) -> dict[str, str]:
