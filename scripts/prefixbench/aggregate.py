@@ -15,6 +15,7 @@ import polars as pl
 
 from . import MODES, OFF, ON
 from . import metrics as m
+from .paired import POINT as PAIRED_POINT
 from .paired import arm_walls, clean, flag_cost_table, main_arm_filter, paired_table, with_arm_columns
 from .point_meta import PointMeta
 from .shape_results import load_hashes, shape_requests
@@ -498,9 +499,6 @@ def write_summary(
     sp.write_csv(speedup_csv, float_precision=6)
     if shape_csv is not None:
         shape_requests(records, load_hashes(prompt_paths), block_size).write_csv(shape_csv, float_precision=6)
-
-
-PAIRED_POINT = ["regime", "reuse_pct", "concurrency", "request_rate"]
 
 
 def interval_mde(lo: str, hi: str) -> pl.Expr:
