@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from . import MODES, OFF, ON
@@ -69,12 +68,9 @@ def with_window(records: pl.DataFrame) -> pl.DataFrame:
         if rate:
             flags = [True] * grp.height
         else:
-            flags = steady_window(grp["start_s"].fill_null(0.0).to_list(), grp["e2e_s"].to_list(), int(conc))
-            if conc <= 1 and grp.height > 1 and grp["workload"][0] in SINGLE_PREFIX:
-                # The first request after idle (and the reset) runs slower (3.7-5.2 ms on an H200): at c=1 it is
-                # outside the level, as the opening burst is at c > 1. Shapes keep theirs: their order is the test.
-                first = int(np.argmin(grp["start_s"].fill_null(0.0).to_numpy()))
-                flags = [f and i != first for i, f in enumerate(flags)]
+            # Shapes keep their first request after idle: their order is the test.
+            skip_first = grp["workload"][0] in SINGLE_PREFIX
+            flags = steady_window(grp["start_s"].fill_null(0.0).to_list(), grp["e2e_s"].to_list(), int(conc), skip_first)
             if grp["arm"].is_not_null().any():  # a paired pass: each sub-block without the previous arm's overlap
                 own = clean(grp["arm"].to_list(), grp["sub_block"].to_list(), grp["send_index"].to_list(), int(conc))
                 flags = [a and b for a, b in zip(flags, own)]

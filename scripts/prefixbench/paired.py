@@ -133,8 +133,9 @@ def contrast(log_ratios: Sequence[float]) -> Contrast:
         return Contrast(math.exp(mean), None, None, n, None, None)
     sd = float(d.std(ddof=1))
     se = sd / math.sqrt(n)
-    half = t_quantile(1 - (1 - LEVEL) / 2, n - 1) * se
-    mde = (math.exp((t_quantile(1 - (1 - LEVEL) / 2, n - 1) + t_quantile(POWER, n - 1)) * se) - 1) * 100
+    t_level = t_quantile(1 - (1 - LEVEL) / 2, n - 1)
+    half = t_level * se
+    mde = (math.exp((t_level + t_quantile(POWER, n - 1)) * se) - 1) * 100
     return Contrast(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n, sd, mde)
 
 

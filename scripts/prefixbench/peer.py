@@ -52,10 +52,7 @@ def window_mean_ttft(start_s: Sequence[float], ttft_s: Sequence[float], e2e_s: S
     the cold first wave and the drain left out), and how many requests that window held."""
     from .stats import steady_window
 
-    keep = steady_window(list(start_s), list(e2e_s), concurrency)
-    first = min(range(len(start_s)), key=lambda i: start_s[i]) if start_s else None
-    if concurrency <= 1 and first is not None:  # the first request after the warm-up pause, as the pipeline does
-        keep[first] = False
+    keep = steady_window(list(start_s), list(e2e_s), concurrency, skip_first=True)  # as the pipeline's windows
     xs = [t for t, k in zip(ttft_s, keep) if k and t is not None]
     return {"mean_ttft_s": statistics.mean(xs) if xs else None, "window_requests": len(xs)}
 
