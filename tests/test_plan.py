@@ -182,3 +182,21 @@ def test_a_paired_point_costs_both_arms_and_keeps_three_pairs():
     assert off == one["estimated_s"]["no_prefix_cache"] and on == pytest.approx(one["estimated_s"]["with_prefix_cache"] + off)
     tight = make_plan(rates, [("m", 100, 1, 0.0)], prompts, 1.0, 8, 1, min_rounds=1, paired=True)
     assert len(tight["points"][0]["request_indices"]) == 12  # 3 pairs of 4-request sub-blocks at c=1
+
+
+def test_paired_points_share_a_pair_count_so_high_concurrency_keeps_its_pairs():
+    """A common share of every pool would leave c=16 (32-request sub-blocks) a sixteenth of c=1's pairs (2-request
+    sub-blocks); the budget trims the pair-rich c=1 point first and both end with the same number of pairs."""
+    rates = Rates(0.017, 0.00004, 0.003)
+    prompts = {"large": prompts_of("large", 100, 256, 1024, 16)}
+    points = [("large", 100, 1, 0.0), ("large", 100, 16, 0.0)]
+    full = make_plan(rates, points, prompts, None, 32, 1, min_rounds=4, paired=True)
+    budget = 0.5 * max(full["estimated_s"].values())
+    plan = make_plan(rates, points, prompts, budget, 32, 1, min_rounds=4, paired=True)
+    c1, c16 = (len(p["request_indices"]) for p in plan["points"])
+    assert c16 == 256, "c=16's 8 pairs are fewer than the common pair count: it keeps every prompt"
+    assert c1 // 2 >= c16 // 32 and c1 < 256, "c=1 gives way first, but never below c=16's pairs"
+    assert plan["paired_pairs"] == c1 // 2
+    assert "hit/miss pairs, the same for every one" in plan_summary(plan)
+    unpaired = make_plan(rates, points, prompts, budget, 32, 1, min_rounds=4)
+    assert unpaired["paired_pairs"] is None

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from . import MODES, OFF, ON
-from .paired import min_paired_requests
+from .paired import min_paired_requests, sub_block_size
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,9 @@ def make_plan(
     budget covers all `instances` lifetimes of a setting; a point's `estimated_s` is one lifetime's.
 
     With `paired`, a cache-on lifetime sends every single-prefix closed-loop point twice (hits, and the same prompts
-    as forced misses: prefixbench.paired), so its estimate adds a cache-off pass, and such a point keeps at least
-    paired.min_paired_requests of its prompts."""
+    as forced misses: prefixbench.paired), so its estimate adds a cache-off pass, such a point keeps at least
+    paired.min_paired_requests of its prompts, and the fraction scales a pair count common to the paired points
+    rather than each one's prompts (`share`)."""
     pools = [[p for p in prompts_by_regime[regime] if p["reuse_pct"] == reuse] for regime, reuse, _, _ in points]
     shape = [bool(pool) and "block_hashes" in pool[0] for pool in pools]
     both_arms = [paired and not shape[i] and c > 0 and not rate for i, (_, _, c, rate) in enumerate(points)]
@@ -184,6 +185,17 @@ def make_plan(
         return repeats * (one + miss)
 
     prefix_len = {r: ps[0].get("prefix_len_tokens", 0) for r, ps in prompts_by_regime.items() if ps}
+    # A paired point's precision is its number of hit/miss sub-block pairs (its MDE shrinks with their square root),
+    # and a sub-block holds 2 requests at c = 1 but 2c above: a common share of every pool would leave c = 16 with a
+    # sixteenth of c = 1's pairs. So paired points share a common pair count instead (fraction x the most pairs any
+    # of them could run, capped by each one's prompts): the cheap, pair-rich c = 1 points give way first.
+    unit = [sub_block_size(c) if both_arms[i] else 1 for i, (_, _, c, _) in enumerate(points)]
+    most_pairs = max((len(pools[i]) // unit[i] for i in range(len(points)) if both_arms[i]), default=0)
+
+    def share(i: int, fraction: float) -> int:
+        if both_arms[i]:
+            return min(len(pools[i]), unit[i] * math.ceil(fraction * most_pairs))
+        return math.ceil(fraction * len(pools[i]))
 
     def too_small(i: int) -> str | None:
         regime, reuse, conc, rate = points[i]
@@ -201,7 +213,7 @@ def make_plan(
             if i in dropped:
                 out.append(PlannedPoint(regime, reuse, conc, rate, len(pool), (), {m: 0.0 for m in MODES}, dropped[i]))
                 continue
-            n = max(min(len(pool), floor(i)), math.ceil(fraction * len(pool)))
+            n = max(min(len(pool), floor(i)), share(i, fraction))
             if shape[i]:  # a workload shape is never trimmed: its sessions and order are the test
                 n = len(pool)
             chosen = choose(pool, n, reuse)
@@ -254,6 +266,7 @@ def make_plan(
         "requests_planned": sum(len(p.request_indices) for p in measured) * repeats * instances,
         "requests_full": sum(p.available for p in chosen) * repeats * instances,
         "points": [asdict(p) for p in chosen],
+        "paired_pairs": math.ceil(fraction * most_pairs) if any(both_arms) else None,
         "dropped": [
             {"regime": p.regime, "reuse_pct": p.reuse_pct, "concurrency": p.concurrency, "reason": p.dropped}
             for p in chosen
@@ -297,7 +310,11 @@ def _budget_sentence(plan: dict) -> str:
     at_floor = plan["fraction"] * max((p["available"] for p in kept), default=0) < min(
         (len(p["request_indices"]) for p in kept), default=0
     )
+    if plan.get("paired_pairs"):  # plans written before paired points shared a pair count lack the key
+        at_floor = plan["fraction"] <= 0.01
     share = "each point at its minimum" if at_floor else f"{plan['fraction']:.0%} of each point"
+    if plan.get("paired_pairs") and not at_floor:
+        share += f" (a paired point: up to {plan['paired_pairs']} hit/miss pairs, the same for every one)"
     return (
         f"the full sweep would take about {fmt_duration(slow)} for the slower cache setting, over the "
         f"{fmt_duration(plan['budget_s'])} budget, so the points send {plan['requests_planned']} of their "
