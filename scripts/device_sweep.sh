@@ -88,7 +88,7 @@ for job in "${jobs[@]}"; do
   echo "[$name] $(date -u +%T) $job (about ${guess}s)"
   t0=$(date +%s)
   # SIGINT at the deadline: Snakemake stops the job, the job tears its server down; the next run redoes it.
-  timeout -s INT $((deadline - now)) "${smk[@]}" "$job" >> "results/logs/device_sweep.log" 2>&1 \
+  timeout -s INT $((deadline - now)) "${smk[@]}" -- "$job" >> "results/logs/device_sweep.log" 2>&1 \
     || { echo "[$name] $job did not finish (see results/logs/device_sweep.log)"; tail -n 15 results/logs/device_sweep.log; break; }
   echo "[$name] $job took $(( $(date +%s) - t0 ))s" | tee -a results/logs/device_sweep_times.txt
 done
