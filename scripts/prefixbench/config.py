@@ -246,14 +246,20 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def package_imports(source: str) -> list[str]:
-    """The prefixbench modules a file's code imports (relative or absolute, function-level ones included)."""
+def package_imports(source: str, package: str = "") -> list[str]:
+    """The prefixbench modules a file's code imports (relative or absolute, function-level ones included), dotted
+    below the package (`findings.claims`); `package` is the subpackage the file sits in ("" at the top)."""
     import ast
 
     mods: list[str] = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            mods += [node.module] if node.module else [a.name for a in node.names]
+        if isinstance(node, ast.ImportFrom) and node.level:
+            parts = package.split(".") if package else []
+            base = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+            if node.module:
+                mods.append(".".join([*base, node.module]))
+            else:
+                mods += [".".join([*base, a.name]) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixbench"):
             sub = node.module.removeprefix("prefixbench").lstrip(".")
             mods += [sub] if sub else [a.name for a in node.names]
@@ -262,23 +268,37 @@ def package_imports(source: str) -> list[str]:
     return mods
 
 
+def module_file(name: str) -> Path | None:
+    """The file of a dotted package module: a module file, or a subpackage's __init__.py; None for a name that is
+    not a module (`from . import OFF`)."""
+    path = PACKAGE_DIR / name.replace(".", "/")
+    for file in (path.with_suffix(".py"), path / "__init__.py"):
+        if file.is_file():
+            return file
+    return None
+
+
 def script_closure(script: str | Path) -> list[str]:
     """The package files an edge script runs: the modules it imports from prefixbench, and theirs."""
     return package_closure(*package_imports(Path(script).read_text()))
 
 
 def package_closure(*modules: str) -> list[str]:
-    """The package's modules that `modules` import, directly or not, as file paths (sorted).
+    """The package's modules that `modules` import, directly or not, as file paths (sorted); a submodule
+    brings its packages' __init__.py files.
 
     A step's code inputs are derived from its imports, so editing any module a step runs reruns that step;
     nothing is listed by hand."""
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     todo = list(modules)
     while todo:
         name = todo.pop()
-        if name in seen or not (PACKAGE_DIR / f"{name}.py").is_file():
+        file = module_file(name) if name else None
+        if name in seen or file is None:
             continue
-        seen.add(name)
-        todo += package_imports((PACKAGE_DIR / f"{name}.py").read_text())
-    files = [str(PACKAGE_DIR / f"{m}.py") for m in seen] + [str(PACKAGE_DIR / "__init__.py")]
+        seen[name] = file
+        package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+        todo += package_imports(file.read_text(), package)
+        todo += [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]  # the packages above it
+    files = [str(f) for f in seen.values()] + [str(PACKAGE_DIR / "__init__.py")]
     return sorted(set(files))

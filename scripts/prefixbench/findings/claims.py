@@ -1,0 +1,179 @@
+"""The claim rule: when an off/on ratio may be called an effect of the cache, and the words for it.
+
+An effect is claimed only where its clustered 95% interval excludes 1 and clears the run's A/A floor (see
+stats.outside_floor), and a closed-loop gain only where the point's hit rate can explain it (hit_bound_of);
+without an interval it is shown, not claimed. Every other part of the findings judges through these functions,
+so one rule holds across the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from ..formatting import fmt_pct, fmt_s, fmt_x
+from ..stats import outside_floor
+
+NOISE = 0.05  # relative change treated as no change where a rule needs one and no interval exists (hit rates)
+
+
+def verdict(
+    ratio: float | None,
+    better: str = "faster",
+    worse: str = "slower",
+    ci: tuple[float | None, float | None] | None = None,
+    floor: tuple[float, float] | None = None,
+    hit_bound: tuple[float, float] | None = None,
+    mde_pct: float | None = None,
+    failed: str | None = None,
+) -> str:
+    """Words for an off/on ratio where >1 means the cache helped.
+
+    An effect is claimed only when its clustered 95% CI excludes 1 and clears the A/A floor (the interval two
+    identical setups show on this run); without an interval nothing is claimed. `hit_bound` (hit rate, the most
+    speed-up it can explain): a gain whose whole interval lies above it is not the cache's, and is not claimed.
+    `mde_pct`: the smallest effect the contrast could detect, which "no difference" always states. `failed`: the
+    design's control found a difference where there is none, so nothing is claimed."""
+    if ratio is None:
+        return "not measured"
+    if failed:
+        return f"not claimed: {fmt_x(ratio)}, but {failed}"
+    if not ci or ci[0] is None or ci[1] is None:
+        return f"{fmt_x(ratio)} off/on, not claimed (no interval: too few independent rounds)"
+    band = f"95% CI {ci[0]:.2f}–{ci[1]:.2f}"
+    if ci[0] <= 1 <= ci[1]:
+        if mde_pct is not None:
+            return (
+                f"no difference larger than {mde_pct:.0f}% ({fmt_x(ratio)}, {band} includes 1; {mde_pct:.0f}% is the "
+                "smallest effect this point could detect at 80% power)"
+            )
+        return f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)"
+    if not outside_floor((ci[0], ci[1]), floor):
+        return f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})"
+    if ratio > 1 and beyond_hits(ci, hit_bound):
+        return (
+            f"not claimed: {fmt_x(ratio)} ({band}) is more than a {fmt_pct(hit_bound[0])} hit rate can remove "
+            f"(at most {fmt_x(hit_bound[1])}): server-lifetime noise, not the cache"
+        )
+    if ratio > 1:
+        return f"{fmt_x(ratio)} {better} ({band}" + (f"; MDE {mde_pct:.0f}%)" if mde_pct is not None else ")")
+    return f"{fmt_x(1 / ratio)} {worse} (95% CI {1 / ci[1]:.2f}–{1 / ci[0]:.2f})"
+
+
+def ci_of(row: dict, name: str) -> tuple[float | None, float | None] | None:
+    lo, hi = row.get(f"{name}_lo"), row.get(f"{name}_hi")
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+def floor_of(row: dict, name: str = "ttft_speedup") -> tuple[float, float] | None:
+    """The A/A interval that goes with a ratio column (TTFT or E2E) of a speed-up row: the widest of the controls
+    (`floor_*`; tables from before instance controls have only `aa_*`)."""
+    kind = "e2e" if name.startswith("e2e") else "ttft"
+    lo, hi = row.get(f"floor_{kind}_lo", row.get(f"aa_{kind}_lo")), row.get(f"floor_{kind}_hi", row.get(f"aa_{kind}_hi"))
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+def hit_bound_of(row: dict, name: str = "ttft_speedup") -> tuple[float, float] | None:
+    """(hit rate, 1 / (1 - hit rate)) for a closed-loop TTFT or E2E ratio: with a share h of the prompt tokens
+    served from cache, the cache can remove at most that share of the prefill work, so off/on is at most
+    1 / (1 - h) (fixed costs and decode only lower it; a quadratic attention term lowers it too). Open-loop
+    points are left out: there a queue that grows past saturation can make the gain larger than the work saved."""
+    h = row.get("window_hit_rate_on", row.get("measured_hit_rate_on"))  # the window's requests, where recorded
+    if name not in ("ttft_speedup", "e2e_speedup") or h is None or not 0 <= h < 1 or row.get("request_rate"):
+        return None
+    return h, 1 / (1 - h)
+
+
+def beyond_hits(ci: tuple[float, float], bound: tuple[float, float] | None) -> bool:
+    """The whole interval lies above what the point's hit rate can explain (hit_bound_of)."""
+    return bound is not None and ci[0] > bound[1]
+
+
+def judged(row: dict, name: str = "ttft_speedup") -> str:
+    if row.get(name) is None:
+        return f"not measured ({why_unmeasured(row)})"
+    ttft = name == "ttft_speedup"
+    return verdict(
+        row[name],
+        ci=ci_of(row, name),
+        floor=floor_of(row, name),
+        hit_bound=hit_bound_of(row, name),
+        mde_pct=row.get("mde_ttft_pct") if ttft else None,
+        failed=row.get("design_failed") if ttft else None,
+    )
+
+
+def why_unmeasured(row: dict) -> str:
+    """Why a point has no ratio: most often a steady-state window that never opened (too few requests for its
+    concurrency: the opening burst and the drain are all there was)."""
+    if 0 in (row.get("window_requests_off"), row.get("window_requests_on")):
+        return "no steady-state window: too few requests for its concurrency"
+    return "no successful request in one of the settings"
+
+
+def measured(sp: pl.DataFrame, name: str = "ttft_speedup") -> pl.DataFrame:
+    """The rows that have the ratio `name`: a finding compares only these, and says which others it could not."""
+    return sp.filter(pl.col(name).is_not_null()) if name in sp.columns else sp.clear()
+
+
+def saved(row: dict) -> str:
+    """Mean TTFT saved per request (off minus on), or n/a where either side has no window."""
+    off, on = row.get("mean_ttft_s_off"), row.get("mean_ttft_s_on")
+    return "n/a" if off is None or on is None else fmt_s(off - on)
+
+
+def unmeasured_words(sp: pl.DataFrame, name: str = "ttft_speedup") -> str:
+    """A sentence naming the points a finding had to leave out, or nothing."""
+    missing = [r for r in rows_of(sp) if r.get(name) is None] if name in sp.columns else []
+    if not missing:
+        return ""
+    return (
+        f" Left out, not measured: {', '.join(point_name(r) for r in missing)} ({why_unmeasured(missing[0])})."
+        if len({why_unmeasured(r) for r in missing}) == 1
+        else " Left out, not measured: " + ", ".join(f"{point_name(r)} ({why_unmeasured(r)})" for r in missing) + "."
+    )
+
+
+def point_name(row: dict) -> str:
+    return f"{row['regime']} reuse {row['reuse_pct']}% {load_label(row)}"
+
+
+def helped(row: dict, name: str = "ttft_speedup") -> bool:
+    """The cache helped beyond noise: the CI lies above 1 and above the A/A floor, and not wholly above what the
+    point's hit rate can explain."""
+    ci = ci_of(row, name)
+    return (
+        ci is not None
+        and row.get(name) is not None
+        and not (name == "ttft_speedup" and row.get("design_failed"))
+        and row[name] > 1
+        and outside_floor(ci, floor_of(row, name))
+        and not beyond_hits(ci, hit_bound_of(row, name))
+    )
+
+
+def hurt(row: dict, name: str = "ttft_speedup") -> bool:
+    ci = ci_of(row, name)
+    return (
+        ci is not None
+        and row.get(name) is not None
+        and not (name == "ttft_speedup" and row.get("design_failed"))
+        and row[name] < 1
+        and outside_floor(ci, floor_of(row, name))
+    )
+
+
+@dataclass
+class Finding:
+    answer: str
+    details: list[str]
+
+
+def rows_of(df: pl.DataFrame) -> list[dict]:
+    """A table's rows as dicts, the form the claim rule reads."""
+    return list(df.iter_rows(named=True))
+
+
+def load_label(row: dict) -> str:
+    return f"open loop {row['request_rate']:g} req/s" if row.get("request_rate") else f"c={row['concurrency']}"
