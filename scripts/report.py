@@ -3,14 +3,12 @@
 import sys
 from pathlib import Path
 
-from prefixbench.report import render
+from prefixbench.report import ReportInputs, render
 
 snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log[0], "w")
 i, p = snakemake.input, snakemake.params
-render(
-    template=Path(i.template),
-    out=Path(snakemake.output[0]),
+inputs = ReportInputs(
     summary_csv=Path(i.summary),
     speedup_csv=Path(i.speedup),
     info_paths=list(map(Path, i.info)),
@@ -25,3 +23,4 @@ render(
     shapes={k: dict(v) for k, v in dict(p.shapes).items()},
     calibration_json=Path(i.calibration[0]) if i.calibration else None,
 )
+render(inputs, Path(i.template), Path(snakemake.output[0]))

@@ -12,7 +12,7 @@ from synthetic import write_run
 from prefixbench.aggregate import speedups, write_summary
 from prefixbench.config import schema_defaults
 from prefixbench.findings import helped, judged, ttft_finding, verdict
-from prefixbench.report import render
+from prefixbench.report import ReportInputs, render
 
 SLO = schema_defaults()["benchmark"]["slo"]
 TEMPLATE = ROOT / "scripts/prefixbench/templates/prefix_caching_results.md.j2"
@@ -66,9 +66,7 @@ def make_inputs(tmp_path, **kw):
 def render_md(tmp_path, model=None, slo=None, **kw) -> tuple[str, pl.DataFrame]:
     summary, infos, scripts, prompts = make_inputs(tmp_path, **kw)
     out = tmp_path / "report.md"
-    render(
-        template=TEMPLATE,
-        out=out,
+    inputs = ReportInputs(
         summary_csv=tmp_path / "summary.csv",
         speedup_csv=tmp_path / "speedup.csv",
         info_paths=infos,
@@ -80,6 +78,7 @@ def render_md(tmp_path, model=None, slo=None, **kw) -> tuple[str, pl.DataFrame]:
         block_size=128,
         slo=slo or SLO,
     )
+    render(inputs, TEMPLATE, out)
     return out.read_text(), summary
 
 
@@ -410,3 +409,18 @@ def test_an_interpolated_throughput_ratio_has_the_same_concurrency_ratio_beside_
     """Issue 20, item 9: the README's bold 1.76x was an interpolation; at the same concurrency the ratio was 1.19x."""
     md, _ = render_md(tmp_path, n=24)
     assert "at the same concurrency, on/off 1.00× at c=1, 1.00× at c=4" in md
+
+
+def test_the_template_sees_the_typed_context_and_nothing_else():
+    """Every name the template reads is a field of ReportContext (or a formatter), and every field is read."""
+    from dataclasses import fields
+
+    import jinja2
+    from jinja2 import meta
+
+    from prefixbench.report import ReportContext
+
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    used = meta.find_undeclared_variables(env.parse(TEMPLATE.read_text()))
+    names = {f.name for f in fields(ReportContext)}
+    assert used - {"fmt_ci", "fmt_s", "fmt_x"} == names

@@ -1,6 +1,9 @@
 """Render prefix_caching_results.md from a run's files: read them, compute the findings, fill the Jinja template.
 
-Every figure and every result sentence comes from the data (findings.py); nothing here states a result.
+Every figure and every result sentence comes from the data (the findings package); nothing here states a result.
+Two typed records cross the seams: `ReportInputs`, what the Snakemake edge read from the rule (paths and config
+values), and `ReportContext`, everything the template sees; `build_context` turns one into the other and
+`render` fills the template with it.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,122 @@ from .shape_findings import (
 )
 from .shape_results import prediction_check, read_shape_requests
 from .shapes import SINGLE_PREFIX
+
+# The summary columns of the report's second table, beyond the seed's (`summary.csv` has them all).
+EXTRA_COLUMNS = [
+    "mode",
+    "regime",
+    "reuse_pct",
+    "concurrency",
+    "requests_ok",
+    "requests_failed",
+    "window_requests",
+    "p50_ttft_s",
+    "p95_ttft_s",
+    "p99_e2e_s",
+    "mean_tpot_s",
+    "mean_itl_s",
+    "measured_hit_rate",
+    "expected_hit_rate",
+    "peak_server_rss_gib",
+    "peak_kv_cache_usage",
+]
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report reads, named at the edge: the run's recorded files and the config values it states."""
+
+    summary_csv: Path
+    speedup_csv: Path
+    info_paths: Sequence[Path]  # each server lifetime's server.json, in the order they ran
+    script_paths: Sequence[Path]  # the server scripts (or endpoint files) of the two settings
+    prompt_paths: Sequence[Path]
+    model: dict
+    target: str
+    max_tokens: int
+    block_size: int
+    slo: dict | None = None
+    shape_csv: Path | None = None
+    shapes: dict[str, dict] = field(default_factory=dict)
+    calibration_json: Path | None = None
+
+
+@dataclass(frozen=True)
+class ShapeSection:
+    """The workload shapes' section: empty strings where the run had no shape of that kind."""
+
+    table: str = ""
+    described: list[str] = field(default_factory=list)
+    prediction: str = ""
+    turns_table: str = ""
+    turns: str = ""
+    overflow_table: str = ""
+    overflow: str = ""
+    trace: str = ""
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    """The A/A section: what the controls are and showed, and one row per regime (and the pooled one)."""
+
+    answer: str
+    rows: list[dict]
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    """Inside the engine: vLLM's histograms as a table and the sentences they support (empty: not recorded)."""
+
+    table: str
+    words: list[str]
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """Everything the template sees: facts of the run, tables in markdown, and the findings (each an answer with
+    its details). The template arranges these and computes nothing."""
+
+    # What was measured, and on what
+    info: dict  # the cache-on lifetime's server.json (the first lifetime's where none was on)
+    lifetimes: list[dict]
+    order: str
+    target: str
+    model: dict
+    dummy: bool
+    max_tokens: int
+    block_size: int
+    strategy: list[dict]
+    scripts: dict[str, str]
+    endpoints: dict[str, dict]
+    not_measured: list[str]
+    n_points: int
+    n_requests: int
+    n_failed: int
+    # Tables and how they were measured
+    seed_table: str
+    extra_table: str
+    design: str
+    paired: dict
+    checks: Finding
+    cold_warm: str
+    aa: ControlSection
+    engine: EngineSection
+    shape_section: ShapeSection
+    # The answers
+    ttft: Finding
+    throughput: Finding
+    memory: Finding
+    shapes: Finding
+    length: Finding
+    goodput: Finding | None
+    ideal: Finding
+    hitrate: Finding
+    bullets: list[str]
+
+    def variables(self) -> dict[str, Any]:
+        """The template's variables: the fields as they are (not copied into dicts, as dataclasses.asdict would)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def kv_of(check: pl.DataFrame, regime: str) -> int | None:
@@ -137,33 +257,77 @@ def guarded(analysis: Callable[..., Any], *args: Any, fallback: Callable[[str], 
         return fallback(words) if fallback else Finding(words, [])
 
 
-def render(
-    *,
-    template: Path,
-    out: Path,
-    summary_csv: Path,
-    speedup_csv: Path,
-    info_paths: Sequence[Path],
-    script_paths: Sequence[Path],
-    prompt_paths: Sequence[Path],
-    model: dict,
-    target: str,
-    max_tokens: int,
-    block_size: int,
-    slo: dict | None = None,
-    shape_csv: Path | None = None,
-    shapes: dict[str, dict] | None = None,
-    calibration_json: Path | None = None,
-) -> None:
-    everything, sp_all, single, summary, sp = read_tables(summary_csv, speedup_csv)
-    shape_req = read_shape_requests(shape_csv)
+def build_context(inputs: ReportInputs) -> ReportContext:
+    """Read the run's files and compute every finding the template shows; an analysis that fails costs only its own
+    answer (guarded)."""
+    everything, sp_all, single, summary, sp = read_tables(inputs.summary_csv, inputs.speedup_csv)
+    block_size, shapes = inputs.block_size, inputs.shapes
+    shape_req = read_shape_requests(inputs.shape_csv)
     check = prediction_check(shape_req, block_size) if shape_req.height else pl.DataFrame()
     engine = engine_rows(summary)
-    shapes = shapes or {}
-    lifetimes = [json.loads(Path(p).read_text()) for p in info_paths]  # in the order they ran
-    info = next((i for i in lifetimes if i["mode"] == ON), lifetimes[0])
+    lifetimes = [json.loads(Path(p).read_text()) for p in inputs.info_paths]  # in the order they ran
     endpoints = {i["mode"]: i for i in lifetimes if not i.get("started_by_prefixbench", True)}
-    dummy = model.get("source") == "dummy"
+    model = inputs.model
+    return ReportContext(
+        info=next((i for i in lifetimes if i["mode"] == ON), lifetimes[0]),
+        lifetimes=lifetimes,
+        order=lifetime_order(lifetimes),
+        target=inputs.target,
+        model=model,
+        dummy=model.get("source") == "dummy",
+        max_tokens=inputs.max_tokens,
+        block_size=block_size,
+        strategy=prompt_strategy(inputs.prompt_paths),
+        scripts={Path(p).name: Path(p).read_text() for p in inputs.script_paths},
+        endpoints=endpoints,
+        not_measured=not_measured(endpoints),
+        n_points=everything.height,
+        # A paired point's summary row counts its hit arm; its forced misses are counted in the off/on table.
+        n_requests=int(everything["requests_sent"].sum())
+        + (int(sp_all["salted_requests"].fill_null(0).sum()) if "salted_requests" in sp_all.columns else 0),
+        n_failed=int(everything["requests_failed"].sum())
+        + (int(sp_all["salted_failed"].fill_null(0).sum()) if "salted_failed" in sp_all.columns else 0),
+        seed_table=markdown_table(everything, SEED_COLUMNS),
+        extra_table=markdown_table(everything, EXTRA_COLUMNS),
+        design=design_note(single),
+        paired=guarded(paired_section, sp, fallback=lambda w: {"table": "", "words": w}),
+        checks=guarded(cross_checks, single, block_size),
+        cold_warm=cold_warm_table(summary),
+        aa=ControlSection(answer=aa_finding(sp, aa_table(sp)).answer, rows=aa_table(sp)),
+        engine=EngineSection(table=engine_table(engine), words=engine_words(engine)),
+        shape_section=shape_section(sp_all, shape_req, check, shapes, block_size),
+        ttft=guarded(ttft_finding, sp),
+        throughput=guarded(throughput_finding, summary, sp),
+        memory=guarded(memory_finding, summary, sp),
+        shapes=guarded(reuse_finding, sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
+        length=guarded(prefix_length_finding, sp),
+        goodput=guarded(goodput_finding, single, inputs.slo),
+        ideal=guarded(
+            ideal_finding, summary, load_shape(model.get("path", "")), block_size, cold_samples(inputs.calibration_json)
+        ),
+        hitrate=guarded(hit_rate_model, summary),
+        bullets=guarded(consulting_bullets, summary, sp, block_size, fallback=lambda w: [w]),
+    )
+
+
+def shape_section(
+    sp_all: pl.DataFrame, shape_req: pl.DataFrame, check: pl.DataFrame, shapes: dict[str, dict], block_size: int
+) -> ShapeSection:
+    """The workload shapes' section from the per-request table and its cache-model check."""
+    return ShapeSection(
+        table=shapes_table(sp_all, check, shapes) if shapes else "",
+        described=[f"`{n}` ({s['kind']}): {describe(s, kv_of(check, n))}" for n, s in shapes.items()],
+        prediction=prediction_words(check, block_size) if shapes else "",
+        turns_table=turns_table(shape_req) if shape_req.height else "",
+        turns=turns_words(shape_req) if shape_req.height else "",
+        overflow_table=overflow_table(check, sp_all) if check.height else "",
+        overflow=overflow_words(check) if check.height else "",
+        trace=trace_words(check, shapes, block_size) if check.height else "",
+    )
+
+
+def render(inputs: ReportInputs, template: Path, out: Path) -> None:
+    """Fill the template with the run's context and write the report."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template.parent)),
         undefined=jinja2.StrictUndefined,
@@ -171,74 +335,5 @@ def render(
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    text = env.get_template(template.name).render(
-        info=info,
-        lifetimes=lifetimes,
-        order=lifetime_order(lifetimes),
-        target=target,
-        model=model,
-        dummy=dummy,
-        max_tokens=max_tokens,
-        block_size=block_size,
-        strategy=prompt_strategy(prompt_paths),
-        scripts={Path(p).name: Path(p).read_text() for p in script_paths},
-        endpoints=endpoints,
-        not_measured=not_measured(endpoints),
-        seed_table=markdown_table(everything, SEED_COLUMNS),
-        extra_table=markdown_table(
-            everything,
-            [
-                "mode",
-                "regime",
-                "reuse_pct",
-                "concurrency",
-                "requests_ok",
-                "requests_failed",
-                "window_requests",
-                "p50_ttft_s",
-                "p95_ttft_s",
-                "p99_e2e_s",
-                "mean_tpot_s",
-                "mean_itl_s",
-                "measured_hit_rate",
-                "expected_hit_rate",
-                "peak_server_rss_gib",
-                "peak_kv_cache_usage",
-            ],
-        ),
-        paired=guarded(paired_section, sp, fallback=lambda w: {"table": "", "words": w}),
-        ttft=guarded(ttft_finding, sp),
-        throughput=guarded(throughput_finding, summary, sp),
-        memory=guarded(memory_finding, summary, sp),
-        shapes=guarded(reuse_finding, sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")),
-        aa={"answer": aa_finding(sp, aa_table(sp)).answer, "rows": aa_table(sp)},
-        engine={"table": engine_table(engine), "words": engine_words(engine)},
-        fmt_ci=fmt_ci,
-        fmt_x=fmt_x,
-        design=design_note(single),
-        shape_section={
-            "table": shapes_table(sp_all, check, shapes) if shapes else "",
-            "described": [f"`{n}` ({s['kind']}): {describe(s, kv_of(check, n))}" for n, s in shapes.items()],
-            "prediction": prediction_words(check, block_size) if shapes else "",
-            "turns_table": turns_table(shape_req) if shape_req.height else "",
-            "turns": turns_words(shape_req) if shape_req.height else "",
-            "overflow_table": overflow_table(check, sp_all) if check.height else "",
-            "overflow": overflow_words(check) if check.height else "",
-            "trace": trace_words(check, shapes, block_size) if check.height else "",
-        },
-        length=guarded(prefix_length_finding, sp),
-        hitrate=guarded(hit_rate_model, summary),
-        bullets=guarded(consulting_bullets, summary, sp, block_size, fallback=lambda w: [w]),
-        checks=guarded(cross_checks, single, block_size),
-        cold_warm=cold_warm_table(summary),
-        goodput=guarded(goodput_finding, single, slo),
-        ideal=guarded(ideal_finding, summary, load_shape(model.get("path", "")), block_size, cold_samples(calibration_json)),
-        n_points=everything.height,
-        # A paired point's summary row counts its hit arm; its forced misses are counted in the off/on table.
-        n_requests=int(everything["requests_sent"].sum())
-        + (int(sp_all["salted_requests"].fill_null(0).sum()) if "salted_requests" in sp_all.columns else 0),
-        n_failed=int(everything["requests_failed"].sum())
-        + (int(sp_all["salted_failed"].fill_null(0).sum()) if "salted_failed" in sp_all.columns else 0),
-        fmt_s=fmt_s,
-    )
-    out.write_text(text)
+    env.globals.update(fmt_ci=fmt_ci, fmt_s=fmt_s, fmt_x=fmt_x)
+    out.write_text(env.get_template(template.name).render(build_context(inputs).variables()))
