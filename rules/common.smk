@@ -13,6 +13,7 @@ sys.path.insert(0, SCRIPTS_DIR)
 
 from prefixbench import MODES  # noqa: E402
 from prefixbench import config as pbconfig  # noqa: E402
+from prefixbench.chart_specs import BY_NAME as CHART_SPECS, chart_files, chart_names  # noqa: E402
 from prefixbench.design import kv_order, previous_slot, server_infos, slot_order  # noqa: E402
 
 validate(config, "../config/schema/config.schema.yaml")
@@ -99,12 +100,8 @@ KV_PROMPTS = [prompt_file(n) for n in KV_SHAPES]
 REPORT_TEMPLATE = config.get("report_template") or os.path.join(
     SCRIPTS_DIR, "prefixbench", "templates", "prefix_caching_results.md.j2"
 )
-CHART_NAMES = (
-    ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"]
-    + (["open_loop"] if RATES else [])
-    + (["shapes"] if SHAPES else [])
-)
-CHARTS = [f"results/charts/{n}.{ext}" for n in CHART_NAMES for ext in ("png", "svg")]
+CHART_NAMES = chart_names(rates=bool(RATES), shapes=bool(SHAPES))  # prefixbench.chart_specs registers them
+CHARTS = chart_files(CHART_NAMES)
 
 
 def chart_output(path):
@@ -112,7 +109,7 @@ def chart_output(path):
     name = os.path.basename(path).split(".")[0]
     if not path.endswith(".png"):
         return path
-    return report(path, caption=f"../report/charts/{name}.rst", category="Charts", labels={"chart": name.replace("_", " ")})
+    return report(path, caption=f"../{CHART_SPECS[name].caption}", category="Charts", labels={"chart": name.replace("_", " ")})
 
 
 CHART_OUTPUTS = [chart_output(f) for f in CHARTS]

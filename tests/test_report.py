@@ -424,3 +424,19 @@ def test_the_template_sees_the_typed_context_and_nothing_else():
     used = meta.find_undeclared_variables(env.parse(TEMPLATE.read_text()))
     names = {f.name for f in fields(ReportContext)}
     assert used - {"fmt_ci", "fmt_s", "fmt_x"} == names
+
+
+def test_every_registered_chart_has_a_drawing_a_caption_and_a_place_in_the_report(tmp_path):
+    """Charts are registered once (prefixbench.chart_specs): the drawings, the captions the rules file them with,
+    and the report's images all follow the registry."""
+    from prefixbench.chart_specs import CHARTS, charts_for
+    from prefixbench.charts import DRAW
+
+    assert set(DRAW) == {c.name for c in CHARTS}
+    template = TEMPLATE.read_text()
+    for c in CHARTS:
+        assert (ROOT / c.caption).is_file(), c.caption
+        assert c.section == "charts" or f'chart("{c.name}")' in template, c.name
+    md, _ = render_md(tmp_path, rates=(2.0, 8.0), slo={"p95_ttft_s": 1.1, "p95_e2e_s": 10.0})
+    for c in charts_for(rates=True, shapes=False):
+        assert f"![{c.title}](charts/{c.name}.png)" in md

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import altair as alt
@@ -9,6 +11,7 @@ import polars as pl
 
 from . import MODES
 from .aggregate import closed_loop, open_loop, single_prefix
+from .chart_specs import EXTENSIONS, chart_names
 from .contrasts import paired_effects
 from .ideal import Shape, ideal_rows, load_shape
 from .shape_results import read_shape_requests
@@ -280,6 +283,29 @@ def shapes_chart(req: pl.DataFrame) -> alt.HConcatChart | alt.Chart:
     return alt.hconcat(*panels).resolve_scale(color="independent")
 
 
+@dataclass(frozen=True)
+class ChartData:
+    """What the drawings read: the one-shared-prefix tables, the shapes' per-request table, and the settings."""
+
+    summary: pl.DataFrame
+    ratios: pl.DataFrame  # the contrast each point is judged by (prefixbench.contrasts)
+    shape_req: pl.DataFrame
+    slo: dict
+    model_dir: str | None
+    block_size: int
+
+
+# Each registered chart's drawing (prefixbench.chart_specs registers the names; a test checks both agree).
+DRAW: dict[str, Callable[[ChartData], alt.TopLevelMixin]] = {
+    "ttft_vs_concurrency": lambda d: ttft_vs_concurrency(d.summary),
+    "throughput_vs_p95": lambda d: throughput_vs_p95(d.summary),
+    "speedup": lambda d: speedup(d.ratios),
+    "open_loop": lambda d: open_loop_latency(d.summary, d.slo),
+    "ideal": lambda d: ideal_chart(d.summary, load_shape(d.model_dir) if d.model_dir else None, d.block_size),
+    "shapes": lambda d: shapes_chart(d.shape_req if d.shape_req.height else pl.DataFrame({"status": []})),
+}
+
+
 def draw_all(
     *,
     summary_csv: Path,
@@ -294,20 +320,12 @@ def draw_all(
     summary = pl.read_csv(summary_csv)
     ratios = paired_effects(pl.read_csv(speedup_csv))  # the contrast each point is judged by (prefixbench.contrasts)
     summary, ratios = single_prefix(summary, ratios)  # the shapes get their own chart
-    shape_req = read_shape_requests(shape_csv)
+    data = ChartData(summary, ratios, read_shape_requests(shape_csv), slo, model_dir, block_size)
     outdir.mkdir(parents=True, exist_ok=True)
-    makers = {
-        "ttft_vs_concurrency": lambda: ttft_vs_concurrency(summary),
-        "throughput_vs_p95": lambda: throughput_vs_p95(summary),
-        "speedup": lambda: speedup(ratios),
-        "open_loop": lambda: open_loop_latency(summary, slo),
-        "ideal": lambda: ideal_chart(summary, load_shape(model_dir) if model_dir else None, block_size),
-        "shapes": lambda: shapes_chart(shape_req if shape_req.height else pl.DataFrame({"status": []})),
-    }
-    charts = {name: makers[name]() for name in (names or ["ttft_vs_concurrency", "throughput_vs_p95", "speedup", "ideal"])}
+    charts = {name: DRAW[name](data) for name in (names or chart_names(rates=False, shapes=False))}
     written = []
     for name, chart in charts.items():
-        for ext in ("png", "svg"):
+        for ext in EXTENSIONS:
             path = outdir / f"{name}.{ext}"
             chart.save(str(path), scale_factor=2) if ext == "png" else chart.save(str(path))
             written.append(path)

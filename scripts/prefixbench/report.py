@@ -21,6 +21,8 @@ import polars as pl
 
 from . import OFF, ON
 from .aggregate import SEED_COLUMNS, closed_loop, single_prefix
+from .chart_specs import BY_NAME as CHARTS
+from .chart_specs import ChartSpec
 from .contrasts import paired_effects, paired_section
 from .engine_view import engine_rows, engine_table, engine_words
 from .findings import (
@@ -166,6 +168,9 @@ class ReportContext:
     ideal: Finding
     hitrate: Finding
     bullets: list[str]
+    # The registered charts by name: the Charts section shows those of section "charts", the others sit beside
+    # their findings
+    charts: dict[str, ChartSpec]
 
     def variables(self) -> dict[str, Any]:
         """The template's variables: the fields as they are (not copied into dicts, as dataclasses.asdict would)."""
@@ -307,6 +312,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         ),
         hitrate=guarded(hit_rate_model, summary),
         bullets=guarded(consulting_bullets, summary, sp, block_size, fallback=lambda w: [w]),
+        charts=dict(CHARTS),
     )
 
 
