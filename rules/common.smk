@@ -14,7 +14,16 @@ sys.path.insert(0, SCRIPTS_DIR)
 from prefixbench import MODES  # noqa: E402
 from prefixbench import config as pbconfig  # noqa: E402
 from prefixbench.chart_specs import BY_NAME as CHART_SPECS, chart_files, chart_names  # noqa: E402
-from prefixbench.design import kv_order, previous_slot, server_infos, slot_order  # noqa: E402
+from prefixbench.design import (  # noqa: E402
+    KV_LIFETIME,
+    kv_order,
+    lifetime_name,
+    point_path,
+    previous_slot,
+    server_info,
+    server_infos,
+    slot_order,
+)
 
 validate(config, "../config/schema/config.schema.yaml")
 
@@ -116,12 +125,15 @@ CHART_OUTPUTS = [chart_output(f) for f in CHARTS]
 REGIME_TABLES = [f"results/tables/{r}/{m}.csv" for r in REGIMES for m in MODES]
 
 
-def point_files(suffix, points=None, lifetime="i{instance}"):
+# A main lifetime and a small-KV one, as the rules' outputs (the {mode} and {instance} wildcards kept).
+LIFETIME = lifetime_name("{instance}")
+LIFETIME_INFO = server_info("{mode}", LIFETIME)
+KV_INFO = server_info("{mode}", KV_LIFETIME)
+
+
+def point_files(suffix, points=None, lifetime=LIFETIME):
     """Per-point outputs of one server lifetime (the {mode} and {instance} wildcards are kept)."""
-    return [
-        f"results/raw/{{mode}}/{lifetime}/{r}/reuse{u}_{f'rate{q:g}' if q else f'c{c}'}.{suffix}"
-        for r, u, c, q in (POINTS if points is None else points)
-    ]
+    return [point_path("{mode}", lifetime, p, suffix) for p in (POINTS if points is None else points)]
 
 
 # The small-KV lifetimes run after the main ones, off and on in the order the seed's first pair used.
@@ -131,7 +143,7 @@ SERVER_INFOS = server_infos(SLOTS, KV_ORDER)
 
 def all_point_files(suffix):
     main = [f.format(mode=m, instance=i) for m, i in SLOTS for f in point_files(suffix)]
-    return main + [f.format(mode=m) for m in KV_ORDER for f in point_files(suffix, KV_POINTS, "kv")]
+    return main + [f.format(mode=m) for m in KV_ORDER for f in point_files(suffix, KV_POINTS, KV_LIFETIME)]
 
 
 def after_previous_kv_lifetime(wildcards):
@@ -143,7 +155,26 @@ def after_previous_kv_lifetime(wildcards):
 def after_previous_lifetime(wildcards):
     """The server lifetime that runs just before this one: the interleaved order is a chain in the DAG."""
     prev = previous_slot(wildcards.mode, int(wildcards.instance), INSTANCES, config["seed"])
-    return [f"results/raw/{prev[0]}/i{prev[1]}/server.json"] if prev else []
+    return [server_info(prev[0], lifetime_name(prev[1]))] if prev else []
+
+
+def measure_params(points, kv=False):
+    """The params of a measuring job, one lifetime's points and the run's settings: one builder for `measure` and
+    `measure_kv` (a small-KV lifetime measures the server prefixbench starts, as instance 1)."""
+    return dict(
+        points=points,
+        bench=BENCH,
+        host=config["server"]["host"],
+        ready_timeout_s=config["server"]["ready_timeout_s"],
+        served_name=MODEL["served_name"],
+        python=TARGET.get("python", ""),
+        target=TARGET_NAME,
+        model=MODEL,
+        endpoint={} if kv else lambda w: TARGET["endpoints"][w.mode] if ENDPOINT_MODE else {},
+        description=TARGET.get("description", ""),
+        dtype_choice=DTYPE_CHOICE.as_dict() if DTYPE_CHOICE else {},
+        instance=1 if kv else lambda w: int(w.instance),
+    )
 
 
 def model_inputs():

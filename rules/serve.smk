@@ -93,7 +93,7 @@ rule measure:
     output:
         records=point_files("jsonl"),
         meta=point_files("meta.json"),
-        info="results/raw/{mode}/i{instance}/server.json",
+        info=LIFETIME_INFO,
     log:
         server="results/logs/server_{mode}_i{instance}.log",
         measure="results/logs/measure_{mode}_i{instance}.log",
@@ -105,18 +105,7 @@ rule measure:
     resources:
         gpu=1,
     params:
-        points=POINTS,
-        bench=BENCH,
-        host=config["server"]["host"],
-        ready_timeout_s=config["server"]["ready_timeout_s"],
-        served_name=MODEL["served_name"],
-        python=TARGET.get("python", ""),
-        target=TARGET_NAME,
-        model=MODEL,
-        endpoint=lambda w: TARGET["endpoints"][w.mode] if ENDPOINT_MODE else {},
-        description=TARGET.get("description", ""),
-        dtype_choice=DTYPE_CHOICE.as_dict() if DTYPE_CHOICE else {},
-        instance=lambda w: int(w.instance),
+        **measure_params(POINTS),
     script:
         "../scripts/measure.py"
 
@@ -140,9 +129,9 @@ if KV_SHAPES:
             code=package_files("measure"),
             after=after_previous_kv_lifetime,
         output:
-            records=point_files("jsonl", KV_POINTS, "kv"),
-            meta=point_files("meta.json", KV_POINTS, "kv"),
-            info="results/raw/{mode}/kv/server.json",
+            records=point_files("jsonl", KV_POINTS, KV_LIFETIME),
+            meta=point_files("meta.json", KV_POINTS, KV_LIFETIME),
+            info=KV_INFO,
         log:
             server="results/logs/server_{mode}_kv.log",
             measure="results/logs/measure_{mode}_kv.log",
@@ -150,15 +139,4 @@ if KV_SHAPES:
         benchmark:
             "results/benchmarks/measure_{mode}_kv.tsv"
         params:
-            points=KV_POINTS,
-            bench=BENCH,
-            host=config["server"]["host"],
-            ready_timeout_s=config["server"]["ready_timeout_s"],
-            served_name=MODEL["served_name"],
-            python=TARGET.get("python", ""),
-            target=TARGET_NAME,
-            model=MODEL,
-            endpoint={},
-            description=TARGET.get("description", ""),
-            dtype_choice=DTYPE_CHOICE.as_dict() if DTYPE_CHOICE else {},
-            instance=1,
+            **measure_params(KV_POINTS, kv=True),

@@ -107,3 +107,21 @@ def test_requests_of_a_single_lifetime_leave_the_pooled_instance_control_alone(t
     for k in ("inst_off_ttft_ratio", "inst_off_ttft_lo", "inst_off_ttft_hi"):
         assert with_single[k] == pytest.approx(pooled[k], rel=0.05)
     assert pooled["inst_off_ttft_hi"] < 0.8  # the slow second lifetime is seen
+
+
+def test_a_points_file_names_come_from_one_function():
+    """The stem `c{c}` / `rate{q:g}` was written in the rules and again in measure.Point.label; now both call
+    design.point_stem, and the rules' paths come from design.point_path."""
+    from pathlib import Path
+
+    from prefixbench.design import KV_LIFETIME, lifetime_name, point_path, point_stem, server_info
+    from prefixbench.measure import Point
+
+    assert point_stem(4, 0.0) == "c4" and point_stem(0, 2.5) == "rate2.5" and point_stem(0, 8.0) == "rate8"
+    for conc, rate in [(4, 0.0), (0, 2.5)]:
+        assert Point("r", 100, conc, Path("p"), Path("r"), Path("m"), rate).label == point_stem(conc, rate)
+    assert point_path(OFF, lifetime_name(2), ("large", 50, 4, 0.0), "jsonl") == f"results/raw/{OFF}/i2/large/reuse50_c4.jsonl"
+    assert point_path("{mode}", lifetime_name("{instance}"), ("t", 100, 0, 0.5), "meta.json") == (
+        "results/raw/{mode}/i{instance}/t/reuse100_rate0.5.meta.json"
+    )
+    assert server_info(ON, KV_LIFETIME) == f"results/raw/{ON}/kv/server.json"

@@ -41,9 +41,9 @@ def kv_order(slots: Sequence[tuple[str, int]]) -> list[str]:
 
 
 def server_infos(slots: Sequence[tuple[str, int]], kv_modes: Sequence[str]) -> list[str]:
-    """Each lifetime's server.json in run order: the DAG's chain (rules/common.smk) and the order
+    """Each lifetime's server.json in run order: the DAG's chain (rules/design.smk) and the order
     scripts/device_sweep.sh runs the measuring jobs in."""
-    return [f"results/raw/{m}/i{i}/server.json" for m, i in slots] + [f"results/raw/{m}/kv/server.json" for m in kv_modes]
+    return [server_info(m, lifetime_name(i)) for m, i in slots] + [server_info(m, KV_LIFETIME) for m in kv_modes]
 
 
 def point_order(points: Sequence[T], seed: int, instance: int) -> list[T]:
@@ -51,3 +51,29 @@ def point_order(points: Sequence[T], seed: int, instance: int) -> list[T]:
     out = list(points)
     random.Random(f"points:{seed}:{instance}").shuffle(out)
     return out
+
+
+RAW_DIR = "results/raw"
+KV_LIFETIME = "kv"  # the small-KV lifetimes: one per setting, after the main ones
+PointKey = tuple[str, int, int, float]  # (regime or shape, reuse %, concurrency, request rate): 0 rate = closed loop
+
+
+def lifetime_name(instance: int | str) -> str:
+    """The folder of main lifetime `instance` (`i1`, `i2`, ...; "{instance}" gives the rules' wildcard)."""
+    return f"i{instance}"
+
+
+def point_stem(concurrency: int, request_rate: float) -> str:
+    """A point's file stem and label: `c{concurrency}` closed loop, `rate{rate:g}` open loop."""
+    return f"rate{request_rate:g}" if request_rate else f"c{concurrency}"
+
+
+def point_path(mode: str, lifetime: str, point: PointKey, suffix: str) -> str:
+    """Where one point of one lifetime writes (`suffix`: jsonl for its records, meta.json for its totals)."""
+    regime, reuse, concurrency, rate = point
+    return f"{RAW_DIR}/{mode}/{lifetime}/{regime}/reuse{reuse}_{point_stem(concurrency, rate)}.{suffix}"
+
+
+def server_info(mode: str, lifetime: str) -> str:
+    """A lifetime's server.json (what started, when, on what hardware)."""
+    return f"{RAW_DIR}/{mode}/{lifetime}/server.json"

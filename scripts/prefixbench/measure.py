@@ -25,6 +25,7 @@ from . import ON
 from . import metrics as m
 from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop, run_sessions
 from .corpus import text_of_at_least
+from .design import point_stem
 from .endpoint import Capabilities, Endpoint, fetch_kv_blocks, fetch_metrics, probe, redact_url, reset_prefix_cache
 from .host import hardware, has_nvidia_smi
 from .paired import SALTED, Send, mixed_order, schedule
@@ -63,7 +64,7 @@ class Point:
 
     @property
     def label(self) -> str:
-        return f"rate{self.request_rate:g}" if self.request_rate else f"c{self.concurrency}"
+        return point_stem(self.concurrency, self.request_rate)
 
 
 def client_config(server: MeasuredTarget, model: str, settings: BenchSettings) -> ClientConfig:
