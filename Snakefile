@@ -9,6 +9,8 @@ if not config.get("regimes"):
 
 
 include: "rules/common.smk"
+include: "rules/design.smk"
+include: "rules/inputs.smk"
 
 
 report: "report/workflow.rst"

@@ -1,3 +1,5 @@
+# The run's configuration as globals: validated, checked, and turned into the settings every rule reads; where each
+# regime's and shape's prompts are written. The experiment design is in design.smk, the input functions in inputs.smk.
 import os
 import signal
 import sys
@@ -13,39 +15,13 @@ sys.path.insert(0, SCRIPTS_DIR)
 
 from prefixbench import MODES  # noqa: E402
 from prefixbench import config as pbconfig  # noqa: E402
-from prefixbench.chart_specs import BY_NAME as CHART_SPECS, chart_files, chart_names  # noqa: E402
-from prefixbench.design import (  # noqa: E402
-    KV_LIFETIME,
-    kv_order,
-    lifetime_name,
-    point_path,
-    previous_slot,
-    server_info,
-    server_infos,
-    slot_order,
-)
+from prefixbench import interrupt  # noqa: E402
 
 validate(config, "../config/schema/config.schema.yaml")
 
 
-def stop_now(signum, frame):
-    """SIGTERM (kill, a service manager, a CI runner) stops the run at once, as Ctrl-C does.
-
-    Snakemake's own handler waits for running jobs to finish (a `measure` job can take an hour); this
-    one passes the signal to every process of the run, whose `finally` blocks tear the servers down
-    and keep what was measured, then lets Snakemake clean up as after Ctrl-C."""
-    import psutil
-
-    for child in psutil.Process().children(recursive=True):
-        try:
-            child.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
-    raise KeyboardInterrupt
-
-
 onstart:
-    signal.signal(signal.SIGTERM, stop_now)
+    signal.signal(signal.SIGTERM, interrupt.stop_now)  # stop at once, as Ctrl-C does
 
 
 try:
@@ -77,26 +53,6 @@ BENCH = asdict(pbconfig.bench_settings(config))
 TIME_BUDGET_S = config["benchmark"].get("time_budget_s")
 PLAN_FILE = "results/calibration.json" if TIME_BUDGET_S and not ENDPOINT_MODE else None
 RATES = sorted(config["benchmark"]["request_rates"])
-# Server lifetimes per cache setting, run interleaved in a counterbalanced order (prefixbench.design).
-INSTANCES = config["benchmark"]["instances"]
-SLOTS = slot_order(INSTANCES, config["seed"])
-# Every measurement point of one server lifetime: (regime, reuse %, concurrency, request rate);
-# closed-loop points have rate 0, open-loop points concurrency 0.
-POINTS = [
-    (name, reuse, conc, rate)
-    for name, regime in REGIMES.items()
-    for reuse in regime.reuse_pcts
-    for conc, rate in [(c, 0.0) for c in CONCURRENCY] + [(0, r) for r in RATES]
-] + [
-    # A shape is one level (reuse 100: every request follows the shape's own sharing); a trace replays open loop.
-    (name, 100, conc, rate)
-    for name in MAIN_SHAPES
-    for conc, rate in (
-        [(0, float(SHAPES[name].params["rate"]))] if SHAPES[name].kind == "trace" else [(c, 0.0) for c in CONCURRENCY]
-    )
-]
-# The small-KV lifetimes: each working set one at a time, so the cache model can be exact.
-KV_POINTS = [(name, 100, 1, 0.0) for name in KV_SHAPES]
 
 
 def prompt_file(name):
@@ -109,86 +65,4 @@ KV_PROMPTS = [prompt_file(n) for n in KV_SHAPES]
 REPORT_TEMPLATE = config.get("report_template") or os.path.join(
     SCRIPTS_DIR, "prefixbench", "templates", "prefix_caching_results.md.j2"
 )
-CHART_NAMES = chart_names(rates=bool(RATES), shapes=bool(SHAPES))  # prefixbench.chart_specs registers them
-CHARTS = chart_files(CHART_NAMES)
-
-
-def chart_output(path):
-    """A chart output; the PNGs are filed in Snakemake's report (`--report`)."""
-    name = os.path.basename(path).split(".")[0]
-    if not path.endswith(".png"):
-        return path
-    return report(path, caption=f"../{CHART_SPECS[name].caption}", category="Charts", labels={"chart": name.replace("_", " ")})
-
-
-CHART_OUTPUTS = [chart_output(f) for f in CHARTS]
 REGIME_TABLES = [f"results/tables/{r}/{m}.csv" for r in REGIMES for m in MODES]
-
-
-# A main lifetime and a small-KV one, as the rules' outputs (the {mode} and {instance} wildcards kept).
-LIFETIME = lifetime_name("{instance}")
-LIFETIME_INFO = server_info("{mode}", LIFETIME)
-KV_INFO = server_info("{mode}", KV_LIFETIME)
-
-
-def point_files(suffix, points=None, lifetime=LIFETIME):
-    """Per-point outputs of one server lifetime (the {mode} and {instance} wildcards are kept)."""
-    return [point_path("{mode}", lifetime, p, suffix) for p in (POINTS if points is None else points)]
-
-
-# The small-KV lifetimes run after the main ones, off and on in the order the seed's first pair used.
-KV_ORDER = kv_order(SLOTS) if KV_SHAPES else []
-SERVER_INFOS = server_infos(SLOTS, KV_ORDER)
-
-
-def all_point_files(suffix):
-    main = [f.format(mode=m, instance=i) for m, i in SLOTS for f in point_files(suffix)]
-    return main + [f.format(mode=m) for m in KV_ORDER for f in point_files(suffix, KV_POINTS, KV_LIFETIME)]
-
-
-def after_previous_kv_lifetime(wildcards):
-    """The lifetime before this small-KV one: the last main lifetime, or the other setting's small-KV one."""
-    at = KV_ORDER.index(wildcards.mode)
-    return [SERVER_INFOS[len(SLOTS) - 1 + at]]
-
-
-def after_previous_lifetime(wildcards):
-    """The server lifetime that runs just before this one: the interleaved order is a chain in the DAG."""
-    prev = previous_slot(wildcards.mode, int(wildcards.instance), INSTANCES, config["seed"])
-    return [server_info(prev[0], lifetime_name(prev[1]))] if prev else []
-
-
-def measure_params(points, kv=False):
-    """The params of a measuring job, one lifetime's points and the run's settings: one builder for `measure` and
-    `measure_kv` (a small-KV lifetime measures the server prefixbench starts, as instance 1)."""
-    return dict(
-        points=points,
-        bench=BENCH,
-        host=config["server"]["host"],
-        ready_timeout_s=config["server"]["ready_timeout_s"],
-        served_name=MODEL["served_name"],
-        python=TARGET.get("python", ""),
-        target=TARGET_NAME,
-        model=MODEL,
-        endpoint={} if kv else lambda w: TARGET["endpoints"][w.mode] if ENDPOINT_MODE else {},
-        description=TARGET.get("description", ""),
-        dtype_choice=DTYPE_CHOICE.as_dict() if DTYPE_CHOICE else {},
-        instance=1 if kv else lambda w: int(w.instance),
-    )
-
-
-def model_inputs():
-    """Model folders the pipeline builds itself; hub ids and user paths are not Snakemake files."""
-    if MODEL["source"] in ("smollm2_package", "dummy"):
-        return [MODEL["path"]]
-    return []
-
-
-def tokenizer_inputs():
-    source = pbconfig.tokenizer_source(TARGET)
-    return [source] if source in model_inputs() else []
-
-
-def package_files(script):
-    """The package modules the rule's edge script runs, derived from its imports: editing one reruns the rule."""
-    return pbconfig.script_closure(os.path.join(SCRIPTS_DIR, f"{script}.py"))
