@@ -21,6 +21,7 @@ rule charts:
         summary="results/summary.csv",
         speedup="results/speedup.csv",
         shapes="results/shape_requests.csv",
+        calibration=[PLAN_FILE] if PLAN_FILE else [],  # its cold requests: the ideal's fit, as in the report
         code=package_files("charts"),
         model=model_inputs(),
     output:

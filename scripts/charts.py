@@ -17,4 +17,5 @@ draw_all(
     model_dir=p.model_dir or None,
     block_size=p.block_size,
     shape_csv=Path(snakemake.input.shapes),
+    calibration_json=Path(snakemake.input.calibration[0]) if snakemake.input.calibration else None,
 )

@@ -440,3 +440,34 @@ def test_every_registered_chart_has_a_drawing_a_caption_and_a_place_in_the_repor
     md, _ = render_md(tmp_path, rates=(2.0, 8.0), slo={"p95_ttft_s": 1.1, "p95_e2e_s": 10.0})
     for c in charts_for(rates=True, shapes=False):
         assert f"![{c.title}](charts/{c.name}.png)" in md
+
+
+def test_the_ideal_chart_uses_the_same_fit_as_the_report(tmp_path):
+    """The chart's ideal bar left the calibration's cold requests out of the fit the report's text states (issue 21):
+    both now read ideal.cold_samples, and the charts rule takes the calibration as an input."""
+    from prefixbench.charts import DRAW, ChartData
+    from prefixbench.ideal import cold_samples, ideal_rows, load_shape, prefill_flops
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9, "intermediate_size": 1536})
+    )
+    shape = load_shape(tmp_path)
+    rows = []
+    for regime, tokens in (("medium", 520), ("large", 1036)):
+        cold = 0.015 + 2e-12 * prefill_flops(shape, tokens)
+        for mode, t in (("no_prefix_cache", cold), ("with_prefix_cache", 0.02)):
+            rows.append({"mode": mode, "regime": regime, "reuse_pct": 100, "concurrency": 1, "request_rate": 0.0,
+                         "requests_ok": 10, "prompt_tokens": 10 * tokens, "prefix_len_tokens": tokens - 12,
+                         "mean_ttft_s": t, "mean_ttft_warm_s": t})  # fmt: skip
+    summary = pl.DataFrame(rows)
+    calibration = tmp_path / "calibration.json"
+    requests = [{"prompt_tokens": t, "ttft_s": 0.005 + 3e-12 * prefill_flops(shape, t)} for t in (16, 1036)]
+    calibration.write_text(json.dumps({"calibration": {"requests": requests}}))
+    samples = cold_samples(calibration)
+    report_ideal = [r["ideal_s"] for r in ideal_rows(summary, shape, 16, samples)]  # what ideal_finding states
+    assert report_ideal != [r["ideal_s"] for r in ideal_rows(summary, shape, 16)]  # the calibration moves the fit
+    chart = DRAW["ideal"](ChartData(summary, summary, pl.DataFrame(), SLO, str(tmp_path), 16, samples))
+    bars = chart.data.filter(pl.col("kind") == "ideal warm (FLOPs)")["ttft_s"].to_list()
+    assert bars == report_ideal
+    assert "calibration=[PLAN_FILE] if PLAN_FILE else []" in (ROOT / "rules/charts.smk").read_text()
+    assert "calibration_json=" in (ROOT / "scripts/charts.py").read_text()

@@ -13,7 +13,7 @@ from . import MODES
 from .aggregate import closed_loop, open_loop, single_prefix
 from .chart_specs import EXTENSIONS, chart_names
 from .contrasts import paired_effects
-from .ideal import Shape, ideal_rows, load_shape
+from .ideal import Shape, cold_samples, ideal_rows, load_shape
 from .shape_results import read_shape_requests
 
 SPEEDUP_TITLE = "TTFT speed-up (off / on, log scale)"
@@ -188,9 +188,10 @@ def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
     )
 
 
-def ideal_chart(summary: pl.DataFrame, shape: Shape | None, block_size: int) -> alt.Chart:
-    """Cold, FLOPs-ideal and measured warm TTFT per regime (full reuse, lowest concurrency)."""
-    rows = ideal_rows(summary, shape, block_size) if shape else []
+def ideal_chart(summary: pl.DataFrame, shape: Shape | None, block_size: int, cold: list[tuple[float, float]] = ()) -> alt.Chart:
+    """Cold, FLOPs-ideal and measured warm TTFT per regime (full reuse, lowest concurrency). `cold`: the
+    calibration's cold requests (ideal.cold_samples), so the fixed cost is fitted as the report's text fits it."""
+    rows = ideal_rows(summary, shape, block_size, list(cold)) if shape else []
     if not rows:
         return (
             alt.Chart(pl.DataFrame({"t": ["Not computed: no local model config.json"]}))
@@ -293,6 +294,7 @@ class ChartData:
     slo: dict
     model_dir: str | None
     block_size: int
+    cold: list[tuple[float, float]]  # the calibration's cold requests (ideal.cold_samples), none without one
 
 
 # Each registered chart's drawing (prefixbench.chart_specs registers the names; a test checks both agree).
@@ -301,7 +303,7 @@ DRAW: dict[str, Callable[[ChartData], alt.TopLevelMixin]] = {
     "throughput_vs_p95": lambda d: throughput_vs_p95(d.summary),
     "speedup": lambda d: speedup(d.ratios),
     "open_loop": lambda d: open_loop_latency(d.summary, d.slo),
-    "ideal": lambda d: ideal_chart(d.summary, load_shape(d.model_dir) if d.model_dir else None, d.block_size),
+    "ideal": lambda d: ideal_chart(d.summary, load_shape(d.model_dir) if d.model_dir else None, d.block_size, d.cold),
     "shapes": lambda d: shapes_chart(d.shape_req if d.shape_req.height else pl.DataFrame({"status": []})),
 }
 
@@ -316,11 +318,13 @@ def draw_all(
     model_dir: str | None,
     block_size: int,
     shape_csv: Path | None = None,
+    calibration_json: Path | None = None,
 ) -> list[Path]:
     summary = pl.read_csv(summary_csv)
     ratios = paired_effects(pl.read_csv(speedup_csv))  # the contrast each point is judged by (prefixbench.contrasts)
     summary, ratios = single_prefix(summary, ratios)  # the shapes get their own chart
-    data = ChartData(summary, ratios, read_shape_requests(shape_csv), slo, model_dir, block_size)
+    shape_req = read_shape_requests(shape_csv)
+    data = ChartData(summary, ratios, shape_req, slo, model_dir, block_size, cold_samples(calibration_json))
     outdir.mkdir(parents=True, exist_ok=True)
     charts = {name: DRAW[name](data) for name in (names or chart_names(rates=False, shapes=False))}
     written = []

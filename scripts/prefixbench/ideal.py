@@ -105,6 +105,16 @@ def explained(row: dict) -> bool:
     return row["fixed_s"] is None or row["warm_s"] >= row["fixed_s"]
 
 
+def cold_samples(calibration_json: Path | None) -> list[tuple[float, float]]:
+    """(prompt tokens, TTFT) of the calibration's cold requests, the short one included (none without a calibration):
+    with the cache-off points, what ideal_rows fits the fixed cost on. The report and the ideal chart both read them
+    here, so the chart's ideal bar is the fit the report's text states."""
+    if calibration_json is None or not Path(calibration_json).is_file():
+        return []
+    reqs = json.loads(Path(calibration_json).read_text()).get("calibration", {}).get("requests", [])
+    return [(r["prompt_tokens"], r["ttft_s"]) for r in reqs if r.get("prompt_tokens") and r.get("ttft_s")]
+
+
 def ideal_rows(summary, shape: Shape, block_size: int, cold_samples: list[tuple[float, float]] = ()) -> list[dict]:
     """Per regime, at full reuse and the lowest concurrency (closed loop): cold TTFT (cache off), the ideal for a
     warm request (fixed cost kept, the cached tokens' compute removed), and the measured warm TTFT (cache on).

@@ -43,7 +43,7 @@ from .findings import (
     ttft_finding,
 )
 from .formatting import fmt_ci, fmt_s, fmt_x, markdown_table
-from .ideal import load_shape
+from .ideal import cold_samples, load_shape
 from .shape_findings import (
     describe,
     overflow_table,
@@ -229,14 +229,6 @@ def not_measured(endpoints: dict[str, dict]) -> list[str]:
         for item in info.get("not_measured", []):
             where.setdefault(item, []).append(mode)
     return [item if len(modes) == len(endpoints) else f"{item} ({', '.join(modes)} only)" for item, modes in where.items()]
-
-
-def cold_samples(calibration_json: Path | None) -> list[tuple[float, float]]:
-    """(prompt tokens, TTFT) of the calibration's cold requests, the short one included (none without a calibration)."""
-    if calibration_json is None or not Path(calibration_json).is_file():
-        return []
-    reqs = json.loads(Path(calibration_json).read_text()).get("calibration", {}).get("requests", [])
-    return [(r["prompt_tokens"], r["ttft_s"]) for r in reqs if r.get("prompt_tokens") and r.get("ttft_s")]
 
 
 def read_tables(summary_csv: Path, speedup_csv: Path) -> tuple[pl.DataFrame, ...]:
