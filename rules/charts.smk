@@ -1,20 +1,3 @@
-from prefixbench.chart_specs import BY_NAME as CHART_SPECS, chart_files, chart_names
-
-CHART_NAMES = chart_names(rates=bool(RATES), shapes=bool(SHAPES))  # prefixbench.chart_specs registers them
-CHARTS = chart_files(CHART_NAMES)
-
-
-def chart_output(path):
-    """A chart output; the PNGs are filed in Snakemake's report (`--report`)."""
-    name = os.path.basename(path).split(".")[0]
-    if not path.endswith(".png"):
-        return path
-    return report(path, caption=f"../{CHART_SPECS[name].caption}", category="Charts", labels={"chart": name.replace("_", " ")})
-
-
-CHART_OUTPUTS = [chart_output(f) for f in CHARTS]
-
-
 rule charts:
     """Altair charts, PNG and SVG through vl-convert (no network)."""
     input:

@@ -1,5 +1,6 @@
 # The run's configuration as globals: validated, checked, and turned into the settings every rule reads; where each
-# regime's and shape's prompts are written. The experiment design is in design.smk, the input functions in inputs.smk.
+# regime's and shape's prompts are written; the charts it draws (registered in prefixbench.chart_specs). The
+# experiment design is in design.smk, the input functions in inputs.smk.
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ sys.path.insert(0, SCRIPTS_DIR)
 from prefixbench import MODES  # noqa: E402
 from prefixbench import config as pbconfig  # noqa: E402
 from prefixbench import interrupt  # noqa: E402
+from prefixbench.chart_specs import BY_NAME as CHART_SPECS, chart_files, chart_names  # noqa: E402
 
 validate(config, "../config/schema/config.schema.yaml")
 
@@ -65,4 +67,17 @@ KV_PROMPTS = [prompt_file(n) for n in KV_SHAPES]
 REPORT_TEMPLATE = config.get("report_template") or os.path.join(
     SCRIPTS_DIR, "prefixbench", "templates", "prefix_caching_results.md.j2"
 )
+CHART_NAMES = chart_names(rates=bool(RATES), shapes=bool(SHAPES))  # prefixbench.chart_specs registers them
+CHARTS = chart_files(CHART_NAMES)
+
+
+def chart_output(path):
+    """A chart output; the PNGs are filed in Snakemake's report (`--report`)."""
+    name = os.path.basename(path).split(".")[0]
+    if not path.endswith(".png"):
+        return path
+    return report(path, caption=f"../{CHART_SPECS[name].caption}", category="Charts", labels={"chart": name.replace("_", " ")})
+
+
+CHART_OUTPUTS = [chart_output(f) for f in CHARTS]
 REGIME_TABLES = [f"results/tables/{r}/{m}.csv" for r in REGIMES for m in MODES]
