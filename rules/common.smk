@@ -14,6 +14,7 @@ sys.path.insert(0, SCRIPTS_DIR)
 from prefixbench import MODES  # noqa: E402
 from prefixbench import config as pbconfig  # noqa: E402
 from prefixbench.design import kv_order, previous_slot, server_infos, slot_order  # noqa: E402
+from prefixbench.shapes import KINDS  # noqa: E402
 
 validate(config, "../config/schema/config.schema.yaml")
 
@@ -50,7 +51,7 @@ MODEL = pbconfig.model_of(TARGET)
 REGIMES = pbconfig.regimes(config)
 # Workload shapes (multi-turn, prefix pools, KV overflow, trace replay): one regime each, with per-request predictions.
 SHAPES = pbconfig.shapes(config)
-KV_SHAPES = [n for n, s in SHAPES.items() if s.kind == "kv_overflow"]
+KV_SHAPES = [n for n, s in SHAPES.items() if KINDS[s.kind].kv_capacity(s)]
 MAIN_SHAPES = [n for n in SHAPES if n not in KV_SHAPES]
 KV_BLOCKS = pbconfig.kv_capacity(config)
 QUESTIONS = pbconfig.questions(config)
@@ -78,15 +79,17 @@ POINTS = [
     for reuse in regime.reuse_pcts
     for conc, rate in [(c, 0.0) for c in CONCURRENCY] + [(0, r) for r in RATES]
 ] + [
-    # A shape is one level (reuse 100: every request follows the shape's own sharing); a trace replays open loop.
+    # A shape is one level (reuse 100: every request follows the shape's own sharing) at its kind's loads.
     (name, 100, conc, rate)
     for name in MAIN_SHAPES
-    for conc, rate in (
-        [(0, float(SHAPES[name].params["rate"]))] if SHAPES[name].kind == "trace" else [(c, 0.0) for c in CONCURRENCY]
-    )
+    for conc, rate in KINDS[SHAPES[name].kind].loads(SHAPES[name], CONCURRENCY, RATES)
 ]
-# The small-KV lifetimes: each working set one at a time, so the cache model can be exact.
-KV_POINTS = [(name, 100, 1, 0.0) for name in KV_SHAPES]
+# The small-KV lifetimes (kv_overflow: each working set one at a time, so the cache model can be exact).
+KV_POINTS = [
+    (name, 100, conc, rate)
+    for name in KV_SHAPES
+    for conc, rate in KINDS[SHAPES[name].kind].loads(SHAPES[name], CONCURRENCY, RATES)
+]
 
 
 def prompt_file(name):

@@ -10,13 +10,10 @@ from helpers import ROOT
 
 from prefixbench.corpus import DEFAULT_QUESTIONS
 from prefixbench.kvcache import block_hashes
-from prefixbench.shapes import (
-    Shape,
-    build_shape_prompts,
-    overflow_documents,
-    trace_capacity_curve,
-    zipf_draws,
-)
+from prefixbench.shapes import Shape, build_shape_prompts
+from prefixbench.shapes.kv_overflow import overflow_documents
+from prefixbench.shapes.prefix_pool import zipf_draws
+from prefixbench.shapes.trace import trace_capacity_curve
 
 TRACE = ROOT / "resources/traces/mooncake/conversation_trace.jsonl.gz"
 B = 128
@@ -142,7 +139,7 @@ def test_the_vendored_trace_is_found_from_any_working_directory(tmp_path, monkey
 def test_shapes_table_keeps_the_configs_order_not_the_names():
     import polars as pl
 
-    from prefixbench.shape_findings import shapes_table
+    from prefixbench.shapes.findings import shapes_table
 
     names = ["overflow_ws50", "overflow_ws100", "overflow_ws400"]
     sp = pl.DataFrame(

@@ -38,26 +38,9 @@ from .findings import (
 )
 from .formatting import fmt_ci, fmt_s, fmt_x, markdown_table
 from .ideal import load_shape
-from .shape_findings import (
-    describe,
-    overflow_table,
-    overflow_words,
-    prediction_words,
-    shapes_table,
-    trace_words,
-    turns_table,
-    turns_words,
-)
-from .shape_results import prediction_check, read_shape_requests
 from .shapes import SINGLE_PREFIX
-
-
-def kv_of(check: pl.DataFrame, regime: str) -> int | None:
-    """The KV blocks the server that ran a shape reported."""
-    if check.is_empty():
-        return None
-    rows = check.filter(pl.col("regime") == regime)
-    return rows["kv_blocks"][0] if rows.height else None
+from .shapes.findings import shape_section
+from .shapes.results import prediction_check, read_shape_requests
 
 
 def prompt_strategy(prompt_paths: Sequence[Path]) -> list[dict]:
@@ -216,16 +199,7 @@ def render(
         fmt_ci=fmt_ci,
         fmt_x=fmt_x,
         design=design_note(single),
-        shape_section={
-            "table": shapes_table(sp_all, check, shapes) if shapes else "",
-            "described": [f"`{n}` ({s['kind']}): {describe(s, kv_of(check, n))}" for n, s in shapes.items()],
-            "prediction": prediction_words(check, block_size) if shapes else "",
-            "turns_table": turns_table(shape_req) if shape_req.height else "",
-            "turns": turns_words(shape_req) if shape_req.height else "",
-            "overflow_table": overflow_table(check, sp_all) if check.height else "",
-            "overflow": overflow_words(check) if check.height else "",
-            "trace": trace_words(check, shapes, block_size) if check.height else "",
-        },
+        shape_section=shape_section(shape_req, check, sp_all, shapes, block_size),
         length=guarded(prefix_length_finding, sp),
         hitrate=guarded(hit_rate_model, summary),
         bullets=guarded(consulting_bullets, summary, sp, block_size, fallback=lambda w: [w]),
