@@ -18,9 +18,6 @@ from ..findings import judged
 from ..formatting import fmt_pct, fmt_s, fmt_x, markdown_table
 from . import KINDS
 from .base import ReportKit, ShapeEvidence
-from .results import prediction_check, read_shape_requests
-
-__all__ = ["kind_sections", "prediction_check", "read_shape_requests", "shape_section"]
 
 KIT = ReportKit(judged=judged, fmt_pct=fmt_pct, fmt_s=fmt_s, fmt_x=fmt_x, markdown_table=markdown_table)
 
