@@ -18,6 +18,7 @@ from prefixbench import MODES  # noqa: E402
 from prefixbench import config as pbconfig  # noqa: E402
 from prefixbench import interrupt  # noqa: E402
 from prefixbench.chart_specs import BY_NAME as CHART_SPECS, chart_files, chart_names  # noqa: E402
+from prefixbench.shapes import KINDS  # noqa: E402
 
 validate(config, "../config/schema/config.schema.yaml")
 
@@ -38,7 +39,7 @@ MODEL = pbconfig.model_of(TARGET)
 REGIMES = pbconfig.regimes(config)
 # Workload shapes (multi-turn, prefix pools, KV overflow, trace replay): one regime each, with per-request predictions.
 SHAPES = pbconfig.shapes(config)
-KV_SHAPES = [n for n, s in SHAPES.items() if s.kind == "kv_overflow"]
+KV_SHAPES = [n for n, s in SHAPES.items() if KINDS[s.kind].kv_capacity(s)]
 MAIN_SHAPES = [n for n in SHAPES if n not in KV_SHAPES]
 KV_BLOCKS = pbconfig.kv_capacity(config)
 QUESTIONS = pbconfig.questions(config)

@@ -21,15 +21,17 @@ POINTS = [
     for reuse in regime.reuse_pcts
     for conc, rate in [(c, 0.0) for c in CONCURRENCY] + [(0, r) for r in RATES]
 ] + [
-    # A shape is one level (reuse 100: every request follows the shape's own sharing); a trace replays open loop.
+    # A shape is one level (reuse 100: every request follows the shape's own sharing) at its kind's loads.
     (name, 100, conc, rate)
     for name in MAIN_SHAPES
-    for conc, rate in (
-        [(0, float(SHAPES[name].params["rate"]))] if SHAPES[name].kind == "trace" else [(c, 0.0) for c in CONCURRENCY]
-    )
+    for conc, rate in KINDS[SHAPES[name].kind].loads(SHAPES[name], CONCURRENCY, RATES)
 ]
-# The small-KV lifetimes: each working set one at a time, so the cache model can be exact.
-KV_POINTS = [(name, 100, 1, 0.0) for name in KV_SHAPES]
+# The small-KV lifetimes (kv_overflow: each working set one at a time, so the cache model can be exact).
+KV_POINTS = [
+    (name, 100, conc, rate)
+    for name in KV_SHAPES
+    for conc, rate in KINDS[SHAPES[name].kind].loads(SHAPES[name], CONCURRENCY, RATES)
+]
 
 
 # A main lifetime and a small-KV one, as the rules' outputs (the {mode} and {instance} wildcards kept).

@@ -13,8 +13,8 @@ from prefixbench.corpus import DEFAULT_QUESTIONS
 from prefixbench.measure import Point
 from prefixbench.prompts import write_jsonl
 from prefixbench.server import write_script
-from prefixbench.shape_results import load_hashes, prediction_check, shape_requests
 from prefixbench.shapes import Shape, build_shape_prompts
+from prefixbench.shapes.results import load_hashes, prediction_check, shape_requests
 
 pytestmark = pytest.mark.integration
 CAPACITY, B = 26, 128  # 25 usable blocks of 128 tokens

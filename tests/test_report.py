@@ -351,15 +351,17 @@ def test_the_published_smollm2_h200_run_no_longer_says_what_its_data_do_not_carr
     from its recorded tables, none may come back (a regression test on real GPU data)."""
     from prefixbench.findings import consulting_bullets, reuse_finding
     from prefixbench.report import read_tables
-    from prefixbench.shape_findings import overflow_words, turns_words
-    from prefixbench.shape_results import prediction_check, read_shape_requests
+    from prefixbench.shapes.findings import KIT
+    from prefixbench.shapes.kv_overflow import overflow_words
+    from prefixbench.shapes.multi_turn import turns_words
+    from prefixbench.shapes.results import prediction_check, read_shape_requests
 
     run = ROOT / "docs/results/h200-2026-11-28b/smollm2-135m"
     _, sp_all, _, summary, sp = read_tables(run / "summary.csv", run / "speedup.csv")
     bullets = " ".join(consulting_bullets(summary, sp, 16))
     shapes = reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")).answer
     req = read_shape_requests(run / "shape_requests.csv")
-    words = " ".join([bullets, shapes, turns_words(req), overflow_words(prediction_check(req, 16))])
+    words = " ".join([bullets, shapes, turns_words(req, KIT), overflow_words(prediction_check(req, 16), KIT)])
     for said in [
         "whenever many requests start with the same long text",  # nothing was claimed
         "sooner for a",  # "made the first token arrive 1.28x sooner ... (within the run's noise)"

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from helpers import ROOT
 
 from prefixbench.corpus import DEFAULT_QUESTIONS
 from prefixbench.kvcache import block_hashes
-from prefixbench.shapes import (
-    Shape,
-    build_shape_prompts,
-    overflow_documents,
-    trace_capacity_curve,
-    zipf_draws,
-)
+from prefixbench.shapes import Shape, build_shape_prompts
+from prefixbench.shapes.kv_overflow import overflow_documents
+from prefixbench.shapes.prefix_pool import zipf_draws
+from prefixbench.shapes.trace import trace_capacity_curve
 
 TRACE = ROOT / "resources/traces/mooncake/conversation_trace.jsonl.gz"
 B = 128
@@ -142,7 +140,7 @@ def test_the_vendored_trace_is_found_from_any_working_directory(tmp_path, monkey
 def test_shapes_table_keeps_the_configs_order_not_the_names():
     import polars as pl
 
-    from prefixbench.shape_findings import shapes_table
+    from prefixbench.shapes.findings import shapes_table
 
     names = ["overflow_ws50", "overflow_ws100", "overflow_ws400"]
     sp = pl.DataFrame(
@@ -162,3 +160,186 @@ def test_shapes_table_keeps_the_configs_order_not_the_names():
     table = shapes_table(sp, check, {n: {"kind": "kv_overflow"} for n in names})
     rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert rows == names
+
+
+# --- The registry: one module per kind, found through KINDS -----------------------------------------------------
+
+
+def schema_kinds() -> tuple[list[str], list[str]]:
+    """The schema's `kind` enum and the kinds its if/then branches describe."""
+    import yaml
+
+    entry = yaml.safe_load((ROOT / "config/schema/config.schema.yaml").read_text())["properties"]["shapes"]
+    entry = entry["additionalProperties"]
+    return entry["properties"]["kind"]["enum"], [b["if"]["properties"]["kind"]["const"] for b in entry["allOf"]]
+
+
+def test_every_kind_in_the_schema_has_a_registry_entry_and_back():
+    from prefixbench.shapes import KINDS
+
+    enum, branches = schema_kinds()
+    assert sorted(enum) == sorted(KINDS) == sorted(branches)
+    assert all(kind.name == name for name, kind in KINDS.items())
+
+
+def test_every_kind_implements_every_method_and_names_its_fields():
+    import inspect
+
+    from prefixbench.shapes import KINDS, ShapeKind
+
+    assert ShapeKind.__abstractmethods__  # the contract is enforced by the ABC, not by convention
+    for name, kind in KINDS.items():
+        for method in ShapeKind.__abstractmethods__:
+            assert getattr(type(kind), method) is not getattr(ShapeKind, method), f"{name} does not implement {method}"
+            assert inspect.getdoc(getattr(kind, method)), f"{name}.{method} says nothing"
+        assert set(kind.table_fields) <= set(kind.record_fields), name
+        assert inspect.getmodule(type(kind)).__name__ == f"prefixbench.shapes.{name}"  # one module per kind
+
+
+def test_a_kind_without_every_method_cannot_be_registered():
+    from prefixbench.shapes import ShapeKind
+
+    class Half(ShapeKind):
+        name = "half"
+
+        def check(self, shape, target, endpoint):
+            return []
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+
+
+def test_shape_requests_keeps_the_columns_it_always_kept():
+    """The registry derives the CSV's shape columns; their order is the published files' (byte-identical reports)."""
+    from prefixbench.shapes.results import SHAPE_COLUMNS
+
+    assert SHAPE_COLUMNS == ["session", "turn", "document", "working_set", "kv_blocks"]
+
+
+def test_each_kind_contributes_its_own_loads():
+    from prefixbench.shapes import KINDS
+
+    conc, rates = [1, 4, 16], [0.5]
+    chat, pool = Shape("c", "multi_turn", {}), Shape("p", "prefix_pool", {})
+    assert KINDS["multi_turn"].loads(chat, conc, rates) == [(1, 0.0), (4, 0.0), (16, 0.0)]
+    assert KINDS["prefix_pool"].loads(pool, conc, rates) == [(1, 0.0), (4, 0.0), (16, 0.0)]
+    assert KINDS["trace"].loads(Shape("t", "trace", {"rate": 2}), conc, rates) == [(0, 2.0)]  # open loop, its own rate
+    overflow = Shape("o", "kv_overflow", {"capacity_blocks": 26})
+    assert KINDS["kv_overflow"].loads(overflow, conc, rates) == [(1, 0.0)]  # one at a time
+    assert KINDS["kv_overflow"].kv_capacity(overflow) == 26 and KINDS["prefix_pool"].kv_capacity(pool) is None
+
+
+def test_each_kind_says_how_its_traffic_runs():
+    from prefixbench.shapes import Arrivals, Sessions, kind_of
+
+    turns = [
+        {"workload": "multi_turn", "request_index": i, "prompt": f"p{i}", "session": s, "turn": t, "think_time_s": 0.5}
+        for i, (t, s) in enumerate([(1, 1), (1, 0), (2, 1), (2, 0)])
+    ]
+    traffic = kind_of(turns).traffic(turns, 0.0)
+    # sessions in the order of their first request, each session's turns in order
+    assert traffic == Sessions([[(0, "p0"), (2, "p2")], [(1, "p1"), (3, "p3")]], 0.5)
+    trace = [{"workload": "trace", "request_index": i, "prompt": [1, 2], "arrival_s": 0.7 * i} for i in range(3)]
+    assert kind_of(trace).traffic(trace, 0.25) == Arrivals([0.0, 0.7, 1.4])
+    assert kind_of(trace).traffic(trace, 0.0) is None  # no rate: the point's own loop
+    pool = [{"workload": "prefix_pool", "request_index": 0, "prompt": "x", "document": 3}]
+    assert kind_of(pool).traffic(pool, 0.0) is None
+    assert kind_of([{"workload": "chat_policy", "request_index": 0, "prompt": "x"}]) is None  # one shared prefix
+    assert kind_of([]) is None
+
+
+@pytest.mark.parametrize(
+    "entry, needle",
+    [
+        ({"kind": "trace", "path": "no/such/trace.jsonl", "requests": 2, "chunk_tokens": 128, "rate": 1.0}, "no such trace"),
+        ({"kind": "trace", "path": str(TRACE), "requests": 2, "chunk_tokens": 100, "rate": 1.0}, "multiple of the KV block"),
+    ],
+)
+def test_a_kinds_own_config_check_names_the_key(entry, needle):
+    from prefixbench import config as pbconfig
+
+    cfg = {"regimes": {}, "benchmark": {"max_tokens": 16}, "questions": "default", "align_to_block": True, "shapes": {"t": entry}}
+    with pytest.raises(pbconfig.ConfigError, match=needle):
+        pbconfig.check(cfg, {"max_model_len": 4096, "block_size": 16, "model": {"source": "hub", "path": "x"}})
+
+
+def test_kv_overflow_needs_a_server_prefixbench_starts_and_one_capacity():
+    from prefixbench import config as pbconfig
+    from prefixbench.shapes import KINDS
+
+    entry = {"kind": "kv_overflow", "capacity_blocks": 26, "doc_tokens": 384, "working_sets": [0.5, 2.0], "requests": 4}
+    shapes = pbconfig.shapes({"shapes": {"ov": entry}})
+    assert list(shapes) == ["ov_ws50", "ov_ws200"] and shapes["ov_ws200"].params["working_set"] == 2.0
+    assert "working_sets" not in shapes["ov_ws50"].params
+    assert KINDS["kv_overflow"].check(shapes["ov_ws50"], {}, endpoint=True) == [
+        "shapes.ov_ws50: kv_overflow sets the server's KV size, so it needs a server prefixbench starts"
+    ]
+    assert KINDS["kv_overflow"].check(shapes["ov_ws50"], {}, endpoint=False) == []
+    with pytest.raises(pbconfig.ConfigError, match="different capacity_blocks"):
+        pbconfig.kv_capacity({"shapes": {"a": entry, "b": {**entry, "capacity_blocks": 30}}})
+
+
+def test_every_kind_describes_itself_and_fills_its_report_sections_even_without_data():
+    import polars as pl
+
+    from prefixbench.shapes import KINDS
+    from prefixbench.shapes.base import ShapeEvidence
+    from prefixbench.shapes.findings import describe, kind_sections
+
+    params = {
+        "multi_turn": {"sessions": 2, "turns": 3, "system_tokens": 64, "answer_tokens": 8},
+        "prefix_pool": {"requests": 9, "documents": 3, "doc_tokens": 64, "zipf_alpha": 1.0},
+        "kv_overflow": {"capacity_blocks": 26, "working_set": 1.5, "requests": 4},
+        "trace": {"requests": 10, "chunk_tokens": 128, "rate": 0.5},
+    }
+    assert set(params) == set(KINDS)  # a new kind adds its line here
+    for kind, p in params.items():
+        assert describe({"kind": kind, "params": p}, 30)
+    assert describe({"kind": "kv_overflow", "params": params["kv_overflow"]}, 30).endswith(
+        "(26 KV blocks (server: 30)), 4 requests, one at a time"
+    )
+    empty = ShapeEvidence(pl.DataFrame(), pl.DataFrame(), pl.DataFrame(), {}, 16)
+    sections = kind_sections(empty)
+    assert set(sections) == {s for k in KINDS.values() for s in k.sections} == {
+        "turns_table", "turns", "overflow_table", "overflow", "trace"
+    }  # fmt: skip
+    assert all(v == "" for v in sections.values())
+
+
+def test_the_trace_curve_positions_are_a_pure_function_of_the_served_capacity():
+    from prefixbench.shapes.trace import CURVE_CAPACITIES, curve_capacities
+
+    at = curve_capacities(1000, 16, 128)
+    assert (at.cap_tokens, at.native, at.scaled) == (16000, 31, 125)
+    assert at.capacities == sorted({*CURVE_CAPACITIES, 31, 125})
+    assert curve_capacities(1, 16, 128).capacities[0] == 1  # a cache smaller than a block still has a position
+
+
+def test_the_measuring_steps_import_no_report_code_through_the_shapes():
+    """A kind's module is imported by `measure` (its traffic) and `shape_prompts`: editing the report's wording must
+    not make their code inputs newer than their results. Both closures follow the shapes subpackage."""
+    from prefixbench.config import script_closure
+
+    for script in ("measure", "shape_prompts"):
+        names = {
+            Path(f).relative_to(ROOT / "scripts/prefixbench").as_posix() for f in script_closure(ROOT / f"scripts/{script}.py")
+        }
+        assert {"shapes/__init__.py", "shapes/base.py", "shapes/multi_turn.py", "shapes/trace.py"} <= names, script
+        assert not names & {"findings.py", "formatting.py", "shapes/findings.py", "shapes/results.py", "report.py"}, script
+
+
+def test_the_shape_prompts_code_inputs_cover_every_module_it_loads():
+    import subprocess
+    import sys
+
+    from prefixbench.config import script_closure
+
+    closure = set(script_closure(ROOT / "scripts/shape_prompts.py"))
+    probe = (
+        "import sys, prefixbench.shapes, prefixbench.prompts, prefixbench.tokenizer\n"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('prefixbench') and m.__file__))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT / "scripts", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = {str(Path(f).resolve()) for f in out.stdout.split()}
+    assert loaded and loaded <= closure, sorted(loaded - closure)

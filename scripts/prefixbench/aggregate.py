@@ -17,8 +17,8 @@ from . import metrics as m
 from .paired import POINT as PAIRED_POINT
 from .paired import arm_walls, clean, flag_cost_table, main_arm_filter, paired_table, with_arm_columns
 from .point_meta import PointMeta
-from .shape_results import load_hashes, shape_requests
 from .shapes import SINGLE_PREFIX
+from .shapes.results import load_hashes, shape_requests
 from .stats import busy_periods, closed_loop_rounds, cluster_ratio_ci, steady_window
 
 SEED_COLUMNS = ["mode", "prefix_len_tokens", "concurrency", "mean_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "notes"]

@@ -14,7 +14,7 @@ from .aggregate import closed_loop, open_loop, single_prefix
 from .chart_specs import EXTENSIONS, chart_names
 from .contrasts import paired_effects
 from .ideal import Shape, cold_samples, ideal_rows, load_shape
-from .shape_results import read_shape_requests
+from .shapes.results import read_shape_requests
 
 SPEEDUP_TITLE = "TTFT speed-up (off / on, log scale)"
 PAIRED_TITLE = "TTFT speed-up (forced miss / hit, log scale)"

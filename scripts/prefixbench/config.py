@@ -11,7 +11,7 @@ from .corpus import DEFAULT_QUESTIONS, question_variants
 from .host import CpuInfo, DtypeChoice, as_isa, cpu_dtype, isa_env, nvidia_smi, read_cpu_info
 from .prompts import Regime, aligned_length
 from .settings import BenchSettings, ServerSpec
-from .shapes import Shape
+from .shapes import KINDS, Shape
 
 QUESTION_ROOM_TOKENS = 64  # room for "\nQ: <question>\nA:" after the prefix
 REPO_DIR = Path(__file__).resolve().parents[2]
@@ -71,20 +71,13 @@ def shapes(config: dict[str, Any]) -> dict[str, Shape]:
     for name, entry in (config.get("shapes") or {}).items():
         kind = entry["kind"]
         params = {**defaults.get(kind, {}), **{k: v for k, v in entry.items() if k != "kind"}}
-        if kind == "trace" and not Path(params["path"]).is_file() and (REPO_DIR / params["path"]).is_file():
-            params["path"] = str(REPO_DIR / params["path"])  # a repository file (the vendored trace), from any workdir
-        if kind == "kv_overflow":
-            for ws in params.pop("working_sets"):
-                label = f"{name}_ws{round(ws * 100)}"
-                out[label] = Shape(label, kind, {**params, "working_set": ws})
-        else:
-            out[name] = Shape(name, kind, params)
+        out |= KINDS[kind].expand(name, params, REPO_DIR)
     return out
 
 
 def kv_capacity(config: dict[str, Any]) -> int | None:
     """The KV blocks of the small-cache server lifetime the kv_overflow shapes share (None without any)."""
-    caps = {s.params["capacity_blocks"] for s in shapes(config).values() if s.kind == "kv_overflow"}
+    caps = {c for s in shapes(config).values() if (c := KINDS[s.kind].kv_capacity(s)) is not None}
     if len(caps) > 1:
         raise ConfigError(f"shapes: kv_overflow entries ask for different capacity_blocks {sorted(caps)}; they share one server")
     return caps.pop() if caps else None
@@ -229,15 +222,8 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
     for name, shape in shapes(config).items():
         if name in config["regimes"]:
             raise ConfigError(f"shapes.{name}: a regime has the same name; give the shape another one")
-        if shape.kind == "trace" and not Path(shape.params["path"]).is_file():
-            raise ConfigError(f"shapes.{name}.path={shape.params['path']!r}: no such trace file")
-        if shape.kind == "trace" and shape.params["chunk_tokens"] % target["block_size"]:
-            raise ConfigError(
-                f"shapes.{name}.chunk_tokens={shape.params['chunk_tokens']} must be a multiple of the KV block size "
-                f"({target['block_size']}), or trace blocks would not map to whole cached blocks"
-            )
-        if shape.kind == "kv_overflow" and is_endpoint(target):
-            raise ConfigError(f"shapes.{name}: kv_overflow sets the server's KV size, so it needs a server prefixbench starts")
+        if problems := KINDS[shape.kind].check(shape, target, is_endpoint(target)):
+            raise ConfigError(problems[0])
     kv_capacity(config)
     if not questions(config) or any(not q for q in questions(config)):
         raise ConfigError("questions: the list is empty or holds a blank question; give at least one question")
@@ -247,35 +233,30 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def package_imports(source: str, package: str = "") -> list[str]:
-    """The prefixbench modules a file's code imports (relative or absolute, function-level ones included), dotted
-    below the package (`findings.claims`); `package` is the subpackage the file sits in ("" at the top)."""
+    """The prefixbench modules a file's code may import (relative or absolute, function-level ones included), dotted
+    from the package root; `package` is the subpackage the file is in ("" at the top). `from m import n` lists m
+    and m.n (n may be a submodule); names that are not modules have no file and are dropped by package_closure."""
     import ast
 
     mods: list[str] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.level:
             parts = package.split(".") if package else []
-            base = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
-            if node.module:
-                mods.append(".".join([*base, node.module]))
-            else:
-                mods += [".".join([*base, a.name]) for a in node.names]
+            base = ".".join(parts[: len(parts) - node.level + 1])
+            module = ".".join(p for p in (base, node.module or "") if p)
+            mods += [module, *(f"{module}.{a.name}" if module else a.name for a in node.names)]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixbench"):
             sub = node.module.removeprefix("prefixbench").lstrip(".")
-            mods += [sub] if sub else [a.name for a in node.names]
+            mods += [sub, *(f"{sub}.{a.name}" if sub else a.name for a in node.names)]
         elif isinstance(node, ast.Import):
             mods += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("prefixbench.")]
-    return mods
+    return [m for m in mods if m]
 
 
 def module_file(name: str) -> Path | None:
-    """The file of a dotted package module: a module file, or a subpackage's __init__.py; None for a name that is
-    not a module (`from . import OFF`)."""
-    path = PACKAGE_DIR / name.replace(".", "/")
-    for file in (path.with_suffix(".py"), path / "__init__.py"):
-        if file.is_file():
-            return file
-    return None
+    """The file of a dotted module of the package (a module, or a subpackage's __init__), or None."""
+    path = PACKAGE_DIR.joinpath(*name.split("."))
+    return next((f for f in (path.with_suffix(".py"), path / "__init__.py") if f.is_file()), None)
 
 
 def script_closure(script: str | Path) -> list[str]:
@@ -289,16 +270,16 @@ def package_closure(*modules: str) -> list[str]:
 
     A step's code inputs are derived from its imports, so editing any module a step runs reruns that step;
     nothing is listed by hand."""
-    seen: dict[str, Path] = {}
+    files: set[Path] = {PACKAGE_DIR / "__init__.py"}
+    seen: set[str] = set()
     todo = list(modules)
     while todo:
         name = todo.pop()
-        file = module_file(name) if name else None
-        if name in seen or file is None:
+        if name in seen or (path := module_file(name)) is None:
             continue
-        seen[name] = file
-        package = name if file.name == "__init__.py" else name.rpartition(".")[0]
-        todo += package_imports(file.read_text(), package)
-        todo += [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]  # the packages above it
-    files = [str(f) for f in seen.values()] + [str(PACKAGE_DIR / "__init__.py")]
-    return sorted(set(files))
+        seen.add(name)
+        files.add(path)
+        parent = name.rpartition(".")[0]
+        todo += package_imports(path.read_text(), name if path.name == "__init__.py" else parent)
+        todo += [parent] if parent else []  # importing a submodule runs its package's __init__
+    return sorted(str(f) for f in files)

@@ -35,6 +35,7 @@ from .prompts import read_prompts
 from .sampling import RecordWriter, Sampler
 from .server import ManagedServer, ServerError
 from .settings import BenchSettings, api_key
+from .shapes import Arrivals, Sessions, kind_of
 
 
 class MeasuredTarget(Protocol):
@@ -106,15 +107,12 @@ async def server_calls(server: MeasuredTarget):
         ) from None
 
 
-SHAPE_FIELDS = ("session", "turn", "document", "working_set", "arrival_s")  # copied from a shape's prompt to its record
-
-
 def is_paired(point: Point, prompts: Sequence[dict], mode: str, settings: BenchSettings) -> bool:
     """Whether a point runs as hit and forced-miss sub-blocks (prefixbench.paired): every closed-loop point of a
     single shared prefix in a cache-on lifetime. Workload shapes and open-loop points keep the comparison across
     lifetimes: their order and arrival times are the test, and salted misses near the KV capacity would evict what
     the hit arm should find."""
-    single = bool(prompts) and not any(k in prompts[0] for k in ("block_hashes", "session", "arrival_s"))
+    single = bool(prompts) and kind_of(prompts) is None
     return settings.paired != "none" and mode == ON and point.concurrency > 0 and not point.request_rate and single
 
 
@@ -129,19 +127,15 @@ def paired_sends(point: Point, prompts: Sequence[dict], settings: BenchSettings,
 async def run_pass(cfg: ClientConfig, prompts: Sequence[dict], point: Point, settings: BenchSettings, repeat: int, sink) -> float:
     """One pass over a point's prompts, in the shape's own traffic pattern; returns the wall time.
 
-    Multi-turn prompts (with `session`) go session by session, turns in order; a trace (with `arrival_s`) at its
-    scaled arrival times; anything else closed loop at the point's concurrency, or open loop at its rate."""
+    A workload shape's kind says how its prompts go (shapes.base.ShapeKind.traffic): sessions whose turns run in
+    order, or its own arrival times; anything else closed loop at the point's concurrency, or open loop at its rate."""
     items = [(p["request_index"], p["prompt"]) for p in prompts]
-    if prompts and "session" in prompts[0]:
-        by_session: dict[int, list[tuple[int, str]]] = {}
-        for p in sorted(prompts, key=lambda p: (p["session"], p["turn"])):
-            by_session.setdefault(p["session"], []).append((p["request_index"], p["prompt"]))
-        order = sorted(by_session, key=lambda s: min(i for i, _ in by_session[s]))
-        think = float(prompts[0].get("think_time_s", 0.0))
-        return await run_sessions(cfg, [by_session[s] for s in order], max(point.concurrency, 1), think, sink)
-    if point.request_rate and prompts and "arrival_s" in prompts[0]:
-        offsets = [p["arrival_s"] for p in prompts]
-        return await run_open_loop(cfg, items, point.request_rate, settings.burstiness, 0, sink, offsets=offsets)
+    kind = kind_of(prompts)
+    traffic = kind.traffic(prompts, point.request_rate) if kind else None
+    if isinstance(traffic, Sessions):
+        return await run_sessions(cfg, traffic.sessions, max(point.concurrency, 1), traffic.think_s, sink)
+    if isinstance(traffic, Arrivals):
+        return await run_open_loop(cfg, items, point.request_rate, settings.burstiness, 0, sink, offsets=traffic.offsets)
     if point.request_rate:
         return await run_open_loop(cfg, items, point.request_rate, settings.burstiness, settings.seed + repeat, sink)
     return await run_closed_loop(cfg, items, point.concurrency, sink)
@@ -178,6 +172,8 @@ async def measure_point(
         raise ValueError(f"{point.prompts_path}: no prompts for reuse {point.reuse_pct}%")
     by_index = {p["request_index"]: p for p in prompts}
     paired = is_paired(point, prompts, context["mode"], settings)
+    kind = kind_of(prompts)
+    fields = kind.record_fields if kind else ()  # a shape's own prompt fields, copied into each record
     cfg = client_config(server, model, settings)
     point.records_path.parent.mkdir(parents=True, exist_ok=True)
     counts = {"ok": 0, "failed": 0}
@@ -238,7 +234,7 @@ async def measure_point(
                     workload=src.get("workload"),
                     prefix_group=src.get("prefix_group"),
                     expected_cached_tokens=src.get("expected_cached_tokens"),
-                    **{k: src[k] for k in SHAPE_FIELDS if k in src},
+                    **{k: src[k] for k in fields if k in src},
                 )
                 if send:  # the paired design: which arm, sub-block and pair; a salted miss can hit nothing
                     out |= {"request_index": send.request_index, "send_index": rec.request_index, "arm": send.arm,

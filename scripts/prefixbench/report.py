@@ -44,18 +44,9 @@ from .findings import (
 )
 from .formatting import fmt_ci, fmt_s, fmt_x, markdown_table
 from .ideal import cold_samples, load_shape
-from .shape_findings import (
-    describe,
-    overflow_table,
-    overflow_words,
-    prediction_words,
-    shapes_table,
-    trace_words,
-    turns_table,
-    turns_words,
-)
-from .shape_results import prediction_check, read_shape_requests
 from .shapes import SINGLE_PREFIX
+from .shapes.findings import shape_section
+from .shapes.results import prediction_check, read_shape_requests
 
 # The summary columns of the report's second table, beyond the seed's (`summary.csv` has them all).
 EXTRA_COLUMNS = [
@@ -95,20 +86,6 @@ class ReportInputs:
     shape_csv: Path | None = None
     shapes: dict[str, dict] = field(default_factory=dict)
     calibration_json: Path | None = None
-
-
-@dataclass(frozen=True)
-class ShapeSection:
-    """The workload shapes' section: empty strings where the run had no shape of that kind."""
-
-    table: str = ""
-    described: list[str] = field(default_factory=list)
-    prediction: str = ""
-    turns_table: str = ""
-    turns: str = ""
-    overflow_table: str = ""
-    overflow: str = ""
-    trace: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,7 +134,7 @@ class ReportContext:
     cold_warm: str
     aa: ControlSection
     engine: EngineSection
-    shape_section: ShapeSection
+    shape_section: dict[str, Any]  # the shapes' section: shapes.findings.shape_section, each kind's own keys
     # The answers
     ttft: Finding
     throughput: Finding
@@ -175,14 +152,6 @@ class ReportContext:
     def variables(self) -> dict[str, Any]:
         """The template's variables: the fields as they are (not copied into dicts, as dataclasses.asdict would)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def kv_of(check: pl.DataFrame, regime: str) -> int | None:
-    """The KV blocks the server that ran a shape reported."""
-    if check.is_empty():
-        return None
-    rows = check.filter(pl.col("regime") == regime)
-    return rows["kv_blocks"][0] if rows.height else None
 
 
 def prompt_strategy(prompt_paths: Sequence[Path]) -> list[dict]:
@@ -292,7 +261,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         cold_warm=cold_warm_table(summary),
         aa=ControlSection(answer=aa_finding(sp, aa_table(sp)).answer, rows=aa_table(sp)),
         engine=EngineSection(table=engine_table(engine), words=engine_words(engine)),
-        shape_section=shape_section(sp_all, shape_req, check, shapes, block_size),
+        shape_section=shape_section(shape_req, check, sp_all, shapes, block_size),
         ttft=guarded(ttft_finding, sp),
         throughput=guarded(throughput_finding, summary, sp),
         memory=guarded(memory_finding, summary, sp),
@@ -305,22 +274,6 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         hitrate=guarded(hit_rate_model, summary),
         bullets=guarded(consulting_bullets, summary, sp, block_size, fallback=lambda w: [w]),
         charts=dict(CHARTS),
-    )
-
-
-def shape_section(
-    sp_all: pl.DataFrame, shape_req: pl.DataFrame, check: pl.DataFrame, shapes: dict[str, dict], block_size: int
-) -> ShapeSection:
-    """The workload shapes' section from the per-request table and its cache-model check."""
-    return ShapeSection(
-        table=shapes_table(sp_all, check, shapes) if shapes else "",
-        described=[f"`{n}` ({s['kind']}): {describe(s, kv_of(check, n))}" for n, s in shapes.items()],
-        prediction=prediction_words(check, block_size) if shapes else "",
-        turns_table=turns_table(shape_req) if shape_req.height else "",
-        turns=turns_words(shape_req) if shape_req.height else "",
-        overflow_table=overflow_table(check, sp_all) if check.height else "",
-        overflow=overflow_words(check) if check.height else "",
-        trace=trace_words(check, shapes, block_size) if check.height else "",
     )
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import polars as pl
 
-from . import OFF
-from .kvcache import Request, replay_detail
-from .shapes import SHAPES
+from .. import OFF
+from ..kvcache import Request, replay_detail
+from . import KINDS, SHAPES
 
 PASS = ["mode", "instance", "regime", "reuse_pct", "concurrency", "request_rate", "repeat"]
-SHAPE_COLUMNS = ["session", "turn", "document", "working_set", "kv_blocks"]
+# Every kind's own columns (in the registry's order, each once), then the KV blocks the server reported.
+SHAPE_COLUMNS = [*dict.fromkeys(c for k in KINDS.values() for c in k.table_fields), "kv_blocks"]
 
 
 def load_hashes(prompt_paths: Iterable[Path]) -> dict[tuple[str, int], list[str]]:
@@ -131,24 +132,4 @@ def prediction_check(req: pl.DataFrame, block_size: int) -> pl.DataFrame:
             (pl.col("predicted_cached_tokens") / pl.col("prompt_tokens")).alias("predicted_hit_rate"),
             (pl.col("measured_cached_tokens") / pl.col("prompt_tokens")).alias("measured_hit_rate"),
         )
-    )
-
-
-def by_turn(req: pl.DataFrame) -> pl.DataFrame:
-    """Multi-turn: mean TTFT off and on, and the measured hit rate with the cache on, per turn index."""
-    mt = req.filter((pl.col("workload") == "multi_turn") & (pl.col("status") == "ok"))
-    if mt.is_empty():
-        return pl.DataFrame()
-    agg = mt.group_by(["regime", "concurrency", "turn", "mode"]).agg(
-        pl.col("ttft_s").mean().alias("mean_ttft_s"),
-        (pl.col("cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("hit_rate"),
-        pl.col("prompt_tokens").mean().alias("mean_prompt_tokens"),
-        pl.len().alias("requests"),
-    )
-    off = agg.filter(pl.col("mode") == OFF).drop("mode", "hit_rate").rename({"mean_ttft_s": "ttft_off_s"})
-    on = agg.filter(pl.col("mode") != OFF).drop("mode", "mean_prompt_tokens", "requests").rename({"mean_ttft_s": "ttft_on_s"})
-    return (
-        off.join(on, on=["regime", "concurrency", "turn"], how="inner")
-        .with_columns((pl.col("ttft_off_s") / pl.col("ttft_on_s")).alias("ttft_speedup"))
-        .sort(["regime", "concurrency", "turn"])
     )
