@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .corpus import DEFAULT_QUESTIONS, question_variants
+from .engines import engine_for
 from .host import CpuInfo, DtypeChoice, as_isa, cpu_dtype, isa_env, nvidia_smi, read_cpu_info
 from .prompts import Regime, aligned_length
 from .settings import BenchSettings, ServerSpec
@@ -95,7 +96,7 @@ def kv_server_spec(spec: ServerSpec, capacity_blocks: int, block_size: int) -> S
     return dataclasses.replace(
         spec,
         max_model_len=min(spec.max_model_len, (capacity_blocks - 1) * block_size),
-        extra_args=(*spec.extra_args, "--num-gpu-blocks-override", str(capacity_blocks)),
+        extra_args=(*spec.extra_args, *engine_for(spec.engine).capacity_args(capacity_blocks)),
     )
 
 
@@ -138,10 +139,7 @@ def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoi
     """The server of a target; a CPU target's dtype as `dtype_choice` resolved it."""
     model = target["model"]
     extra = list(target.get("extra_args", []))
-    if model["source"] == "dummy" and "--load-format" not in extra:
-        extra += ["--load-format", "dummy"]
-    if model.get("tokenizer") and "--tokenizer" not in extra:
-        extra += ["--tokenizer", model["tokenizer"]]
+    extra += engine_for(target["engine"]).model_args(model["source"], model.get("tokenizer"), extra)
     return ServerSpec(
         python=target["python"],
         model=model["path"],
@@ -149,6 +147,7 @@ def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoi
         host=config["server"]["host"],
         max_model_len=target["max_model_len"],
         dtype=dtype.dtype if dtype else target["dtype"],
+        engine=target["engine"],
         extra_args=tuple(extra),
         env={**target.get("env", {}), **isa_env(target["cpu_isa"])},
         api_key_env=config["server"].get("api_key_env"),
@@ -197,6 +196,22 @@ def default_bench_settings(**overrides: Any) -> BenchSettings:
     return dataclasses.replace(bench_settings(schema_defaults()), **overrides)
 
 
+def check_shapes(config: dict[str, Any], target: dict[str, Any]) -> None:
+    """The workload shapes' cross-key checks."""
+    for name, shape in shapes(config).items():
+        if name in config["regimes"]:
+            raise ConfigError(f"shapes.{name}: a regime has the same name; give the shape another one")
+        if shape.kind == "trace" and not Path(shape.params["path"]).is_file():
+            raise ConfigError(f"shapes.{name}.path={shape.params['path']!r}: no such trace file")
+        if shape.kind == "trace" and shape.params["chunk_tokens"] % target["block_size"]:
+            raise ConfigError(
+                f"shapes.{name}.chunk_tokens={shape.params['chunk_tokens']} must be a multiple of the KV block size "
+                f"({target['block_size']}), or trace blocks would not map to whole cached blocks"
+            )
+        if shape.kind == "kv_overflow" and is_endpoint(target):
+            raise ConfigError(f"shapes.{name}: kv_overflow sets the server's KV size, so it needs a server prefixbench starts")
+
+
 def check(config: dict[str, Any], target: dict[str, Any]) -> None:
     """Cross-key checks, before any server starts."""
     limit = target["max_model_len"] - config["benchmark"]["max_tokens"] - QUESTION_ROOM_TOKENS
@@ -226,18 +241,7 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
             f"model.path={model['path']!r}: no such folder (source: path); point it at a model folder "
             "or use source: hub for a hub id"
         )
-    for name, shape in shapes(config).items():
-        if name in config["regimes"]:
-            raise ConfigError(f"shapes.{name}: a regime has the same name; give the shape another one")
-        if shape.kind == "trace" and not Path(shape.params["path"]).is_file():
-            raise ConfigError(f"shapes.{name}.path={shape.params['path']!r}: no such trace file")
-        if shape.kind == "trace" and shape.params["chunk_tokens"] % target["block_size"]:
-            raise ConfigError(
-                f"shapes.{name}.chunk_tokens={shape.params['chunk_tokens']} must be a multiple of the KV block size "
-                f"({target['block_size']}), or trace blocks would not map to whole cached blocks"
-            )
-        if shape.kind == "kv_overflow" and is_endpoint(target):
-            raise ConfigError(f"shapes.{name}: kv_overflow sets the server's KV size, so it needs a server prefixbench starts")
+    check_shapes(config, target)
     kv_capacity(config)
     if not questions(config) or any(not q for q in questions(config)):
         raise ConfigError("questions: the list is empty or holds a blank question; give at least one question")
@@ -246,14 +250,16 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def package_imports(source: str) -> list[str]:
-    """The prefixbench modules a file's code imports (relative or absolute, function-level ones included)."""
+def package_imports(source: str, within: str = "") -> list[str]:
+    """The prefixbench modules a file's code imports (relative or absolute, function-level ones included), as dotted
+    names under the package; `within` is the subpackage the file sits in ("engines." for engines/vllm.py)."""
     import ast
 
     mods: list[str] = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            mods += [node.module] if node.module else [a.name for a in node.names]
+        if isinstance(node, ast.ImportFrom) and node.level in (1, 2):
+            base = within if node.level == 1 else ""
+            mods += [base + node.module] if node.module else [base + a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixbench"):
             sub = node.module.removeprefix("prefixbench").lstrip(".")
             mods += [sub] if sub else [a.name for a in node.names]
@@ -267,18 +273,27 @@ def script_closure(script: str | Path) -> list[str]:
     return package_closure(*package_imports(Path(script).read_text()))
 
 
+def module_files(name: str) -> list[Path]:
+    """The files of a dotted module name under the package: one module, or every module of a subpackage."""
+    path = PACKAGE_DIR.joinpath(*name.split("."))
+    if path.with_suffix(".py").is_file():
+        return [path.with_suffix(".py")]
+    return sorted(path.glob("*.py")) if path.is_dir() else []
+
+
 def package_closure(*modules: str) -> list[str]:
     """The package's modules that `modules` import, directly or not, as file paths (sorted).
 
     A step's code inputs are derived from its imports, so editing any module a step runs reruns that step;
-    nothing is listed by hand."""
-    seen: set[str] = set()
+    nothing is listed by hand. A subpackage (engines/) counts as all of its modules."""
+    seen: set[Path] = set()
     todo = list(modules)
     while todo:
-        name = todo.pop()
-        if name in seen or not (PACKAGE_DIR / f"{name}.py").is_file():
-            continue
-        seen.add(name)
-        todo += package_imports((PACKAGE_DIR / f"{name}.py").read_text())
-    files = [str(PACKAGE_DIR / f"{m}.py") for m in seen] + [str(PACKAGE_DIR / "__init__.py")]
-    return sorted(set(files))
+        for file in module_files(todo.pop()):
+            if file in seen:
+                continue
+            seen.add(file)
+            rel = file.parent.relative_to(PACKAGE_DIR)
+            within = "".join(f"{part}." for part in rel.parts)
+            todo += package_imports(file.read_text(), within)
+    return sorted({str(f) for f in seen} | {str(PACKAGE_DIR / "__init__.py")})
