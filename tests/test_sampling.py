@@ -137,9 +137,12 @@ class FakeNvml:
     def nvmlDeviceGetHandleByIndex(self, i):
         return i
 
-    def nvmlDeviceGetMemoryInfo(self, handle):
+    nvmlMemory_v2 = 0x02000028
+
+    def nvmlDeviceGetMemoryInfo(self, handle, version=None):
+        """Version 2 leaves the driver's reserved 512 MiB out, as nvidia-smi does; version 1 counts it."""
         self.reads += 1
-        return types.SimpleNamespace(used=(handle + 1) * 2**30)
+        return types.SimpleNamespace(used=(handle + 1) * 2**30 + (0 if version == self.nvmlMemory_v2 else 2**29))
 
 
 def local_target():
@@ -160,7 +163,7 @@ def test_gpu_memory_comes_from_nvml_initialised_once_per_sampler(monkeypatch):
         time.sleep(0.1)
     assert s.samples >= 3 and nvml.reads >= 2 * 3
     assert nvml.inits == 1 and nvml.shutdowns == 1  # not once per sample
-    assert s.peak_gpu_mem_mib == 3 * 1024  # 1 GiB + 2 GiB
+    assert s.peak_gpu_mem_mib == 3 * 1024  # 1 GiB + 2 GiB, read with the version-2 query (no reserved memory)
 
 
 def test_gpu_memory_falls_back_to_nvidia_smi_without_nvml(monkeypatch):
