@@ -24,6 +24,7 @@ def measure_params(points, kv=False):
         ready_timeout_s=config["server"]["ready_timeout_s"],
         served_name=MODEL["served_name"],
         python=TARGET.get("python", ""),
+        engine=TARGET["engine"],
         target=TARGET_NAME,
         model=MODEL,
         endpoint={} if kv else lambda w: TARGET["endpoints"][w.mode] if ENDPOINT_MODE else {},

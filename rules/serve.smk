@@ -72,6 +72,7 @@ if PLAN_FILE:
             points=POINTS,
             bench=BENCH,
             budget_s=TIME_BUDGET_S,
+            engine=TARGET["engine"],
             host=config["server"]["host"],
             ready_timeout_s=config["server"]["ready_timeout_s"],
             served_name=MODEL["served_name"],

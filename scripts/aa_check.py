@@ -60,6 +60,7 @@ def main() -> None:
         settings=default_bench_settings(paired="miss_miss", max_tokens=args.max_tokens, warmup_requests=4, repeats=1),
         ready_timeout_s=900,
         python=args.python,
+        engine="vllm",  # the A/A check drives a vLLM server script
         extra_info={"lifetime": "A/A", "design": "miss_miss"},
         journal_path=args.out / "journal.jsonl",
     )

@@ -19,6 +19,7 @@ plan = calibrate(
     prompt_paths=[Path(f) for f in snakemake.input.prompts],
     points=[tuple(x) for x in p.points],
     budget_s=p.budget_s,
+    engine=p.engine,
 )
 write_plan(plan, Path(snakemake.output[0]))
 print(f"[prefixbench] calibration: {plan['summary']}", flush=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
+from prefixbench.engines import engine_for  # noqa: E402
 from prefixbench.host import read_cpu_info  # noqa: E402
 from prefixbench.peer import bench_serve_args, run_bench_serve  # noqa: E402
 
@@ -80,7 +81,7 @@ def wait_up(port: int, timeout_s: float = 30) -> None:
 
 def prefixbench_req_s(base_url: str, n: int, conc: int, max_tokens: int) -> float:
     ok = []
-    cfg = ClientConfig(base_url, MODEL, max_tokens, 60, 60)
+    cfg = ClientConfig(base_url, MODEL, max_tokens, 60, 60, engine=engine_for("vllm"))
     wall = asyncio.run(run_closed_loop(cfg, [(i, "hello " * 16) for i in range(n)], conc, lambda r: ok.append(r.status == "ok")))
     if not all(ok) or len(ok) != n:
         raise RuntimeError(f"prefixbench: {ok.count(False)} of {n} requests failed")

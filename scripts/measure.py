@@ -7,6 +7,7 @@ from pathlib import Path
 from prefixbench.calibrate import read_plan
 from prefixbench.design import point_order
 from prefixbench.endpoint import Endpoint
+from prefixbench.engines import engine_for
 from prefixbench.measure import Point, measure_endpoint, measure_mode
 from prefixbench.settings import BenchSettings
 
@@ -44,7 +45,9 @@ extra = {
 }
 if p.endpoint:
     ep = dict(p.endpoint)
-    endpoint = Endpoint(ep["base_url"], ep["model"], ep.get("api_key_env"), Path(snakemake.log.server))
+    endpoint = Endpoint(
+        ep["base_url"], ep["model"], ep.get("api_key_env"), Path(snakemake.log.server), engine=engine_for(p.engine)
+    )
     measure_endpoint(
         mode,
         instance=instance,
@@ -68,6 +71,7 @@ else:
         settings=settings,
         ready_timeout_s=p.ready_timeout_s,
         python=p.python,
+        engine=p.engine,
         extra_info=extra,
         journal_path=Path(snakemake.log.records),
     )

@@ -25,14 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp  # noqa: E402
 
-from prefixbench import metrics as m  # noqa: E402
 from prefixbench.client import ClientConfig, run_closed_loop  # noqa: E402
 from prefixbench.config import default_bench_settings  # noqa: E402
-from prefixbench.endpoint import fetch_metrics  # noqa: E402
-from prefixbench.measure import reset_prefix_cache, wait_idle, warmup_prompt  # noqa: E402
+from prefixbench.endpoint import Capabilities  # noqa: E402
+from prefixbench.engines import engine_for  # noqa: E402
+from prefixbench.measure import wait_idle, warmup_prompt  # noqa: E402
 from prefixbench.peer import MARGIN, TOOLS, bench_serve_args, level_verdict, peer_table, run_bench_serve, window_mean_ttft  # noqa: E402
 from prefixbench.prompts import read_prompts  # noqa: E402
 from prefixbench.server import ManagedServer  # noqa: E402
+from prefixbench.target import MeasuredTarget, Replica  # noqa: E402
 
 DEFAULTS = default_bench_settings()  # timeouts as the schema sets them
 
@@ -41,26 +42,34 @@ def p95(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[94]
 
 
-TTFT = m.HISTOGRAMS[0]  # vllm:time_to_first_token_seconds
+VLLM = engine_for("vllm")  # the peer is vLLM's own client, so the server is vLLM
+TTFT = VLLM.metrics.ttft
+
+
+def target_at(base_url: str) -> MeasuredTarget:
+    """The one server this tool starts, as the measuring code sees it."""
+    return MeasuredTarget(base_url, (Replica(base_url, Path("server.log")),), VLLM, Capabilities.everything())
 
 
 async def prepare(cfg: ClientConfig, warm_prompt: str) -> dict[str, float]:
     """Idle server, reset prefix cache, the shared prefix warmed by a request of its own; the counters before the run."""
+    target = target_at(cfg.base_url)
     async with aiohttp.ClientSession() as s:
-        await wait_idle(s, cfg.base_url)
-        status = await reset_prefix_cache(s, cfg.base_url)
+        await wait_idle(s, target)
+        status = await target.reset_cache(s)
         if status != "ok":
             raise RuntimeError(f"prefix cache reset failed: {status}")
     await run_closed_loop(cfg, [(0, warm_prompt)], 1, lambda r: None)
     async with aiohttp.ClientSession() as s:
-        await wait_idle(s, cfg.base_url)
-        return await fetch_metrics(s, cfg.base_url)
+        await wait_idle(s, target)
+        return await target.read_metrics(s)
 
 
 async def server_mean_ttft(base_url: str, before: dict[str, float]) -> float | None:
+    target = target_at(base_url)
     async with aiohttp.ClientSession() as s:
-        await wait_idle(s, base_url)
-        after = await fetch_metrics(s, base_url)
+        await wait_idle(s, target)
+        after = await target.read_metrics(s)
     n = after.get(f"{TTFT}_count", 0.0) - before.get(f"{TTFT}_count", 0.0)
     return (after.get(f"{TTFT}_sum", 0.0) - before.get(f"{TTFT}_sum", 0.0)) / n if n > 0 else None
 
@@ -111,7 +120,7 @@ ORDERS = (TOOLS, TOOLS[::-1], TOOLS[::-1], TOOLS)  # AB, BA, BA, AB: balanced ov
 async def served_version(base_url: str) -> str:
     """The engine's version, as the server reports it (`GET /version`)."""
     try:
-        async with aiohttp.ClientSession() as s, s.get(f"{base_url}/version") as r:
+        async with aiohttp.ClientSession() as s, s.get(f"{base_url}{VLLM.version_path}") as r:
             return (await r.json()).get("version", "unknown") if r.status == 200 else "unknown"
     except (aiohttp.ClientError, ValueError):
         return "unknown"
@@ -138,9 +147,11 @@ def main() -> None:
     levels = []
     with (
         tempfile.TemporaryDirectory() as tmp,
-        ManagedServer(Path(args.script), "127.0.0.1", Path(tmp) / "server.log", 900) as server,
+        ManagedServer(Path(args.script), "127.0.0.1", Path(tmp) / "server.log", 900, engine=VLLM) as server,
     ):
-        cfg = ClientConfig(server.base_url, args.model, args.max_tokens, DEFAULTS.request_timeout_s, DEFAULTS.stall_timeout_s)
+        cfg = ClientConfig(
+            server.base_url, args.model, args.max_tokens, DEFAULTS.request_timeout_s, DEFAULTS.stall_timeout_s, engine=VLLM
+        )
         asyncio.run(run_closed_loop(cfg, [(0, warmup_prompt(0, 1024)), (1, warmup_prompt(1, 1024))], 1, lambda r: None))
         version = asyncio.run(served_version(server.base_url))
         for conc in args.concurrency:

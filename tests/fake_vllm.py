@@ -1,5 +1,6 @@
-"""A stand-in for vLLM's OpenAI server (test double): /v1/models, /metrics, /reset_prefix_cache, streaming
-/v1/completions. FAKE_DIE_AFTER=N makes the process exit abruptly while answering request N+1."""
+"""A stand-in for vLLM's OpenAI server (test double): /health, /v1/models, /metrics, /reset_prefix_cache, streaming
+/v1/completions. FAKE_DIE_AFTER=N makes the process exit abruptly while answering request N+1; FAKE_MODELS_DOWN=1
+makes /v1/models answer 503 (a managed server's readiness polls /health)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ STATE = {"served": 0, "queries": 0, "hits": 0, "cached": set()}
 DIE_AFTER = int(os.environ.get("FAKE_DIE_AFTER", "0"))
 STALL_EVERY = int(os.environ.get("FAKE_STALL_EVERY", "0"))  # every Nth request stops mid-stream
 BROKEN_EVERY = int(os.environ.get("FAKE_BROKEN_EVERY", "0"))  # every Nth request sends a malformed SSE line
+MODELS_DOWN = os.environ.get("FAKE_MODELS_DOWN") == "1"
+
+
+async def health(_):
+    return web.Response(status=200)
 
 
 async def models(_):
+    if MODELS_DOWN:
+        return web.Response(status=503)
     return web.json_response({"data": [{"id": "fake"}]})
 
 
@@ -77,6 +85,7 @@ async def completions(request):
 
 def main() -> None:
     app = web.Application()
+    app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/reset_prefix_cache", reset)

@@ -64,6 +64,7 @@ def real_spec(model_dir: Path, **kw) -> ServerSpec:
         host="127.0.0.1",
         max_model_len=1024,
         dtype=cpu_dtype("auto", as_isa(read_cpu_info(), TEST_CPU_ISA)).dtype,
+        engine="vllm",
         extra_args=("--enforce-eager",),
         env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", **isa_env(TEST_CPU_ISA)},
     )
@@ -129,6 +130,7 @@ def measure_setting(
         settings=default_bench_settings(**{"repeats": 1, **settings}),
         ready_timeout_s=ready_timeout_s,
         python=python,
+        engine="vllm",
         extra_info={},
         journal_path=journal,
     )

@@ -9,12 +9,19 @@ import pytest
 from aiohttp import web
 
 from prefixbench.client import ClientConfig, arrival_offsets, run_closed_loop, run_open_loop
+from prefixbench.engines import engine_for
+
+VLLM = engine_for("vllm")
 
 TTFT_DELAY, ITL_DELAY, N_TOKENS = 0.20, 0.05, 5
 
 
 def sse(obj) -> bytes:
     return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+# What a gateway puts around the data lines: every field the SSE specification allows, and a comment (keep-alive).
+GATEWAY_LINES = b": keep-alive\nevent: completion\nid: 7\nretry: 3000\n"
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -39,6 +46,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     for i in range(N_TOKENS):
         if i:
             await asyncio.sleep(ITL_DELAY if behaviour != "stall" else 1.5)
+        if behaviour == "gateway":
+            await resp.write(GATEWAY_LINES)
         await resp.write(sse({"choices": [{"index": 0, "text": f"t{i}"}]}))
         if behaviour == "broken" and i == 1:
             await resp.write(b"data: {not json\n\n")
@@ -71,7 +80,7 @@ async def fake_server():
 
 async def run(base, prompts, concurrency=1, stall=2.0):
     out = []
-    cfg = ClientConfig(base, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=stall)
+    cfg = ClientConfig(base, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=stall, engine=VLLM)
     wall = await run_closed_loop(cfg, list(enumerate(prompts)), concurrency, out.append)
     return sorted(out, key=lambda r: r.request_index), wall
 
@@ -85,6 +94,23 @@ async def test_timings_match_server_delays(fake_server):
     assert len(rec.itl_s) == N_TOKENS - 1 and all(ITL_DELAY * 0.8 <= x < ITL_DELAY + 0.05 for x in rec.itl_s)
     assert (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens) == (10, N_TOKENS, 4)
     assert rec.tpot_s == pytest.approx((rec.e2e_s - rec.ttft_s) / (N_TOKENS - 1))
+
+
+async def test_a_gateways_event_id_retry_and_comment_lines_are_skipped(fake_server):
+    """The SSE specification allows `event:`, `id:`, `retry:` and comment lines between events; gateways in front
+    of an endpoint send them. They are no chunk: the stream is read as if they were not there."""
+    (plain,), _ = await run(fake_server, ["ok"])
+    (rec,), _ = await run(fake_server, ["gateway"])
+    assert rec.status == "ok", rec.error
+    assert rec.output_chunks == plain.output_chunks == N_TOKENS and len(rec.itl_s) == N_TOKENS - 1
+    assert (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens) == (10, N_TOKENS, 4)
+
+
+def test_sse_lines():
+    from prefixbench.client import sse_data
+
+    assert sse_data('data: {"a": 1}') == '{"a": 1}' and sse_data("data:[DONE]") == "[DONE]"
+    assert [sse_data(x) for x in ("", ": ping", "event: message", "id: 3", "retry: 100", "data:")] == [None] * 6
 
 
 async def test_itl_is_per_token_when_chunks_carry_several(fake_server):
@@ -147,7 +173,7 @@ def test_arrival_schedule_rate_and_burstiness():
 
 async def test_open_loop_sends_on_schedule_not_on_completion(fake_server):
     out = []
-    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=5)
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=5, engine=VLLM)
     rate = 20.0  # one request every ~50 ms, each lasting ~400 ms: many in flight at once
     wall = await run_open_loop(cfg, list(enumerate(["ok"] * 10)), rate, 1.0, 0, out.append)
     assert len(out) == 10 and all(r.status == "ok" for r in out)
@@ -162,7 +188,7 @@ async def test_sessions_send_turns_in_order_and_interleave(fake_server):
     from prefixbench.client import run_sessions
 
     out = []
-    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2)
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2, engine=VLLM)
     sessions = [[(0, "ok"), (2, "ok"), (4, "ok")], [(1, "ok"), (3, "ok"), (5, "ok")]]
     await run_sessions(cfg, sessions, 2, 0.1, out.append)
     by = {r.request_index: r for r in out}
@@ -177,7 +203,7 @@ async def test_a_failed_turn_ends_its_session_and_the_rest_are_recorded_failed(f
     from prefixbench.client import run_sessions
 
     out = []
-    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2)
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2, engine=VLLM)
     await run_sessions(cfg, [[(0, "ok"), (1, "http500"), (2, "ok"), (3, "ok")]], 1, 0.0, out.append)
     assert [(r.request_index, r.status) for r in out] == [(0, "ok"), (1, "failed"), (2, "failed"), (3, "failed")]
     assert "not sent" in out[2].error and out[2].http_status is None
@@ -185,7 +211,7 @@ async def test_a_failed_turn_ends_its_session_and_the_rest_are_recorded_failed(f
 
 async def test_open_loop_follows_given_offsets(fake_server):
     out = []
-    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2)
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2, engine=VLLM)
     await run_open_loop(cfg, [(0, "ok"), (1, "ok"), (2, "ok")], 1.0, 1.0, 0, out.append, offsets=[0.0, 0.3, 0.9])
     starts = sorted(r.start_s for r in out)
     assert starts[1] - starts[0] == pytest.approx(0.3, abs=0.05) and starts[2] - starts[0] == pytest.approx(0.9, abs=0.05)

@@ -34,6 +34,7 @@ from helpers import (
 )
 
 from prefixbench.client import ClientConfig, run_closed_loop
+from prefixbench.engines import engine_for
 from prefixbench.measure import Point
 from prefixbench.prompts import write_jsonl
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, write_script
@@ -89,7 +90,9 @@ def test_server_cannot_start(tmp_path, smollm2_dir, reliability, case):
     t0 = time.monotonic()
     try:
         with pytest.raises(ServerError) as exc:
-            with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=300, port=port):
+            with ManagedServer(
+                script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=300, port=port, engine=engine_for("vllm")
+            ):
                 pass
     finally:
         if held:
@@ -424,7 +427,9 @@ async def test_soak_every_request_accounted(tmp_path, reliability):
         recs = []
         cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         await run_closed_loop(
-            ClientConfig(f"http://127.0.0.1:{port}", "fake", 8, request_timeout_s=30, stall_timeout_s=10),
+            ClientConfig(
+                f"http://127.0.0.1:{port}", "fake", 8, request_timeout_s=30, stall_timeout_s=10, engine=engine_for("vllm")
+            ),
             [(i, f"p{i}\nQ: q\nA:") for i in range(n)],
             conc,
             recs.append,
@@ -471,6 +476,7 @@ def test_planted_api_key_never_written(tmp_path, reliability, monkeypatch):
         host="127.0.0.1",
         max_model_len=512,
         dtype="auto",
+        engine="vllm",
         api_key_env="PREFIXBENCH_TEST_KEY",
     )
     rendered = render_script(spec, "with_prefix_cache")

@@ -52,6 +52,7 @@ def cpu_target(**kw) -> dict:
         "dtype": "auto",
         "block_size": 128,
         "cpu_isa": "native",
+        "engine": "vllm",
     }
     return base | kw
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from prefixbench import metrics as m
+from prefixbench.engines import engine_for
+
+N = engine_for("vllm").metrics
 
 BEFORE = """# TYPE vllm:prefix_cache_hits counter
 vllm:prefix_cache_hits_total{engine="0",model_name="m"} 100.0
@@ -39,10 +42,16 @@ def test_engine_histograms_and_preemptions_are_in_the_deltas():
         .replace('queue_time_seconds_sum{engine="0",model_name="m"} 0.5', 'queue_time_seconds_sum{engine="0",model_name="m"} 2.5')
         .replace('preemptions_total{engine="0",model_name="m"} 0.0', 'preemptions_total{engine="0",model_name="m"} 2.0')
     )
-    delta = m.counter_delta(m.parse_metrics(BEFORE), m.parse_metrics(after_text))
-    assert delta[m.PREFIX_HITS] == 256.0
-    assert delta[f"{m.STEP_TOKENS}_count"] == 30.0  # engine steps during the point
-    assert delta[f"{m.STEP_TOKENS}_sum"] == 3000.0  # tokens they scheduled
-    assert delta[f"{m.QUEUE}_count"] == 8.0 and delta[f"{m.QUEUE}_sum"] == 2.0
-    assert delta[m.PREEMPTIONS] == 2.0
-    assert f"{m.PREFILL}_sum" not in delta  # a histogram the server did not export is left out, not zero
+    delta = m.counter_delta(m.parse_metrics(BEFORE), m.parse_metrics(after_text), N)
+    assert delta[N.prefix_hits] == 256.0
+    assert delta[f"{N.step_tokens}_count"] == 30.0  # engine steps during the point
+    assert delta[f"{N.step_tokens}_sum"] == 3000.0  # tokens they scheduled
+    assert delta[f"{N.queue}_count"] == 8.0 and delta[f"{N.queue}_sum"] == 2.0
+    assert delta[N.preemptions] == 2.0
+    assert f"{N.prefill}_sum" not in delta  # a histogram the server did not export is left out, not zero
+
+
+def test_several_servers_add_up():
+    page = m.parse_metrics(BEFORE)
+    both = m.sum_metrics([page, page])
+    assert both[N.prefix_hits] == 200.0 and both[N.prefix_queries] == 800.0

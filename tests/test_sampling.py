@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 import threading
 import time
+import types
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from prefixbench.client import ClientConfig, run_closed_loop
-from prefixbench.sampling import KV_USAGE_LINE, RecordWriter, Sampler
+from prefixbench.engines import engine_for
+from prefixbench.sampling import RecordWriter, Sampler, gauge_line
 
 GAP, TOKENS, BLOCK = 0.02, 12, 0.03
 
@@ -59,7 +63,7 @@ def steady_server():
 async def stalls(base: str) -> int:
     """Per-token gaps the client saw that are at least half a block longer than the server's pace."""
     recs = []
-    cfg = ClientConfig(base, "m", max_tokens=TOKENS, request_timeout_s=10, stall_timeout_s=5)
+    cfg = ClientConfig(base, "m", max_tokens=TOKENS, request_timeout_s=10, stall_timeout_s=5, engine=engine_for("vllm"))
     await run_closed_loop(cfg, [(i, "p") for i in range(16)], 4, recs.append)  # 4 rounds: room for several stalls
     assert all(r.status == "ok" for r in recs)
     return sum(x > GAP + BLOCK / 2 for r in recs for x in r.itl_s)
@@ -78,7 +82,7 @@ async def test_a_sampler_that_blocks_30ms_changes_no_client_timing(steady_server
     blocked = await stalls(steady_server)
     stop.set()
     await task
-    with Sampler("http://unused", None, interval_s=0.05, probe=lambda: time.sleep(BLOCK)) as sampler:
+    with Sampler(None, interval_s=0.05, probe=lambda: time.sleep(BLOCK)) as sampler:
         threaded = await stalls(steady_server)
     assert sampler.samples >= 5
     assert blocked >= 5, f"the control did not stall the client ({blocked} stalls)"
@@ -86,14 +90,14 @@ async def test_a_sampler_that_blocks_30ms_changes_no_client_timing(steady_server
 
 
 def test_sampler_reads_peaks_in_its_thread():
-    with Sampler("http://127.0.0.1:9", None, interval_s=0.01, metrics=False, gpu=False) as s:
+    with Sampler(None, interval_s=0.01, gpu=False) as s:
         time.sleep(0.1)
     assert s.samples >= 3 and s.peak_rss_bytes == 0 and s.peak_kv_usage is None
 
 
 def test_kv_usage_is_read_from_its_line():
     text = b'# HELP x\nvllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\nvllm:other 3\n'
-    assert float(KV_USAGE_LINE.search(text).group(1)) == 0.25
+    assert float(gauge_line(engine_for("vllm").metrics.kv_usage).search(text).group(1)) == 0.25
 
 
 def test_record_writer_writes_every_record_in_order_and_reports_errors():
@@ -111,3 +115,63 @@ def test_record_writer_writes_every_record_in_order_and_reports_errors():
     with pytest.raises(RuntimeError, match="disk full"):
         with RecordWriter([Broken()]) as w:
             w.put({"i": 0})
+
+
+class FakeNvml:
+    """pynvml as the sampler uses it: two GPUs, memory in bytes; counts inits and shutdowns."""
+
+    def __init__(self, fail_init: bool = False):
+        self.fail_init, self.inits, self.shutdowns, self.reads = fail_init, 0, 0, 0
+
+    def nvmlInit(self):
+        if self.fail_init:
+            raise RuntimeError("NVML Shared Library Not Found")
+        self.inits += 1
+
+    def nvmlShutdown(self):
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    nvmlMemory_v2 = 0x02000028
+
+    def nvmlDeviceGetMemoryInfo(self, handle, version=None):
+        """Version 2 leaves the driver's reserved 512 MiB out, as nvidia-smi does; version 1 counts it."""
+        self.reads += 1
+        return types.SimpleNamespace(used=(handle + 1) * 2**30 + (0 if version == self.nvmlMemory_v2 else 2**29))
+
+
+def local_target():
+    from prefixbench.endpoint import Capabilities
+    from prefixbench.target import MeasuredTarget, Replica
+
+    return MeasuredTarget("http://127.0.0.1:9", (Replica("http://127.0.0.1:9", Path("log")),), engine_for("vllm"), Capabilities())
+
+
+def test_gpu_memory_comes_from_nvml_initialised_once_per_sampler(monkeypatch):
+    import prefixbench.sampling as sampling
+
+    nvml = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(sampling, "nvidia_smi_gpus", lambda *a, **k: pytest.fail("nvidia-smi spawned beside NVML"))
+    with Sampler(local_target(), interval_s=0.01, gpu=True) as s:
+        time.sleep(0.1)
+    assert s.samples >= 3 and nvml.reads >= 2 * 3
+    assert nvml.inits == 1 and nvml.shutdowns == 1  # not once per sample
+    assert s.peak_gpu_mem_mib == 3 * 1024  # 1 GiB + 2 GiB, read with the version-2 query (no reserved memory)
+
+
+def test_gpu_memory_falls_back_to_nvidia_smi_without_nvml(monkeypatch):
+    import prefixbench.sampling as sampling
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(fail_init=True))
+    monkeypatch.setattr(sampling, "has_nvidia_smi", lambda: True)
+    monkeypatch.setattr(sampling, "nvidia_smi_gpus", lambda *a, **k: "100\n250\n")
+    with Sampler(local_target(), interval_s=0.01, gpu=True) as s:
+        time.sleep(0.05)
+    assert s.peak_gpu_mem_mib == 350.0

@@ -14,10 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from prefixbench.engines import engine_for
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, group_alive, render_script, server_argv
 
+VLLM = engine_for("vllm")
 SPEC = ServerSpec(
-    python="/opt/py", model="m", served_model_name="s", host="127.0.0.1", max_model_len=4096, dtype="auto", env={"A": "1"}
+    python="/opt/py",
+    model="m",
+    served_model_name="s",
+    host="127.0.0.1",
+    max_model_len=4096,
+    dtype="auto",
+    engine="vllm",
+    env={"A": "1"},
 )
 
 
@@ -51,7 +60,7 @@ def test_server_that_dies_fails_fast_with_log_tail(tmp_path):
     script = fake_script(tmp_path, "echo 'ValueError: no such model: /nope'\nexit 3\n")
     t0 = time.monotonic()
     with pytest.raises(ServerError) as exc:
-        with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=60):
+        with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=60, engine=VLLM):
             pass
     assert time.monotonic() - t0 < 10
     assert "exited with code 3" in str(exc.value) and "no such model" in str(exc.value)
@@ -62,7 +71,7 @@ def test_readiness_timeout_kills_the_whole_group(tmp_path):
     pidfile = tmp_path / "child.pid"
     script = fake_script(tmp_path, f"sleep 300 &\necho $! > {pidfile}\nsleep 300\n")
     with pytest.raises(ServerError, match="not ready after 2 s"):
-        with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=2, term_grace_s=2):
+        with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=2, term_grace_s=2, engine=VLLM):
             pass
     child = int(pidfile.read_text())
     assert not _alive(child), "background child of the server survived teardown"
@@ -80,7 +89,7 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()" $PORT
     """,
     )
-    with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20) as srv:
+    with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20, engine=VLLM) as srv:
         pgid = srv.proc.pid
         assert group_alive(pgid)
     assert not group_alive(pgid)
@@ -95,10 +104,11 @@ def test_sigterm_to_the_owner_tears_the_server_down(tmp_path):
         import sys
         sys.path.insert(0, {str(os.path.join(os.path.dirname(__file__), "..", "scripts"))!r})
         from pathlib import Path
+        from prefixbench.engines import engine_for
         from prefixbench.server import ManagedServer
         script = Path({str(tmp_path)!r}) / "slow.sh"
         script.write_text("#!/usr/bin/env bash\\necho $$ > {pidfile}\\nsleep 300\\n")
-        with ManagedServer(script, "127.0.0.1", Path({str(tmp_path)!r}) / "log", ready_timeout_s=300, term_grace_s=2):
+        with ManagedServer(script, "127.0.0.1", Path({str(tmp_path)!r}) / "log", ready_timeout_s=300, term_grace_s=2, engine=engine_for("vllm")):
             pass
     """)
     )
@@ -136,7 +146,7 @@ def test_port_taken_by_another_server_is_never_measured(tmp_path, monkeypatch, f
     real_free_port = server_mod.free_port
     monkeypatch.setattr(server_mod, "free_port", lambda host="127.0.0.1": next(ports, None) or real_free_port(host))
     script = fake_script(tmp_path, f"exec {sys.executable} {fake} $PORT\n")
-    with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20) as srv:
+    with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20, engine=VLLM) as srv:
         assert srv.port != other_port
         assert srv.owns_port()
         assert srv.base_url.endswith(f":{srv.port}")
@@ -153,5 +163,12 @@ def test_a_port_the_caller_chose_is_kept(tmp_path):
         port = held.getsockname()[1]
         script = fake_script(tmp_path, f"exec {sys.executable} {Path(__file__).parent / 'fake_vllm.py'} $PORT\n")
         with pytest.raises(ServerError):
-            with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=2, port=port):
+            with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=2, port=port, engine=VLLM):
                 pass
+
+
+def test_a_managed_server_is_ready_when_its_engine_says_healthy(tmp_path):
+    """Readiness polls the engine's health path (vLLM: /health), not /v1/models: the stand-in's /v1/models is down."""
+    script = fake_script(tmp_path, f"FAKE_MODELS_DOWN=1 exec {sys.executable} {Path(__file__).parent / 'fake_vllm.py'} $PORT\n")
+    with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20, engine=VLLM) as srv:
+        assert srv.startup_s is not None and VLLM.health_path == "/health"

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from . import MODES, OFF, ON
-from . import metrics as m
+from .engines import MetricNames, engine_for
 from .paired import POINT as PAIRED_POINT
 from .paired import arm_walls, clean, flag_cost_table, main_arm_filter, paired_table, with_arm_columns
 from .point_meta import PointMeta
@@ -78,24 +78,25 @@ def with_window(records: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts, how="diagonal_relaxed")
 
 
-# The engine's own view of a point (vLLM's histograms, where exported): per-request queue, prefill and decode
+# The engine's own view of a point (its histograms, where exported): per-request queue, prefill and decode
 # time; engine steps and the tokens they scheduled; preemptions. Summed over a point's lifetimes like the rest.
+# Column -> (engines.MetricNames field, sample suffix).
 ENGINE_METRICS = {
-    "server_queue_sum_s": f"{m.QUEUE}_sum",
-    "server_queue_count": f"{m.QUEUE}_count",
-    "server_prefill_sum_s": f"{m.PREFILL}_sum",
-    "server_prefill_count": f"{m.PREFILL}_count",
-    "server_decode_sum_s": f"{m.DECODE}_sum",
-    "server_decode_count": f"{m.DECODE}_count",
-    "server_steps_count": f"{m.STEP_TOKENS}_count",
-    "server_step_tokens_sum": f"{m.STEP_TOKENS}_sum",
-    "server_preemptions": m.PREEMPTIONS,
+    "server_queue_sum_s": ("queue", "_sum"),
+    "server_queue_count": ("queue", "_count"),
+    "server_prefill_sum_s": ("prefill", "_sum"),
+    "server_prefill_count": ("prefill", "_count"),
+    "server_decode_sum_s": ("decode", "_sum"),
+    "server_decode_count": ("decode", "_count"),
+    "server_steps_count": ("step_tokens", "_count"),
+    "server_step_tokens_sum": ("step_tokens", "_sum"),
+    "server_preemptions": ("preemptions", ""),
 }
 ENGINE_COLUMNS = list(ENGINE_METRICS)
 
 
-def engine_columns(delta: dict[str, float]) -> dict[str, float | None]:
-    return {col: delta.get(name) for col, name in ENGINE_METRICS.items()}
+def engine_columns(delta: dict[str, float], names: MetricNames) -> dict[str, float | None]:
+    return {col: delta.get(getattr(names, field) + suffix) for col, (field, suffix) in ENGINE_METRICS.items()}
 
 
 def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
@@ -106,6 +107,7 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
         if meta.dropped:  # the plan did not send it (plan.make_plan); the report's time-budget line says why
             continue
         delta = meta.counters_delta
+        names = engine_for(meta.engine).metrics  # the names its counters were read under
         rows.append(
             {
                 **{k: getattr(meta, k) for k in KEYS},
@@ -114,13 +116,13 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
                 "requests_sent": meta.requests_sent,
                 "cache_reset": meta.cache_reset,
                 "measured_hit_rate": meta.measured_hit_rate,
-                "hit_tokens": delta.get("vllm:prefix_cache_hits_total"),
-                "query_tokens": delta.get("vllm:prefix_cache_queries_total"),
-                "server_ttft_sum_s": delta.get("vllm:time_to_first_token_seconds_sum"),
-                "server_ttft_count": delta.get("vllm:time_to_first_token_seconds_count"),
-                "server_e2e_sum_s": delta.get("vllm:e2e_request_latency_seconds_sum"),
-                "server_e2e_count": delta.get("vllm:e2e_request_latency_seconds_count"),
-                **engine_columns(delta),
+                "hit_tokens": delta.get(names.prefix_hits),
+                "query_tokens": delta.get(names.prefix_queries),
+                "server_ttft_sum_s": delta.get(f"{names.ttft}_sum"),
+                "server_ttft_count": delta.get(f"{names.ttft}_count"),
+                "server_e2e_sum_s": delta.get(f"{names.e2e}_sum"),
+                "server_e2e_count": delta.get(f"{names.e2e}_count"),
+                **engine_columns(delta, names),
                 "peak_server_rss_gib": meta.peak_server_rss_gib,
                 "peak_gpu_mem_mib": meta.peak_gpu_mem_mib,
                 "peak_kv_cache_usage": meta.peak_kv_cache_usage,

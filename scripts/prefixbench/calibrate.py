@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .client import ClientConfig, record_dict, run_closed_loop
 from .corpus import text_of_at_least
+from .engines import engine_for
 from .plan import fit_rates, make_plan, plan_summary
 from .prompts import read_prompts
 from .server import ManagedServer, ServerError
@@ -44,13 +45,21 @@ def calibrate(
     prompt_paths: Sequence[Path],
     points: Sequence[tuple[str, int, int, float]],
     budget_s: float | None,
+    engine: str,
 ) -> dict:
     """Start the cache-off server, time cold requests of the regimes' lengths, and plan the sweep."""
     prompts = {p.stem: read_prompts(p) for p in prompt_paths}
     lengths = sorted({SHORT_PROMPT_TOKENS} | {max(r["prompt_len_tokens"] for r in rs) for rs in prompts.values()})
-    with ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings)) as server:
+    eng = engine_for(engine)
+    with ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings), engine=eng) as server:
         cfg = ClientConfig(
-            server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s, api_key(settings)
+            server.base_url,
+            model,
+            settings.max_tokens,
+            settings.request_timeout_s,
+            settings.stall_timeout_s,
+            api_key(settings),
+            engine=eng,
         )
         asyncio.run(time_cold_requests(cfg, [SHORT_PROMPT_TOKENS], per_length=1))  # first request: lazy init
         records = asyncio.run(time_cold_requests(cfg, lengths))

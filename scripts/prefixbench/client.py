@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import aiohttp
 
+from .engines import Engine
+
 
 @dataclass
 class RequestRecord:
@@ -50,6 +52,7 @@ class ClientConfig:
     request_timeout_s: float
     stall_timeout_s: float
     api_key: str | None = None
+    engine: Engine = field(kw_only=True)  # the server's request and usage fields (cache salt, cached tokens)
 
 
 def bearer(api_key: str | None) -> dict[str, str]:
@@ -59,9 +62,9 @@ def bearer(api_key: str | None) -> dict[str, str]:
 
 def completion_payload(cfg: ClientConfig, prompt: str | list[int], salt: str | None = None) -> dict:
     """Fixed-length greedy generation (`ignore_eos`) so every mode decodes the same number of tokens (a prompt may
-    be token ids, which vLLM takes as they are). A `salt` (vLLM's `cache_salt`) makes the request share no cached
-    block with any other: the forced miss of the paired design (prefixbench.paired)."""
-    extra = {"cache_salt": salt} if salt else {}
+    be token ids, which vLLM takes as they are). A `salt` (the engine's cache-salt field, vLLM's `cache_salt`) makes
+    the request share no cached block with any other: the forced miss of the paired design (prefixbench.paired)."""
+    extra = {cfg.engine.cache_salt_field: salt} if salt else {}
     return extra | {
         "model": cfg.model,
         "prompt": prompt,
@@ -74,12 +77,12 @@ def completion_payload(cfg: ClientConfig, prompt: str | list[int], salt: str | N
     }
 
 
-def _apply_usage(rec: RequestRecord, usage: dict) -> None:
+def _apply_usage(rec: RequestRecord, usage: dict, engine: Engine) -> None:
     rec.prompt_tokens = usage.get("prompt_tokens", rec.prompt_tokens)
     rec.completion_tokens = usage.get("completion_tokens", rec.completion_tokens)
-    details = usage.get("prompt_tokens_details") or {}
-    if "cached_tokens" in details:
-        rec.cached_tokens = details["cached_tokens"]
+    cached = engine.cached_tokens(usage)
+    if cached is not None:
+        rec.cached_tokens = cached
 
 
 def per_token_latencies(rec: RequestRecord) -> None:
@@ -100,6 +103,70 @@ def per_token_latencies(rec: RequestRecord) -> None:
     )
 
 
+def sse_data(line: str) -> str | None:
+    """The data of one server-sent-events line, or None for a line the SSE specification says to skip here: a blank
+    line (an event's end), a comment (`:`), and every other field (`event:`, `id:`, `retry:`, unknown ones), which
+    gateways send and a completion stream does not need. Each data line is one chunk, as OpenAI servers send them."""
+    field, _, value = line.partition(":")
+    return value.strip() or None if field == "data" else None
+
+
+@dataclass
+class StreamState:
+    """What one response stream has said so far: when the last token chunk came, how many tokens so far, whether
+    usage and the final `[DONE]` arrived."""
+
+    t0: float
+    last: float
+    tokens_so_far: int = 0
+    usage_seen: bool = False
+    done: bool = False
+
+    async def read(self, resp: aiohttp.ClientResponse, rec: RequestRecord, engine: Engine) -> None:
+        async for raw in resp.content:
+            data = sse_data(raw.decode("utf-8", errors="replace").strip())
+            if data is None:
+                continue
+            if data == "[DONE]":
+                self.done = True
+                return
+            self.on_chunk(rec, json.loads(data), engine)
+
+    def on_chunk(self, rec: RequestRecord, chunk: dict, engine: Engine) -> None:
+        if "error" in chunk:
+            raise ValueError(f"server error in stream: {str(chunk['error'])[:200]}")
+        now = time.perf_counter()
+        choices = chunk.get("choices") or []
+        usage = chunk.get("usage") or {}
+        if choices and (choices[0].get("text") or rec.ttft_s is not None):
+            self.on_token_chunk(rec, usage, now)
+        if usage:
+            _apply_usage(rec, usage, engine)
+            self.usage_seen = True
+
+    def on_token_chunk(self, rec: RequestRecord, usage: dict, now: float) -> None:
+        """The first chunk with text is the TTFT; each later one a gap, spread over the tokens it carried."""
+        if rec.ttft_s is None:
+            rec.ttft_s = now - self.t0
+        else:
+            rec.chunk_gaps_s.append(now - self.last)
+            if "completion_tokens" in usage:
+                rec.chunk_tokens.append(usage["completion_tokens"] - self.tokens_so_far)
+        self.tokens_so_far = usage.get("completion_tokens", self.tokens_so_far)
+        self.last = now
+        rec.output_chunks += 1
+
+    def error(self, rec: RequestRecord) -> str | None:
+        """Why a stream that ended is not a complete response (None: it is)."""
+        if not self.done:
+            return "stream ended without [DONE]"
+        if rec.ttft_s is None:
+            return "no token received"
+        if not self.usage_seen:
+            return "no usage in stream"
+        return None
+
+
 async def send_one(
     session: aiohttp.ClientSession,
     cfg: ClientConfig,
@@ -114,9 +181,6 @@ async def send_one(
     timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_read=cfg.stall_timeout_s)
     t0 = time.perf_counter()
     rec.start_s = t0 - t_origin
-    last = t0
-    usage_seen = done = False
-    tokens_so_far = 0
     try:
         async with session.post(
             f"{cfg.base_url}/v1/completions", json=completion_payload(cfg, prompt, salt), headers=headers, timeout=timeout
@@ -127,43 +191,11 @@ async def send_one(
                 rec.error = f"HTTP {resp.status}: {body}"
                 rec.e2e_s = time.perf_counter() - t0
                 return rec
-            async for raw in resp.content:
-                line = raw.decode("utf-8", errors="replace").strip()
-                if not line or line.startswith(":"):
-                    continue
-                if not line.startswith("data:"):
-                    raise ValueError(f"unexpected SSE line {line[:80]!r}")
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise ValueError(f"server error in stream: {str(chunk['error'])[:200]}")
-                now = time.perf_counter()
-                choices = chunk.get("choices") or []
-                usage = chunk.get("usage") or {}
-                if choices and (choices[0].get("text") or rec.ttft_s is not None):
-                    if rec.ttft_s is None:
-                        rec.ttft_s = now - t0
-                    else:
-                        rec.chunk_gaps_s.append(now - last)
-                        if "completion_tokens" in usage:
-                            rec.chunk_tokens.append(usage["completion_tokens"] - tokens_so_far)
-                    tokens_so_far = usage.get("completion_tokens", tokens_so_far)
-                    last = now
-                    rec.output_chunks += 1
-                if usage:
-                    _apply_usage(rec, usage)
-                    usage_seen = True
+            stream = StreamState(t0, t0)
+            await stream.read(resp, rec, cfg.engine)
         rec.e2e_s = time.perf_counter() - t0
-        if not done:
-            rec.error = "stream ended without [DONE]"
-        elif rec.ttft_s is None:
-            rec.error = "no token received"
-        elif not usage_seen:
-            rec.error = "no usage in stream"
-        else:
+        rec.error = stream.error(rec)
+        if rec.error is None:
             rec.status = "ok"
     except TimeoutError:
         rec.error = f"timeout after {time.perf_counter() - t0:.1f} s"

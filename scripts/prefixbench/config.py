@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .corpus import DEFAULT_QUESTIONS, question_variants
+from .engines import engine_for
 from .host import CpuInfo, DtypeChoice, as_isa, cpu_dtype, isa_env, nvidia_smi, read_cpu_info
 from .prompts import Regime, aligned_length
 from .settings import BenchSettings, ServerSpec
@@ -88,7 +89,7 @@ def kv_server_spec(spec: ServerSpec, capacity_blocks: int, block_size: int) -> S
     return dataclasses.replace(
         spec,
         max_model_len=min(spec.max_model_len, (capacity_blocks - 1) * block_size),
-        extra_args=(*spec.extra_args, "--num-gpu-blocks-override", str(capacity_blocks)),
+        extra_args=(*spec.extra_args, *engine_for(spec.engine).capacity_args(capacity_blocks)),
     )
 
 
@@ -131,10 +132,7 @@ def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoi
     """The server of a target; a CPU target's dtype as `dtype_choice` resolved it."""
     model = target["model"]
     extra = list(target.get("extra_args", []))
-    if model["source"] == "dummy" and "--load-format" not in extra:
-        extra += ["--load-format", "dummy"]
-    if model.get("tokenizer") and "--tokenizer" not in extra:
-        extra += ["--tokenizer", model["tokenizer"]]
+    extra += engine_for(target["engine"]).model_args(model["source"], model.get("tokenizer"), extra)
     return ServerSpec(
         python=target["python"],
         model=model["path"],
@@ -142,6 +140,7 @@ def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoi
         host=config["server"]["host"],
         max_model_len=target["max_model_len"],
         dtype=dtype.dtype if dtype else target["dtype"],
+        engine=target["engine"],
         extra_args=tuple(extra),
         env={**target.get("env", {}), **isa_env(target["cpu_isa"])},
         api_key_env=config["server"].get("api_key_env"),
@@ -190,6 +189,15 @@ def default_bench_settings(**overrides: Any) -> BenchSettings:
     return dataclasses.replace(bench_settings(schema_defaults()), **overrides)
 
 
+def check_shapes(config: dict[str, Any], target: dict[str, Any]) -> None:
+    """The workload shapes' checks: each kind checks its own (prefixbench.shapes), and no shape takes a regime's name."""
+    for name, shape in shapes(config).items():
+        if name in config["regimes"]:
+            raise ConfigError(f"shapes.{name}: a regime has the same name; give the shape another one")
+        if problems := KINDS[shape.kind].check(shape, target, is_endpoint(target)):
+            raise ConfigError(problems[0])
+
+
 def check(config: dict[str, Any], target: dict[str, Any]) -> None:
     """Cross-key checks, before any server starts."""
     limit = target["max_model_len"] - config["benchmark"]["max_tokens"] - QUESTION_ROOM_TOKENS
@@ -219,11 +227,7 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
             f"model.path={model['path']!r}: no such folder (source: path); point it at a model folder "
             "or use source: hub for a hub id"
         )
-    for name, shape in shapes(config).items():
-        if name in config["regimes"]:
-            raise ConfigError(f"shapes.{name}: a regime has the same name; give the shape another one")
-        if problems := KINDS[shape.kind].check(shape, target, is_endpoint(target)):
-            raise ConfigError(problems[0])
+    check_shapes(config, target)
     kv_capacity(config)
     if not questions(config) or any(not q for q in questions(config)):
         raise ConfigError("questions: the list is empty or holds a blank question; give at least one question")

@@ -2,8 +2,8 @@
 
 Two endpoints stand for the two cache settings (e.g. two deployments, one with prefix caching off).
 prefixbench does not own these servers, so it cannot time their start, read their memory, or see
-their GPU; it probes what each endpoint offers (vLLM's `/metrics` counters and latency histograms,
-`/reset_prefix_cache`, `/version`) once, uses what is there, and records the rest as not measured so
+their GPU; it probes what each endpoint offers (the engine's `/metrics` counters and latency histograms,
+its cache reset and version paths: engines/) once, uses what is there, and records the rest as not measured so
 the report can say so. The API key is read from the named environment variable at the moment it is
 sent and is never written anywhere; a base URL is recorded without any user:password part.
 """
@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from . import metrics as m
 from .client import bearer
+from .engines import Engine
 from .server import ServerError
 
 
@@ -31,25 +31,25 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
-async def fetch_metrics(session: aiohttp.ClientSession, base_url: str) -> dict[str, float]:
+async def fetch_metrics(session: aiohttp.ClientSession, base_url: str, engine: Engine) -> dict[str, float]:
     async with session.get(f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
         r.raise_for_status()
-        return m.parse_metrics(await r.text())
+        return engine.parse_metrics(await r.text())
 
 
-async def fetch_kv_blocks(session: aiohttp.ClientSession, base_url: str) -> int | None:
+async def fetch_kv_blocks(session: aiohttp.ClientSession, base_url: str, engine: Engine) -> int | None:
     """The server's KV capacity in blocks, as its /metrics states it (None when it does not)."""
     try:
         async with session.get(f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
-            return m.kv_cache_blocks(await r.text()) if r.status == 200 else None
+            return engine.kv_blocks(await r.text()) if r.status == 200 else None
     except aiohttp.ClientError:
         return None
 
 
-async def reset_prefix_cache(session: aiohttp.ClientSession, base_url: str) -> str:
-    """'ok', or why not (the endpoint exists only in dev mode, which only loopback servers get)."""
+async def reset_prefix_cache(session: aiohttp.ClientSession, base_url: str, engine: Engine) -> str:
+    """'ok', or why not (vLLM's exists only in dev mode, which only loopback servers get)."""
     try:
-        async with session.post(f"{base_url}/reset_prefix_cache", timeout=aiohttp.ClientTimeout(total=30)) as r:
+        async with session.post(f"{base_url}{engine.cache_reset_path}", timeout=aiohttp.ClientTimeout(total=30)) as r:
             return "ok" if r.status == 200 else f"HTTP {r.status}"
     except aiohttp.ClientError as exc:
         return f"unavailable ({type(exc).__name__})"
@@ -61,7 +61,7 @@ class Capabilities:
 
     models: list[str] = field(default_factory=list)
     metrics: bool = False  # /metrics answered in Prometheus format
-    prefix_cache_counters: bool = False  # vllm:prefix_cache_{queries,hits}_total among them
+    prefix_cache_counters: bool = False  # the engine's prefix-cache query and hit counters among them
     latency_histograms: bool = False  # server-side TTFT / E2E, for the client cross-check
     idle_gauges: bool = False  # running/waiting gauges: "server idle before a point"
     kv_usage: bool = False
@@ -70,11 +70,11 @@ class Capabilities:
 
     @classmethod
     def everything(cls, version: str | None = None) -> Capabilities:
-        """A vLLM server prefixbench started itself: every endpoint on, dev mode (cache reset) included."""
+        """A server prefixbench started itself: every endpoint on, the cache reset included (vLLM: dev mode)."""
         return cls(metrics=True, prefix_cache_counters=True, latency_histograms=True, idle_gauges=True,
                    kv_usage=True, cache_reset="ok", version=version)  # fmt: skip
 
-    def not_measured(self) -> list[str]:
+    def not_measured(self, engine: Engine) -> list[str]:
         """Plain sentences: what this endpoint kept the run from measuring."""
         out = [
             "server start time and server process memory (prefixbench did not start this server)",
@@ -88,7 +88,7 @@ class Capabilities:
         else:
             if not self.prefix_cache_counters:
                 out.append(
-                    "prefix-cache hit counters (`vllm:prefix_cache_hits_total` not exported): hits rest on "
+                    f"prefix-cache hit counters (`{engine.metrics.prefix_hits}` not exported): hits rest on "
                     "the `cached_tokens` the endpoint reports per request, if any"
                 )
             if not self.latency_histograms:
@@ -106,16 +106,17 @@ class Capabilities:
                 "endpoint's cache already holds, so cold-start hits are not guaranteed"
             )
         if not self.version:
-            out.append("the engine version (no `/version`)")
+            out.append(f"the engine version (no `{engine.version_path}`)")
         return out
 
 
 @dataclass
 class Endpoint:
-    """An existing server, used where measure.py expects a ManagedServer (same base_url/check_alive surface)."""
+    """An existing server (or a gateway in front of several): measure.py talks to it as a target.MeasuredTarget."""
 
     base_url: str
     model: str
+    engine: Engine = field(kw_only=True)  # what the server runs: its metric names and paths
     api_key_env: str | None = None
     log_path: Path = Path("endpoint.log")
     proc = None
@@ -161,23 +162,24 @@ async def probe(endpoint: Endpoint, api_key: str | None, try_reset: bool) -> Cap
         if endpoint.model not in caps.models:
             raise ServerError(f"endpoint {url} does not serve model {endpoint.model!r}; it serves {caps.models}")
         try:
-            names = await fetch_metrics(s, endpoint.base_url)
+            names = await fetch_metrics(s, endpoint.base_url, endpoint.engine)
+            n = endpoint.engine.metrics
             caps.metrics = True
-            caps.prefix_cache_counters = m.PREFIX_HITS in names and m.PREFIX_QUERIES in names
-            caps.latency_histograms = all(f"{h}_count" in names for h in m.HISTOGRAMS)
-            caps.idle_gauges = m.RUNNING in names and m.WAITING in names
-            caps.kv_usage = m.KV_USAGE in names
+            caps.prefix_cache_counters = n.prefix_hits in names and n.prefix_queries in names
+            caps.latency_histograms = all(f"{h}_count" in names for h in n.histograms)
+            caps.idle_gauges = n.running in names and n.waiting in names
+            caps.kv_usage = n.kv_usage in names
         except (TimeoutError, aiohttp.ClientError, ValueError):
             pass
         try:
-            async with s.get(f"{endpoint.base_url}/version") as r:
+            async with s.get(f"{endpoint.base_url}{endpoint.engine.version_path}") as r:
                 if r.status == 200:
                     caps.version = str((await r.json(content_type=None)).get("version")) or None
         except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
             pass
         if try_reset:
             try:
-                caps.cache_reset = await reset_prefix_cache(s, endpoint.base_url)
+                caps.cache_reset = await reset_prefix_cache(s, endpoint.base_url, endpoint.engine)
             except TimeoutError as exc:
                 caps.cache_reset = f"unavailable ({type(exc).__name__})"
         else:

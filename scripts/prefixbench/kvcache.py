@@ -1,4 +1,5 @@
-"""An exact model of vLLM's automatic prefix cache, block by block, to predict every request's cached tokens.
+"""An exact model of vLLM's automatic prefix cache, block by block, to predict every request's cached tokens
+(vLLM's alone: engines/vllm.py; another engine's cache would need a model of its own).
 
 vLLM (V1) keeps KV blocks of `block_size` tokens. A full block is identified by its tokens and every
 token before it (a hash chain), so two prompts share a cached block only when they agree on all tokens
@@ -64,7 +65,7 @@ class PrefixCacheModel:
         return self.num_blocks - 1
 
     def reset(self) -> None:
-        """POST /reset_prefix_cache on an idle server: every hash forgotten, the free queue kept."""
+        """The engine's cache reset on an idle server: every hash forgotten, the free queue kept."""
         self.cached.clear()
         self.key_of.clear()
 

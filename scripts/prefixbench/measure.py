@@ -1,9 +1,10 @@
 """One cache setting, end to end: start its server, warm it up, measure every point, tear it down.
 
 Each point (regime x reuse x concurrency) starts from a known cache state: the server is idle, its
-prefix cache is reset (dev-mode endpoint, loopback only), and the prefix-cache counters are read
+prefix cache is reset (vLLM: a dev-mode endpoint, loopback only), and the prefix-cache counters are read
 before and after, so every point has a *measured* hit rate. Memory (server RSS, GPU memory where
-there is one, vLLM's KV-cache usage) is sampled while the point runs.
+there is one, the engine's KV-cache usage) is sampled while the point runs. Everything goes through a
+target.MeasuredTarget: one URL for the requests, each server behind it for metrics, resets and memory.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TextIO
 
 import aiohttp
 
@@ -26,8 +26,9 @@ from . import metrics as m
 from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop, run_sessions
 from .corpus import text_of_at_least
 from .design import point_stem
-from .endpoint import Capabilities, Endpoint, fetch_kv_blocks, fetch_metrics, probe, redact_url, reset_prefix_cache
-from .host import hardware, has_nvidia_smi
+from .endpoint import Endpoint, probe, redact_url
+from .engines import engine_for
+from .host import hardware
 from .paired import SALTED, Send, mixed_order, schedule
 from .plan import Eta, fmt_duration
 from .point_meta import PointMeta
@@ -36,16 +37,7 @@ from .sampling import RecordWriter, Sampler
 from .server import ManagedServer, ServerError
 from .settings import BenchSettings, api_key
 from .shapes import Arrivals, Sessions, kind_of
-
-
-class MeasuredTarget(Protocol):
-    """What measuring needs from a server, whether prefixbench started it (ManagedServer) or not (Endpoint)."""
-
-    base_url: str
-    log_path: Path
-    proc: subprocess.Popen | None
-
-    def check_alive(self) -> None: ...
+from .target import MeasuredTarget
 
 
 @dataclass(frozen=True)
@@ -70,21 +62,23 @@ class Point:
 
 def client_config(server: MeasuredTarget, model: str, settings: BenchSettings) -> ClientConfig:
     return ClientConfig(
-        server.base_url, model, settings.max_tokens, settings.request_timeout_s, settings.stall_timeout_s, api_key(settings)
+        server.base_url,
+        model,
+        settings.max_tokens,
+        settings.request_timeout_s,
+        settings.stall_timeout_s,
+        api_key(settings),
+        engine=server.engine,
     )
 
 
-def capabilities_of(server: MeasuredTarget) -> Capabilities:
-    """A server we started is vLLM with everything on; an endpoint has what its probe found."""
-    probed = getattr(server, "capabilities", None)
-    return probed if probed is not None else Capabilities.everything()
-
-
-async def wait_idle(session: aiohttp.ClientSession, base_url: str, timeout_s: float = 60.0) -> None:
+async def wait_idle(session: aiohttp.ClientSession, server: MeasuredTarget, timeout_s: float = 60.0) -> None:
+    """Until no server of the target runs or queues a request."""
+    names = server.engine.metrics
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        cur = await fetch_metrics(session, base_url)
-        if cur.get(m.RUNNING, 0) == 0 and cur.get(m.WAITING, 0) == 0:
+        cur = await server.read_metrics(session)
+        if cur.get(names.running, 0) == 0 and cur.get(names.waiting, 0) == 0:
             return
         await asyncio.sleep(0.2)
     raise ServerError(f"server still busy {timeout_s:.0f} s after the previous point")
@@ -93,6 +87,16 @@ async def wait_idle(session: aiohttp.ClientSession, base_url: str, timeout_s: fl
 def warmup_prompt(i: int, approx_tokens: int) -> str:
     """A prompt sharing no block with any measured prompt (its own header and seed)."""
     return "Warm-up. " + text_of_at_least("rag_document", f"warmup:{i}", approx_tokens * 4)
+
+
+async def idle_and_reset(session: aiohttp.ClientSession, server: MeasuredTarget, settings: BenchSettings) -> str:
+    """Before a pass: wait until the target is idle (where it says), then reset its cache; 'ok', or why not."""
+    caps = server.capabilities
+    if caps.idle_gauges:
+        await wait_idle(session, server)
+    if not settings.reset_cache:
+        return "not requested"
+    return await server.reset_cache(session) if caps.cache_reset == "ok" else caps.cache_reset
 
 
 @contextlib.asynccontextmanager
@@ -154,7 +158,6 @@ async def measure_point(
     point: Point,
     settings: BenchSettings,
     context: dict,
-    server_pid: int | None,
     journal: TextIO | None = None,
 ) -> PointMeta:
     """Measure one point `settings.repeats` times, each from a reset cache on an idle server.
@@ -180,11 +183,11 @@ async def measure_point(
     walls: list[float] = []
     deltas: list[dict[str, float]] = []
     resets: list[str] = []
-    caps = capabilities_of(server)
+    caps = server.capabilities
     desc = f"{context['mode']} {point.regime} reuse{point.reuse_pct} {point.label}"
 
     async def counters(session: aiohttp.ClientSession) -> dict[str, float]:
-        return await fetch_metrics(session, server.base_url) if caps.metrics else {}
+        return await server.read_metrics(session) if caps.metrics else {}
 
     def written(_: dict) -> None:
         bar.update(1)
@@ -194,26 +197,12 @@ async def measure_point(
         point.records_path.open("w") as fh,
         tqdm(total=len(prompts) * settings.repeats * (2 if paired else 1), file=sys.stderr, mininterval=2, desc=desc) as bar,
         RecordWriter([fh, journal], written) as writer,
-        Sampler(
-            server.base_url,
-            server_pid,
-            settings.sample_interval_s,
-            caps.metrics,
-            api_key(settings),
-            gpu=server_pid is not None and has_nvidia_smi(),
-        ) as sampler,
+        Sampler(server, settings.sample_interval_s, api_key(settings), gpu=server.local) as sampler,
     ):
         for repeat in range(settings.repeats):
             async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
                 async with server_calls(server):
-                    if caps.idle_gauges:
-                        await wait_idle(session, server.base_url)
-                    if not settings.reset_cache:
-                        resets.append("not requested")
-                    elif caps.cache_reset == "ok":
-                        resets.append(await reset_prefix_cache(session, server.base_url))
-                    else:
-                        resets.append(caps.cache_reset)
+                    resets.append(await idle_and_reset(session, server, settings))
                     before = await counters(session)
 
             sends = paired_sends(point, prompts, settings, context.get("instance", 1), repeat) if paired else []
@@ -250,11 +239,12 @@ async def measure_point(
             server.check_alive()
             async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
                 async with server_calls(server):
-                    deltas.append(m.counter_delta(before, await counters(session)))
+                    deltas.append(m.counter_delta(before, await counters(session), server.engine.metrics))
     delta = {k: sum(d.get(k, 0.0) for d in deltas) for k in {k for d in deltas for k in d}}
     sent = len(prompts) * settings.repeats * (2 if paired else 1)
     meta = PointMeta(
         mode=context["mode"],
+        engine=server.engine.name,
         instance=context.get("instance", 1),
         regime=point.regime,
         reuse_pct=point.reuse_pct,
@@ -270,8 +260,8 @@ async def measure_point(
         cache_reset=next((r for r in resets if r != "ok"), "ok"),
         counters_delta=delta,
         counters_delta_per_repeat=deltas,
-        measured_hit_rate=m.hit_rate(delta),
-        peak_server_rss_gib=sampler.peak_rss_bytes / 2**30 if server_pid is not None else None,
+        measured_hit_rate=m.hit_rate(delta, server.engine.metrics),
+        peak_server_rss_gib=sampler.peak_rss_bytes / 2**30 if server.local else None,
         peak_gpu_mem_mib=sampler.peak_gpu_mem_mib,
         peak_kv_cache_usage=sampler.peak_kv_usage,
         memory_samples=sampler.samples,
@@ -297,18 +287,9 @@ async def warm_up(server: MeasuredTarget, model: str, settings: BenchSettings, a
     return out
 
 
-def server_version(python: str) -> str:
-    try:
-        return subprocess.run(
-            [python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True, timeout=120, check=True
-        ).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
-        return "unknown"
-
-
 async def read_kv_blocks(server: MeasuredTarget, settings: BenchSettings) -> int | None:
     async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
-        return await fetch_kv_blocks(session, server.base_url)
+        return await server.kv_blocks(session)
 
 
 def measure_points(
@@ -323,7 +304,7 @@ def measure_points(
     """Warm the server up, then every point in order; one console line per point, with the time left.
 
     Returns what the lifetime's server.json records of it: the points measured and the server's KV blocks."""
-    kv_blocks = asyncio.run(read_kv_blocks(server, settings)) if capabilities_of(server).metrics else None
+    kv_blocks = asyncio.run(read_kv_blocks(server, settings)) if server.capabilities.metrics else None
     # Every record carries its server's KV capacity: the cache model replays each pass against it.
     context = {"mode": mode, "instance": instance, "kv_blocks": kv_blocks}
     name = f"{mode} #{instance}"
@@ -340,9 +321,8 @@ def measure_points(
             flush=True,
         )
     for i, point in enumerate(points, 1):
-        pid = server.proc.pid if server.proc is not None else None
         t_point = time.monotonic()
-        meta = asyncio.run(measure_point(server, model, point, settings, context, pid, journal))
+        meta = asyncio.run(measure_point(server, model, point, settings, context, journal))
         eta.point_done(time.monotonic() - t_point)
         # One line per point on stdout (the console), while the progress bars go to the job's log.
         print(
@@ -409,15 +389,18 @@ def measure_mode(
     settings: BenchSettings,
     ready_timeout_s: float,
     python: str,
+    engine: str,
     extra_info: dict,
     journal_path: Path | None = None,
 ) -> None:
     """Run every point of one cache setting against one server lifetime (records also to `journal_path`)."""
+    eng = engine_for(engine)
     info = {
         "mode": mode,
         "instance": instance,
         "script": str(script),
-        "vllm_version": server_version(python),
+        "engine": eng.name,
+        "vllm_version": eng.version_of(python),
         "hardware": hardware(),
         "warmup_policy": warmup_policy(settings),
         "started_by_prefixbench": True,
@@ -425,11 +408,11 @@ def measure_mode(
     }
     with (
         journal_path.open("w") if journal_path else contextlib.nullcontext() as journal,
-        ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings)) as server,
+        ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings), engine=eng) as server,
     ):
         info["startup_s"] = server.startup_s
         info["port"] = server.port
-        info |= measure_points(mode, instance, server, model, points, settings, journal)
+        info |= measure_points(mode, instance, MeasuredTarget.of_server(server), model, points, settings, journal)
     server_info_path.write_text(json.dumps(info, indent=2))
 
 
@@ -458,13 +441,14 @@ def measure_endpoint(
         "started_by_prefixbench": False,
         "endpoint": {"base_url": redact_url(endpoint.base_url), "model": endpoint.model, "api_key_env": endpoint.api_key_env},
         "capabilities": asdict(caps),
-        "not_measured": caps.not_measured(),
-        "vllm_version": caps.version or "unknown (the endpoint has no /version)",
+        "not_measured": caps.not_measured(endpoint.engine),
+        "engine": endpoint.engine.name,
+        "vllm_version": caps.version or f"unknown (the endpoint has no {endpoint.engine.version_path})",
         "hardware": {"client": hardware(), "server": "a remote endpoint: not visible to prefixbench"},
         "warmup_policy": warmup_policy(settings) + settings_note,
         "startup_s": None,
         **extra_info,
     }
     with journal_path.open("w") if journal_path else contextlib.nullcontext() as journal:
-        info |= measure_points(mode, instance, endpoint, endpoint.model, points, settings, journal)
+        info |= measure_points(mode, instance, MeasuredTarget.of_endpoint(endpoint), endpoint.model, points, settings, journal)
     server_info_path.write_text(json.dumps(info, indent=2))

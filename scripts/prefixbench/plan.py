@@ -11,7 +11,7 @@ and on send exactly the same requests, so the comparison stays paired; the repor
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from . import MODES, OFF, ON
@@ -147,6 +147,54 @@ def drop_order(
     return sorted(above, key=key) + sorted(mixed, key=key) + sorted(shorter, key=regime_key)
 
 
+def too_small(point: tuple[str, int, int, float], available: int, shape: bool, min_rounds: int) -> str | None:
+    """Why a closed-loop point's questions cannot fill its steady-state window (None: they can)."""
+    _, _, conc, rate = point
+    need = min_requests(conc, min_rounds)
+    if shape or rate or conc <= 1 or available >= need:
+        return None
+    return f"{min_rounds} round(s) inside a steady-state window at c={conc} need {need} requests; the point has {available}"
+
+
+def fit_budget(
+    points: Sequence[tuple[str, int, int, float]],
+    shape: Sequence[bool],
+    prefix_len: dict[str, int],
+    budget_s: float | None,
+    dropped: dict[int, str],
+    planned: Callable[[float, dict[int, str]], list[PlannedPoint]],
+    fits: Callable[[list[PlannedPoint]], bool],
+    steps: int,
+) -> tuple[float, list[PlannedPoint]]:
+    """make_plan's fit to the budget: the common fraction of every kept point's requests, with the plan at it; the
+    points it had to drop are added to `dropped`."""
+    chosen = planned(1.0, dropped)
+    if budget_s is None or fits(chosen):
+        return 1.0, chosen
+    why = f"the {fmt_duration(budget_s)} time budget cannot hold every point at its minimum"
+    names = frozenset(r for i, (r, _, _, _) in enumerate(points) if shape[i])
+    order = [i for i in drop_order(points, prefix_len, names) if i not in dropped]
+    # 1. Drop points in drop_order until every remaining point fits at its minimum size.
+    budget_drops = []
+    for i in order:
+        if fits(planned(1 / steps, dropped)):
+            break
+        dropped[i] = why
+        budget_drops.append(i)
+    # 2. Take back, most valuable first, every dropped point that still fits at its minimum: a point costs its
+    # minimum, so a cheap one dropped before an expensive one may fit once the expensive one is gone.
+    for i in reversed(budget_drops):
+        del dropped[i]
+        if not fits(planned(1 / steps, dropped)):
+            dropped[i] = why
+    # 3. The largest common share of every kept point's requests that fits.
+    for k in range(steps, 0, -1):
+        fraction, chosen = k / steps, planned(k / steps, dropped)
+        if fits(chosen):
+            break
+    return fraction, chosen
+
+
 def make_plan(
     rates: Rates,
     points: Sequence[tuple[str, int, int, float]],
@@ -197,15 +245,6 @@ def make_plan(
             return min(len(pools[i]), unit[i] * math.ceil(fraction * most_pairs))
         return math.ceil(fraction * len(pools[i]))
 
-    def too_small(i: int) -> str | None:
-        regime, reuse, conc, rate = points[i]
-        need = min_requests(conc, min_rounds)
-        if shape[i] or rate or conc <= 1 or len(pools[i]) >= need:
-            return None
-        return (
-            f"{min_rounds} round(s) inside a steady-state window at c={conc} need {need} requests; the point has {len(pools[i])}"
-        )
-
     def planned(fraction: float, dropped: dict[int, str]) -> list[PlannedPoint]:
         out = []
         for i, (regime, reuse, conc, rate) in enumerate(points):
@@ -227,29 +266,8 @@ def make_plan(
     def fits(pts: list[PlannedPoint]) -> bool:
         return budget_s is None or max(total(pts).values()) <= budget_s
 
-    dropped = {i: why for i in range(len(points)) if (why := too_small(i))}
-    fraction, chosen = 1.0, planned(1.0, dropped)
-    if budget_s is not None and not fits(chosen):
-        # 1. Drop points in drop_order until every remaining point fits at its minimum size.
-        why = f"the {fmt_duration(budget_s)} time budget cannot hold every point at its minimum"
-        budget_drops = []
-        names = frozenset(r for i, (r, _, _, _) in enumerate(points) if shape[i])
-        for i in (i for i in drop_order(points, prefix_len, names) if i not in dropped):
-            if fits(planned(1 / steps, dropped)):
-                break
-            dropped[i] = why
-            budget_drops.append(i)
-        # 2. Take back, most valuable first, every dropped point that still fits at its minimum: a point costs its
-        # minimum, so a cheap one dropped before an expensive one may fit once the expensive one is gone.
-        for i in reversed(budget_drops):
-            del dropped[i]
-            if not fits(planned(1 / steps, dropped)):
-                dropped[i] = why
-        # 3. The largest common share of every kept point's requests that fits.
-        for k in range(steps, 0, -1):
-            fraction, chosen = k / steps, planned(k / steps, dropped)
-            if fits(chosen):
-                break
+    dropped = {i: why for i in range(len(points)) if (why := too_small(points[i], len(pools[i]), shape[i], min_rounds))}
+    fraction, chosen = fit_budget(points, shape, prefix_len, budget_s, dropped, planned, fits, steps)
     est = total(chosen)
     measured = [p for p in chosen if p.dropped is None]
     trimmed = any(len(p.request_indices) < p.available for p in measured)

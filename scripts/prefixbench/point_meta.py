@@ -33,6 +33,7 @@ class PointMeta:
     instance: int = 1  # which server lifetime of its cache setting (prefixbench.design)
     dropped: str | None = None  # the plan did not send this point, and why (plan.make_plan); no records
     paired: str | None = None  # the paired design it ran (prefixbench.paired: hit_miss, miss_miss), None: one arm
+    engine: str | None = None  # whose metric names counters_delta holds (prefixbench.engines); read() fills it in
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -45,4 +46,5 @@ class PointMeta:
         raw.setdefault("request_rate", 0.0)
         raw.setdefault("wall_s_per_repeat", [raw.get("wall_s", 0.0)])
         raw.setdefault("repeats", len(raw["wall_s_per_repeat"]))
+        raw["engine"] = raw.get("engine") or "vllm"  # every point written before engines had names was vLLM's
         return cls(**{k: v for k, v in raw.items() if k in known})

@@ -1,14 +1,13 @@
-"""vLLM server lifecycle: the exact command as a script, start in its own process group, wait, tear down.
+"""Server lifecycle: the engine's exact command as a script, start in its own process group, wait, tear down.
 
-The two cache settings differ only in the prefix-caching flag, which is always passed explicitly
-(V1 turns caching on by default). Teardown kills the whole process group on success, failure,
+The two cache settings differ only in the engine's prefix-caching flag, which is always passed explicitly
+(engines/vllm.py: V1 turns caching on by default). Teardown kills the whole process group on success, failure,
 Ctrl-C or SIGTERM, and the child gets PDEATHSIG so even a SIGKILLed parent leaves no server behind.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import os
 import shlex
 import signal
@@ -21,71 +20,38 @@ import urllib.request
 from pathlib import Path
 
 from .client import bearer
+from .engines import Engine, engine_for
 from .host import process_tree
 from .settings import ServerSpec
-
-CACHE_FLAGS = {"no_prefix_cache": "--no-enable-prefix-caching", "with_prefix_cache": "--enable-prefix-caching"}
 
 
 class ServerError(RuntimeError):
     """The server could not start, or died; the message names the log and quotes its tail."""
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def server_argv(spec: ServerSpec, mode: str, port: str) -> list[str]:
-    """The vLLM OpenAI server command line for one cache setting."""
-    return [
-        spec.python,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        spec.model,
-        "--served-model-name",
-        spec.served_model_name,
-        "--host",
-        spec.host,
-        "--port",
-        port,
-        "--max-model-len",
-        str(spec.max_model_len),
-        "--dtype",
-        spec.dtype,
-        "--enable-prompt-tokens-details",
-        *spec.extra_args,
-        CACHE_FLAGS[mode],
-    ]
+    """The server command line of the spec's engine for one cache setting."""
+    return engine_for(spec.engine).server_argv(spec, mode, port)
 
 
 def server_env(spec: ServerSpec) -> dict[str, str]:
-    """Environment overrides; dev-mode endpoints (cache reset) only when bound to loopback."""
-    env = dict(spec.env)
-    if is_loopback(spec.host):
-        env["VLLM_SERVER_DEV_MODE"] = "1"
-    else:
-        env.pop("VLLM_SERVER_DEV_MODE", None)
-    return env
+    """Environment overrides of the spec's engine."""
+    return engine_for(spec.engine).server_env(spec)
 
 
 def render_script(spec: ServerSpec, mode: str) -> str:
     """A runnable bash script holding the exact server command; the port is its first argument."""
+    engine = engine_for(spec.engine)
     env_lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(server_env(spec).items()))
-    if spec.api_key_env:  # vLLM reads VLLM_API_KEY; the script names the variable, never the key
-        env_lines += f'export VLLM_API_KEY="${{{spec.api_key_env}:?set {spec.api_key_env} to the API key}}"\n'
+    if spec.api_key_env:  # the engine reads its own variable (vLLM: VLLM_API_KEY); the script names ours, never the key
+        env_lines += f'export {engine.api_key_var}="${{{spec.api_key_env}:?set {spec.api_key_env} to the API key}}"\n'
     words = [shlex.quote(a) if a != "__PORT__" else '"$PORT"' for a in server_argv(spec, mode, "__PORT__")]
     cmd = words[0] + " " + words[1] + " " + words[2]
     for w in words[3:]:
         cmd += (" \\\n  " if w.startswith("--") else " ") + w
     return (
         "#!/usr/bin/env bash\n"
-        f"# prefixbench: vLLM server, {mode} (generated; only the prefix-caching flag differs between modes)\n"
+        f"# prefixbench: {engine.label} server, {mode} (generated; only the prefix-caching flag differs between modes)\n"
         "set -euo pipefail\n"
         'PORT="${1:-8000}"\n'
         f"{env_lines}"
@@ -157,7 +123,10 @@ class ManagedServer:
         connect_host: str | None = None,
         term_grace_s: float = 5.0,
         api_key: str | None = None,
+        *,
+        engine: Engine,
     ):
+        self.engine = engine  # its health path is the readiness probe
         self._api_key = api_key  # sent with the readiness probe of a server that requires one; never stored elsewhere
         self.script, self.host, self.log_path = Path(script), host, Path(log_path)
         self.ready_timeout_s, self.term_grace_s = ready_timeout_s, term_grace_s
@@ -234,14 +203,14 @@ class ManagedServer:
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise ServerError(
-                f"vLLM server exited with code {self.proc.returncode}; log: {self.log_path}\n"
+                f"{self.engine.label} server exited with code {self.proc.returncode}; log: {self.log_path}\n"
                 f"--- last lines ---\n{log_tail(self.log_path)}"
             )
 
     def wait_ready(self, t0: float) -> None:
         while True:
             self.check_alive()
-            req = urllib.request.Request(f"{self.base_url}/v1/models", headers=bearer(self._api_key))
+            req = urllib.request.Request(f"{self.base_url}{self.engine.health_path}", headers=bearer(self._api_key))
             try:
                 remaining = self.ready_timeout_s - (time.monotonic() - t0)
                 with urllib.request.urlopen(req, timeout=max(0.5, min(5.0, remaining))) as r:
@@ -250,14 +219,14 @@ class ManagedServer:
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403) and self.owns_port():
                     raise ServerError(
-                        f"vLLM server on port {self.port} refused the readiness probe (HTTP {exc.code}): it requires "
+                        f"{self.engine.label} server on port {self.port} refused the readiness probe (HTTP {exc.code}): it requires "
                         "an API key and " + ("refused the one given" if self._api_key else "none was given")
                     ) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             if time.monotonic() - t0 > self.ready_timeout_s:
                 raise ServerError(
-                    f"vLLM server not ready after {self.ready_timeout_s:.0f} s; log: {self.log_path}\n"
+                    f"{self.engine.label} server not ready after {self.ready_timeout_s:.0f} s; log: {self.log_path}\n"
                     f"--- last lines ---\n{log_tail(self.log_path)}"
                 )
             time.sleep(1.0)

@@ -43,6 +43,8 @@ class ServerSpec:
     host: str
     max_model_len: int
     dtype: str
+    engine: str  # targets.*.engine: which engine's server this is (prefixbench.engines)
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
-    api_key_env: str | None = None  # the script exports VLLM_API_KEY from it: the key itself is never written
+    # The script exports the engine's key variable (vLLM: VLLM_API_KEY) from this one: the key itself is never written.
+    api_key_env: str | None = None

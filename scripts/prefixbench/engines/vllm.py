@@ -1,0 +1,133 @@
+"""vLLM, the one engine: its OpenAI server, flags, Prometheus names and dev-mode endpoints.
+
+The exact prefix-cache model in kvcache.py is vLLM's (V1's BlockPool: null block, hash chain, free-queue order);
+another engine gets the measured hit rates and the closed-form expectations, not that model's per-request
+predictions, until its own cache is modelled.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ..settings import ServerSpec
+from .base import MetricNames
+
+METRICS = MetricNames(
+    prefix_queries="vllm:prefix_cache_queries_total",
+    prefix_hits="vllm:prefix_cache_hits_total",
+    kv_usage="vllm:kv_cache_usage_perc",
+    running="vllm:num_requests_running",
+    waiting="vllm:num_requests_waiting",
+    ttft="vllm:time_to_first_token_seconds",
+    e2e="vllm:e2e_request_latency_seconds",
+    queue="vllm:request_queue_time_seconds",
+    prefill="vllm:request_prefill_time_seconds",
+    decode="vllm:request_decode_time_seconds",
+    step_tokens="vllm:iteration_tokens_total",
+    preemptions="vllm:num_preemptions_total",
+    cache_config="vllm:cache_config_info",
+)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class VLLM:
+    """vLLM's OpenAI-compatible server. The two cache settings differ only in the prefix-caching flag, always passed
+    explicitly (V1 turns caching on by default); the cache reset is a dev-mode endpoint, on only for loopback servers."""
+
+    name: str = "vllm"
+    label: str = "vLLM"
+    metrics: MetricNames = METRICS
+    cache_flags: MappingProxyType = field(
+        default_factory=lambda: MappingProxyType(
+            {"no_prefix_cache": "--no-enable-prefix-caching", "with_prefix_cache": "--enable-prefix-caching"}
+        )
+    )
+    capacity_flag: str = "--num-gpu-blocks-override"
+    api_key_var: str = "VLLM_API_KEY"
+    health_path: str = "/health"
+    cache_reset_path: str = "/reset_prefix_cache"
+    version_path: str = "/version"
+    cache_salt_field: str = "cache_salt"
+
+    def server_argv(self, spec: ServerSpec, mode: str, port: str) -> list[str]:
+        """`--enable-prompt-tokens-details` makes every response say its cached tokens."""
+        return [
+            spec.python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            spec.model,
+            "--served-model-name",
+            spec.served_model_name,
+            "--host",
+            spec.host,
+            "--port",
+            port,
+            "--max-model-len",
+            str(spec.max_model_len),
+            "--dtype",
+            spec.dtype,
+            "--enable-prompt-tokens-details",
+            *spec.extra_args,
+            self.cache_flags[mode],
+        ]
+
+    def model_args(self, source: str, tokenizer: str | None, given: Sequence[str]) -> list[str]:
+        out = []
+        if source == "dummy" and "--load-format" not in given:
+            out += ["--load-format", "dummy"]
+        if tokenizer and "--tokenizer" not in given:
+            out += ["--tokenizer", tokenizer]
+        return out
+
+    def server_env(self, spec: ServerSpec) -> dict[str, str]:
+        """Dev-mode endpoints (the cache reset) only when bound to loopback."""
+        env = dict(spec.env)
+        if is_loopback(spec.host):
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+        else:
+            env.pop("VLLM_SERVER_DEV_MODE", None)
+        return env
+
+    def capacity_args(self, blocks: int) -> tuple[str, ...]:
+        return (self.capacity_flag, str(blocks))
+
+    def parse_metrics(self, text: str) -> dict[str, float]:
+        from ..metrics import parse_metrics  # here, not at import: the workflow imports engines and no parser
+
+        return parse_metrics(text)
+
+    def kv_blocks(self, text: str) -> int | None:
+        """From `vllm:cache_config_info{num_gpu_blocks=...}`."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith(self.metrics.cache_config) and sample.labels.get("num_gpu_blocks", "").isdigit():
+                    return int(sample.labels["num_gpu_blocks"])
+        return None
+
+    def cached_tokens(self, usage: dict) -> int | None:
+        """`usage.prompt_tokens_details.cached_tokens` (the server needs `--enable-prompt-tokens-details`)."""
+        return (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+
+    def version_of(self, python: str) -> str:
+        try:
+            return subprocess.run(
+                [python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True, timeout=120, check=True
+            ).stdout.strip()
+        except (subprocess.SubprocessError, OSError):
+            return "unknown"
