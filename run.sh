@@ -69,12 +69,12 @@ case "${1:-}" in
     .venv/bin/ruff format --check --quiet scripts tests
     .venv/bin/snakefmt --check Snakefile rules
     .venv/bin/snakemake --lint >/dev/null
-    # 2. The fast tier (about a minute, no vLLM): logic, client, statistics, report, config.
-    log "fast tier: pytest -m 'not integration'"
-    .venv/bin/python -m pytest tests -m "not integration" -q
+    # 2. The fast tier (a few minutes, no vLLM): logic, client, statistics, report, config (tests/unit).
+    log "fast tier: pytest tests/unit"
+    .venv/bin/python -m pytest tests/unit -q
     # 3. Real vLLM: the pipeline locally, through SLURM and against endpoints, and the fault suite.
-    log "integration tier: pytest -m integration"
-    exec .venv/bin/python -m pytest tests -m integration
+    log "integration tier: pytest tests/integration"
+    exec .venv/bin/python -m pytest tests/integration
     ;;
   *)
     if [[ -n "${PREFIXBENCH_TARGET:-}" ]]; then set -- --config "target=$PREFIXBENCH_TARGET" "$@"; fi

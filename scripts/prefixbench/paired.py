@@ -10,7 +10,7 @@ arms; its log-ratio miss/hit of mean TTFT is one observation, and lifetime-level
 
 The contrast is the mean of the pairs' log-ratios with a t interval (pairs - 1 degrees of freedom), and every
 contrast states its minimum detectable effect at 80% power from its own variance. With two salted arms (`miss_miss`)
-the same machinery is an A/A test: it must claim nothing. The simulation in tests/test_paired.py shows the interval
+the same machinery is an A/A test: it must claim nothing. The simulation in tests/unit/test_paired.py shows the interval
 covers at the noise sizes measured on an H200 (lifetime, sub-block and request level).
 """
 

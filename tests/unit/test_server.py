@@ -10,9 +10,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+from helpers import FAKE_VLLM
 
 from prefixbench.engines import engine_for
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, group_alive, render_script, server_argv
@@ -102,7 +102,7 @@ def test_sigterm_to_the_owner_tears_the_server_down(tmp_path):
     owner.write_text(
         textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(os.path.join(os.path.dirname(__file__), "..", "scripts"))!r})
+        sys.path.insert(0, {str(os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))!r})
         from pathlib import Path
         from prefixbench.engines import engine_for
         from prefixbench.server import ManagedServer
@@ -140,7 +140,7 @@ def test_port_taken_by_another_server_is_never_measured(tmp_path, monkeypatch, f
     mistakes the winner's server (here a stand-in already listening) for its own."""
     import prefixbench.server as server_mod
 
-    fake = Path(__file__).parent / "fake_vllm.py"
+    fake = FAKE_VLLM
     other_port = fake_vllm_port
     ports = iter([other_port])
     real_free_port = server_mod.free_port
@@ -161,7 +161,7 @@ def test_a_port_the_caller_chose_is_kept(tmp_path):
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        script = fake_script(tmp_path, f"exec {sys.executable} {Path(__file__).parent / 'fake_vllm.py'} $PORT\n")
+        script = fake_script(tmp_path, f"exec {sys.executable} {FAKE_VLLM} $PORT\n")
         with pytest.raises(ServerError):
             with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=2, port=port, engine=VLLM):
                 pass
@@ -169,6 +169,6 @@ def test_a_port_the_caller_chose_is_kept(tmp_path):
 
 def test_a_managed_server_is_ready_when_its_engine_says_healthy(tmp_path):
     """Readiness polls the engine's health path (vLLM: /health), not /v1/models: the stand-in's /v1/models is down."""
-    script = fake_script(tmp_path, f"FAKE_MODELS_DOWN=1 exec {sys.executable} {Path(__file__).parent / 'fake_vllm.py'} $PORT\n")
+    script = fake_script(tmp_path, f"FAKE_MODELS_DOWN=1 exec {sys.executable} {FAKE_VLLM} $PORT\n")
     with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20, engine=VLLM) as srv:
         assert srv.startup_s is not None and VLLM.health_path == "/health"
