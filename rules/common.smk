@@ -41,6 +41,8 @@ REGIMES = pbconfig.regimes(config)
 SHAPES = pbconfig.shapes(config)
 KV_SHAPES = [n for n, s in SHAPES.items() if KINDS[s.kind].kv_capacity(s)]
 MAIN_SHAPES = [n for n in SHAPES if n not in KV_SHAPES]
+# Files the shapes read besides the tokenizer (a trace), declared as inputs where they are read.
+SHAPE_DATA = {n: KINDS[s.kind].data_files(s) for n, s in SHAPES.items()}
 KV_BLOCKS = pbconfig.kv_capacity(config)
 QUESTIONS = pbconfig.questions(config)
 CONCURRENCY = sorted(config["benchmark"]["concurrency"])

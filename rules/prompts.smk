@@ -26,6 +26,7 @@ rule shape_prompts:
     """Tokenizer-exact prompts of one workload shape, with each prompt's KV block hashes and its expected hits."""
     input:
         tokenizer=tokenizer_inputs(),
+        data=lambda w: SHAPE_DATA[w.shape],
         code=package_files("shape_prompts"),
     output:
         "results/prompts/shapes/{shape}.jsonl",

@@ -5,6 +5,8 @@ rule report:
         summary="results/summary.csv",
         speedup="results/speedup.csv",
         shapes="results/shape_requests.csv",
+        shape_points="results/shape_points.csv",
+        trace_capacity="results/trace_capacity.csv",
         info=SERVER_INFOS,
         scripts=expand(SERVER_FILE, mode=MODES),
         prompts=MAIN_PROMPTS + KV_PROMPTS,

@@ -1,4 +1,4 @@
-"""Snakemake edge: summary.csv and speedup.csv (see prefixbench.aggregate)."""
+"""Snakemake edge: summary.csv, speedup.csv and the shapes' tables (see prefixbench.aggregate)."""
 
 import sys
 from pathlib import Path
@@ -15,4 +15,7 @@ write_summary(
     Path(snakemake.output.shapes),
     prompt_paths=map(Path, snakemake.input.prompts),
     block_size=snakemake.params.block_size,
+    shape_points_csv=Path(snakemake.output.shape_points),
+    trace_csv=Path(snakemake.output.trace_capacity),
+    shapes=snakemake.params.shapes,
 )

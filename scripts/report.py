@@ -20,6 +20,8 @@ inputs = ReportInputs(
     block_size=p.block_size,
     slo=dict(p.slo),
     shape_csv=Path(i.shapes),
+    shape_points_csv=Path(i.shape_points),
+    trace_csv=Path(i.trace_capacity),
     shapes={k: dict(v) for k, v in dict(p.shapes).items()},
     calibration_json=Path(i.calibration[0]) if i.calibration else None,
 )

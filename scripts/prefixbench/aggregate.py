@@ -7,8 +7,9 @@ says so in `notes` whenever any request failed (failures are counted, never hidd
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -18,7 +19,8 @@ from .paired import POINT as PAIRED_POINT
 from .paired import arm_walls, clean, flag_cost_table, main_arm_filter, paired_table, with_arm_columns
 from .point_meta import PointMeta
 from .shapes import SINGLE_PREFIX
-from .shapes.results import load_hashes, shape_requests
+from .shapes.results import load_hashes, prediction_check, read_shape_requests, shape_requests
+from .shapes.trace import trace_curves
 from .stats import busy_periods, closed_loop_rounds, cluster_ratio_ci, steady_window
 
 SEED_COLUMNS = ["mode", "prefix_len_tokens", "concurrency", "mean_ttft_s", "mean_e2e_s", "p95_e2e_s", "tok_s", "notes"]
@@ -483,8 +485,13 @@ def write_summary(
     shape_csv: Path | None = None,
     prompt_paths: Iterable[Path] = (),
     block_size: int = 16,
+    shape_points_csv: Path | None = None,
+    trace_csv: Path | None = None,
+    shapes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
-    """summary.csv and speedup.csv; with `shape_csv`, every shape request with the cache model's prediction."""
+    """summary.csv and speedup.csv; with `shape_csv`, every shape request with the cache model's prediction, and with
+    `shape_points_csv`/`trace_csv` what the report reads of them: the prediction check per shape point (computed from
+    shape_requests.csv as written) and each replayed trace's capacity curve."""
     records = load_records(record_paths)
     # A paired point's summary row is its hit arm (the traffic as designed); both arms make its paired contrast.
     main = records.filter(main_arm_filter())
@@ -497,6 +504,21 @@ def write_summary(
     sp.write_csv(speedup_csv, float_precision=6)
     if shape_csv is not None:
         shape_requests(records, load_hashes(prompt_paths), block_size).write_csv(shape_csv, float_precision=6)
+        write_shape_tables(shape_csv, shape_points_csv, trace_csv, shapes or {}, block_size)
+
+
+def write_shape_tables(
+    shape_csv: Path, points_csv: Path | None, trace_csv: Path | None, shapes: Mapping[str, Mapping[str, Any]], block_size: int
+) -> None:
+    """shape_points.csv and trace_capacity.csv (full precision: the report reads them as they are); empty files
+    where the run has no shape or no trace."""
+    req = read_shape_requests(shape_csv)
+    check = prediction_check(req, block_size) if req.height else pl.DataFrame()
+    for path, table in ((points_csv, check), (trace_csv, trace_curves(check, shapes, block_size))):
+        if path is not None and table.height:
+            table.write_csv(path)
+        elif path is not None:
+            Path(path).write_text("")
 
 
 def interval_mde(lo: str, hi: str) -> pl.Expr:

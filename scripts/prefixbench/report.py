@@ -46,7 +46,8 @@ from .formatting import fmt_ci, fmt_s, fmt_x, markdown_table
 from .ideal import cold_samples, load_shape
 from .shapes import SINGLE_PREFIX
 from .shapes.findings import shape_section
-from .shapes.results import prediction_check, read_shape_requests
+from .shapes.results import read_shape_points, read_shape_requests
+from .shapes.trace import read_trace_curves
 
 # The summary columns of the report's second table, beyond the seed's (`summary.csv` has them all).
 EXTRA_COLUMNS = [
@@ -84,6 +85,8 @@ class ReportInputs:
     block_size: int
     slo: dict | None = None
     shape_csv: Path | None = None
+    shape_points_csv: Path | None = None  # aggregation's prediction check per shape point
+    trace_csv: Path | None = None  # aggregation's capacity curve of each replayed trace
     shapes: dict[str, dict] = field(default_factory=dict)
     calibration_json: Path | None = None
 
@@ -229,7 +232,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
     everything, sp_all, single, summary, sp = read_tables(inputs.summary_csv, inputs.speedup_csv)
     block_size, shapes = inputs.block_size, inputs.shapes
     shape_req = read_shape_requests(inputs.shape_csv)
-    check = prediction_check(shape_req, block_size) if shape_req.height else pl.DataFrame()
+    check = read_shape_points(inputs.shape_points_csv)
     engine = engine_rows(summary)
     lifetimes = [json.loads(Path(p).read_text()) for p in inputs.info_paths]  # in the order they ran
     endpoints = {i["mode"]: i for i in lifetimes if not i.get("started_by_prefixbench", True)}
@@ -261,7 +264,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         cold_warm=cold_warm_table(summary),
         aa=ControlSection(answer=aa_finding(sp, aa_table(sp)).answer, rows=aa_table(sp)),
         engine=EngineSection(table=engine_table(engine), words=engine_words(engine)),
-        shape_section=shape_section(shape_req, check, sp_all, shapes, block_size),
+        shape_section=shape_section(shape_req, check, sp_all, shapes, block_size, read_trace_curves(inputs.trace_csv)),
         ttft=guarded(ttft_finding, sp),
         throughput=guarded(throughput_finding, summary, sp),
         memory=guarded(memory_finding, summary, sp),

@@ -105,8 +105,10 @@ def test_a_run_without_workload_shapes_writes_its_tables(tmp_path):
     from prefixbench.aggregate import write_summary
 
     recs, metas = write_run(tmp_path / "raw", n=8)
-    write_summary(recs, metas, tmp_path / "s.csv", tmp_path / "sp.csv", tmp_path / "req.csv")
+    out = {"shape_points_csv": tmp_path / "points.csv", "trace_csv": tmp_path / "trace.csv"}
+    write_summary(recs, metas, tmp_path / "s.csv", tmp_path / "sp.csv", tmp_path / "req.csv", **out)
     assert (tmp_path / "req.csv").is_file() and pl.read_csv(tmp_path / "s.csv").height > 0
+    assert all(p.is_file() and not p.read_text() for p in out.values())  # the report reads them as "no shapes"
 
 
 def test_every_contrast_with_an_interval_states_its_mde(tmp_path):

@@ -112,6 +112,31 @@ def test_trace_capacity_curve_matches_its_readme():
     assert curve[1000] == pytest.approx(0.044, abs=0.002) and curve[10000] == pytest.approx(0.211, abs=0.002)
 
 
+def test_aggregation_writes_the_trace_curve_the_report_reads(tmp_path):
+    """The report no longer re-reads the trace: aggregation writes each replayed trace's curve (trace_capacity.csv)
+    and the report's sentence from the file is the one the curve computed in memory gives, digit for digit."""
+    import polars as pl
+
+    from prefixbench.shapes.findings import KIT
+    from prefixbench.shapes.trace import read_trace_curves, trace_curves, trace_words
+
+    check = pl.DataFrame(
+        {"regime": ["trace"], "workload": ["trace"], "kv_blocks": [400], "requests": [40], "exact": [38]}
+        | {f"{k}_hit_rate": [0.3] for k in ("expected", "predicted", "measured")}
+    )
+    shapes = {"trace": {"kind": "trace", "params": {"path": str(TRACE), "chunk_tokens": 64}}}
+    table = trace_curves(check, shapes, 16)
+    table.write_csv(tmp_path / "trace.csv")
+    curves = read_trace_curves(tmp_path / "trace.csv")
+    assert curves["trace"] == dict(zip(table["capacity_blocks"], table["hit_rate"]))  # exact: full precision
+    assert curves["trace"][1000] == pytest.approx(0.044, abs=0.002)
+    words = trace_words(check, shapes, 16, curves, KIT)
+    assert "capacity curve" in words and "1,000 blocks 4%" in words
+    assert "capacity curve" not in trace_words(check, shapes, 16, {}, KIT)  # no curve recorded: no curve claimed
+    (tmp_path / "none.csv").write_text("")
+    assert read_trace_curves(tmp_path / "none.csv") == {} and trace_curves(check.head(0), shapes, 16).is_empty()
+
+
 def test_a_prompt_that_cannot_fit_is_refused(smollm2_tokenizer):
     with pytest.raises(ValueError, match="do not fit max_model_len"):
         build_shape_prompts(

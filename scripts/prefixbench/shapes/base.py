@@ -71,13 +71,15 @@ Traffic = Sessions | Arrivals | None
 @dataclass(frozen=True)
 class ShapeEvidence:
     """What the report knows about the shapes of a run: every shape request (shape_requests.csv), the per-point
-    prediction check, the off/on table's rows, the config's shapes (name -> {kind, params}), the KV block size."""
+    prediction check (shape_points.csv), the off/on table's rows, the config's shapes (name -> {kind, params}), the KV
+    block size, and each replayed trace's capacity curve (trace_capacity.csv)."""
 
     requests: pl.DataFrame
     check: pl.DataFrame
     points: pl.DataFrame
     shapes: Mapping[str, Mapping[str, Any]]
     block_size: int
+    trace_curves: Mapping[str, Mapping[int, float]] = field(default_factory=dict)  # trace_capacity.csv, per regime
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,11 @@ class ShapeKind(ABC):
     def kv_capacity(self, shape: Shape) -> int | None:
         """The KV blocks of the small-cache server lifetime this shape runs on; None: the main lifetimes."""
         return None
+
+    def data_files(self, shape: Shape) -> list[str]:
+        """Files the kind reads besides the tokenizer (a trace): declared as inputs of the rules that read them, so
+        editing one reruns what was built from it."""
+        return []
 
     @abstractmethod
     def loads(self, shape: Shape, concurrency: Sequence[int], rates: Sequence[float]) -> list[tuple[int, float]]:

@@ -110,7 +110,12 @@ def kind_sections(ev: ShapeEvidence, kit: ReportKit = KIT) -> dict[str, str]:
 
 
 def shape_section(
-    requests: pl.DataFrame, check: pl.DataFrame, points: pl.DataFrame, shapes: Mapping[str, Mapping[str, Any]], block_size: int
+    requests: pl.DataFrame,
+    check: pl.DataFrame,
+    points: pl.DataFrame,
+    shapes: Mapping[str, Mapping[str, Any]],
+    block_size: int,
+    trace_curves: Mapping[str, Mapping[int, float]] | None = None,
 ) -> dict[str, Any]:
     """The template's `shape_section`: the shapes table, one line per shape, the cache model's record, and every
     kind's own sections."""
@@ -118,5 +123,5 @@ def shape_section(
         "table": shapes_table(points, check, shapes) if shapes else "",
         "described": [f"`{n}` ({s['kind']}): {describe(s, kv_of(check, n))}" for n, s in shapes.items()],
         "prediction": prediction_words(check, block_size) if shapes else "",
-        **kind_sections(ShapeEvidence(requests, check, points, shapes, block_size)),
+        **kind_sections(ShapeEvidence(requests, check, points, shapes, block_size, trace_curves or {})),
     }

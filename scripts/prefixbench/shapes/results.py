@@ -39,6 +39,11 @@ def read_shape_requests(path: Path | None) -> pl.DataFrame:
     return pl.read_csv(path, infer_schema_length=None) if path and Path(path).stat().st_size else pl.DataFrame()
 
 
+def read_shape_points(path: Path | None) -> pl.DataFrame:
+    """shape_points.csv (aggregation's prediction check, one row per shape point), or an empty table (no shapes)."""
+    return pl.read_csv(path, infer_schema_length=None) if path and Path(path).stat().st_size else pl.DataFrame()
+
+
 def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str]], block_size: int) -> pl.DataFrame:
     """One row per request of a shape point, with `predicted_cached_tokens` from the cache model."""
     shaped = records.filter(pl.col("workload").is_in(SHAPES))

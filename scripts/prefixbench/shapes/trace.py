@@ -130,7 +130,43 @@ def curve_capacities(kv_blocks: int, block_size: int, chunk_tokens: int) -> Curv
     return CurvePoints(cap_tokens, native, scaled, sorted({*CURVE_CAPACITIES, max(native, 1), max(scaled, 1)}))
 
 
-def trace_words(check: pl.DataFrame, shapes: Mapping[str, Mapping[str, Any]], block_size: int, kit: ReportKit) -> str:
+def trace_curves(check: pl.DataFrame, shapes: Mapping[str, Mapping[str, Any]], block_size: int) -> pl.DataFrame:
+    """The whole trace's capacity curve for each replayed trace whose server reported its KV size, at the fixed grid
+    and the server's two positions: rows (regime, capacity_blocks, hit_rate). Aggregation writes it
+    (trace_capacity.csv, the trace file its input), so the report reads the curve and never re-reads the trace."""
+    import polars as pl
+
+    rows = []
+    tr = check.filter(pl.col("workload") == Trace.name) if check.height else check
+    for regime in dict.fromkeys(tr["regime"].to_list() if tr.height else []):
+        r = tr.filter(pl.col("regime") == regime).row(0, named=True)
+        p = shapes[regime]["params"]
+        if r["kv_blocks"] and Path(p["path"]).is_file():
+            at = curve_capacities(int(r["kv_blocks"]), block_size, p["chunk_tokens"])
+            curve = trace_capacity_curve(Path(p["path"]), at.capacities)
+            rows += [{"regime": regime, "capacity_blocks": c, "hit_rate": v} for c, v in curve.items()]
+    return pl.DataFrame(rows, schema={"regime": pl.String, "capacity_blocks": pl.Int64, "hit_rate": pl.Float64})
+
+
+def read_trace_curves(path: Path | None) -> dict[str, dict[int, float]]:
+    """trace_capacity.csv as regime -> {capacity in blocks: hit rate}; empty where the run replayed no trace."""
+    import polars as pl
+
+    if not path or not Path(path).stat().st_size:
+        return {}
+    out: dict[str, dict[int, float]] = {}
+    for r in pl.read_csv(path).iter_rows(named=True):
+        out.setdefault(r["regime"], {})[int(r["capacity_blocks"])] = float(r["hit_rate"])
+    return out
+
+
+def trace_words(
+    check: pl.DataFrame,
+    shapes: Mapping[str, Mapping[str, Any]],
+    block_size: int,
+    curves: Mapping[str, Mapping[int, float]],
+    kit: ReportKit,
+) -> str:
     """The trace replay: predicted vs measured hits, and where the served capacity sits on the trace's curve."""
     import polars as pl
 
@@ -145,9 +181,8 @@ def trace_words(check: pl.DataFrame, shapes: Mapping[str, Mapping[str, Any]], bl
         f"{kit.fmt_pct(r['measured_hit_rate'])} ({r['exact']} of {r['requests']} requests exact; with an unlimited cache "
         f"and one request at a time it would be {kit.fmt_pct(r['expected_hit_rate'])})."
     )
-    if r["kv_blocks"] and Path(p["path"]).is_file():
+    if curve := curves.get(r["regime"]):
         at = curve_capacities(int(r["kv_blocks"]), block_size, p["chunk_tokens"])
-        curve = trace_capacity_curve(Path(p["path"]), at.capacities)
         points = ", ".join(f"{c:,} blocks {kit.fmt_pct(v)}" for c, v in curve.items() if c in CURVE_CAPACITIES)
         text += (
             f" The whole trace's capacity curve (block-level LRU, hit rate by cache size in its 512-token blocks): {points}. "
@@ -172,6 +207,10 @@ class Trace(ShapeKind):
         if not Path(params["path"]).is_file() and (repo_dir / params["path"]).is_file():
             params = {**params, "path": str(repo_dir / params["path"])}
         return {name: Shape(name, self.name, params)}
+
+    def data_files(self, shape: Shape) -> list[str]:
+        """The trace file: its prompts are built from it and aggregation computes its capacity curve from it."""
+        return [shape.params["path"]]
 
     def check(self, shape: Shape, target: Mapping[str, Any], endpoint: bool) -> list[str]:
         p = shape.params
@@ -204,4 +243,4 @@ class Trace(ShapeKind):
 
     def findings(self, ev: ShapeEvidence, kit: ReportKit) -> dict[str, str]:
         """Predicted vs measured hits of the replayed window, and the server's place on the trace's capacity curve."""
-        return {"trace": trace_words(ev.check, ev.shapes, ev.block_size, kit) if ev.check.height else ""}
+        return {"trace": trace_words(ev.check, ev.shapes, ev.block_size, ev.trace_curves, kit) if ev.check.height else ""}
