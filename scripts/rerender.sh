@@ -28,6 +28,6 @@ measured=(results/calibration.json $(ls results/raw/*/*/server.json results/raw/
   || { tail -n 30 "$tmp/render.log"; exit 1; }
 mkdir -p "$out"
 cp results/prefix_caching_results.md results/summary.csv results/speedup.csv "$out"/
-[[ -f results/shape_requests.csv ]] && cp results/shape_requests.csv "$out"/
+for f in shape_requests shape_points trace_capacity; do [[ -f results/$f.csv ]] && cp results/$f.csv "$out"/; done
 [[ -d results/charts ]] && cp -r results/charts "$out"/
 echo "rendered $src -> $out"

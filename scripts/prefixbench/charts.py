@@ -236,7 +236,9 @@ def shapes_chart(req: pl.DataFrame) -> alt.HConcatChart | alt.Chart:
     panels = []
     mt = ok.filter(pl.col("workload") == "multi_turn")
     if mt.height:
-        turns = mt.group_by(["regime", "concurrency", "turn", "mode"]).agg(pl.col("ttft_s").mean().alias("mean_ttft_s"))
+        # Sorted: group_by's order is not stable, and the SVG's marks follow the rows (charts re-render byte-identical).
+        keys = ["regime", "concurrency", "turn", "mode"]
+        turns = mt.group_by(keys).agg(pl.col("ttft_s").mean().alias("mean_ttft_s")).sort(keys)
         turns = turns.with_columns(pl.format("{} c={}", pl.col("regime"), pl.col("concurrency")).alias("series"))
         panels.append(
             alt.Chart(turns)
@@ -253,9 +255,13 @@ def shapes_chart(req: pl.DataFrame) -> alt.HConcatChart | alt.Chart:
         )
     ov = ok.filter((pl.col("workload") == "kv_overflow") & (pl.col("mode") == MODES[1]))
     if ov.height:
-        rates = ov.group_by("working_set").agg(
-            (pl.col("predicted_cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("predicted"),
-            (pl.col("cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("measured"),
+        rates = (
+            ov.group_by("working_set")
+            .agg(
+                (pl.col("predicted_cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("predicted"),
+                (pl.col("cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("measured"),
+            )
+            .sort("working_set")
         )
         x = alt.X("working_set:Q", title="working set / KV capacity")
         y_axis = alt.Axis(format="%")
