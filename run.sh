@@ -64,9 +64,10 @@ case "${1:-}" in
     shift
     if [[ $# -gt 0 ]]; then exec .venv/bin/python -m pytest tests "$@"; fi   # a chosen subset: just that
     # 1. The lint gate (seconds): a style or workflow slip fails here, before anything starts a server.
-    log "lint: ruff check, ruff format --check, snakefmt --check, snakemake --lint"
+    log "lint: ruff check, ruff format --check, mypy, snakefmt --check, snakemake --lint"
     .venv/bin/ruff check scripts tests
     .venv/bin/ruff format --check --quiet scripts tests
+    .venv/bin/mypy   # the package's types ([tool.mypy] in pyproject.toml)
     .venv/bin/snakefmt --check Snakefile rules
     .venv/bin/snakemake --lint >/dev/null
     # 2. The fast tier (a few minutes, no vLLM): logic, client, statistics, report, config (tests/unit).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -18,6 +18,7 @@ from .engines import MetricNames, engine_for
 from .paired import POINT as PAIRED_POINT
 from .paired import arm_walls, clean, flag_cost_table, main_arm_filter, paired_table, with_arm_columns
 from .point_meta import PointMeta
+from .scalars import num
 from .shapes import SINGLE_PREFIX
 from .shapes.results import load_hashes, prediction_check, read_shape_requests, shape_requests
 from .shapes.trace import trace_curves
@@ -29,7 +30,7 @@ MODE_ORDER = {OFF: 0, ON: 1}
 
 
 def load_records(paths: Iterable[Path]) -> pl.DataFrame:
-    rows = []
+    rows: list[dict] = []
     for path in paths:
         with Path(path).open() as fh:
             rows.extend(json.loads(line) for line in fh if line.strip())
@@ -109,7 +110,7 @@ def load_meta(paths: Iterable[Path]) -> pl.DataFrame:
         if meta.dropped:  # the plan did not send it (plan.make_plan); the report's time-budget line says why
             continue
         delta = meta.counters_delta
-        names = engine_for(meta.engine).metrics  # the names its counters were read under
+        names = engine_for(cast(str, meta.engine)).metrics  # the names its counters were read under
         rows.append(
             {
                 **{k: getattr(meta, k) for k in KEYS},
@@ -388,7 +389,7 @@ def _ratio_row(a: pl.DataFrame, b: pl.DataFrame, prefix: str) -> dict:
     row = {}
     for metric, kind in (("ttft_s", "ttft"), ("e2e_s", "e2e")):
         ci = _ci(a, b, metric)
-        row[f"{prefix}_{kind}_ratio"] = a[metric].mean() / b[metric].mean() if a.height and b.height else None
+        row[f"{prefix}_{kind}_ratio"] = num(a[metric].mean()) / num(b[metric].mean()) if a.height and b.height else None
         row[f"{prefix}_{kind}_lo"], row[f"{prefix}_{kind}_hi"] = ci if ci else (None, None)
     return row
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,7 +188,9 @@ def open_loop_latency(summary: pl.DataFrame, slo: dict) -> alt.FacetChart:
     )
 
 
-def ideal_chart(summary: pl.DataFrame, shape: Shape | None, block_size: int, cold: list[tuple[float, float]] = ()) -> alt.Chart:
+def ideal_chart(
+    summary: pl.DataFrame, shape: Shape | None, block_size: int, cold: Sequence[tuple[float, float]] = ()
+) -> alt.Chart:
     """Cold, FLOPs-ideal and measured warm TTFT per regime (full reuse, lowest concurrency). `cold`: the
     calibration's cold requests (ideal.cold_samples), so the fixed cost is fitted as the report's text fits it."""
     rows = ideal_rows(summary, shape, block_size, list(cold)) if shape else []

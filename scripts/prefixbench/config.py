@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from .corpus import DEFAULT_QUESTIONS, question_variants
@@ -250,7 +250,7 @@ def package_imports(source: str, package: str = "") -> list[str]:
             module = ".".join(p for p in (base, node.module or "") if p)
             mods += [module, *(f"{module}.{a.name}" if module else a.name for a in node.names)]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixbench"):
-            sub = node.module.removeprefix("prefixbench").lstrip(".")
+            sub = cast(str, node.module).removeprefix("prefixbench").lstrip(".")  # not None: it starts with prefixbench
             mods += [sub, *(f"{sub}.{a.name}" if sub else a.name for a in node.names)]
         elif isinstance(node, ast.Import):
             mods += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("prefixbench.")]

@@ -13,6 +13,7 @@ import polars as pl
 from . import OFF, ON
 from .aggregate import closed_loop
 from .formatting import markdown_table
+from .scalars import whole
 
 COLUMNS = ("tokens_per_step", "step_s", "server_mean_queue_s", "server_mean_prefill_s", "server_mean_decode_s")
 
@@ -63,7 +64,7 @@ def engine_words(rows: pl.DataFrame) -> list[str]:
     words = []
     for regime in rows.sort("prefix_len_tokens")["regime"].unique(maintain_order=True):
         grp = rows.filter(pl.col("regime") == regime)
-        reuse = grp["reuse_pct"].max()
+        reuse = whole(grp["reuse_pct"].max())
         pair = {r["mode"]: r for r in grp.filter(pl.col("reuse_pct") == reuse).iter_rows(named=True)}
         if OFF not in pair or ON not in pair or any(pair[m][c] is None for m in (OFF, ON) for c in COLUMNS):
             continue

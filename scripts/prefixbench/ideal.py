@@ -14,6 +14,7 @@ not remove.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def cold_samples(calibration_json: Path | None) -> list[tuple[float, float]]:
     return [(r["prompt_tokens"], r["ttft_s"]) for r in reqs if r.get("prompt_tokens") and r.get("ttft_s")]
 
 
-def ideal_rows(summary, shape: Shape, block_size: int, cold_samples: list[tuple[float, float]] = ()) -> list[dict]:
+def ideal_rows(summary, shape: Shape, block_size: int, cold_samples: Sequence[tuple[float, float]] = ()) -> list[dict]:
     """Per regime, at full reuse and the lowest concurrency (closed loop): cold TTFT (cache off), the ideal for a
     warm request (fixed cost kept, the cached tokens' compute removed), and the measured warm TTFT (cache on).
 

@@ -112,7 +112,8 @@ class PrefixCacheModel:
 
     def finish(self, request: object) -> None:
         """The request ended: its blocks are freed last first; cached ones to the tail, partial ones to the head."""
-        to_tail, to_head = [], []
+        to_tail: list[int] = []
+        to_head: list[int] = []
         for bid in reversed(self.held.pop(request, [])):
             self.refs[bid] -= 1
             if self.refs[bid] == 0:

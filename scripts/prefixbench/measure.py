@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import aiohttp
 
@@ -361,7 +361,7 @@ def write_dropped(point: Point, mode: str, instance: int) -> None:
 def point_estimates(points: Sequence[Point]) -> list[float]:
     """The plan's estimate per point, or, without a plan, its request count (the ETA scales either by the pace so far)."""
     if all(p.estimated_s is not None for p in points):
-        return [float(p.estimated_s) for p in points]
+        return [float(cast(float, p.estimated_s)) for p in points]  # every one is set (checked above)
     return [
         float(len(p.request_indices))
         if p.request_indices is not None

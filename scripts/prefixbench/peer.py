@@ -67,6 +67,7 @@ def equivalence(log_ratios: Sequence[float], margin: float = MARGIN) -> dict:
     out = {"ratio": c.ratio, "ci95": (c.lo, c.hi), "pairs": c.pairs, "margin": margin, "ci90": (None, None)}
     if c.pairs < 2 or c.sd_log is None:
         return out | {"verdict": "inconclusive"}
+    assert c.ratio is not None and c.lo is not None and c.hi is not None  # two pairs or more have them (paired.contrast)
     mean, se = math.log(c.ratio), c.sd_log / math.sqrt(c.pairs)
     half90 = t_quantile(0.95, c.pairs - 1) * se
     lo90, hi90 = math.exp(mean - half90), math.exp(mean + half90)

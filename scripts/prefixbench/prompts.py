@@ -155,7 +155,12 @@ def write_jsonl(records: Sequence[dict], path: Path) -> None:
             fh.write(json.dumps(rec) + "\n")
 
 
-REQUIRED_FIELDS = {"prompt": (str, list), "prefix_len_tokens": int, "reuse_pct": int, "request_index": int}
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "prompt": (str, list),
+    "prefix_len_tokens": int,
+    "reuse_pct": int,
+    "request_index": int,
+}
 
 
 def read_prompts(path: Path) -> list[dict]:

@@ -12,6 +12,7 @@ few clusters on a side there is no interval, and no claim.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -36,13 +37,13 @@ def _cluster_sums(values: np.ndarray, clusters: Sequence) -> tuple[np.ndarray, n
 
 
 def _cluster_means(
-    values: np.ndarray, clusters: Sequence, rng: np.random.Generator, n_boot: int, groups: Sequence | None = None
+    values: np.ndarray, clusters: Sequence | np.ndarray, rng: np.random.Generator, n_boot: int, groups: Sequence | None = None
 ) -> np.ndarray | None:
     """Bootstrap means of `values`: clusters resampled with replacement, or with more than one group (server
     instance), groups resampled first and then the clusters of each drawn group."""
     values = np.asarray(values, dtype=float)
     keep = ~np.isnan(values)
-    values, clusters = values[keep], np.asarray(clusters, dtype=object)[keep]
+    values, clusters = values[keep], cast(np.ndarray, np.asarray(clusters, dtype=object)[keep])  # a mask keeps an array
     if len(set(clusters.tolist())) < MIN_CLUSTERS:
         return None
     group_ids = np.asarray(groups, dtype=object)[keep] if groups is not None else np.zeros(len(values), dtype=object)
@@ -65,9 +66,9 @@ def _cluster_means(
 
 def cluster_ratio_ci(
     off: np.ndarray,
-    off_clusters: Sequence,
+    off_clusters: Sequence | np.ndarray,
     on: np.ndarray,
-    on_clusters: Sequence,
+    on_clusters: Sequence | np.ndarray,
     n_boot: int = N_BOOT,
     level: float = LEVEL,
     seed: int = 0,

@@ -9,6 +9,7 @@ import polars as pl
 from .. import OFF, ON
 from ..aggregate import closed_loop
 from ..formatting import fmt_pct, fmt_s, fmt_x
+from ..scalars import opt_num
 from ..stats import outside_floor
 from .claims import (
     Finding,
@@ -52,7 +53,7 @@ def ttft_finding(sp: pl.DataFrame) -> Finding:
     elif n_helped == 0:
         answer = (
             f"No claim. At {best['reuse_pct']}% reuse no point showed a TTFT cut whose interval clears the A/A "
-            f"noise floor (ratios {fmt_x(top['ttft_speedup'].min())} to {fmt_x(top['ttft_speedup'].max())})."
+            f"noise floor (ratios {fmt_x(opt_num(top['ttft_speedup'].min()))} to {fmt_x(opt_num(top['ttft_speedup'].max()))})."
         )
     else:
         b = max(claimed, key=lambda r: r["ttft_speedup"])
@@ -172,7 +173,7 @@ def memory_finding(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
     """Peak memory compared point for point (the same traffic with the cache off and on), never maxima of different points."""
     by_mode = {mode: summary.filter(pl.col("mode") == mode) for mode in (OFF, ON)}
     if by_mode[OFF]["peak_server_rss_gib"].is_null().all() or by_mode[ON]["peak_server_rss_gib"].is_null().all():
-        return remote_memory_finding({m: d["peak_kv_cache_usage"].max() for m, d in by_mode.items()})
+        return remote_memory_finding({m: opt_num(d["peak_kv_cache_usage"].max()) for m, d in by_mode.items()})
     rows = rows_of(sp)
     details = []
     for r in rows:
@@ -257,8 +258,8 @@ def reuse_finding(sp: pl.DataFrame) -> Finding:
         )
     else:
         answer = (
-            f"No regime or workload shape showed a claimed gain on this run (ratios {fmt_x(ranked['ttft_speedup'].min())} "
-            f"to {fmt_x(ranked['ttft_speedup'].max())}); see each point's verdict."
+            f"No regime or workload shape showed a claimed gain on this run (ratios {fmt_x(opt_num(ranked['ttft_speedup'].min()))} "
+            f"to {fmt_x(opt_num(ranked['ttft_speedup'].max()))}); see each point's verdict."
         )
     tracks = reuse_tracks(c1)
     if tracks:

@@ -9,6 +9,7 @@ import polars as pl
 from .. import OFF, ON
 from ..aggregate import closed_loop, open_loop
 from ..formatting import fmt_s, markdown_table
+from ..scalars import num, opt_num, whole
 from .claims import Finding, load_label, point_name, rows_of
 
 GAP_FLAG_S, GAP_FLAG_FRAC = 0.05, 0.25  # client-vs-server gap beyond loopback overhead: both exceeded
@@ -37,8 +38,8 @@ def cross_checks(summary: pl.DataFrame, block_size: int) -> Finding:
     if timed.height:
         details.append(
             f"Client minus server mean TTFT (server: `vllm:time_to_first_token_seconds`, deltas around each point): "
-            f"{fmt_s(timed['ttft_gap_s'].min())} to {fmt_s(timed['ttft_gap_s'].max())}; end-to-end "
-            f"(`vllm:e2e_request_latency_seconds`): {fmt_s(timed['e2e_gap_s'].min())} to {fmt_s(timed['e2e_gap_s'].max())}."
+            f"{fmt_s(opt_num(timed['ttft_gap_s'].min()))} to {fmt_s(opt_num(timed['ttft_gap_s'].max()))}; end-to-end "
+            f"(`vllm:e2e_request_latency_seconds`): {fmt_s(opt_num(timed['e2e_gap_s'].min()))} to {fmt_s(opt_num(timed['e2e_gap_s'].max()))}."
         )
         tf = timing_flags(timed)
         details.append(
@@ -117,8 +118,8 @@ def design_note(summary: pl.DataFrame) -> str:
         parts.append(
             "Closed-loop latencies come from each point's steady-state window: requests sent after the first completion "
             "(the opening burst of c requests is a wave, not a level) and finished before the first worker ran out of "
-            f"work (the drain). At concurrency above 1 the windows held {closed['window_requests'].min()} to "
-            f"{closed['window_requests'].max()} requests ({min(rounds):.1f} to {max(rounds):.1f} rounds)"
+            f"work (the drain). At concurrency above 1 the windows held {whole(closed['window_requests'].min())} to "
+            f"{whole(closed['window_requests'].max())} requests ({min(rounds):.1f} to {max(rounds):.1f} rounds)"
             + (
                 "; fewer than 8 rounds is short of a level, so read those points as indicative and trust only what their "
                 "intervals say."
@@ -127,12 +128,12 @@ def design_note(summary: pl.DataFrame) -> str:
             )
         )
     if open_loop(summary).height:
-        lag = summary["max_schedule_lag_s"].max() if "max_schedule_lag_s" in summary.columns else None
+        lag = opt_num(summary["max_schedule_lag_s"].max()) if "max_schedule_lag_s" in summary.columns else None
         parts.append(
             "Open-loop latencies count from each request's scheduled send time (no coordinated omission)"
             + (f"; the client sent at most {fmt_s(lag)} late." if lag is not None else ".")
         )
-    instances = int(summary["instances"].max()) if "instances" in summary.columns and summary.height else 1
+    instances = int(num(summary["instances"].max())) if "instances" in summary.columns and summary.height else 1
     if instances < 2:
         parts.append(
             "Each cache setting ran in one server lifetime (k = 1), so the variance between server instances "

@@ -22,7 +22,7 @@ def verdict(
     ratio: float | None,
     better: str = "faster",
     worse: str = "slower",
-    ci: tuple[float | None, float | None] | None = None,
+    ci: tuple[float, float] | None = None,
     floor: tuple[float, float] | None = None,
     hit_bound: tuple[float, float] | None = None,
     mde_pct: float | None = None,
@@ -50,8 +50,10 @@ def verdict(
             )
         return f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)"
     if not outside_floor((ci[0], ci[1]), floor):
+        assert floor is not None  # without a floor, an interval that excludes 1 is outside it
         return f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})"
     if ratio > 1 and beyond_hits(ci, hit_bound):
+        assert hit_bound is not None  # beyond_hits is False without a bound
         return (
             f"not claimed: {fmt_x(ratio)} ({band}) is more than a {fmt_pct(hit_bound[0])} hit rate can remove "
             f"(at most {fmt_x(hit_bound[1])}): server-lifetime noise, not the cache"
@@ -61,7 +63,7 @@ def verdict(
     return f"{fmt_x(1 / ratio)} {worse} (95% CI {1 / ci[1]:.2f}–{1 / ci[0]:.2f})"
 
 
-def ci_of(row: dict, name: str) -> tuple[float | None, float | None] | None:
+def ci_of(row: dict, name: str) -> tuple[float, float] | None:
     lo, hi = row.get(f"{name}_lo"), row.get(f"{name}_hi")
     return (lo, hi) if lo is not None and hi is not None else None
 

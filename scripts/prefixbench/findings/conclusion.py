@@ -8,13 +8,14 @@ import polars as pl
 
 from .. import ON
 from ..formatting import fmt_pct, fmt_s, fmt_x
+from ..scalars import whole
 from .claims import NOISE, helped, judged, measured, unmeasured_words
 from .controls import aa_row, cost_of_leaving_it_on
 
 
 def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int) -> list[str]:
-    top_reuse = sp["reuse_pct"].max()
-    c_min, c_max = sp["concurrency"].min(), sp["concurrency"].max()
+    top_reuse = whole(sp["reuse_pct"].max())
+    c_min, c_max = whole(sp["concurrency"].min()), whole(sp["concurrency"].max())
     # The headline: the longest prefix at full reuse, at the concurrency where the cache's effect is claimed and
     # largest; where no point clears the floor, at the lowest concurrency (and the words say it is within noise).
     ranked = measured(sp.filter(pl.col("reuse_pct") == top_reuse))

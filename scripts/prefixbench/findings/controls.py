@@ -6,6 +6,8 @@ same work twice), so their ratios are what noise alone produces; no claim may si
 
 from __future__ import annotations
 
+from typing import cast
+
 import polars as pl
 
 from ..formatting import fmt_x
@@ -41,7 +43,7 @@ def aa_finding(sp: pl.DataFrame, floor_rows: list[dict]) -> Finding:
             "measured and claims rest on their intervals alone.",
             [],
         )
-    measured = "Measured: " + aa_words(aa_row(sp)) + "." if aa_row(sp) else ""
+    measured = "Measured: " + aa_words(cast(dict, aa_row(sp))) + "." if aa_row(sp) else ""  # a row: the condition says so
     return Finding(" ".join(x for x in (what, measured, instance_words(sp)) if x), [])
 
 

@@ -5,6 +5,8 @@ Pure arithmetic over the recorded tables, no words: the answers (answers.py) tur
 
 from __future__ import annotations
 
+from typing import cast
+
 import polars as pl
 
 from .. import OFF, ON
@@ -60,11 +62,12 @@ def throughput_at_p95(summary: pl.DataFrame) -> list[dict]:
         if low <= high:
             budget = high
             t_off, t_on = interpolate(c_off, budget), interpolate(c_on, budget)
-            row.update(p95_budget_s=budget, tok_s_off=t_off, tok_s_on=t_on, gain=t_on / t_off if t_off else None)
+            # the budget lies inside both curves' measured ranges, so neither is None (interpolate)
+            row.update(p95_budget_s=budget, tok_s_off=t_off, tok_s_on=t_on, gain=cast(float, t_on) / t_off if t_off else None)
             if "tok_s_lo" in grp.columns and not grp["tok_s_lo"].is_null().any():
                 lo_off, hi_off = (interpolate(throughput_curve(off, c), budget) for c in ("tok_s_lo", "tok_s_hi"))
                 lo_on, hi_on = (interpolate(throughput_curve(on, c), budget) for c in ("tok_s_lo", "tok_s_hi"))
-                if all(v for v in (lo_off, hi_off, lo_on, hi_on)):
+                if lo_off and hi_off and lo_on and hi_on:
                     row["gain_ci"] = (lo_on / hi_off, hi_on / lo_off)
         out.append(row)
     return out

@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import polars as pl
 
 from .. import OFF, ON
 from ..formatting import fmt_pct, fmt_s
 from ..ideal import Shape, explained, ideal_rows
+from ..scalars import opt_num, whole
 from .claims import Finding, rows_of
 
 
@@ -25,12 +28,12 @@ def hit_rate_model(summary: pl.DataFrame) -> Finding:
     reuses = sorted(set(summary["reuse_pct"].to_list()), reverse=True)
     answer = (
         f"Reuse levels tested: {', '.join(f'{r}%' for r in reuses)} of requests sharing the prefix "
-        f"(measured token hit rates with the cache on: {fmt_pct(on['measured_hit_rate'].min())} to "
-        f"{fmt_pct(on['measured_hit_rate'].max())})."
+        f"(measured token hit rates with the cache on: {fmt_pct(opt_num(on['measured_hit_rate'].min()))} to "
+        f"{fmt_pct(opt_num(on['measured_hit_rate'].max()))})."
     )
     # Mixed traffic: mean TTFT ≈ f·TTFT(warm) + (1−f)·TTFT(cold); test it on the measured points.
     preds = []
-    c_min = summary["concurrency"].min()
+    c_min = whole(summary["concurrency"].min())
     for regime in summary["regime"].unique(maintain_order=True).to_list():
         full = on.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == c_min))
         cold = off.filter((pl.col("regime") == regime) & (pl.col("reuse_pct") == 100) & (pl.col("concurrency") == c_min))
@@ -58,7 +61,7 @@ def hit_rate_model(summary: pl.DataFrame) -> Finding:
 
 
 def ideal_finding(
-    summary: pl.DataFrame, shape: Shape | None, block_size: int, cold_samples: list[tuple[float, float]] = ()
+    summary: pl.DataFrame, shape: Shape | None, block_size: int, cold_samples: Sequence[tuple[float, float]] = ()
 ) -> Finding:
     """Measured warm TTFT against the ideal (the cached tokens' compute removed, the fixed cost kept)."""
     if shape is None:

@@ -87,7 +87,7 @@ class ReportKit:
     """The report's number formats and claim rule, handed to a kind's findings by shapes.findings (see the module
     docstring: the kind modules import no report code)."""
 
-    judged: Callable[[Mapping[str, Any]], str]
+    judged: Callable[[dict[str, Any]], str]  # a row as the claim rule reads it (findings.judged)
     fmt_pct: Callable[[float | None], str]
     fmt_s: Callable[[float | None], str]
     fmt_x: Callable[[float | None], str]

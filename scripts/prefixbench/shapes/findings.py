@@ -36,7 +36,7 @@ def describe(shape: Mapping[str, Any], kv_blocks: int | None) -> str:
     return kind.describe(shape["params"], kv_blocks) if kind else shape["kind"]
 
 
-def shapes_table(sp: pl.DataFrame, check: pl.DataFrame, shapes: dict[str, dict]) -> str:
+def shapes_table(sp: pl.DataFrame, check: pl.DataFrame, shapes: Mapping[str, Mapping[str, Any]]) -> str:
     """Shape -> hit rate (expected, predicted, measured) and TTFT off/on with its verdict, per point; shapes in
     the config's order (a sweep's working sets ascending, not as their names sort: ws50 after ws400)."""
     order = {name: i for i, name in enumerate(shapes)}
