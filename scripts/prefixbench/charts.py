@@ -236,7 +236,9 @@ def shapes_chart(req: pl.DataFrame) -> alt.HConcatChart | alt.Chart:
     panels = []
     mt = ok.filter(pl.col("workload") == "multi_turn")
     if mt.height:
-        turns = mt.group_by(["regime", "concurrency", "turn", "mode"]).agg(pl.col("ttft_s").mean().alias("mean_ttft_s"))
+        turns = mt.group_by(["regime", "concurrency", "turn", "mode"], maintain_order=True).agg(
+            pl.col("ttft_s").mean().alias("mean_ttft_s")
+        )
         turns = turns.with_columns(pl.format("{} c={}", pl.col("regime"), pl.col("concurrency")).alias("series"))
         panels.append(
             alt.Chart(turns)
@@ -253,7 +255,7 @@ def shapes_chart(req: pl.DataFrame) -> alt.HConcatChart | alt.Chart:
         )
     ov = ok.filter((pl.col("workload") == "kv_overflow") & (pl.col("mode") == MODES[1]))
     if ov.height:
-        rates = ov.group_by("working_set").agg(
+        rates = ov.group_by("working_set", maintain_order=True).agg(
             (pl.col("predicted_cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("predicted"),
             (pl.col("cached_tokens").sum() / pl.col("prompt_tokens").sum()).alias("measured"),
         )
