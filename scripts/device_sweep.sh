@@ -26,7 +26,7 @@ gpu_select=()
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader "${gpu_select[@]}" > results/logs/device_gpu.txt 2>/dev/null || echo "no nvidia-smi" > results/logs/device_gpu.txt
 python3 -c "import vllm; print('vllm', vllm.__version__)" >> results/logs/device_gpu.txt 2>/dev/null || true
 
-# The measuring jobs in the order the DAG chains them (prefixbench.design, as rules/common.smk uses it).
+# The measuring jobs in the order the DAG chains them (prefixbench.design, as rules/design.smk uses it).
 mapfile -t jobs < <(python3 - "$config" <<'PY'
 import sys, yaml
 sys.path.insert(0, "scripts")
