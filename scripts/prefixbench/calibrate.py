@@ -52,15 +52,7 @@ def calibrate(
     lengths = sorted({SHORT_PROMPT_TOKENS} | {max(r["prompt_len_tokens"] for r in rs) for rs in prompts.values()})
     eng = engine_for(engine)
     with ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings), engine=eng) as server:
-        cfg = ClientConfig(
-            server.base_url,
-            model,
-            settings.max_tokens,
-            settings.request_timeout_s,
-            settings.stall_timeout_s,
-            api_key(settings),
-            engine=eng,
-        )
+        cfg = ClientConfig.of(server.base_url, model, settings, eng)
         asyncio.run(time_cold_requests(cfg, [SHORT_PROMPT_TOKENS], per_length=1))  # first request: lazy init
         records = asyncio.run(time_cold_requests(cfg, lengths))
         startup_s = server.startup_s

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import aiohttp
 
 from .engines import Engine
+from .settings import BenchSettings, api_key
 
 
 @dataclass
@@ -53,6 +54,19 @@ class ClientConfig:
     stall_timeout_s: float
     api_key: str | None = None
     engine: Engine = field(kw_only=True)  # the server's request and usage fields (cache salt, cached tokens)
+
+    @classmethod
+    def of(cls, base_url: str, model: str, settings: BenchSettings, engine: Engine) -> ClientConfig:
+        """The client's settings from the run's: one place for the calibration and the measuring passes."""
+        return cls(
+            base_url,
+            model,
+            settings.max_tokens,
+            settings.request_timeout_s,
+            settings.stall_timeout_s,
+            api_key(settings),
+            engine=engine,
+        )
 
 
 def bearer(api_key: str | None) -> dict[str, str]:

@@ -61,15 +61,7 @@ class Point:
 
 
 def client_config(server: MeasuredTarget, model: str, settings: BenchSettings) -> ClientConfig:
-    return ClientConfig(
-        server.base_url,
-        model,
-        settings.max_tokens,
-        settings.request_timeout_s,
-        settings.stall_timeout_s,
-        api_key(settings),
-        engine=server.engine,
-    )
+    return ClientConfig.of(server.base_url, model, settings, server.engine)
 
 
 async def wait_idle(session: aiohttp.ClientSession, server: MeasuredTarget, timeout_s: float = 60.0) -> None:
