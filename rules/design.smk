@@ -3,6 +3,7 @@
 from prefixbench.design import (
     KV_LIFETIME,
     kv_order,
+    lifetime_points,
     lifetime_name,
     point_path,
     server_info,
@@ -13,25 +14,9 @@ from prefixbench.design import (
 # Server lifetimes per cache setting, run interleaved in a counterbalanced order (prefixbench.design).
 INSTANCES = config["benchmark"]["instances"]
 SLOTS = slot_order(INSTANCES, config["seed"])
-# Every measurement point of one server lifetime: (regime, reuse %, concurrency, request rate);
-# closed-loop points have rate 0, open-loop points concurrency 0.
-POINTS = [
-    (name, reuse, conc, rate)
-    for name, regime in REGIMES.items()
-    for reuse in regime.reuse_pcts
-    for conc, rate in [(c, 0.0) for c in CONCURRENCY] + [(0, r) for r in RATES]
-] + [
-    # A shape is one level (reuse 100: every request follows the shape's own sharing) at its kind's loads.
-    (name, 100, conc, rate)
-    for name in MAIN_SHAPES
-    for conc, rate in KINDS[SHAPES[name].kind].loads(SHAPES[name], CONCURRENCY, RATES)
-]
-# The small-KV lifetimes (kv_overflow: each working set one at a time, so the cache model can be exact).
-KV_POINTS = [
-    (name, 100, conc, rate)
-    for name in KV_SHAPES
-    for conc, rate in KINDS[SHAPES[name].kind].loads(SHAPES[name], CONCURRENCY, RATES)
-]
+# Every measurement point of a main server lifetime and of the small-KV lifetimes (prefixbench.design): regimes at
+# each reuse level and load, then each workload shape at its kind's loads.
+POINTS, KV_POINTS = lifetime_points(REGIMES, SHAPES, CONCURRENCY, RATES)
 
 
 # A main lifetime and a small-KV one, as the rules' outputs (the {mode} and {instance} wildcards kept).

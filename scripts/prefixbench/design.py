@@ -1,4 +1,4 @@
-"""The design of the experiment: in which order server lifetimes and points run.
+"""The design of the experiment: which points a server lifetime measures, in which order lifetimes and points run.
 
 Run order must not be confounded with the cache setting: a server that starts second finds warm compile
 caches, a machine warms up, a neighbour's load comes and goes. So each cache setting runs in k server
@@ -10,10 +10,14 @@ same for both settings of that instance and different between instances.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from . import MODES
+from .shapes import KINDS, Shape
+
+if TYPE_CHECKING:
+    from .prompts import Regime
 
 T = TypeVar("T")
 
@@ -77,3 +81,21 @@ def point_path(mode: str, lifetime: str, point: PointKey, suffix: str) -> str:
 def server_info(mode: str, lifetime: str) -> str:
     """A lifetime's server.json (what started, when, on what hardware)."""
     return f"{RAW_DIR}/{mode}/{lifetime}/server.json"
+
+
+def lifetime_points(
+    regimes: Mapping[str, Regime], shapes: Mapping[str, Shape], concurrency: Sequence[int], rates: Sequence[float]
+) -> tuple[list[PointKey], list[PointKey]]:
+    """Every point of a main server lifetime, and of the small-KV lifetimes: each regime at each reuse level, closed
+    loop at every concurrency then open loop at every rate; then each workload shape as one level (reuse 100: every
+    request follows the shape's own sharing) at its kind's loads, in the small-KV lifetimes where its kind asks for a
+    small cache (kv_overflow: each working set one at a time, so the cache model can be exact)."""
+    loads = [(c, 0.0) for c in concurrency] + [(0, r) for r in rates]
+    main: list[PointKey] = [(n, reuse, c, q) for n, regime in regimes.items() for reuse in regime.reuse_pcts for c, q in loads]
+    small_kv: list[PointKey] = []
+    for name, shape in shapes.items():
+        kind = KINDS[shape.kind]
+        (small_kv if kind.kv_capacity(shape) else main).extend(
+            (name, 100, c, q) for c, q in kind.loads(shape, concurrency, rates)
+        )
+    return main, small_kv

@@ -125,3 +125,22 @@ def test_a_points_file_names_come_from_one_function():
         "results/raw/{mode}/i{instance}/t/reuse100_rate0.5.meta.json"
     )
     assert server_info(ON, KV_LIFETIME) == f"results/raw/{ON}/kv/server.json"
+
+
+def test_lifetime_points_put_each_shape_where_its_kind_runs():
+    """The rules' POINTS and KV_POINTS: regimes at every reuse level and load (closed loop, then open loop), then each
+    shape at its kind's loads (a trace open loop at its own rate), kv_overflow in the small-KV lifetimes."""
+    import yaml
+    from helpers import ROOT
+
+    from prefixbench.config import regimes, shapes
+    from prefixbench.design import lifetime_points
+
+    config = yaml.safe_load((ROOT / "config/cpu-shapes.yaml").read_text())
+    main, small = lifetime_points(regimes(config), shapes(config), [1, 4], [2.0])
+    first = next(iter(config["regimes"]))
+    assert main[:6] == [(first, r, c, q) for r in (100, 0) for c, q in ((1, 0.0), (4, 0.0), (0, 2.0))]
+    assert ("chat", 100, 1, 0.0) in main and ("chat", 100, 4, 0.0) in main
+    assert [p for p in main if p[0] == "trace"] == [("trace", 100, 0, 0.25)]  # open loop at the trace's own rate
+    assert [p[0] for p in small] == [f"overflow_ws{w}" for w in (50, 100, 150, 200, 300)]
+    assert all(c == 1 and q == 0.0 for _, _, c, q in small) and not any(p[0].startswith("overflow") for p in main)
