@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
-    from .engines import MetricNames
+    from .engines.base import MetricNames
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -26,6 +26,7 @@ from .chart_specs import ChartSpec
 from .contrasts import paired_effects, paired_section
 from .engine_view import engine_rows, engine_table, engine_words
 from .findings import (
+    KIT,
     Finding,
     aa_finding,
     aa_table,
@@ -264,7 +265,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         cold_warm=cold_warm_table(summary),
         aa=ControlSection(answer=aa_finding(sp, aa_table(sp)).answer, rows=aa_table(sp)),
         engine=EngineSection(table=engine_table(engine), words=engine_words(engine)),
-        shape_section=shape_section(shape_req, check, sp_all, shapes, block_size, read_trace_curves(inputs.trace_csv)),
+        shape_section=shape_section(shape_req, check, sp_all, shapes, block_size, KIT, read_trace_curves(inputs.trace_csv)),
         ttft=guarded(ttft_finding, sp),
         throughput=guarded(throughput_finding, summary, sp),
         memory=guarded(memory_finding, summary, sp),

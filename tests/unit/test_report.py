@@ -349,9 +349,8 @@ def test_charts_render_without_windows(tmp_path):
 def test_the_published_smollm2_h200_run_no_longer_says_what_its_data_do_not_carry():
     """Issue 20, item 10: sentences the SmolLM2 H200 report printed that its own data do not support. Rendered again
     from its recorded tables, none may come back (a regression test on real GPU data)."""
-    from prefixbench.findings import consulting_bullets, reuse_finding
+    from prefixbench.findings import KIT, consulting_bullets, reuse_finding
     from prefixbench.report import read_tables
-    from prefixbench.shapes.findings import KIT
     from prefixbench.shapes.kv_overflow import overflow_words
     from prefixbench.shapes.multi_turn import turns_words
     from prefixbench.shapes.results import prediction_check, read_shape_requests

@@ -10,6 +10,7 @@ import pytest
 from helpers import ROOT
 
 from prefixbench.corpus import DEFAULT_QUESTIONS
+from prefixbench.findings import KIT
 from prefixbench.kvcache import block_hashes
 from prefixbench.shapes import Shape, build_shape_prompts
 from prefixbench.shapes.kv_overflow import overflow_documents
@@ -117,7 +118,6 @@ def test_aggregation_writes_the_trace_curve_the_report_reads(tmp_path):
     and the report's sentence from the file is the one the curve computed in memory gives, digit for digit."""
     import polars as pl
 
-    from prefixbench.shapes.findings import KIT
     from prefixbench.shapes.trace import read_trace_curves, trace_curves, trace_words
 
     check = pl.DataFrame(
@@ -182,7 +182,7 @@ def test_shapes_table_keeps_the_configs_order_not_the_names():
     check = pl.DataFrame(
         {"regime": ["x"], "concurrency": [1], "request_rate": [0.0]},
     )
-    table = shapes_table(sp, check, {n: {"kind": "kv_overflow"} for n in names})
+    table = shapes_table(sp, check, {n: {"kind": "kv_overflow"} for n in names}, KIT)
     rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert rows == names
 
@@ -324,7 +324,7 @@ def test_every_kind_describes_itself_and_fills_its_report_sections_even_without_
         "(26 KV blocks (server: 30)), 4 requests, one at a time"
     )
     empty = ShapeEvidence(pl.DataFrame(), pl.DataFrame(), pl.DataFrame(), {}, 16)
-    sections = kind_sections(empty)
+    sections = kind_sections(empty, KIT)
     assert set(sections) == {s for k in KINDS.values() for s in k.sections} == {
         "turns_table", "turns", "overflow_table", "overflow", "trace"
     }  # fmt: skip

@@ -10,6 +10,8 @@ its floors, goodput), `controls` (the A/A section), `checks` (the cross-checks a
 consulting-ready bullets). Imports point down that list: `claims` imports none of the others.
 """
 
+from ..formatting import fmt_pct, fmt_s, fmt_x, markdown_table
+from ..shapes.base import ReportKit
 from .answers import (
     goodput_finding,
     how_judged,
@@ -74,7 +76,11 @@ from .models import (
     ideal_finding,
 )
 
+# What the workload shapes' findings are handed (shapes.base.ReportKit): the report's formats and this claim rule.
+KIT = ReportKit(judged=judged, fmt_pct=fmt_pct, fmt_s=fmt_s, fmt_x=fmt_x, markdown_table=markdown_table)
+
 __all__ = [
+    "KIT",
     "NOISE",
     "verdict",
     "ci_of",

@@ -4,7 +4,8 @@
 predicted and measured; the TTFT ratio with its interval, judged against the A/A floor), and the caveat
 about memory pressure from the measured capacity cliff and the trace's position on its capacity curve.
 What is one kind's own (its description, its sections) each kind writes (shapes.base.ShapeKind); this module
-hands it the report's formats and claim rule and puts the pieces together.
+hands it the report's formats and claim rule (a ReportKit the report passes in: findings.KIT, so nothing here
+imports the report's side) and puts the pieces together.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from typing import Any
 
 import polars as pl
 
-from ..findings import judged
 from ..formatting import fmt_pct, fmt_s, fmt_x, markdown_table
 from . import KINDS
 from .base import ReportKit, ShapeEvidence
-
-KIT = ReportKit(judged=judged, fmt_pct=fmt_pct, fmt_s=fmt_s, fmt_x=fmt_x, markdown_table=markdown_table)
 
 
 def kv_of(check: pl.DataFrame, regime: str) -> int | None:
@@ -36,7 +34,7 @@ def describe(shape: Mapping[str, Any], kv_blocks: int | None) -> str:
     return kind.describe(shape["params"], kv_blocks) if kind else shape["kind"]
 
 
-def shapes_table(sp: pl.DataFrame, check: pl.DataFrame, shapes: Mapping[str, Mapping[str, Any]]) -> str:
+def shapes_table(sp: pl.DataFrame, check: pl.DataFrame, shapes: Mapping[str, Mapping[str, Any]], kit: ReportKit) -> str:
     """Shape -> hit rate (expected, predicted, measured) and TTFT off/on with its verdict, per point; shapes in
     the config's order (a sweep's working sets ascending, not as their names sort: ws50 after ws400)."""
     order = {name: i for i, name in enumerate(shapes)}
@@ -60,7 +58,7 @@ def shapes_table(sp: pl.DataFrame, check: pl.DataFrame, shapes: Mapping[str, Map
                 "predicted": fmt_pct(cr.get("predicted_hit_rate")),
                 "measured": fmt_pct(cr.get("measured_hit_rate")),
                 "TTFT off → on": f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}",
-                "verdict": judged(r),
+                "verdict": kit.judged(r),
                 "tok/s on/off": fmt_x(r.get("throughput_gain")),
             }
         )
@@ -100,7 +98,7 @@ def prediction_words(check: pl.DataFrame, block_size: int) -> str:
     )
 
 
-def kind_sections(ev: ShapeEvidence, kit: ReportKit = KIT) -> dict[str, str]:
+def kind_sections(ev: ShapeEvidence, kit: ReportKit) -> dict[str, str]:
     """Every kind's own report sections (the template's keys: each kind's `sections`, "" where the run has none)."""
     out: dict[str, str] = {}
     for kind in KINDS.values():
@@ -115,13 +113,14 @@ def shape_section(
     points: pl.DataFrame,
     shapes: Mapping[str, Mapping[str, Any]],
     block_size: int,
+    kit: ReportKit,
     trace_curves: Mapping[str, Mapping[int, float]] | None = None,
 ) -> dict[str, Any]:
     """The template's `shape_section`: the shapes table, one line per shape, the cache model's record, and every
     kind's own sections."""
     return {
-        "table": shapes_table(points, check, shapes) if shapes else "",
+        "table": shapes_table(points, check, shapes, kit) if shapes else "",
         "described": [f"`{n}` ({s['kind']}): {describe(s, kv_of(check, n))}" for n, s in shapes.items()],
         "prediction": prediction_words(check, block_size) if shapes else "",
-        **kind_sections(ShapeEvidence(requests, check, points, shapes, block_size, trace_curves or {})),
+        **kind_sections(ShapeEvidence(requests, check, points, shapes, block_size, trace_curves or {}), kit),
     }
