@@ -1,20 +1,56 @@
 """An engine's Prometheus `/metrics`: parse with prometheus_client, take deltas around a measurement point.
 
-Which samples matter is the engine's business (engines.MetricNames); this module knows only the format."""
+Which samples matter is the engine's business: each engine fills a MetricNames with its own names; this module
+knows only the format."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
 
-if TYPE_CHECKING:
-    from .engines.base import MetricNames
+@dataclass(frozen=True)
+class MetricNames:
+    """The Prometheus sample names an engine exports, by what they mean to prefixbench (histograms without the
+    `_sum`/`_count` suffix)."""
+
+    prefix_queries: str  # counter: prompt tokens looked up in the prefix cache
+    prefix_hits: str  # counter: of those, tokens found cached
+    kv_usage: str  # gauge 0-1: share of the KV pool in use
+    running: str  # gauge: requests running
+    waiting: str  # gauge: requests waiting
+    ttft: str  # histogram: server-side time to first token
+    e2e: str  # histogram: server-side request latency
+    queue: str  # histogram: time waiting in the queue, per request
+    prefill: str  # histogram: time in prefill, per request
+    decode: str  # histogram: time in decode, per request
+    step_tokens: str  # histogram: engine steps (count) and the tokens each scheduled (sum)
+    preemptions: str  # counter
+    cache_config: str  # info metric whose labels state the KV capacity
+
+    @property
+    def histograms(self) -> tuple[str, str]:
+        """Server-side TTFT and E2E: the client's timings are cross-checked against them."""
+        return (self.ttft, self.e2e)
+
+    @property
+    def engine_histograms(self) -> tuple[str, ...]:
+        """The engine's own view of a point (where the time went inside it)."""
+        return (self.queue, self.prefill, self.decode, self.step_tokens)
+
+    @property
+    def counters(self) -> tuple[str, ...]:
+        """Every sample whose change around a point is kept: counters, and histogram sums and counts."""
+        names = [self.prefix_queries, self.prefix_hits, self.preemptions]
+        for h in self.histograms + self.engine_histograms:
+            names += [f"{h}_sum", f"{h}_count"]
+        return tuple(names)
 
 
 def parse_metrics(text: str) -> dict[str, float]:
     """Sample name -> value, summed over label sets (one server, one model)."""
+    from prometheus_client.parser import text_string_to_metric_families  # here: the workflow imports no parser
+
     out: dict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ..metrics import parse_metrics as parse_prometheus
 from ..settings import ServerSpec
 from .base import MetricNames
 
@@ -106,9 +107,7 @@ class VLLM:
         return (self.capacity_flag, str(blocks))
 
     def parse_metrics(self, text: str) -> dict[str, float]:
-        from ..metrics import parse_metrics  # here, not at import: the workflow imports engines and no parser
-
-        return parse_metrics(text)
+        return parse_prometheus(text)
 
     def kv_blocks(self, text: str) -> int | None:
         """From `vllm:cache_config_info{num_gpu_blocks=...}`."""
