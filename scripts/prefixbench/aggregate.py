@@ -20,7 +20,7 @@ from .paired import arm_walls, clean, flag_cost_table, main_arm_filter, paired_t
 from .point_meta import PointMeta
 from .scalars import num
 from .shapes import SINGLE_PREFIX
-from .shapes.results import load_hashes, prediction_check, read_shape_requests, shape_requests
+from .shapes.results import load_hashes, prediction_check, read_shape_table, shape_requests
 from .shapes.trace import trace_curves
 from .stats import busy_periods, closed_loop_rounds, cluster_ratio_ci, steady_window
 
@@ -513,7 +513,7 @@ def write_shape_tables(
 ) -> None:
     """shape_points.csv and trace_capacity.csv (full precision: the report reads them as they are); empty files
     where the run has no shape or no trace."""
-    req = read_shape_requests(shape_csv)
+    req = read_shape_table(shape_csv)
     check = prediction_check(req, block_size) if req.height else pl.DataFrame()
     for path, table in ((points_csv, check), (trace_csv, trace_curves(check, shapes, block_size))):
         if path is not None and table.height:

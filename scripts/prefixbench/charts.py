@@ -14,7 +14,7 @@ from .aggregate import closed_loop, open_loop, single_prefix
 from .chart_specs import EXTENSIONS, chart_names
 from .contrasts import paired_effects
 from .ideal import Shape, cold_samples, ideal_rows, load_shape
-from .shapes.results import read_shape_requests
+from .shapes.results import read_shape_table
 
 SPEEDUP_TITLE = "TTFT speed-up (off / on, log scale)"
 PAIRED_TITLE = "TTFT speed-up (forced miss / hit, log scale)"
@@ -331,7 +331,7 @@ def draw_all(
     summary = pl.read_csv(summary_csv)
     ratios = paired_effects(pl.read_csv(speedup_csv))  # the contrast each point is judged by (prefixbench.contrasts)
     summary, ratios = single_prefix(summary, ratios)  # the shapes get their own chart
-    shape_req = read_shape_requests(shape_csv)
+    shape_req = read_shape_table(shape_csv)
     data = ChartData(summary, ratios, shape_req, slo, model_dir, block_size, cold_samples(calibration_json))
     outdir.mkdir(parents=True, exist_ok=True)
     charts = {name: DRAW[name](data) for name in (names or chart_names(rates=False, shapes=False))}

@@ -47,7 +47,7 @@ from .formatting import fmt_ci, fmt_s, fmt_x, markdown_table
 from .ideal import cold_samples, load_shape
 from .shapes import SINGLE_PREFIX
 from .shapes.findings import shape_section
-from .shapes.results import read_shape_points, read_shape_requests
+from .shapes.results import read_shape_table
 from .shapes.trace import read_trace_curves
 
 # The summary columns of the report's second table, beyond the seed's (`summary.csv` has them all).
@@ -232,8 +232,8 @@ def build_context(inputs: ReportInputs) -> ReportContext:
     answer (guarded)."""
     everything, sp_all, single, summary, sp = read_tables(inputs.summary_csv, inputs.speedup_csv)
     block_size, shapes = inputs.block_size, inputs.shapes
-    shape_req = read_shape_requests(inputs.shape_csv)
-    check = read_shape_points(inputs.shape_points_csv)
+    shape_req = read_shape_table(inputs.shape_csv)
+    check = read_shape_table(inputs.shape_points_csv)
     engine = engine_rows(summary)
     lifetimes = [json.loads(Path(p).read_text()) for p in inputs.info_paths]  # in the order they ran
     endpoints = {i["mode"]: i for i in lifetimes if not i.get("started_by_prefixbench", True)}

@@ -353,13 +353,13 @@ def test_the_published_smollm2_h200_run_no_longer_says_what_its_data_do_not_carr
     from prefixbench.report import read_tables
     from prefixbench.shapes.kv_overflow import overflow_words
     from prefixbench.shapes.multi_turn import turns_words
-    from prefixbench.shapes.results import prediction_check, read_shape_requests
+    from prefixbench.shapes.results import prediction_check, read_shape_table
 
     run = ROOT / "docs/results/h200-2026-11-28b/smollm2-135m"
     _, sp_all, _, summary, sp = read_tables(run / "summary.csv", run / "speedup.csv")
     bullets = " ".join(consulting_bullets(summary, sp, 16))
     shapes = reuse_finding(sp.join(summary.select("regime", "workload").unique(), on="regime", how="left")).answer
-    req = read_shape_requests(run / "shape_requests.csv")
+    req = read_shape_table(run / "shape_requests.csv")
     words = " ".join([bullets, shapes, turns_words(req, KIT), overflow_words(prediction_check(req, 16), KIT)])
     for said in [
         "whenever many requests start with the same long text",  # nothing was claimed

@@ -34,13 +34,9 @@ def load_hashes(prompt_paths: Iterable[Path]) -> dict[tuple[str, int], list[str]
     return out
 
 
-def read_shape_requests(path: Path | None) -> pl.DataFrame:
-    """shape_requests.csv, or an empty table (a run without shapes leaves the file empty)."""
-    return pl.read_csv(path, infer_schema_length=None) if path and Path(path).stat().st_size else pl.DataFrame()
-
-
-def read_shape_points(path: Path | None) -> pl.DataFrame:
-    """shape_points.csv (aggregation's prediction check, one row per shape point), or an empty table (no shapes)."""
+def read_shape_table(path: Path | None) -> pl.DataFrame:
+    """One of aggregation's shape tables (shape_requests.csv: every request; shape_points.csv: the prediction check
+    per point), or an empty table (a run without shapes leaves the file empty)."""
     return pl.read_csv(path, infer_schema_length=None) if path and Path(path).stat().st_size else pl.DataFrame()
 
 
