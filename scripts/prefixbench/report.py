@@ -235,6 +235,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
     shape_req = read_shape_table(inputs.shape_csv)
     check = read_shape_table(inputs.shape_points_csv)
     engine = engine_rows(summary)
+    aa_rows = aa_table(sp)
     lifetimes = [json.loads(Path(p).read_text()) for p in inputs.info_paths]  # in the order they ran
     endpoints = {i["mode"]: i for i in lifetimes if not i.get("started_by_prefixbench", True)}
     model = inputs.model
@@ -263,7 +264,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         paired=guarded(paired_section, sp, fallback=lambda w: {"table": "", "words": w}),
         checks=guarded(cross_checks, single, block_size),
         cold_warm=cold_warm_table(summary),
-        aa=ControlSection(answer=aa_finding(sp, aa_table(sp)).answer, rows=aa_table(sp)),
+        aa=ControlSection(answer=aa_finding(sp, aa_rows).answer, rows=aa_rows),
         engine=EngineSection(table=engine_table(engine), words=engine_words(engine)),
         shape_section=shape_section(shape_req, check, sp_all, shapes, block_size, KIT, read_trace_curves(inputs.trace_csv)),
         ttft=guarded(ttft_finding, sp),
