@@ -24,10 +24,11 @@ smk=(.venv/bin/snakemake --configfile rerender.yaml --cores 2 --resources gpu=1 
 measured=(results/calibration.json $(ls results/raw/*/*/server.json results/raw/*/kv/server.json 2>/dev/null || true))
 "${smk[@]}" --omit-from calibrate measure measure_kv -- "${measured[@]}" > "$tmp/prepare.log" 2>&1 || { tail -n 20 "$tmp/prepare.log"; exit 1; }
 "${smk[@]}" --touch -- "${measured[@]}" > "$tmp/touch.log" 2>&1 || { tail -n 20 "$tmp/touch.log"; exit 1; }
-"${smk[@]}" --allowed-rules aggregate charts regime_table report all --forcerun aggregate > "$tmp/render.log" 2>&1 \
+"${smk[@]}" --allowed-rules aggregate charts regime_table report contrasts results_json html_report all --forcerun aggregate > "$tmp/render.log" 2>&1 \
   || { tail -n 30 "$tmp/render.log"; exit 1; }
 mkdir -p "$out"
-cp results/prefix_caching_results.md results/summary.csv results/speedup.csv "$out"/
-for f in shape_requests shape_points trace_capacity; do [[ -f results/$f.csv ]] && cp results/$f.csv "$out"/; done
+# The report (markdown, and HTML where the code makes one), every CSV table and JSON result the render wrote.
+cp results/prefix_caching_results.md "$out"/
+for f in results/*.csv results/*.json results/*.html; do [[ -f $f ]] && cp "$f" "$out"/; done
 [[ -d results/charts ]] && cp -r results/charts "$out"/
 echo "rendered $src -> $out"
