@@ -16,6 +16,7 @@ Path(snakemake.output[0]).write_text(
             "base_url": redact_url(ep["base_url"]),
             "model": ep["model"],
             "api_key_env": ep.get("api_key_env"),
+            "salt_every_request": ep["salt_every_request"],
         },
         indent=2,
     )

@@ -4,6 +4,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from prefixbench import OFF
 from prefixbench.calibrate import read_plan
 from prefixbench.design import point_order
 from prefixbench.endpoint import Endpoint
@@ -46,7 +47,14 @@ extra = {
 if p.endpoint:
     ep = dict(p.endpoint)
     endpoint = Endpoint(
-        ep["base_url"], ep["model"], ep.get("api_key_env"), Path(snakemake.log.server), engine=engine_for(p.engine)
+        ep["base_url"],
+        ep["model"],
+        ep.get("api_key_env"),
+        Path(snakemake.log.server),
+        engine=engine_for(p.engine),
+        salt_every_request=ep["salt_every_request"],
+        # The cache-off setting as forced misses on the cache-on deployment: both settings' lifetimes say so.
+        cache_off_forced=snakemake.config["targets"][p.target]["endpoints"][OFF]["salt_every_request"],
     )
     measure_endpoint(
         mode,

@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -54,9 +55,14 @@ class ClientConfig:
     stall_timeout_s: float
     api_key: str | None = None
     engine: Engine = field(kw_only=True)  # the server's request and usage fields (cache salt, cached tokens)
+    # Every request a fresh salt (a forced miss) unless it brings its own: the cache-off setting realized on a
+    # deployment with caching on (targets.endpoint.endpoints.no_prefix_cache.salt_every_request).
+    salt_every_request: bool = field(default=False, kw_only=True)
 
     @classmethod
-    def of(cls, base_url: str, model: str, settings: BenchSettings, engine: Engine) -> ClientConfig:
+    def of(
+        cls, base_url: str, model: str, settings: BenchSettings, engine: Engine, *, salt_every_request: bool = False
+    ) -> ClientConfig:
         """The client's settings from the run's: one place for the calibration and the measuring passes."""
         return cls(
             base_url,
@@ -66,7 +72,14 @@ class ClientConfig:
             settings.stall_timeout_s,
             api_key(settings),
             engine=engine,
+            salt_every_request=salt_every_request,
         )
+
+
+def fresh_salt() -> str:
+    """A salt no other request carries (random, so unique across passes, lifetimes and runs on a shared server; 35
+    characters, within vLLM's 1-128 and free of its forbidden `@ / \\` and NUL)."""
+    return f"pb-{uuid.uuid4().hex}"
 
 
 def bearer(api_key: str | None) -> dict[str, str]:
@@ -189,8 +202,11 @@ async def send_one(
     t_origin: float,
     salt: str | None = None,
 ) -> RequestRecord:
-    """Send one streaming completion and time it; every failure mode ends as a failed record."""
+    """Send one streaming completion and time it; every failure mode ends as a failed record. Without a `salt` of its
+    own, a request to a `salt_every_request` target gets a fresh one: a forced miss, as the paired design's miss arm."""
     rec = RequestRecord(request_index=index)
+    if salt is None and cfg.salt_every_request:
+        salt = fresh_salt()
     headers = bearer(cfg.api_key)
     timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_read=cfg.stall_timeout_s)
     t0 = time.perf_counter()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from . import OFF, ON
 from .corpus import DEFAULT_QUESTIONS, question_variants
 from .engines import engine_for
 from .host import CpuInfo, DtypeChoice, as_isa, cpu_dtype, isa_env, nvidia_smi, read_cpu_info
@@ -198,6 +199,32 @@ def check_shapes(config: dict[str, Any], target: dict[str, Any]) -> None:
             raise ConfigError(problems[0])
 
 
+def same_deployment_url(url: str) -> str:
+    """A base URL as endpoint.Endpoint uses it (no trailing slash, no /v1), for comparing two endpoints."""
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def check_forced_misses(endpoints: dict[str, Any]) -> None:
+    """`salt_every_request` realizes the cache off as forced misses on the cache-on deployment: only the cache-off
+    setting may carry it (a salted cache-on setting would never hit), and only with the cache-on setting's URL and
+    model, so that "one deployment" is what the run and its report say."""
+    on = endpoints[ON]
+    if on.get("salt_every_request"):
+        raise ConfigError(
+            f"targets.endpoint.endpoints.{ON}.salt_every_request: only the cache-off setting ({OFF}) may salt every "
+            "request; salted, the cache-on setting would never hit its cache. Remove it there"
+        )
+    off = endpoints[OFF]
+    if not off.get("salt_every_request"):
+        return
+    if same_deployment_url(off["base_url"]) != same_deployment_url(on["base_url"]) or off["model"] != on["model"]:
+        raise ConfigError(
+            f"targets.endpoint.endpoints.{OFF}.salt_every_request makes the cache-off setting forced misses on the "
+            f"cache-on deployment, so its base_url and model must be {ON}'s ({on['base_url']}, {on['model']!r}; got "
+            f"{off['base_url']}, {off['model']!r}). For two deployments, one with caching off, remove salt_every_request"
+        )
+
+
 def check(config: dict[str, Any], target: dict[str, Any]) -> None:
     """Cross-key checks, before any server starts."""
     limit = target["max_model_len"] - config["benchmark"]["max_tokens"] - QUESTION_ROOM_TOKENS
@@ -216,6 +243,8 @@ def check(config: dict[str, Any], target: dict[str, Any]) -> None:
                 f"targets.endpoint.endpoints.{mode}.base_url carries credentials or a query; give the "
                 "bare URL and put the key in an environment variable named by api_key_env"
             )
+    if is_endpoint(target):
+        check_forced_misses(target["endpoints"])
     if is_endpoint(target) and config["benchmark"].get("time_budget_s"):
         raise ConfigError(
             "benchmark.time_budget_s: the calibration starts a server, so it applies only to servers "

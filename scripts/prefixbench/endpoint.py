@@ -1,6 +1,9 @@
 """Existing OpenAI-compatible endpoints: benchmark a deployment that already runs instead of starting one.
 
-Two endpoints stand for the two cache settings (e.g. two deployments, one with prefix caching off).
+Two endpoints stand for the two cache settings (e.g. two deployments, one with prefix caching off), or one
+deployment with caching on stands for both: its cache-off setting salts every request (`salt_every_request`), so each
+is a forced miss, the miss arm of the paired design (prefixbench.paired) sent for a whole lifetime. The off setting
+then hits nothing by construction, and what the flag itself costs is not measured: forced_miss_notes says so.
 prefixbench does not own these servers, so it cannot time their start, read their memory, or see
 their GPU; it probes what each endpoint offers (the engine's `/metrics` counters and latency histograms,
 its cache reset and version paths: engines/) once, uses what is there, and records the rest as not measured so
@@ -16,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from . import OFF
 from .client import bearer
 from .engines import Engine
 from .server import ServerError
@@ -119,6 +123,9 @@ class Endpoint:
     engine: Engine = field(kw_only=True)  # what the server runs: its metric names and paths
     api_key_env: str | None = None
     log_path: Path = Path("endpoint.log")
+    salt_every_request: bool = field(default=False, kw_only=True)  # every request a forced miss (cache off, realized)
+    # The run's cache-off setting is forced misses on this deployment (both settings' lifetimes say so in the report)
+    cache_off_forced: bool = field(default=False, kw_only=True)
     proc = None
     port: int | None = None
     startup_s: float | None = None
@@ -130,6 +137,22 @@ class Endpoint:
 
     def check_alive(self) -> None:
         """A remote server has no process to poll; a dead one shows up as failed requests."""
+
+    def forced_miss_notes(self) -> list[str]:
+        """What a run whose cache-off setting is forced misses on this (cache-on) deployment cannot measure; both
+        settings' lifetimes record it, so the report lists it once for the run. Nothing for two deployments.
+
+        A salted request misses with caching on, so such a run compares hits with misses on one deployment: the
+        flag's own cost (a cache-on server keeping the books of a cache that never hits) is inside both settings."""
+        if not self.cache_off_forced:
+            return []
+        return [
+            "what the prefix-caching flag itself costs (cache on vs off at 0% reuse): both settings were one "
+            f"deployment, `{redact_url(self.base_url)}` (model `{self.model}`), with caching on, so caching was never off",
+            f'a deployment with caching off: "cache off" ({OFF}) means forced misses on that deployment, every request '
+            "with a unique `cache_salt`; every off-vs-on comparison in this report is hits against forced misses on "
+            "one deployment, not two deployments",
+        ]
 
     def __enter__(self) -> Endpoint:
         return self

@@ -61,7 +61,7 @@ class Point:
 
 
 def client_config(server: MeasuredTarget, model: str, settings: BenchSettings) -> ClientConfig:
-    return ClientConfig.of(server.base_url, model, settings, server.engine)
+    return ClientConfig.of(server.base_url, model, settings, server.engine, salt_every_request=server.salt_every_request)
 
 
 async def wait_idle(session: aiohttp.ClientSession, server: MeasuredTarget, timeout_s: float = 60.0) -> None:
@@ -431,9 +431,14 @@ def measure_endpoint(
         "mode": mode,
         "instance": instance,
         "started_by_prefixbench": False,
-        "endpoint": {"base_url": redact_url(endpoint.base_url), "model": endpoint.model, "api_key_env": endpoint.api_key_env},
+        "endpoint": {
+            "base_url": redact_url(endpoint.base_url),
+            "model": endpoint.model,
+            "api_key_env": endpoint.api_key_env,
+            "salt_every_request": endpoint.salt_every_request,
+        },
         "capabilities": asdict(caps),
-        "not_measured": caps.not_measured(endpoint.engine),
+        "not_measured": caps.not_measured(endpoint.engine) + endpoint.forced_miss_notes(),
         "engine": endpoint.engine.name,
         "vllm_version": caps.version or f"unknown (the endpoint has no {endpoint.engine.version_path})",
         "hardware": {"client": hardware(), "server": "a remote endpoint: not visible to prefixbench"},

@@ -42,6 +42,7 @@ class MeasuredTarget:
     servers: Sequence[Replica]
     engine: Engine
     capabilities: Capabilities  # what the servers offer (one prefixbench started: everything)
+    salt_every_request: bool = False  # every request a forced miss: the cache off, realized on a cache-on deployment
 
     @classmethod
     def of_server(cls, server: ManagedServer) -> MeasuredTarget:
@@ -54,7 +55,7 @@ class MeasuredTarget:
     def of_endpoint(cls, endpoint: Endpoint) -> MeasuredTarget:
         """An existing endpoint, with what its probe found (endpoint.probe)."""
         replica = Replica(endpoint.base_url, endpoint.log_path)
-        return cls(endpoint.base_url, (replica,), endpoint.engine, endpoint.capabilities)
+        return cls(endpoint.base_url, (replica,), endpoint.engine, endpoint.capabilities, endpoint.salt_every_request)
 
     @property
     def log_path(self) -> Path:
