@@ -32,6 +32,7 @@ localrules:
     regime_table,
     charts,
     report,
+    contrasts,
 
 
 include: "rules/model.smk"
@@ -40,6 +41,7 @@ include: "rules/serve.smk"
 include: "rules/aggregate.smk"
 include: "rules/charts.smk"
 include: "rules/report.smk"
+include: "rules/results.smk"
 
 
 rule all:
@@ -49,3 +51,4 @@ rule all:
         "results/summary.csv",
         CHARTS,
         REGIME_TABLES,
+        "results/contrasts.csv",

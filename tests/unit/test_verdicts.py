@@ -1,0 +1,193 @@
+"""contrasts.csv: every contrast with the claim rule's verdict (prefixbench.verdicts)."""
+
+from __future__ import annotations
+
+import itertools
+
+import polars as pl
+import pytest
+from helpers import ROOT
+
+from prefixbench.findings.claims import helped, hurt, verdict
+from prefixbench.verdicts import COLUMNS, classify, contrast_rows, read_contrasts
+
+SMOL = ROOT / "docs/results/h200-2026-12-01-paired-smollm2"
+OLD = ROOT / "docs/results/h200-2026-11-28b/smollm2-135m"
+# The interface other parts of the project read (CONTRASTS.md): these names may not change.
+INTERFACE = [
+    "family",
+    "regime",
+    "shape",
+    "reuse_pct",
+    "concurrency",
+    "request_rate",
+    "metric",
+    "design",
+    "baseline",
+    "treated",
+    "unit",
+    "ratio",
+    "lo",
+    "hi",
+    "mde_pct",
+    "n",
+    "n_unit",
+    "verdict",
+    "reason",
+    "label",
+]
+
+
+def tables(run=SMOL) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return pl.read_csv(run / "summary.csv", infer_schema_length=None), pl.read_csv(run / "speedup.csv", infer_schema_length=None)
+
+
+def one(df: pl.DataFrame, **where) -> dict:
+    rows = df.filter(*(pl.col(k) == v for k, v in where.items()))
+    assert rows.height == 1, rows
+    return rows.row(0, named=True)
+
+
+@pytest.mark.parametrize(
+    "ratio, ci, floor, bound, mde, failed",
+    [
+        (None, None, None, None, None, None),
+        (1.5, (1.4, 1.6), None, None, 8.0, None),
+        (1.5, (1.4, 1.6), None, None, None, "a control failed"),
+        (1.5, None, None, None, None, None),
+        (1.02, (0.97, 1.08), None, None, 7.5, None),
+        (1.02, (0.97, 1.08), None, None, None, None),
+        (1.1, (1.05, 1.15), (0.9, 1.2), None, None, None),
+        (0.9, (0.85, 0.95), (0.9, 1.2), None, None, None),
+        (1.5, (1.4, 1.6), (0.9, 1.2), None, None, None),
+        (0.7, (0.6, 0.8), (0.9, 1.2), None, None, None),
+        (3.0, (2.5, 3.5), None, (0.5, 2.0), None, None),
+        (1.5, (1.4, 1.6), None, (0.5, 2.0), None, None),
+    ],
+)
+def test_classify_follows_the_claim_rule(ratio, ci, floor, bound, mde, failed):
+    """Each branch of claims.verdict gives the word its sentence says."""
+    word, reason = classify(ratio, ci, floor, bound, mde, failed)
+    sentence = verdict(ratio, ci=ci, floor=floor, hit_bound=bound, mde_pct=mde, failed=failed)
+    expected = (
+        "not measured"
+        if sentence == "not measured"
+        else "faster"
+        if " faster (" in sentence
+        else "slower"
+        if " slower (" in sentence
+        else "no difference"
+        if sentence.startswith(("no difference larger", "no measurable difference"))
+        else "not claimed"
+    )
+    assert word == expected, (sentence, reason)
+    if mde is not None and word == "no difference":
+        assert reason == f"no difference larger than {mde:.0f}%"
+
+
+def test_classify_agrees_with_helped_and_hurt():
+    """On rows, "faster"/"slower" are exactly the claim rule's helped/hurt."""
+    grid = itertools.product([0.8, 1.02, 1.3, 3.0], [(0.7, 0.9), (0.95, 1.05), (1.1, 1.5), (2.5, 3.5)], [None, (0.9, 1.2)])
+    for ratio, (lo, hi), floor in grid:
+        row = {
+            "ttft_speedup": ratio,
+            "ttft_speedup_lo": lo,
+            "ttft_speedup_hi": hi,
+            "floor_ttft_lo": floor[0] if floor else None,
+            "floor_ttft_hi": floor[1] if floor else None,
+            "window_hit_rate_on": 0.5,
+            "request_rate": 0.0,
+        }
+        word, _ = classify(ratio, (lo, hi), floor, (0.5, 2.0))
+        assert (word == "faster") == helped(row), row
+        assert (word == "slower") == hurt(row), row
+
+
+def test_published_paired_run():
+    """The H200 SmolLM2 run: the paired 100%-reuse c=1 contrast is claimed, with its interval and MDE."""
+    df = read_contrasts(SMOL / "summary.csv", SMOL / "speedup.csv")
+    assert df.columns[: len(INTERFACE)] == INTERFACE
+    r = one(df, family="cache_effect", metric="ttft", reuse_pct=100, concurrency=1)
+    assert r["design"] == "paired" and r["verdict"] == "faster"
+    assert (round(r["ratio"], 2), round(r["lo"], 2), round(r["hi"], 2), round(r["mde_pct"], 1)) == (1.52, 1.44, 1.61, 8.7)
+    assert (r["n"], r["n_unit"], r["unit"]) == (25, "pairs", "ms")
+    assert r["baseline"] == pytest.approx(25.873) and r["treated"] == pytest.approx(16.858)
+    assert r["label"] == "large 1024 tok · 100% reuse · c=1"
+    # its 0%-reuse control (both arms miss) found nothing, so the design held
+    ctl = one(df, family="control", design="paired", concurrency=1)
+    assert ctl["verdict"] == "no difference" and ctl["reason"] == "no difference larger than 7%"
+    # the flag cost is oriented as every other effect: on/off TTFT 0.72 reads 1/0.72, and one lifetime gives no interval
+    cost = one(df, family="flag_cost", metric="ttft", concurrency=1)
+    assert cost["ratio"] == pytest.approx(1 / 0.720998) and cost["lo"] is None
+    assert (cost["verdict"], cost["n"], cost["n_unit"]) == ("not claimed", 1, "lifetime pairs")
+    # the E2E ratio across lifetimes lies inside the run's A/A floor: shown, not claimed
+    e2e = one(df, family="cache_effect", metric="e2e", concurrency=1)
+    assert e2e["design"] == "lifetimes" and e2e["verdict"] == "not claimed" and "A/A" in e2e["reason"]
+    assert set(df["verdict"]) <= {"faster", "slower", "no difference", "not claimed", "not measured"}
+    assert set(df["family"]) == {"cache_effect", "throughput", "flag_cost", "control"}
+
+
+def test_failed_control_claims_nothing_of_its_level():
+    """A 0%-reuse paired control whose interval excludes 1 fails its regime's design at that concurrency."""
+    summary, sp = tables()
+    bad = sp.with_columns(
+        pl.when(pl.col("reuse_pct") == 0).then(1.3).otherwise(pl.col("paired_lo")).alias("paired_lo"),
+        pl.when(pl.col("reuse_pct") == 0).then(1.6).otherwise(pl.col("paired_hi")).alias("paired_hi"),
+    )
+    df = contrast_rows(summary, bad)
+    r = one(df, family="cache_effect", metric="ttft", reuse_pct=100, concurrency=1)
+    assert r["verdict"] == "not claimed" and "control" in r["reason"]
+    ctl = one(df, family="control", design="paired", concurrency=1)
+    assert ctl["verdict"] == "faster" and "design failed" in ctl["reason"]
+
+
+def test_unmeasured_point_says_why():
+    summary, sp = tables()
+    gone = sp.with_columns(
+        pl.when(pl.col("reuse_pct") == 100).then(None).otherwise(pl.col(c)).alias(c)
+        for c in ("paired_ratio", "paired_lo", "paired_hi", "ttft_speedup", "ttft_speedup_lo", "ttft_speedup_hi")
+    ).with_columns(
+        pl.when(pl.col("reuse_pct") == 100).then(0).otherwise(pl.col("window_requests_on")).alias("window_requests_on")
+    )
+    r = one(contrast_rows(summary, gone), family="cache_effect", metric="ttft", reuse_pct=100, concurrency=16)
+    assert r["verdict"] == "not measured" and "steady-state window" in r["reason"]
+
+
+def test_lifetime_run_with_shapes():
+    """A run from before the paired design: lifetime contrasts judged against the A/A floor, shapes as their own
+    family (named by kind), and the CSV round-trips."""
+    df = read_contrasts(OLD / "summary.csv", OLD / "speedup.csv")
+    assert set(df["design"]) == {"lifetimes"}
+    shapes = df.filter(pl.col("family") == "shape")
+    assert shapes.height and shapes["shape"].null_count() == 0 and "pool_skewed" in shapes["regime"].to_list()
+    assert df.filter(pl.col("family") == "cache_effect")["reuse_pct"].min() > 0
+    r = one(df, family="cache_effect", metric="ttft", regime="medium", reuse_pct=100, concurrency=1)
+    assert r["verdict"] == "not claimed" and r["reason"].startswith("inside the A/A noise floor")
+    assert r["floor_lo"] is not None and r["mde_pct"] is not None  # an MDE from its interval where none was recorded
+
+
+def test_csv_round_trip(tmp_path):
+    df = read_contrasts(SMOL / "summary.csv", SMOL / "speedup.csv")
+    df.write_csv(tmp_path / "c.csv")
+    back = pl.read_csv(tmp_path / "c.csv", infer_schema_length=None)
+    assert back.columns == COLUMNS and back.height == df.height
+
+
+def test_shape_predictions_join():
+    summary, sp = tables(OLD)
+    points = pl.DataFrame(
+        {
+            "regime": ["pool_skewed"],
+            "concurrency": [16],
+            "request_rate": [0.0],
+            "expected_hit_rate": [0.9],
+            "predicted_hit_rate": [0.8],
+        }
+    )
+    df = contrast_rows(summary, sp, points)
+    pool = df.filter((pl.col("regime") == "pool_skewed") & (pl.col("family") == "shape"))
+    got = dict(zip(pool["concurrency"].to_list(), pool["predicted_hit_rate"].to_list()))
+    assert got[16] == 0.8 and all(v is None for c, v in got.items() if c != 16)
+    assert (
+        df.filter(pl.col("family") != "shape")["predicted_hit_rate"].null_count() == df.filter(pl.col("family") != "shape").height
+    )
