@@ -13,6 +13,7 @@ sent and is never written anywhere; a base URL is recorded without any user:pass
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +24,13 @@ from . import OFF
 from .client import bearer
 from .engines import Engine
 from .server import ServerError
+
+
+def cache_off_forced(lifetimes: Sequence[dict]) -> bool:
+    """Whether a run's cache-off setting was forced misses on its cache-on deployment, from the lifetimes' recorded
+    server.json: then nothing in it compares caching off with caching on, and what the flag costs (on vs off at 0%
+    reuse) must read as not measured."""
+    return any(i.get("mode") == OFF and (i.get("endpoint") or {}).get("salt_every_request") for i in lifetimes)
 
 
 def redact_url(url: str) -> str:

@@ -148,3 +148,14 @@ def test_one_deployment_is_said_by_both_settings_so_the_report_lists_it_once():
     assert not any(s.endswith("only)") for s in items)
     two = Endpoint(url, "m", engine=VLLM)
     assert two.forced_miss_notes() == []
+
+
+def test_a_run_says_from_its_records_whether_its_cache_off_was_forced_misses():
+    from prefixbench.endpoint import cache_off_forced
+
+    def info(mode: str, salted: bool | None) -> dict:
+        return {"mode": mode} | ({"endpoint": {"salt_every_request": salted}} if salted is not None else {})
+
+    assert cache_off_forced([info("with_prefix_cache", False), info("no_prefix_cache", True)])
+    assert not cache_off_forced([info("no_prefix_cache", False), info("with_prefix_cache", False)])
+    assert not cache_off_forced([info("no_prefix_cache", None), info("with_prefix_cache", None)])  # servers it started
