@@ -330,15 +330,23 @@ def _budget_sentence(plan: dict) -> str:
     )
     if plan.get("paired_pairs"):  # plans written before paired points shared a pair count lack the key
         at_floor = plan["fraction"] <= 0.01
-    share = "each point at its minimum" if at_floor else f"{plan['fraction']:.0%} of each point"
+    # The share of requests sent is the plan's whole: each point keeps the larger of the common fraction and its
+    # minimum, so the fraction alone (1% when most points sit at their minimum) is not what was sent.
+    sent = plan["requests_planned"] / plan["requests_full"] if plan["requests_full"] else 1.0
+    how = (
+        "each point at its minimum"
+        if at_floor
+        else f"each point the larger of {plan['fraction']:.0%} of its requests and its minimum"
+    )
+    pairs = ""
     if plan.get("paired_pairs") and not at_floor:
-        share += f" (a paired point: up to {plan['paired_pairs']} hit/miss pairs, the same for every one)"
+        pairs = f"; a paired point up to {plan['paired_pairs']} hit/miss pairs, the same for every one"
     return (
         f"the full sweep would take about {fmt_duration(slow)} for the slower cache setting, over the "
         f"{fmt_duration(plan['budget_s'])} budget, so the points send {plan['requests_planned']} of their "
-        f"{plan['requests_full']} requests ({share}, at least {plan.get('min_rounds', 1)} round(s) inside its "
-        "steady-state window and, where it runs paired, 3 hit/miss pairs; the same requests in both settings, each "
-        f"point's reuse mix kept): about {fmt_duration(max(est.values()))}{over}"
+        f"{plan['requests_full']} requests ({sent:.0%}: {how}, at least {plan.get('min_rounds', 1)} round(s) inside "
+        f"its steady-state window and, where it runs paired, 3 hit/miss pairs{pairs}; the same requests in both settings, "
+        f"each point's reuse mix kept): about {fmt_duration(max(est.values()))}{over}"
     )
 
 

@@ -28,6 +28,7 @@ from .engine_view import engine_rows, engine_table, engine_words
 from .findings import (
     KIT,
     Finding,
+    Verdicts,
     aa_finding,
     aa_table,
     cold_warm_table,
@@ -38,13 +39,18 @@ from .findings import (
     hit_rate_model,
     ideal_finding,
     memory_finding,
+    ms_table,
     prefix_length_finding,
+    read_contrasts,
     reuse_finding,
+    run_line,
     throughput_finding,
     ttft_finding,
+    verdicts,
 )
-from .formatting import fmt_ci, fmt_s, fmt_x, markdown_table
+from .formatting import fmt_ci, fmt_s, fmt_x
 from .ideal import cold_samples, load_shape
+from .plan import plan_summary
 from .shapes import SINGLE_PREFIX
 from .shapes.findings import shape_section
 from .shapes.results import read_shape_table
@@ -90,6 +96,7 @@ class ReportInputs:
     trace_csv: Path | None = None  # aggregation's capacity curve of each replayed trace
     shapes: dict[str, dict] = field(default_factory=dict)
     calibration_json: Path | None = None
+    contrasts_csv: Path | None = None  # the contrasts rule's table: every contrast judged by the claim rule
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ class ReportContext:
     """Everything the template sees: facts of the run, tables in markdown, and the findings (each an answer with
     its details). The template arranges these and computes nothing."""
 
+    # The first screen: the run in one line, and the verdict table (from contrasts.csv)
+    run_line: str
+    verdicts: Verdicts
     # What was measured, and on what
     info: dict  # the cache-on lifetime's server.json (the first lifetime's where none was on)
     lifetimes: list[dict]
@@ -126,6 +136,7 @@ class ReportContext:
     scripts: dict[str, str]
     endpoints: dict[str, dict]
     not_measured: list[str]
+    budget: str  # what the time budget did to the sweep ("" without a plan)
     n_points: int
     n_requests: int
     n_failed: int
@@ -227,6 +238,16 @@ def guarded(analysis: Callable[..., Any], *args: Any, fallback: Callable[[str], 
         return fallback(words) if fallback else Finding(words, [])
 
 
+def budget_words(calibration_json: Path | None, lifetimes: Sequence[dict]) -> str:
+    """What the time budget did: computed again from the recorded plan (so a corrected sentence reaches a re-rendered
+    run), else the sentence the measuring step recorded, else nothing."""
+    if calibration_json is not None and Path(calibration_json).is_file():
+        plan = json.loads(Path(calibration_json).read_text())
+        if "rates" in plan and "estimated_s" in plan:
+            return plan_summary(plan)
+    return next((str(i["plan_summary"]) for i in lifetimes if i.get("plan_summary")), "")
+
+
 def build_context(inputs: ReportInputs) -> ReportContext:
     """Read the run's files and compute every finding the template shows; an analysis that fails costs only its own
     answer (guarded)."""
@@ -239,8 +260,36 @@ def build_context(inputs: ReportInputs) -> ReportContext:
     lifetimes = [json.loads(Path(p).read_text()) for p in inputs.info_paths]  # in the order they ran
     endpoints = {i["mode"]: i for i in lifetimes if not i.get("started_by_prefixbench", True)}
     model = inputs.model
+    info = next((i for i in lifetimes if i["mode"] == ON), lifetimes[0])
+    n_requests = int(everything["requests_sent"].sum()) + (
+        int(sp_all["salted_requests"].fill_null(0).sum()) if "salted_requests" in sp_all.columns else 0
+    )
+    n_failed = int(everything["requests_failed"].sum()) + (
+        int(sp_all["salted_failed"].fill_null(0).sum()) if "salted_failed" in sp_all.columns else 0
+    )
+    shape_words = shape_section(shape_req, check, sp_all, shapes, block_size, KIT, read_trace_curves(inputs.trace_csv))
+    prefix_len = {r: int(n) for r, n in everything.select("regime", "prefix_len_tokens").unique().iter_rows() if n is not None}
     return ReportContext(
-        info=next((i for i in lifetimes if i["mode"] == ON), lifetimes[0]),
+        run_line=run_line(
+            model,
+            info,
+            endpoints,
+            inputs.target,
+            (everything.height, n_requests, n_failed),
+            len(lifetimes),
+            float(everything["wall_s"].fill_null(0).sum()) if "wall_s" in everything.columns else 0.0,
+        ),
+        verdicts=guarded(
+            verdicts,
+            read_contrasts(inputs.contrasts_csv),
+            everything["regime"].unique(maintain_order=True).to_list(),
+            prefix_len,
+            shapes,
+            shape_words.get("overflow", ""),
+            shape_words.get("trace", ""),
+            fallback=lambda w: Verdicts([], "", w),
+        ),
+        info=info,
         lifetimes=lifetimes,
         order=lifetime_order(lifetimes),
         target=inputs.target,
@@ -252,21 +301,20 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         scripts={Path(p).name: Path(p).read_text() for p in inputs.script_paths},
         endpoints=endpoints,
         not_measured=not_measured(endpoints),
+        budget=budget_words(inputs.calibration_json, lifetimes),
         n_points=everything.height,
         # A paired point's summary row counts its hit arm; its forced misses are counted in the off/on table.
-        n_requests=int(everything["requests_sent"].sum())
-        + (int(sp_all["salted_requests"].fill_null(0).sum()) if "salted_requests" in sp_all.columns else 0),
-        n_failed=int(everything["requests_failed"].sum())
-        + (int(sp_all["salted_failed"].fill_null(0).sum()) if "salted_failed" in sp_all.columns else 0),
-        seed_table=markdown_table(everything, SEED_COLUMNS),
-        extra_table=markdown_table(everything, EXTRA_COLUMNS),
+        n_requests=n_requests,
+        n_failed=n_failed,
+        seed_table=ms_table(everything, SEED_COLUMNS),
+        extra_table=ms_table(everything, EXTRA_COLUMNS),
         design=design_note(single),
         paired=guarded(paired_section, sp, fallback=lambda w: {"table": "", "words": w}),
         checks=guarded(cross_checks, single, block_size),
         cold_warm=cold_warm_table(summary),
         aa=ControlSection(answer=aa_finding(sp, aa_rows).answer, rows=aa_rows),
         engine=EngineSection(table=engine_table(engine), words=engine_words(engine)),
-        shape_section=shape_section(shape_req, check, sp_all, shapes, block_size, KIT, read_trace_curves(inputs.trace_csv)),
+        shape_section=shape_words,
         ttft=guarded(ttft_finding, sp),
         throughput=guarded(throughput_finding, summary, sp),
         memory=guarded(memory_finding, summary, sp),

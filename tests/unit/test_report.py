@@ -63,9 +63,16 @@ def make_inputs(tmp_path, **kw):
     return summary, infos, scripts, [prompts]
 
 
-def render_md(tmp_path, model=None, slo=None, **kw) -> tuple[str, pl.DataFrame]:
+def render_md(tmp_path, model=None, slo=None, contrasts=False, shapes=None, **kw) -> tuple[str, pl.DataFrame]:
+    """The report of a synthetic run; `contrasts`: with the contrasts rule's table (prefixbench.verdicts)."""
     summary, infos, scripts, prompts = make_inputs(tmp_path, **kw)
     out = tmp_path / "report.md"
+    contrasts_csv = None
+    if contrasts:
+        from prefixbench.verdicts import contrast_rows
+
+        contrasts_csv = tmp_path / "contrasts.csv"
+        contrast_rows(summary, pl.read_csv(tmp_path / "speedup.csv")).write_csv(contrasts_csv)
     inputs = ReportInputs(
         summary_csv=tmp_path / "summary.csv",
         speedup_csv=tmp_path / "speedup.csv",
@@ -77,6 +84,8 @@ def render_md(tmp_path, model=None, slo=None, **kw) -> tuple[str, pl.DataFrame]:
         max_tokens=8,
         block_size=128,
         slo=slo or SLO,
+        shapes=shapes or {},
+        contrasts_csv=contrasts_csv,
     )
     render(inputs, TEMPLATE, out)
     return out.read_text(), summary
@@ -85,9 +94,9 @@ def render_md(tmp_path, model=None, slo=None, **kw) -> tuple[str, pl.DataFrame]:
 def test_report_sections_and_numbers(tmp_path):
     md, summary = render_md(tmp_path, n=40)  # 10 rounds at c=4: enough for an interval at every point
     for heading in [
-        "## Prefix strategy",
-        "## The two server commands",
-        "## Summary per (prefix length, concurrency)",
+        "## Appendix B: prefix strategy",
+        "## Appendix C: the two server commands",
+        "## Appendix D: summary per (prefix length, concurrency)",
         "## Hit rate mental model",
         "## Consulting-ready conclusion",
         "**Did it increase throughput at the same p95?**",
@@ -96,7 +105,8 @@ def test_report_sections_and_numbers(tmp_path):
         "**How does the benefit change",
     ]:
         assert heading in md
-    assert "| mode | prefix_len_tokens | concurrency | mean_ttft_s | mean_e2e_s | p95_e2e_s | tok_s | notes |" in md
+    # The seed's columns, latencies in ms (issue 22: no 0.02935 s in the report; summary.csv keeps seconds).
+    assert "| mode | prefix_len_tokens | concurrency | mean_ttft_ms | mean_e2e_ms | p95_e2e_ms | tok_s | notes |" in md
     assert "exec vllm --no_prefix_cache" in md and "Test CPU" in md and "vLLM 9.9.9" in md
     assert "charts/ttft_vs_concurrency.png" in md
     assert "None" not in md and "n/a" not in md
@@ -391,7 +401,7 @@ def test_an_aa_paired_run_claims_nothing_and_finds_a_real_difference(tmp_path, e
     arm by 1.5x and the same machinery finds the difference (the check can fail), and still claims no cache effect:
     requests that hit nothing cannot owe a gain to the cache."""
     md, _ = render_md(tmp_path, n=32, paired="miss_miss", jitter=0.05, reuses=(100,), arm_effect={"miss_b": effect})
-    table = md.split("## The cache's effect inside each cache-on lifetime")[1].split("## Cross-checks")[0]
+    table = md.split("## The cache's effect inside each cache-on lifetime")[1].split("## The A/A control")[0]
     rows = [line for line in table.splitlines() if line.startswith("| medium") or line.startswith("| large")]
     assert len(rows) == 4 and "**faster**" not in table
     if effect == 1.0:
@@ -472,3 +482,127 @@ def test_the_ideal_chart_uses_the_same_fit_as_the_report(tmp_path):
     assert bars == report_ideal
     assert "calibration=[PLAN_FILE] if PLAN_FILE else []" in (ROOT / "rules/charts.smk").read_text()
     assert "calibration_json=" in (ROOT / "scripts/charts.py").read_text()
+
+
+# Issue 22: the report leads with its verdict.
+
+
+def cpu_default_design() -> dict:
+    """The CPU default config's design (config/config.yaml): its regimes, reuse levels, concurrencies and shapes."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    return {
+        "regimes": tuple((name, r["prefix_tokens"]) for name, r in cfg["regimes"].items()),
+        "reuses": tuple(next(iter(cfg["regimes"].values()))["reuse_pcts"]),
+        "concs": tuple(cfg["benchmark"]["concurrency"]),
+        "shapes": {
+            name: {"name": name, "kind": s["kind"], "params": {k: v for k, v in s.items() if k != "kind"}}
+            for name, s in cfg["shapes"].items()
+        },
+    }
+
+
+def test_the_cpu_default_report_leads_with_the_verdict_table_and_the_contrast_chart(tmp_path):
+    """Issue 22's done-when: the CPU default's verdict table and contrast chart sit within the report's first 40
+    lines, after one line saying what was run; the setup (server scripts, every point's table) comes last."""
+    design = cpu_default_design()
+    md, _ = render_md(tmp_path, n=24, contrasts=True, shapes=design.pop("shapes"), paired="hit_miss", jitter=0.05, **design)
+    lines = md.splitlines()
+    first = "\n".join(lines[:40])
+    assert lines[2].startswith("**Run:** `s`, real weights · vLLM 9.9.9 (CPU build) · Test CPU (2 cores) · ")
+    assert "## Verdict: what caching bought on this run" in first
+    table = [line for line in lines[:40] if line.startswith("| `")]
+    assert [row.split(" | ")[0] for row in table] == ["| `medium` (512-token prefix, 100% reuse)",
+                                                      "| `large` (1024-token prefix, 100% reuse)",
+                                                      "| `chat` (multi_turn shape)", "| `pool` (prefix_pool shape)"]  # fmt: skip
+    assert "c=1: **" in table[1] and "faster** " in table[1] and "MDE " in table[1]  # a claimed cut, its interval
+    assert "**KV capacity cliff:** not measured" in first  # the default runs no kv_overflow shape
+    assert "![Every contrast with its 95% interval](charts/contrasts.png)" in first
+    # The setup is last: the evidence, then the appendices with the server scripts and the seed's table.
+    assert md.index("# The evidence") < md.index("# Appendices: setup and every point") < md.index("exec vllm --")
+    assert md.index("## Verdict") < md.index("## Consulting-ready conclusion") < md.index("# The evidence")
+
+
+def test_a_verdict_cell_puts_the_verdict_first_and_shows_no_ratio_without_a_measurement():
+    from prefixbench.findings.lead import cell
+
+    base = {"metric": "ttft", "unit": "ms", "concurrency": 16, "baseline": 212.4, "treated": 96.05}
+    faster = cell(base | {"verdict": "faster", "ratio": 2.21, "lo": 1.90, "hi": 2.56, "mde_pct": 21.0})
+    assert faster == "c=16: **2.21× faster** 212 ms → 96.0 ms (95% CI 1.90–2.56, MDE 21%)"
+    slower = cell(base | {"verdict": "slower", "ratio": 0.8, "lo": 0.7, "hi": 0.9, "mde_pct": None})
+    assert slower.startswith("c=16: **1.25× slower**") and "95% CI 1.11–1.43" in slower
+    same = cell(base | {"verdict": "no difference", "ratio": 1.01, "lo": 0.97, "hi": 1.06, "mde_pct": 6.0})
+    assert same == "c=16: no difference > 6%: 212 ms → 96.0 ms (1.01×, 95% CI 0.97–1.06)"
+    unclaimed = cell(base | {"verdict": "not claimed", "ratio": 1.39, "reason": "no interval: too few independent rounds"})
+    assert unclaimed.endswith("1.39×, not claimed: 212 ms → 96.0 ms (no interval: too few independent rounds)")
+    # Issue 22: "pool c=64 | n/a → n/a | not measured" beside a ratio. No measurement: no ratio, no means, the reason.
+    hole = cell({"verdict": "not measured", "ratio": None, "concurrency": 64, "reason": "no steady-state window"})
+    assert hole == "c=64: not measured (no steady-state window)" and "×" not in hole and "n/a" not in hole
+    tput = cell({"metric": "throughput", "unit": "tok/s", "concurrency": 4, "verdict": "faster", "ratio": 1.5,
+                 "lo": 1.2, "hi": 1.8, "baseline": 100.0, "treated": 150.0})  # fmt: skip
+    assert tput == "c=4: **1.50× more tok/s** 100 tok/s → 150 tok/s (95% CI 1.20–1.80)"
+
+
+def test_a_shape_point_without_a_window_shows_no_ratio():
+    """Issue 22: the shapes table printed `n/a → n/a | not measured | 1.27×`: a tok/s ratio beside a point that
+    measured nothing. Such a row now says what was not measured, in every column."""
+    from prefixbench.findings import KIT
+    from prefixbench.shapes.findings import point_cells
+
+    hole = {"ttft_speedup": None, "mean_ttft_s_off": None, "mean_ttft_s_on": None, "throughput_gain": 1.27,
+            "window_requests_off": 0, "window_requests_on": 0}  # fmt: skip
+    cells = point_cells(hole, KIT)
+    assert cells["TTFT off → on"] == "not measured" and cells["tok/s on/off"] == "not measured"
+    assert cells["verdict"].startswith("not measured (no steady-state window")
+    assert "1.27" not in " ".join(cells.values()) and "n/a" not in " ".join(cells.values())
+
+
+def test_the_time_budget_line_gives_the_share_of_requests_actually_sent():
+    """Issue 22: 'send 9912 of their 20568 requests (1% of each point…' where 48% were sent: the common fraction
+    was printed as if it were the share. The line now gives the share sent and what each point kept."""
+    from prefixbench.plan import plan_summary
+
+    plan = {
+        "rates": {"fixed_s": 0.028, "prefill_s_per_token": 1e-5, "decode_s_per_token": 0.003},
+        "budget_s": 240.0,
+        "min_rounds": 8,
+        "fraction": 0.01,
+        "trimmed": True,
+        "over_budget": False,
+        "estimated_s": {"no_prefix_cache": 200.0, "with_prefix_cache": 150.0},
+        "full_estimated_s": {"no_prefix_cache": 1500.0, "with_prefix_cache": 1000.0},
+        "requests_planned": 9912,
+        "requests_full": 20568,
+        "points": [{"available": 1000, "request_indices": list(range(10))}] * 2,  # 1% of 1000 is not below 10
+    }
+    words = plan_summary(plan)
+    assert "send 9912 of their 20568 requests (48%: each point the larger of 1% of its requests and its minimum" in words
+    assert "(1% of each point" not in words
+    at_floor = plan_summary(plan | {"points": [{"available": 100, "request_indices": list(range(48))}] * 2})
+    assert "(48%: each point at its minimum, at least 8 round(s) inside its steady-state window" in at_floor
+
+
+def test_the_ideal_says_measured_and_modelled_apart_never_a_share_above_all():
+    """Issue 22: 'the cache removed 17 ms of the 5 ms the compute model allows (372%); -12 ms stayed above the
+    ideal'. A saving larger than the model allows is said plainly, with no share and no negative distance."""
+    from prefixbench.findings.models import ideal_words
+
+    row = {"regime": "medium", "cold_s": 0.032, "warm_s": 0.015, "ideal_s": 0.027, "tokens": 527, "cached": 512,
+           "flops_left": 0.029, "share": None, "fixed_s": 0.010}  # fmt: skip
+    words = ideal_words(row)
+    assert "ideal warm TTFT is 27 ms (it allows a saving of up to 5 ms)" in words
+    assert "Measured warm: 15 ms, a saving of 17 ms, more than the model allows (warm TTFT is 12 ms below the ideal)" in words
+    assert "%" not in words.split("remain")[1] and "-" not in words and "stayed above" not in words
+    ok = ideal_words(row | {"warm_s": 0.024, "ideal_s": 0.009, "cold_s": 0.038, "share": 0.47})
+    assert ok.endswith(
+        "a saving of 14 ms: the engine delivered 47% of what the model allows, and warm TTFT stays 15 ms above the ideal."
+    )
+
+
+def test_a_range_of_one_value_is_said_once(tmp_path):
+    """Issue 22: '2.47× to 2.47×', '+0.00 to +0.00 GiB', '57% to 57%' in the published reports."""
+    md, _ = render_md(tmp_path, n=24)
+    for said in ["1.00× to 1.00×", "+0.00 to +0.00 GiB"]:
+        assert said not in md, said
+    assert "peak server RSS moved by +0.00 GiB" in md

@@ -4,10 +4,11 @@ An effect is claimed only where its clustered 95% interval excludes 1 and clears
 stats.outside_floor), and a closed-loop gain only where the point's hit rate can explain it (hit_bound_of);
 without an interval it is shown, not claimed. The template only arranges these.
 
-One module per job: `claims` (the claim rule every other part judges by), `derived` (throughput at a common p95,
+One module per job: `units` (latencies in ms), `claims` (the claim rule every other part judges by), `derived` (throughput at a common p95,
 its floors, goodput), `controls` (the A/A section), `checks` (the cross-checks and how latencies were measured),
 `answers` (the seed's questions), `models` (the hit-rate blend and the FLOPs ideal), `conclusion` (the
-consulting-ready bullets). Imports point down that list: `claims` imports none of the others.
+consulting-ready bullets), `lead` (the first screen: the run in one line and the verdict table, from
+contrasts.csv). Imports point down that list: `claims` judges and imports only `units`.
 """
 
 from ..formatting import fmt_pct, fmt_s, fmt_x, markdown_table
@@ -71,10 +72,17 @@ from .derived import (
     throughput_curve,
     throughput_floors,
 )
+from .lead import (
+    Verdicts,
+    read_contrasts,
+    run_line,
+    verdicts,
+)
 from .models import (
     hit_rate_model,
     ideal_finding,
 )
+from .units import fmt_ms, ms_table
 
 # What the workload shapes' findings are handed (shapes.base.ReportKit): the report's formats and this claim rule.
 KIT = ReportKit(judged=judged, fmt_pct=fmt_pct, fmt_s=fmt_s, fmt_x=fmt_x, markdown_table=markdown_table)
@@ -130,4 +138,10 @@ __all__ = [
     "hit_rate_model",
     "ideal_finding",
     "consulting_bullets",
+    "Verdicts",
+    "read_contrasts",
+    "run_line",
+    "verdicts",
+    "fmt_ms",
+    "ms_table",
 ]

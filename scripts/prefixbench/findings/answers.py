@@ -22,6 +22,7 @@ from .claims import (
     point_name,
     rows_of,
     saved,
+    span,
     unmeasured_words,
     verdict,
 )
@@ -53,7 +54,7 @@ def ttft_finding(sp: pl.DataFrame) -> Finding:
     elif n_helped == 0:
         answer = (
             f"No claim. At {best['reuse_pct']}% reuse no point showed a TTFT cut whose interval clears the A/A "
-            f"noise floor (ratios {fmt_x(opt_num(top['ttft_speedup'].min()))} to {fmt_x(opt_num(top['ttft_speedup'].max()))})."
+            f"noise floor (ratios {span(fmt_x(opt_num(top['ttft_speedup'].min())), fmt_x(opt_num(top['ttft_speedup'].max())))})."
         )
     else:
         b = max(claimed, key=lambda r: r["ttft_speedup"])
@@ -146,16 +147,16 @@ def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) ->
     more = [r for r in judged_rows if r["gain"] > 1 and outside_floor(r["gain_ci"], floors.get(r["regime"]))]
     gains = [r["gain"] for r in judged_rows]
     if len(more) == len(judged_rows):
-        answer = f"Yes: at the same p95 budget the cache sustained {fmt_x(min(gains))} to {fmt_x(max(gains))} the throughput."
+        answer = f"Yes: at the same p95 budget the cache sustained {span(fmt_x(min(gains)), fmt_x(max(gains)))} the throughput."
     elif not more:
         answer = (
-            f"No claim: at the same p95 budget, throughput ratios (on/off) were {fmt_x(min(gains))} to "
-            f"{fmt_x(max(gains))}, none with an interval above 1 and clear of the A/A floor."
+            f"No claim: at the same p95 budget, the throughput ratio (on/off) was {span(fmt_x(min(gains)), fmt_x(max(gains)))}"
+            f"{'' if len(gains) == 1 else ' across the cases'}, with no interval above 1 and clear of the A/A floor."
         )
     else:
         answer = (
             f"In {len(more)} of {len(judged_rows)} regime/reuse cases with reuse, beyond the A/A floor: throughput "
-            f"ratios at the same p95 budget ranged {fmt_x(min(gains))} to {fmt_x(max(gains))}."
+            f"ratios at the same p95 budget ranged {span(fmt_x(min(gains)), fmt_x(max(gains)))}."
         )
     return Finding(
         answer
@@ -192,7 +193,7 @@ def memory_finding(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
     ]
     answer = (
         (
-            f"Point for point (the same requests off and on), peak server RSS moved by {min(rss):+.2f} to {max(rss):+.2f} GiB "
+            f"Point for point (the same requests off and on), peak server RSS moved by {span(f'{min(rss):+.2f}', f'{max(rss):+.2f}')} GiB "
             "with the cache on. vLLM preallocates its KV-cache pool either way; caching only keeps freed blocks "
             "reusable until they are needed, so it does not change the process's memory."
         )
@@ -258,8 +259,9 @@ def reuse_finding(sp: pl.DataFrame) -> Finding:
         )
     else:
         answer = (
-            f"No regime or workload shape showed a claimed gain on this run (ratios {fmt_x(opt_num(ranked['ttft_speedup'].min()))} "
-            f"to {fmt_x(opt_num(ranked['ttft_speedup'].max()))}); see each point's verdict."
+            "No regime or workload shape showed a claimed gain on this run (ratios "
+            f"{span(fmt_x(opt_num(ranked['ttft_speedup'].min())), fmt_x(opt_num(ranked['ttft_speedup'].max())))}); see each "
+            "point's verdict."
         )
     tracks = reuse_tracks(c1)
     if tracks:

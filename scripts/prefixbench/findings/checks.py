@@ -8,9 +8,10 @@ import polars as pl
 
 from .. import OFF, ON
 from ..aggregate import closed_loop, open_loop
-from ..formatting import fmt_s, markdown_table
+from ..formatting import fmt_s
 from ..scalars import num, opt_num, whole
 from .claims import Finding, load_label, point_name, rows_of
+from .units import ms_table
 
 GAP_FLAG_S, GAP_FLAG_FRAC = 0.05, 0.25  # client-vs-server gap beyond loopback overhead: both exceeded
 
@@ -151,4 +152,4 @@ def cold_warm_table(summary: pl.DataFrame) -> str:
     on = summary.filter(pl.col("mode") == ON).select(
         "regime", "reuse_pct", "concurrency", "mean_ttft_cold_s", "mean_ttft_warm_s", "mean_ttft_unique_s"
     )
-    return markdown_table(on, on.columns)
+    return ms_table(on, on.columns)

@@ -137,6 +137,11 @@ def unmeasured_words(sp: pl.DataFrame, name: str = "ttft_speedup") -> str:
     )
 
 
+def span(lo: str, hi: str) -> str:
+    """`lo to hi`, or one value where both ends print the same (never "2.47× to 2.47×")."""
+    return lo if lo == hi else f"{lo} to {hi}"
+
+
 def point_name(row: dict) -> str:
     return f"{row['regime']} reuse {row['reuse_pct']}% {load_label(row)}"
 

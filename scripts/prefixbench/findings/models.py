@@ -12,7 +12,7 @@ from .. import OFF, ON
 from ..formatting import fmt_pct, fmt_s
 from ..ideal import Shape, explained, ideal_rows
 from ..scalars import opt_num, whole
-from .claims import Finding, rows_of
+from .claims import Finding, rows_of, span
 
 
 def hit_rate_model(summary: pl.DataFrame) -> Finding:
@@ -60,6 +60,37 @@ def hit_rate_model(summary: pl.DataFrame) -> Finding:
     return Finding(answer, details)
 
 
+def ideal_words(r: dict) -> str:
+    """One regime against the FLOPs ideal, measured and modelled said apart: what the compute model allows the cache
+    to save, what it saved, and either the share delivered or why the model does not explain this regime (a saving
+    larger than the model allows is said so, never as a share above 100% or a negative distance "above" the ideal)."""
+    allowed, got = r["cold_s"] - r["ideal_s"], r["cold_s"] - r["warm_s"]
+    line = (
+        f"{r['regime']}: cold TTFT {fmt_s(r['cold_s'])} (cache off, {r['tokens']:.0f} prompt tokens). With "
+        f"{r['cached']:.0f} tokens cached, {r['flops_left']:.1%} of the prefill FLOPs remain, so the compute model's ideal "
+        f"warm TTFT is {fmt_s(r['ideal_s'])} (it allows a saving of up to {fmt_s(allowed)}). Measured warm: "
+        f"{fmt_s(r['warm_s'])}, " + (f"a saving of {fmt_s(got)}" if got > 0 else f"no saving ({fmt_s(-got)} above cold)")
+    )
+    if got <= 0:
+        return line + ": the cache did not bring this regime's warm TTFT below its cold TTFT, so no share is given."
+    if r["share"] is not None:
+        return (
+            line + f": the engine delivered {r['share']:.0%} of what the model allows, and warm TTFT stays "
+            f"{fmt_s(r['warm_s'] - r['ideal_s'])} above the ideal."
+        )
+    if not explained(r):
+        return (
+            line + f", and warm TTFT is below the fitted fixed cost of {fmt_s(r['fixed_s'])}: the compute model does not "
+            "explain this run (a warm request cannot be cheaper than a request's fixed cost), so no share is given."
+        )
+    if r["warm_s"] < r["ideal_s"]:
+        return (
+            line + f", more than the model allows (warm TTFT is {fmt_s(r['ideal_s'] - r['warm_s'])} below the ideal): "
+            "the compute model does not explain this regime, so no share is given."
+        )
+    return line + "."
+
+
 def ideal_finding(
     summary: pl.DataFrame, shape: Shape | None, block_size: int, cold_samples: Sequence[tuple[float, float]] = ()
 ) -> Finding:
@@ -72,24 +103,7 @@ def ideal_finding(
     fitted = rows[0]["s_per_flop"] is not None
     details = []
     for r in rows:
-        line = (
-            f"{r['regime']}: cold TTFT {fmt_s(r['cold_s'])} (cache off, {r['tokens']:.0f} prompt tokens); with "
-            f"{r['cached']:.0f} tokens cached, {r['flops_left']:.1%} of the prefill FLOPs remain, so the ideal warm TTFT is "
-            f"{fmt_s(r['ideal_s'])}; measured warm {fmt_s(r['warm_s'])}"
-        )
-        if r["share"] is not None:
-            line += (
-                f": the cache removed {fmt_s(r['cold_s'] - r['warm_s'])} of the {fmt_s(r['cold_s'] - r['ideal_s'])} the "
-                f"compute model allows ({r['share']:.0%}); {fmt_s(r['warm_s'] - r['ideal_s'])} stayed above the ideal."
-            )
-        elif not explained(r):
-            line += (
-                f", below the fitted fixed cost of {fmt_s(r['fixed_s'])}: the compute model does not explain this run "
-                "(a warm request cannot be cheaper than a request's fixed cost), so no share is given"
-            )
-        elif r["warm_s"] < r["ideal_s"]:
-            line += ": below the ideal, so the model's saving is not the whole story here; no share is given"
-        details.append(line + ("" if line.endswith(".") else "."))
+        details.append(ideal_words(r))
     valid = [r["share"] for r in rows if r["share"] is not None]
     head = (
         f"From the model's shape ({shape.layers} layers, width {shape.hidden}, attention width {shape.attn}, "
@@ -103,7 +117,7 @@ def ideal_finding(
             f"{r0['s_per_flop'] * 1e12:.3g} s per TFLOP of prefill (c={r0['concurrency']}). The ideal warm TTFT keeps "
             "the fixed cost and drops the cached tokens' compute. "
             + (
-                f"The engine delivered {min(valid):.0%} to {max(valid):.0%} of that saving; the rest of a warm request's "
+                f"The engine delivered {span(f'{min(valid):.0%}', f'{max(valid):.0%}')} of that saving; the rest of a warm request's "
                 "TTFT is the fixed cost (request handling, scheduling, the recomputed last block, the first decode "
                 "step), which no cache removes."
                 if valid
@@ -115,7 +129,7 @@ def ideal_finding(
             head + "a single prompt length, the fixed cost cannot be separated from the per-token cost, so the ideal "
             "here scales the cold TTFT by the FLOPs left (an upper bound on the saving: it assumes no fixed cost). "
             "The engine delivered "
-            + (f"{min(valid):.0%} to {max(valid):.0%}" if valid else "an unmeasurable share")
+            + (span(f"{min(valid):.0%}", f"{max(valid):.0%}") if valid else "an unmeasurable share")
             + " of that bound."
         )
     return Finding(answer, details)

@@ -57,12 +57,22 @@ def shapes_table(sp: pl.DataFrame, check: pl.DataFrame, shapes: Mapping[str, Map
                 "hit rate: expected": fmt_pct(cr.get("expected_hit_rate")),
                 "predicted": fmt_pct(cr.get("predicted_hit_rate")),
                 "measured": fmt_pct(cr.get("measured_hit_rate")),
-                "TTFT off → on": f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}",
-                "verdict": kit.judged(r),
-                "tok/s on/off": fmt_x(r.get("throughput_gain")),
+                **point_cells(r, kit),
             }
         )
     return markdown_table(pl.DataFrame(rows), list(rows[0])) if rows else ""
+
+
+def point_cells(r: Mapping[str, Any], kit: ReportKit) -> dict[str, str]:
+    """A shape point's TTFT, verdict and throughput cells. A point with no TTFT ratio (no steady-state window) shows
+    no ratio at all, TTFT or throughput (its tok/s is an opening burst, not a level): it says what was not measured."""
+    if r.get("ttft_speedup") is None:
+        return {"TTFT off → on": "not measured", "verdict": kit.judged(dict(r)), "tok/s on/off": "not measured"}
+    return {
+        "TTFT off → on": f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}",
+        "verdict": kit.judged(dict(r)),
+        "tok/s on/off": fmt_x(r.get("throughput_gain")),
+    }
 
 
 def prediction_words(check: pl.DataFrame, block_size: int) -> str:

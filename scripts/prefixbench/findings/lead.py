@@ -1,0 +1,284 @@
+"""The report's first screen: the run in one line, and the verdict table a newcomer reads the answer from.
+
+The table only arranges `results/contrasts.csv` (prefixbench.verdicts.contrast_rows, which judges every contrast by
+the one claim rule in claims.py): this module decides nothing, it picks the contrasts that answer the SRE's
+questions (what caching bought at the lowest and the highest load at the highest reuse, what leaving it on costs at
+0% reuse, where the KV capacity cliff sits) and words each as a cell, verdict first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from .units import fmt_ms_value
+
+# contrasts.csv's numeric columns (the interface in CONTRASTS.md): typed on reading, as a column that is empty in
+# every row (request_rate in a closed-loop run) would otherwise be read as text.
+NUMBERS = {
+    **dict.fromkeys(("reuse_pct", "concurrency", "n"), pl.Int64),
+    **dict.fromkeys(("request_rate", "baseline", "treated", "ratio", "lo", "hi", "mde_pct"), pl.Float64),
+}
+# A shape kind that sweeps the KV capacity: its points are the capacity cliff, not rows of their own.
+CLIFF_KIND = "kv_overflow"
+
+
+def fmt_value(x: float | None, unit: str) -> str:
+    """A contrast's mean in its unit (contrasts.csv: ms for latency, tok/s for throughput)."""
+    if x is None:
+        return "n/a"
+    if unit == "ms":
+        return f"{fmt_ms_value(x)} ms"
+    return f"{x:.0f} {unit}"
+
+
+def read_contrasts(path: Any) -> pl.DataFrame | None:
+    """contrasts.csv as written by the `contrasts` rule; None where the run has none (the table then says so)."""
+    from pathlib import Path
+
+    if path is None or not Path(path).is_file():
+        return None
+    df = pl.read_csv(path, schema_overrides=NUMBERS)
+    for name in ("shape", "reason", "label"):
+        if name in df.columns:
+            df = df.with_columns(pl.col(name).cast(pl.Utf8).fill_null(""))
+    return df
+
+
+def load_of(row: Mapping[str, Any]) -> str:
+    """c=16, or 4 req/s for an open-loop point; empty where the contrast pools loads."""
+    if row.get("request_rate"):
+        return f"{row['request_rate']:g} req/s"
+    if row.get("concurrency") is not None:
+        return f"c={row['concurrency']}"
+    return ""
+
+
+def cell(row: Mapping[str, Any] | None, with_load: bool = True) -> str:
+    """One contrast in a table cell, its verdict first: `c=16: **2.21× faster** 212 → 96.0 ms (95% CI 1.90–2.56,
+    MDE 21%)`. Every word comes from the row (its verdict and reason are contrast_rows'); a row with no measurement
+    shows no ratio, only what was not measured and why."""
+    if row is None:
+        return "not run"
+    load = f"{load_of(row)}: " if with_load and load_of(row) else ""
+    verdict, reason = row.get("verdict") or "", (row.get("reason") or "").strip()
+    ratio, lo, hi = row.get("ratio"), row.get("lo"), row.get("hi")
+    if verdict == "not measured" or ratio is None:
+        return f"{load}not measured" + (f" ({reason})" if reason else "")
+    unit = row.get("unit") or "ms"
+    means = f"{fmt_value(row.get('baseline'), unit)} → {fmt_value(row.get('treated'), unit)}"
+    mde = row.get("mde_pct")
+    slower = ratio < 1
+    shown = 1 / ratio if slower else ratio
+    band = ""
+    if lo is not None and hi is not None:
+        band = f"95% CI {1 / hi:.2f}–{1 / lo:.2f}" if slower and verdict == "slower" else f"95% CI {lo:.2f}–{hi:.2f}"
+    extras = ", ".join(x for x in (band, f"MDE {mde:.0f}%" if mde is not None else "") if x)
+    better, worse = ("more tok/s", "fewer tok/s") if row.get("metric") == "throughput" else ("faster", "slower")
+    if verdict in ("faster", "slower"):
+        word = better if verdict == "faster" else worse
+        return f"{load}**{shown:.2f}× {word}** {means}" + (f" ({extras})" if extras else "")
+    if verdict == "no difference":
+        head = f"no difference > {mde:.0f}%" if mde is not None else "no difference"
+        inner = ", ".join(x for x in (f"{ratio:.2f}×", band) if x)
+        return f"{load}{head}: {means} ({inner})"
+    # not claimed (and any verdict this table does not know): the ratio, and why it is not a claim
+    inner = "; ".join(x for x in (band, reason or ("" if band else "no interval")) if x)
+    return f"{load}{ratio:.2f}×, not claimed: {means} ({inner})"
+
+
+def cells(rows: Sequence[Mapping[str, Any] | None]) -> str:
+    """Several contrasts in one cell (the flag cost at each load). Where none is claimed for one reason, the reason
+    is said once: `not claimed (no interval: ...): c=1 1.00× 511 ms → 512 ms; c=4 ...`."""
+    real = [r for r in rows if r is not None]
+    reasons = {(r.get("verdict"), r.get("reason") or "") for r in real}
+    if len(real) > 1 and len(reasons) == 1 and real[0].get("verdict") == "not claimed" and real[0].get("ratio") is not None:
+        unit = real[0].get("unit") or "ms"
+        each = "; ".join(
+            f"{load_of(r)} {r['ratio']:.2f}× {fmt_value(r.get('baseline'), unit)} → {fmt_value(r.get('treated'), unit)}"
+            for r in real
+        )
+        reason = real[0].get("reason")
+        return f"not claimed{f' ({reason})' if reason else ''}: {each}"
+    return "; ".join(cell(r) for r in rows)
+
+
+@dataclass(frozen=True)
+class VerdictRow:
+    """One line of the verdict table: a regime or a workload shape, and the cells that answer for it."""
+
+    traffic: str
+    ttft_low: str
+    ttft_high: str
+    throughput: str
+    flag_cost: str
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The first screen's table and the lines under it (empty rows: the run has no contrasts to show)."""
+
+    rows: list[VerdictRow]
+    cliff: str
+    missing: str  # why there is no table ("" where there is one)
+
+    def table(self) -> str:
+        if not self.rows:
+            return ""
+        head = (
+            "| traffic | TTFT, lowest load | TTFT, highest load | output tok/s, highest load | "
+            "leaving it on at 0% reuse |\n|---|---|---|---|---|\n"
+        )
+        return head + "".join(
+            f"| {r.traffic} | {r.ttft_low} | {r.ttft_high} | {r.throughput} | {r.flag_cost} |\n" for r in self.rows
+        )
+
+
+def _closed(df: pl.DataFrame) -> pl.DataFrame:
+    """Closed-loop rows (no request rate), where a concurrency names the load."""
+    if "request_rate" not in df.columns:
+        return df
+    return df.filter(pl.col("request_rate").is_null() | (pl.col("request_rate") == 0))
+
+
+def _ends(df: pl.DataFrame) -> tuple[dict | None, dict | None]:
+    """The contrasts at the lowest and the highest load: concurrency where closed-loop rows exist, else request rate."""
+    closed = _closed(df).filter(pl.col("concurrency").is_not_null()) if "concurrency" in df.columns else df.clear()
+    if closed.height:
+        ordered = closed.sort("concurrency")
+    elif "request_rate" in df.columns and df.filter(pl.col("request_rate").is_not_null()).height:
+        ordered = df.filter(pl.col("request_rate").is_not_null()).sort("request_rate")
+    else:
+        ordered = df
+    if ordered.is_empty():
+        return None, None
+    return ordered.row(0, named=True), ordered.row(-1, named=True)
+
+
+def _of(df: pl.DataFrame, family: str, metric: str, name: str, is_shape: bool) -> pl.DataFrame:
+    """One family's rows of one regime or shape (contrasts.csv names both in `regime`; a shape's row also carries
+    its kind in `shape`, a single-prefix regime's leaves it empty)."""
+    out = df.filter((pl.col("family") == family) & (pl.col("metric") == metric) & (pl.col("regime") == name))
+    return out.filter(pl.col("shape") != "") if is_shape else out.filter(pl.col("shape") == "")
+
+
+def _top_reuse(df: pl.DataFrame) -> pl.DataFrame:
+    """The rows at the highest reuse level (all rows where the contrasts carry none, as a shape's)."""
+    if "reuse_pct" not in df.columns or df["reuse_pct"].is_null().all():
+        return df
+    return df.filter(pl.col("reuse_pct") == df["reuse_pct"].max())
+
+
+def _regime_row(df: pl.DataFrame, regime: str, prefix_len: Mapping[str, int]) -> VerdictRow:
+    effect = _top_reuse(_of(df, "cache_effect", "ttft", regime, False))
+    low, high = _ends(effect)
+    reuse = low.get("reuse_pct") if low else None
+    tput = _top_reuse(_of(df, "throughput", "throughput", regime, False))
+    _, tput_high = _ends(tput)
+    cost = _of(df, "flag_cost", "ttft", regime, False)
+    cost = cost.filter(pl.col("reuse_pct") == 0) if "reuse_pct" in cost.columns else cost
+    c_low, c_high = _ends(cost)
+    costs = [c_low] if c_low is None or c_high is None or c_low == c_high else [c_low, c_high]
+    tokens = f"{prefix_len[regime]}-token prefix" if regime in prefix_len else "shared prefix"
+    label = f"`{regime}` ({tokens}" + (f", {reuse}% reuse)" if reuse is not None else ")")
+    return VerdictRow(
+        traffic=label,
+        ttft_low=cell(low),
+        ttft_high=cell(high) if high is not None and high != low else "(one load only)",
+        throughput=cell(tput_high) if tput_high is not None else "not measured",
+        flag_cost=cells(costs) if costs != [None] else "not measured (no 0%-reuse point)",
+    )
+
+
+def _shape_row(df: pl.DataFrame, name: str, kind: str) -> VerdictRow:
+    effect = _of(df, "shape", "ttft", name, True)
+    low, high = _ends(effect)
+    _, tput_high = _ends(_of(df, "throughput", "throughput", name, True))
+    if low is None:
+        return VerdictRow(f"`{name}` ({kind} shape)", "not run", "not run", "not run", "— (a shape has no 0%-reuse point)")
+    return VerdictRow(
+        traffic=f"`{name}` ({kind} shape)",
+        ttft_low=cell(low),
+        ttft_high=cell(high) if high is not None and high != low else "(one load only)",
+        throughput=cell(tput_high) if tput_high is not None else "not measured",
+        flag_cost="— (a shape has no 0%-reuse point)",
+    )
+
+
+def cliff_words(df: pl.DataFrame | None, shapes: Mapping[str, Mapping[str, Any]], overflow: str, trace: str) -> str:
+    """Where the KV capacity cliff sits: the kv_overflow sweep's hit rate and TTFT verdict at each working set, else
+    the trace's place on its capacity curve, else that it was not measured and how to measure it."""
+    sweep = [n for n, s in shapes.items() if s.get("kind") == CLIFF_KIND]
+    if sweep:
+        parts = []
+        for name in sweep:
+            ws = shapes[name].get("params", {}).get("working_set")
+            row = None
+            if df is not None:
+                rows = _of(df, "shape", "ttft", name, True)
+                row = rows.row(0, named=True) if rows.height else None
+            at = f"working set {ws:g}× the KV capacity" if isinstance(ws, (int, float)) else f"`{name}`"
+            parts.append(f"{at}: {cell(row, with_load=False) if row else 'not run'}")
+        head = "**KV capacity cliff (kv_overflow sweep, TTFT off → on):** " + "; ".join(parts) + "."
+        return head + (f" {overflow}" if overflow else "")
+    if trace:
+        return f"**KV capacity (production trace):** {trace}"
+    return (
+        "**KV capacity cliff:** not measured: this run has no `kv_overflow` shape and no trace replay, so it does not "
+        "say how hits fall once the working set outgrows the KV cache (config/cpu-shapes.yaml runs both)."
+    )
+
+
+def verdicts(
+    df: pl.DataFrame | None,
+    regimes: Sequence[str],
+    prefix_len: Mapping[str, int],
+    shapes: Mapping[str, Mapping[str, Any]],
+    overflow: str = "",
+    trace: str = "",
+) -> Verdicts:
+    """The verdict table: one row per regime (in the run's order) and per workload shape (the config's order; the
+    kv_overflow sweep is the cliff line instead); `df` is contrasts.csv (None: not written by this run)."""
+    cliff = cliff_words(df, shapes, overflow, trace)
+    if df is None:
+        return Verdicts([], cliff, "Not computed: this run has no `results/contrasts.csv` (the `contrasts` rule).")
+    if df.is_empty():
+        return Verdicts([], cliff, "No contrast was measured in this run (`results/contrasts.csv` is empty).")
+    rows = [_regime_row(df, r, prefix_len) for r in regimes if r not in shapes]
+    rows += [_shape_row(df, n, s.get("kind", "")) for n, s in shapes.items() if s.get("kind") != CLIFF_KIND]
+    return Verdicts(rows, cliff, "")
+
+
+def run_line(
+    model: Mapping[str, Any],
+    info: Mapping[str, Any],
+    endpoints: Mapping[str, Mapping[str, Any]],
+    target: str,
+    counts: tuple[int, int, int],
+    lifetimes: int,
+    measured_s: float,
+) -> str:
+    """What was run, in one line: model and weights, engine and version, hardware, points, requests, time."""
+    from ..plan import fmt_duration
+
+    points, requests, failed = counts
+    hw = info.get("hardware", {})
+    if endpoints:
+        where = "existing endpoints " + ", ".join(f"`{i['endpoint']['base_url']}`" for i in endpoints.values())
+        engine = "vLLM " + "/".join(sorted({str(i.get("vllm_version") or "version not exposed") for i in endpoints.values()}))
+        name = next(iter(endpoints.values()))["endpoint"]["model"]
+        weights = ""
+    else:
+        gpu = hw.get("gpu")
+        where = gpu.split(",")[0] if gpu else f"{hw.get('cpu', 'CPU')} ({hw.get('cpu_count', '?')} cores)"
+        build = "CUDA" if target == "gpu" else "CPU build"
+        engine = f"vLLM {info.get('vllm_version', '?')} ({build})"
+        name = model.get("served_name") or model.get("path", "?")
+        weights = ", **random weights**" if model.get("source") == "dummy" else ", real weights"
+    return (
+        f"**Run:** `{name}`{weights} · {engine} · {where} · {points} points, {requests} requests ({failed} failed), "
+        f"{lifetimes} server lifetime(s), {fmt_duration(measured_s)} of measurement"
+    )
