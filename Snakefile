@@ -32,6 +32,7 @@ localrules:
     regime_table,
     charts,
     report,
+    html_report,
     contrasts,
 
 
@@ -41,6 +42,7 @@ include: "rules/serve.smk"
 include: "rules/aggregate.smk"
 include: "rules/charts.smk"
 include: "rules/report.smk"
+include: "rules/html.smk"
 include: "rules/results.smk"
 
 
@@ -48,6 +50,7 @@ rule all:
     default_target: True
     input:
         "results/prefix_caching_results.md",
+        "results/prefix_caching_results.html",
         "results/summary.csv",
         CHARTS,
         REGIME_TABLES,
