@@ -64,6 +64,7 @@ SCHEMA: dict[str, Any] = {
     "predicted_hit_rate": pl.Float64,
     "p95_budget_ms": pl.Float64,  # throughput at a common p95: the budget it was read at
     "words": pl.String,  # the claim rule's own sentence (findings.claims.verdict)
+    "key": pl.String,  # what the contrast is, the same in any run that measured it (compare matches runs on it)
 }
 COLUMNS = list(SCHEMA)
 
@@ -285,6 +286,7 @@ def budget_rows(single: pl.DataFrame, sp: pl.DataFrame) -> list[dict]:
             "p95_budget_ms": budget,
             "n_unit": "repeats",
             "label": label_of(r, None, tail),
+            "kind": "p95",
         }
         out.append(row | j.columns(better="more", worse="less"))
         if r["gain"] is None:
@@ -351,6 +353,7 @@ def control_rows(sp: pl.DataFrame) -> list[dict]:
                     "n": r.get("paired_pairs"),
                     "n_unit": "pairs",
                     "label": label_of(r, None, "both arms miss"),
+                    "kind": "paired",
                 }
                 | cols
             )
@@ -377,6 +380,7 @@ def control_rows(sp: pl.DataFrame) -> list[dict]:
                         "n": sum(requests) if prefix == "aa" and requests else None,
                         "n_unit": "requests" if prefix == "aa" else "lifetimes",
                         "label": f"{a['regime']} · {what}",
+                        "kind": prefix,
                     }
                     | cols
                 )
@@ -408,11 +412,21 @@ def contrast_rows(
         lambda: flag_cost_rows(sp),
         lambda: control_rows(sp_all),
     ]
-    rows = [row for part in parts for row in part()]
+    rows = [row | {"key": key_of(row)} for part in parts for row in part()]
     df = pl.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], schema=SCHEMA, orient="row")
     df = with_predictions(df, shape_points)
     order = {f: i for i, f in enumerate(FAMILIES)}
     return df.with_row_index("_i").sort(pl.col("family").replace_strict(order, return_dtype=pl.Int64), "_i").drop("_i")
+
+
+def key_of(row: dict) -> str:
+    """`family/metric/regime/reuse/load/kind`, e.g. `cache_effect/ttft/large/100/c1/point`: the contrast's identity,
+    without the design (a paired run and a lifetime run measure the same contrast) or anything run-specific."""
+    c, rate = row.get("concurrency"), row.get("request_rate")
+    load = f"{rate:g}rps" if rate else (f"c{c}" if c is not None else "-")
+    reuse = row.get("reuse_pct")
+    parts = [row["family"], row["metric"], row["regime"], "-" if reuse is None else str(reuse), load, row.get("kind", "point")]
+    return "/".join(parts)
 
 
 def with_predictions(df: pl.DataFrame, shape_points: pl.DataFrame | None) -> pl.DataFrame:

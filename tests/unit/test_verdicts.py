@@ -191,3 +191,11 @@ def test_shape_predictions_join():
     assert (
         df.filter(pl.col("family") != "shape")["predicted_hit_rate"].null_count() == df.filter(pl.col("family") != "shape").height
     )
+
+
+@pytest.mark.parametrize("run", [SMOL, OLD])
+def test_keys_name_each_contrast_once(run):
+    """compare matches two runs on `key`: one row per key, and no design in it (a paired and a lifetime run meet)."""
+    df = read_contrasts(run / "summary.csv", run / "speedup.csv")
+    assert df["key"].n_unique() == df.height
+    assert "cache_effect/ttft/large/100/c1/point" in df["key"].to_list()
