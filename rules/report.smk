@@ -4,6 +4,8 @@ rule report:
         template=REPORT_TEMPLATE,
         summary="results/summary.csv",
         speedup="results/speedup.csv",
+        # Every contrast with its verdict (the contrasts rule, prefixbench.verdicts): the verdict table's rows.
+        contrasts=lambda w: ["results/contrasts.csv"] if rules.has("contrasts") else [],
         shapes="results/shape_requests.csv",
         shape_points="results/shape_points.csv",
         trace_capacity="results/trace_capacity.csv",

@@ -24,6 +24,6 @@ inputs = ReportInputs(
     trace_csv=Path(i.trace_capacity),
     shapes={k: dict(v) for k, v in dict(p.shapes).items()},
     calibration_json=Path(i.calibration[0]) if i.calibration else None,
-    contrasts_csv=Path(i.contrasts) if getattr(i, "contrasts", None) else None,
+    contrasts_csv=Path(i.contrasts[0]) if getattr(i, "contrasts", None) else None,
 )
 render(inputs, Path(i.template), Path(snakemake.output[0]))

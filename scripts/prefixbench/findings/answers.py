@@ -290,7 +290,8 @@ def reuse_tracks(c1: pl.DataFrame) -> str:
         said.append(f"{regime} {fmt_x(z['ttft_speedup'])} at 0% → {fmt_x(top['ttft_speedup'])} at {top['reuse_pct']}%")
     if not said:
         return ""
-    return "In every regime the gain grew with the reuse level, beyond the intervals (" + "; ".join(said) + ")."
+    where = "In every regime the gain" if len(said) > 1 else "The gain"
+    return f"{where} grew with the reuse level, beyond the intervals (" + "; ".join(said) + ")."
 
 
 def _workload(grp: pl.DataFrame) -> str:

@@ -44,7 +44,14 @@ def aa_finding(sp: pl.DataFrame, floor_rows: list[dict]) -> Finding:
             [],
         )
     measured = "Measured: " + aa_words(cast(dict, aa_row(sp))) + "." if aa_row(sp) else ""  # a row: the condition says so
-    return Finding(" ".join(x for x in (what, measured, instance_words(sp)) if x), [])
+    paired = (
+        "A paired point's TTFT effect is the exception: it is judged inside the cache-on lifetimes, against its "
+        "regime's 0%-reuse paired control (both arms miss), so this band bounds the contrasts between lifetimes "
+        "(throughput, workload shapes, open loop) and its TTFT floor is not used for the paired points."
+        if "contrast" in sp.columns and (sp["contrast"] == "paired").any()
+        else ""
+    )
+    return Finding(" ".join(x for x in (what, measured, paired, instance_words(sp)) if x), [])
 
 
 def instance_words(sp: pl.DataFrame) -> str:
