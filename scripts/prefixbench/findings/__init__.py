@@ -11,7 +11,7 @@ consulting-ready bullets), `lead` (the first screen: the run in one line and the
 contrasts.csv). Imports point down that list: `claims` judges and imports only `units`.
 """
 
-from ..formatting import fmt_pct, fmt_s, fmt_x, markdown_table
+from ..formatting import fmt_pct, fmt_x, markdown_table
 from ..shapes.base import ReportKit
 from .answers import (
     goodput_finding,
@@ -82,7 +82,7 @@ from .models import (
     hit_rate_model,
     ideal_finding,
 )
-from .units import fmt_ms, ms_table
+from .units import fmt_ms, fmt_s, ms_table
 
 # What the workload shapes' findings are handed (shapes.base.ReportKit): the report's formats and this claim rule.
 KIT = ReportKit(judged=judged, fmt_pct=fmt_pct, fmt_s=fmt_s, fmt_x=fmt_x, markdown_table=markdown_table)

@@ -8,7 +8,7 @@ import polars as pl
 
 from .. import OFF, ON
 from ..aggregate import closed_loop
-from ..formatting import fmt_pct, fmt_s, fmt_x
+from ..formatting import fmt_pct, fmt_x
 from ..scalars import opt_num
 from ..stats import outside_floor
 from .claims import (
@@ -28,6 +28,7 @@ from .claims import (
 )
 from .controls import aa_row, aa_words
 from .derived import goodput_rows, throughput_at_p95, throughput_floors
+from .units import fmt_s
 
 
 def ttft_finding(sp: pl.DataFrame) -> Finding:

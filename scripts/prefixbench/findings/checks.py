@@ -8,10 +8,9 @@ import polars as pl
 
 from .. import OFF, ON
 from ..aggregate import closed_loop, open_loop
-from ..formatting import fmt_s
 from ..scalars import num, opt_num, whole
 from .claims import Finding, load_label, point_name, rows_of
-from .units import ms_table
+from .units import fmt_s, ms_table
 
 GAP_FLAG_S, GAP_FLAG_FRAC = 0.05, 0.25  # client-vs-server gap beyond loopback overhead: both exceeded
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from ..formatting import fmt_pct, fmt_s, fmt_x
+from ..formatting import fmt_pct, fmt_x
 from ..stats import outside_floor
+from .units import fmt_s
 
 NOISE = 0.05  # relative change treated as no change where a rule needs one and no interval exists (hit rates)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import polars as pl
 
 from .. import ON
-from ..formatting import fmt_pct, fmt_s, fmt_x
+from ..formatting import fmt_pct, fmt_x
 from ..scalars import whole
 from .claims import NOISE, helped, judged, measured, unmeasured_words
 from .controls import aa_row, cost_of_leaving_it_on
+from .units import fmt_s
 
 
 def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int) -> list[str]:

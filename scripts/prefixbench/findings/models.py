@@ -9,10 +9,11 @@ from collections.abc import Sequence
 import polars as pl
 
 from .. import OFF, ON
-from ..formatting import fmt_pct, fmt_s
+from ..formatting import fmt_pct
 from ..ideal import Shape, explained, ideal_rows
 from ..scalars import opt_num, whole
 from .claims import Finding, rows_of, span
+from .units import fmt_s
 
 
 def hit_rate_model(summary: pl.DataFrame) -> Finding:

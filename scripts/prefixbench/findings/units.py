@@ -17,6 +17,12 @@ def fmt_ms_value(ms: float) -> str:
     return f"{ms:.0f}" if a >= 100 else f"{ms:.1f}" if a >= 10 else f"{ms:.2f}"
 
 
+def fmt_s(seconds: float | None) -> str:
+    """A latency in prose, always in whole milliseconds (`29 ms`, `1020 ms`; formatting.fmt_s switched to seconds
+    above 1 s, which put `1.02 s → 50 ms` side by side on a CPU)."""
+    return "n/a" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
 def fmt_ms(seconds: float | None) -> str:
     """A latency given in seconds, shown in milliseconds: `29.4 ms`."""
     return "n/a" if seconds is None else f"{fmt_ms_value(seconds * 1000)} ms"

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from ..formatting import fmt_pct, fmt_s, fmt_x, markdown_table
+from ..formatting import fmt_pct, fmt_x, markdown_table
 from . import KINDS
 from .base import ReportKit, ShapeEvidence
 
@@ -69,7 +69,7 @@ def point_cells(r: Mapping[str, Any], kit: ReportKit) -> dict[str, str]:
     if r.get("ttft_speedup") is None:
         return {"TTFT off → on": "not measured", "verdict": kit.judged(dict(r)), "tok/s on/off": "not measured"}
     return {
-        "TTFT off → on": f"{fmt_s(r['mean_ttft_s_off'])} → {fmt_s(r['mean_ttft_s_on'])}",
+        "TTFT off → on": f"{kit.fmt_s(r['mean_ttft_s_off'])} → {kit.fmt_s(r['mean_ttft_s_on'])}",
         "verdict": kit.judged(dict(r)),
         "tok/s on/off": fmt_x(r.get("throughput_gain")),
     }
