@@ -34,6 +34,7 @@ localrules:
     report,
     html_report,
     contrasts,
+    results_json,
 
 
 include: "rules/model.smk"
@@ -55,3 +56,4 @@ rule all:
         CHARTS,
         REGIME_TABLES,
         "results/contrasts.csv",
+        "results/results.json",

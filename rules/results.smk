@@ -16,3 +16,33 @@ rule contrasts:
         "../envs/pipeline.yaml"
     script:
         "../scripts/contrasts.py"
+
+
+rule results_json:
+    """results.json: the setup, every point, every contrast and the cache-model checks, validated against
+    config/schema/results.schema.json before it is written (prefixbench.results_file; read by `prefixbench compare`)."""
+    input:
+        summary="results/summary.csv",
+        speedup="results/speedup.csv",
+        contrasts="results/contrasts.csv",
+        shape_points="results/shape_points.csv",
+        info=SERVER_INFOS,
+        schema="config/schema/results.schema.json",
+        code=package_files("results_json"),
+    output:
+        "results/results.json",
+    log:
+        "results/logs/results_json.log",
+    benchmark:
+        "results/benchmarks/results_json.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        target=TARGET_NAME,
+        model=MODEL,
+        block_size=TARGET["block_size"],
+        max_tokens=BENCH["max_tokens"],
+        dtype=DTYPE_CHOICE.dtype if DTYPE_CHOICE else TARGET.get("dtype"),
+        config=config,
+    script:
+        "../scripts/results_json.py"
