@@ -139,7 +139,8 @@ def mde_of(ci: tuple[float, float] | None) -> float | None:
 
 
 def ms(x: float | None) -> float | None:
-    return None if x is None else x * 1000
+    """Seconds to milliseconds, to the microsecond the recorded tables hold (no 67.62899999999999 in the CSV)."""
+    return None if x is None else round(x * 1000, 3)
 
 
 def inverted(ci: tuple[float, float] | None) -> tuple[float, float] | None:
