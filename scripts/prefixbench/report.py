@@ -277,7 +277,6 @@ def build_context(inputs: ReportInputs) -> ReportContext:
             inputs.target,
             (everything.height, n_requests, n_failed),
             len(lifetimes),
-            float(everything["wall_s"].fill_null(0).sum()) if "wall_s" in everything.columns else 0.0,
         ),
         verdicts=guarded(
             verdicts,

@@ -12,6 +12,7 @@ import polars as pl
 
 from ..formatting import fmt_x
 from .claims import Finding, rows_of
+from .units import fmt_s
 
 
 def aa_row(sp: pl.DataFrame) -> dict | None:
@@ -98,8 +99,12 @@ def flag_cost_words(sp: pl.DataFrame) -> str | None:
     parts = []
     for r in rows:
         ratio = r["flag_cost_ratio"]
+        off, on = r.get("cross_mean_ttft_s_off", r.get("mean_ttft_s_off")), r.get("cross_mean_ttft_s_on", r.get("mean_ttft_s_on"))
+        means = f"{fmt_s(off)} off → {fmt_s(on)} on, " if off is not None and on is not None else ""
         if r.get("flag_cost_lo") is None:
-            parts.append(f"{r['regime']} c={r['concurrency']}: on/off {fmt_x(ratio)} (one lifetime per setting: no interval)")
+            parts.append(
+                f"{r['regime']} c={r['concurrency']}: {means}on/off {fmt_x(ratio)} (one lifetime per setting: no interval)"
+            )
         elif r["flag_cost_lo"] <= 1 <= r["flag_cost_hi"]:
             mde = f"; no cost larger than {r['flag_cost_mde_pct']:.0f}% could be missed" if r.get("flag_cost_mde_pct") else ""
             parts.append(
