@@ -71,6 +71,7 @@ th{background:var(--alt);font-weight:600}
 tbody tr:nth-child(even){background:#fafbfc}
 thead.blank{display:none}
 th.num,td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td:not(.num){min-width:7em}
 code{font:.86em ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;background:var(--alt);
  padding:.1em .3em;border-radius:3px}
 pre{background:var(--alt);padding:.75rem 1rem;overflow-x:auto;border-radius:4px;line-height:1.4}
