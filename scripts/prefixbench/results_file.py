@@ -238,10 +238,12 @@ def dumps(result: Mapping[str, Any]) -> str:
 def read_results(path: Path) -> dict[str, Any]:
     """A run's results.json (a file, or a folder holding one), checked against the schema of its version."""
     path = Path(path)
-    if path.is_dir():
+    if path.suffix != ".json":
         path = path / "results.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: re-render the run with this version (scripts/rerender.sh)")
+        raise FileNotFoundError(
+            f"{path} not found (a run from before results.json: re-render it, bash scripts/rerender.sh RUN OUT)"
+        )
     data = json.loads(path.read_text())
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ResultsError(f"{path}: schema_version {data.get('schema_version')!r}, this code reads {SCHEMA_VERSION}")

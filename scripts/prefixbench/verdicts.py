@@ -31,6 +31,7 @@ from .formatting import fmt_pct
 from .stats import outside_floor
 
 FAMILIES = ("cache_effect", "shape", "throughput", "flag_cost", "control")
+DESIGN_FAILED = "the regime's 0%-reuse control found a difference"  # the reason of a contrast its design failed
 VERDICTS = ("faster", "slower", "no difference", "not claimed", "not measured")
 
 # The columns of contrasts.csv, in order, and their types (the file keeps them even where the run has no row).
@@ -83,7 +84,7 @@ def classify(
     if ratio is None:
         return "not measured", "no ratio: a setting had no measured window"
     if failed:
-        return "not claimed", "the regime's 0%-reuse control found a difference"
+        return "not claimed", DESIGN_FAILED
     if not ci or ci[0] is None or ci[1] is None:
         return "not claimed", "no interval: too few independent rounds"
     lo, hi = ci
