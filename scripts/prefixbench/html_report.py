@@ -265,7 +265,10 @@ def _figure(image: Token, env: dict[str, Any]) -> str:
         view = f'<div class="vega-view" data-spec="{spec_id}" role="figure" aria-label="{alt}"></div>'
     else:
         view = f'<img src="{_data_uri(path)}" alt="{alt}">'
-    return f'<figure class="chart" id="chart-{_slug(name)}">{view}<figcaption>{alt}</figcaption></figure>\n'
+    shown = env.setdefault("figures", {})
+    shown[name] = shown.get(name, 0) + 1  # a chart shown twice keeps its spec once but needs a second id
+    figure_id = f"chart-{_slug(name)}" + (f"-{shown[name] - 1}" if shown[name] > 1 else "")
+    return f'<figure class="chart" id="{figure_id}">{view}<figcaption>{alt}</figcaption></figure>\n'
 
 
 def _alt(image: Token) -> str:

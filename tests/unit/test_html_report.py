@@ -114,6 +114,8 @@ def test_charts_with_a_spec_become_vega_views_with_one_bundle(tmp_path):
     assert "charts/" not in re.sub(r"<script.*?</script>", "", page, flags=re.S).replace('class="chart"', "")
     assert "<figcaption>TTFT vs concurrency</figcaption>" in page
     assert "<p><figure" not in page  # a figure stands alone, not inside a paragraph
+    twice = render_html(md + "\n![TTFT again](charts/ttft.png)\n", charts, title="R")
+    assert 'id="chart-ttft"' in twice and 'id="chart-ttft-1"' in twice and twice.count('id="vl-spec-ttft"') == 1
 
 
 def test_without_specs_no_bundle_and_pngs_embedded(tmp_path):
