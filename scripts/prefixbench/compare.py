@@ -163,8 +163,10 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def compare_results(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
-    """The comparison report (markdown) of two results.json documents."""
+def compare_results(
+    a: Mapping[str, Any], b: Mapping[str, Any], name_a: str = "A", name_b: str = "B", chart: str | None = None
+) -> str:
+    """The comparison report (markdown) of two results.json documents (`chart`: an image of the effects to show)."""
     ca = {c["key"]: c for c in a["contrasts"]}
     cb = {c["key"]: c for c in b["contrasts"]}
     both = [k for k in ca if k in cb]
@@ -192,6 +194,8 @@ def compare_results(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str = "A
         "allow (A's floor over B's, at opposite ends); where it includes 1, the MDE is the smallest change of effect "
         "(80% power) it could have detected. A contrast without an interval in either run is listed, not compared.",
     ]
+    if chart:
+        lines += ["", f"![Every contrast measured in both runs, each run's effect with its 95% interval]({chart})"]
     for family, title in FAMILY_TITLES.items():
         keys = [k for k in both if ca[k]["family"] == family]
         if not keys:
@@ -224,6 +228,35 @@ def compare_results(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str = "A
     return "\n".join(lines) + "\n"
 
 
+def effects_chart(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str, name_b: str) -> Any:
+    """Every contrast both runs measured with an effect: each run's effect and its 95% interval side by side, on a log
+    axis with 1 (no effect) marked, in the report's order (an altair chart)."""
+    import altair as alt
+
+    cb = {c["key"]: c for c in b["contrasts"]}
+    rows, order = [], []
+    for c in a["contrasts"]:
+        if c["key"] not in cb or c.get("ratio") is None or cb[c["key"]].get("ratio") is None:
+            continue
+        name = f"{c['label']} · {c['metric']}"
+        order.append(name)
+        for run, x in ((f"A: {name_a}", c), (f"B: {name_b}", cb[c["key"]])):
+            rows.append({"contrast": name, "run": run, "effect": x["ratio"], "lo": x.get("lo"), "hi": x.get("hi")})
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        y=alt.Y("contrast:N", sort=order, title=None, axis=alt.Axis(labelLimit=420)),
+        yOffset=alt.YOffset("run:N"),
+        color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top")),
+    )
+    values = [v for r in rows for v in (r["effect"], r["lo"], r["hi"]) if v is not None and v > 0] or [1.0]
+    scale = alt.Scale(type="log", domain=[min(*values, 1.0) / 1.1, max(*values, 1.0) * 1.1], nice=False)
+    bars = base.mark_rule(strokeWidth=2).encode(x=alt.X("lo:Q", scale=scale, title="effect (> 1: caching helps)"), x2="hi:Q")
+    dots = base.mark_point(filled=True, size=50).encode(
+        x=alt.X("effect:Q", scale=scale), tooltip=["run:N", "effect:Q", "lo:Q", "hi:Q"]
+    )
+    one = alt.Chart(alt.Data(values=[{"x": 1.0}])).mark_rule(strokeDash=[4, 4], color="gray").encode(x="x:Q")
+    return (one + bars + dots).properties(width=420, height=alt.Step(14), title="Each run's effects with 95% intervals")
+
+
 def run_name(path: Path) -> str:
     """A run's name for the report: its folder (the run's, where the path is its results/ folder or file)."""
     path = path.resolve()
@@ -249,14 +282,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("run_b", type=Path, metavar="RUN_B", help="the run to compare it with")
     parser.add_argument("-o", "--output", type=Path, help="where to write the markdown (default: compare-A-vs-B.md here)")
+    parser.add_argument("--no-chart", action="store_true", help="write the markdown only (no PNG of the effects beside it)")
     args = parser.parse_args(argv)
     try:
-        text = compare_runs(args.run_a, args.run_b)
+        a, b = read_results(args.run_a), read_results(args.run_b)
     except (FileNotFoundError, ResultsError, json.JSONDecodeError) as exc:
         print(f"prefixbench compare: {exc}", file=sys.stderr)
         return 2
-    out = args.output or Path(f"compare-{run_name(args.run_a)}-vs-{run_name(args.run_b)}.md")
-    out.write_text(text)
+    names = run_name(args.run_a), run_name(args.run_b)
+    out = args.output or Path(f"compare-{names[0]}-vs-{names[1]}.md")
+    chart = None
+    if not args.no_chart:
+        png = out.with_suffix(".png")
+        effects_chart(a, b, *names).save(str(png), scale_factor=2)
+        chart = png.name
+    out.write_text(compare_results(a, b, *names, chart=chart))
     print(out)
     return 0
 

@@ -123,5 +123,6 @@ def test_main_writes_the_report_and_prints_its_path(runs, tmp_path, capsys):
     assert main([str(runs[0]), str(runs[1]), "-o", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     assert out.read_text().startswith("# Comparing two prefixbench runs")
+    assert "![Every contrast measured in both runs" in out.read_text() and out.with_suffix(".png").stat().st_size
     assert main([str(tmp_path / "nowhere"), str(runs[1])]) == 2
     assert "results.json not found" in capsys.readouterr().err
