@@ -120,7 +120,7 @@ def ideal_finding(
         answer = (
             head + f"this run's cold requests of different lengths (the calibration's, the short one included, and the "
             f"cache-off points), TTFT ≈ {fmt_s(r0['fixed_s'])} fixed + "
-            f"{r0['s_per_flop'] * 1e12:.3g} s per TFLOP of prefill (c={r0['concurrency']}). The ideal warm TTFT keeps "
+            f"{r0['s_per_flop'] * 1e15:.3g} ms per TFLOP of prefill (c={r0['concurrency']}). The ideal warm TTFT keeps "
             "the fixed cost and drops the cached tokens' compute. "
             + (
                 f"The engine delivered {span(f'{min(valid):.0%}', f'{max(valid):.0%}')} of that saving; the rest of a warm request's "
