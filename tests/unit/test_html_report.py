@@ -231,20 +231,24 @@ class Chromium:
         pytest.fail(f"chromium's DevTools did not come up within {WAIT_S} s:\n{self.log.read_text()[-3000:]}")
 
     def close(self) -> None:
-        """The whole process group (the launcher script, the browser, its renderers and helpers)."""
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        """The whole process group (the launcher script, the browser, its renderers and helpers): asked to stop,
+        then killed, then waited for (a bounded wait: members may linger a moment as zombies of init)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 break
             try:
-                self.proc.wait(timeout=wait)
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                continue
-            try:  # the group may outlive its leader for a moment
+                pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
                 os.killpg(self.proc.pid, 0)
             except ProcessLookupError:
-                break
+                return
+            time.sleep(0.1)
 
     def load(self, url: str, *, screenshot: bool = False) -> PageLoad:
         return asyncio.run(asyncio.wait_for(self._load(url, screenshot), timeout=WAIT_S * 2))
