@@ -303,7 +303,7 @@ def test_the_conclusion_quotes_the_strongest_claimed_point_and_its_concurrency()
     )
     bullets = consulting_bullets(summary, sp, 16)
     assert "concurrency 64, first-token latency went from 330 ms to 81 ms (4.07× faster" in bullets[0]
-    assert "4.07× sooner for a 1024-token shared prefix at 64 request(s) in flight." in bullets[-1]
+    assert "4.07× sooner for a 1024-token shared prefix at 64 requests in flight." in bullets[-1]
     unclaimed = sp.with_columns(pl.lit(1.10).alias("ttft_speedup_lo"))  # nothing clears the floor: the lowest concurrency
     bullets = consulting_bullets(summary, unclaimed, 16)
     # Issue 20: no recommendation, and no "sooner", where nothing was claimed.

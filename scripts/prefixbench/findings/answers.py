@@ -258,7 +258,7 @@ def reuse_finding(sp: pl.DataFrame) -> Finding:
         answer = (
             f"The largest claimed gain here was {best['regime']} ({best['prefix_len_tokens']} tokens, {best['workload']}) "
             f"at {best['reuse_pct']}% reuse and concurrency {best['concurrency']}: {judged(best)}. Claimed at "
-            f"{len(claimed)} of {ranked.height} points: "
+            f"{len(claimed)} of the {ranked.filter(pl.col('reuse_pct') > 0).height} points with reuse: "
             + ", ".join(sorted({f"{r['regime']} ({r['workload']})" for r in claimed}))
             + "."
         )

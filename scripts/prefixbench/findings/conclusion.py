@@ -86,7 +86,8 @@ def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int)
         "(system prompt, policy, document) and skips it for the next request that starts the same way"
         + (
             f"; on this run that made the first token arrive {fmt_x(big['ttft_speedup'])} sooner for a "
-            f"{big['prefix_len_tokens']}-token shared prefix at {big['concurrency']} request(s) in flight."
+            f"{big['prefix_len_tokens']}-token shared prefix at {big['concurrency']} request{'s' if big['concurrency'] != 1 else ''} "
+            "in flight."
             if helped(big)
             else "; on this run the effect on first-token latency could not be told apart from noise (see the intervals above)."
         )
