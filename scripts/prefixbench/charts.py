@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -608,7 +609,7 @@ def shapes_chart(req: pl.DataFrame) -> alt.HConcatChart | alt.Chart:
         )
         bottom = alt.Legend(orient="bottom", direction="horizontal", columns=3)
         base = alt.Chart(turns).encode(
-            x=alt.X("turn:O", title="turn (history grows)"),
+            x=alt.X("turn:O", title="turn (history grows)", axis=alt.Axis(labelAngle=0)),
             color=cache_color(turns, legend=bottom),
             strokeDash=alt.StrokeDash("series:N", legend=None),
         )
@@ -653,7 +654,7 @@ def shapes_chart(req: pl.DataFrame) -> alt.HConcatChart | alt.Chart:
         bars = (
             alt.Chart(rates)
             .mark_errorbar(ticks=True, color="#1f77b4")
-            .encode(x=x, y=alt.Y("measured_lo:Q", axis=y_axis), y2="measured_hi:Q")
+            .encode(x=x, y=alt.Y("measured_lo:Q", title="prefix-cache hit rate (cache on)", axis=y_axis), y2="measured_hi:Q")
         )
         measured = (
             alt.Chart(rates)
@@ -773,7 +774,7 @@ def kv_capacity_chart(
         pl.format("working set {}x", pl.col("working_set").round(2)).alias("pool"),
     )
     pools = in_order(rates, "pool", "working_set")
-    color = alt.Color("pool:N", title="uniform pool (working set / server KV)", sort=pools, scale=alt.Scale(scheme="viridis"))
+    color = alt.Color("pool:N", title="pool (working set / KV)", sort=pools, scale=alt.Scale(scheme="viridis"))
     x = alt.X("capacity:Q", title=f"KV cache capacity ({unit}, log scale)", scale=alt.Scale(type="log"))
     y_axis = alt.Axis(format="%")
     layers = []
@@ -809,19 +810,22 @@ def kv_capacity_chart(
     layers.append(
         alt.Chart(rates)
         .mark_errorbar(ticks=True)
-        .encode(x=x, y=alt.Y("measured_lo:Q", axis=y_axis), y2="measured_hi:Q", color=color)
+        .encode(
+            x=x, y=alt.Y("measured_lo:Q", title="prefix-cache hit rate (cache on)", axis=y_axis), y2="measured_hi:Q", color=color
+        )
     )
     layers.append(alt.Chart(rates).mark_point(filled=True, size=90, opacity=1).encode(x=x, y=y, color=color, tooltip=tips))
     cap = cap_blocks * scale
     layers.append(alt.Chart(pl.DataFrame({"capacity": [cap]})).mark_rule(color="black", strokeDash=[2, 2]).encode(x="capacity:Q"))
-    size = f"{cap:.3g} {unit}" + (f" ({cap_blocks} blocks of {block_size} tokens)" if bytes_per_token else "")
+    size = f"{cap:.3g} {unit}" + (f", {cap_blocks} blocks of {block_size} tokens" if bytes_per_token else "")
     return alt.layer(*layers).properties(
         width=460,
         height=260,
         title=alt.Title(
             title,
             subtitle=[
-                f"dashed: the cache model's hit rate at each capacity; dots: measured on the server's {size} (dotted line), 95% CI.",
+                f"dashed: the cache model's hit rate at each capacity; dots: measured (95% CI) on the server's KV cache "
+                f"(dotted line: {size}).",
                 "A pool's curve reaches its plateau once the capacity holds its working set.",
             ],
             subtitleColor="#444444",
@@ -969,24 +973,31 @@ METRIC_WORDS = {"ttft": "TTFT", "e2e": "end-to-end", "throughput": "throughput"}
 FAMILY_WORDS = {
     "cache_effect": "what caching bought",
     "throughput": "what caching bought",
-    "flag_cost": "cost of leaving it on (0% reuse)",
     "shape": "workload shapes",
+    "flag_cost": "cost of leaving it on (0% reuse)",
     "control": "controls (true ratio 1)",
 }
 MAX_ROWS = 25
+MIN_GROUP_ROWS = 3  # past the row budget, each group keeps at least this many rows
 
 
 def forest_rows(contrasts: pl.DataFrame, max_rows: int = MAX_ROWS) -> tuple[pl.DataFrame, str]:
     """The contrasts the forest plot draws, one row per (group, label) with up to one mark per metric, at most
-    `max_rows` rows: the cache effects and throughput (one group: what caching bought), the flag's cost, the shapes,
-    then the controls. Past the budget, controls that found what a control should (no difference) go first, then
-    rows from the end; the returned note says what was left out (every contrast is in contrasts.csv)."""
+    `max_rows` rows, grouped as the verdict table reads: what caching bought (cache effects and throughput), the
+    workload shapes (their throughput too), the flag's cost at 0% reuse, then the controls. Past the budget, controls
+    that found what a control should (no difference) go first, then the last rows of the later groups (controls
+    first), each down to MIN_GROUP_ROWS before an earlier one gives any, so the headline rows stay and no group
+    disappears; the returned note says what was left out (every contrast is in contrasts.csv)."""
     df = contrasts.filter(pl.col("label").is_not_null()).with_row_index("order")
+    shape = pl.col("shape").fill_null("") != "" if "shape" in df.columns else pl.lit(False)
     df = df.with_columns(
-        pl.col("family").replace_strict(FAMILY_WORDS, default=pl.col("family")).alias("group"),
+        pl.when((pl.col("family") == "throughput") & shape)
+        .then(pl.lit(FAMILY_WORDS["shape"]))
+        .otherwise(pl.col("family").replace_strict(FAMILY_WORDS, default=pl.col("family")))
+        .alias("group"),
         pl.col("metric").replace_strict(METRIC_WORDS, default=pl.col("metric")).alias("measure"),
     )
-    groups = list(dict.fromkeys(FAMILY_WORDS[f] for f in FAMILY_WORDS)) + sorted(set(df["group"]) - set(FAMILY_WORDS.values()))
+    groups = list(dict.fromkeys(FAMILY_WORDS.values())) + sorted(set(df["group"]) - set(FAMILY_WORDS.values()))
     df = df.with_columns(
         pl.col("group").replace_strict({g: i for i, g in enumerate(groups)}, return_dtype=pl.Int64).alias("group_order")
     )
@@ -1004,11 +1015,17 @@ def forest_rows(contrasts: pl.DataFrame, max_rows: int = MAX_ROWS) -> tuple[pl.D
         if quiet.height:
             rows = rows.join(quiet, on=["group", "label"], how="anti").sort("group_order", "row_order")
             left.append(f"{quiet.height} controls that found no difference")
-    if rows.height > max_rows:
-        left.append(f"{rows.height - max_rows} more rows")
-        rows = rows.head(max_rows)
-    kept = df.join(rows.select("group", "label"), on=["group", "label"]).sort("group_order", "row_order", "order")
-    return kept, ("not drawn: " + ", ".join(left) + " (all in contrasts.csv)") if left else ""
+    kept_rows = [(g, lab) for g, lab in rows.select("group", "label").iter_rows()]
+    dropped: dict[str, int] = {}
+    for floor in (MIN_GROUP_ROWS, 0):  # the later groups give way first, each down to a few rows, then further
+        for group in reversed(groups):
+            while len(kept_rows) > max_rows and sum(g == group for g, _ in kept_rows) > floor:
+                kept_rows.pop(max(i for i, (g, _) in enumerate(kept_rows) if g == group))
+                dropped[group] = dropped.get(group, 0) + 1
+    left += [f"{n} rows of {g}" for g, n in dropped.items()]
+    keep = pl.DataFrame(kept_rows, schema=["group", "label"], orient="row")
+    kept = df.join(keep, on=["group", "label"]).sort("group_order", "row_order", "order")
+    return kept, ("not drawn (all in contrasts.csv): " + "; ".join(left)) if left else ""
 
 
 def contrasts_chart(contrasts: pl.DataFrame) -> alt.FacetChart | alt.Chart:
@@ -1084,7 +1101,7 @@ def contrasts_chart(contrasts: pl.DataFrame) -> alt.FacetChart | alt.Chart:
         .mark_text(align="left", dx=4, fontSize=10, color="#888888")
         .encode(x=alt.X("missing_at:Q", scale=alt.Scale(type="log", domain=domain, nice=False)), text=alt.value("not measured"))
     )
-    step = 11  # per metric mark: with an offset channel the step sizes the offset band
+    step = 8  # per metric mark: with an offset channel the step sizes the offset band
     chart = (
         alt.layer(mde, one, bars, marks, missing, data=df)
         .properties(width=380, height=alt.Step(step))
@@ -1101,7 +1118,7 @@ def contrasts_chart(contrasts: pl.DataFrame) -> alt.FacetChart | alt.Chart:
         )
         .resolve_scale(y="independent")
     )
-    return chart.properties(title=alt.Title(title, subtitle=left or alt.Undefined, subtitleColor="#444444"))
+    return chart.properties(title=alt.Title(title, subtitle=textwrap.wrap(left, 110) or alt.Undefined, subtitleColor="#444444"))
 
 
 # --- Drawing and saving ------------------------------------------------------------------------------------------

@@ -140,9 +140,44 @@ def test_the_contrast_chart_keeps_one_row_per_point_and_at_most_25():
     labels = kept["label"].unique().to_list()
     assert "control 0" in labels and "control 1" not in labels
     assert "29 controls that found no difference" in left
+    kept, left = forest_rows(
+        contrast_frame(n_controls=10, n_effects=20, failing_control=True).with_columns(
+            pl.when(pl.col("family") == "control").then(pl.lit("faster")).otherwise(pl.col("verdict")).alias("verdict")
+        )
+    )
+    sizes = kept.select("group", "label").unique().group_by("group").len()
+    assert dict(sizes.iter_rows()) == {"what caching bought": 20, "cost of leaving it on (0% reuse)": 1,
+                                       "controls (true ratio 1)": 4}  # fmt: skip
+    assert left == "not drawn (all in contrasts.csv): 6 rows of controls (true ratio 1)"
     kept, left = forest_rows(contrast_frame(n_controls=0, n_effects=40))
     assert kept.select("group", "label").unique().height == 25
-    assert "16 more rows" in left
+    assert "16 rows of what caching bought" in left
+    assert "large · 0% reuse · cache on vs off" in kept["label"].to_list()  # the smaller group is kept whole
+    # A shape's throughput sits with the shapes, not with the one-prefix points.
+    shaped = pl.concat(
+        [
+            contrast_frame().with_columns(pl.lit(None, dtype=pl.String).alias("shape")),
+            pl.DataFrame(
+                {
+                    "family": ["shape", "throughput"],
+                    "metric": ["ttft", "throughput"],
+                    "ratio": [1.3, 1.1],
+                    "lo": [1.2, 1.0],
+                    "hi": [1.4, 1.2],
+                    "mde_pct": [5.0, 5.0],
+                    "verdict": ["faster", "no difference"],
+                    "label": ["chat (multi_turn) · c=1"] * 2,
+                    "design": ["lifetimes"] * 2,
+                    "reason": ["r"] * 2,
+                    "shape": ["multi_turn"] * 2,
+                }  # fmt: skip
+            ),
+        ],
+        how="diagonal",
+    )
+    kept, _ = forest_rows(shaped)
+    chat = kept.filter(pl.col("label") == "chat (multi_turn) · c=1")
+    assert chat["group"].unique().to_list() == ["workload shapes"] and chat.height == 2
     # The groups in the verdict table's order, and each group's rows in the file's order.
     kept, _ = forest_rows(contrast_frame())
     assert kept["group"].unique(maintain_order=True).to_list() == [
