@@ -166,3 +166,20 @@ def test_wrong_version_is_refused(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(r))
     with pytest.raises(ResultsError, match="schema_version 99"):
         read_results(tmp_path)
+
+
+def test_real_shape_prediction_check_validates():
+    """The cache model's check as aggregation computes it (shapes.results.prediction_check) on a run with every shape
+    kind, open loop included: each shape point lands in cache_model.shapes with the schema's types."""
+    from prefixbench.shapes.results import prediction_check, read_shape_table
+
+    check = prediction_check(read_shape_table(OLD / "shape_requests.csv"), 16)
+    summary = pl.read_csv(OLD / "summary.csv", infer_schema_length=None)
+    speedup = pl.read_csv(OLD / "speedup.csv", infer_schema_length=None)
+    contrasts = read_contrasts(OLD / "summary.csv", OLD / "speedup.csv")
+    r = build_results(setup_of(OLD), LIFETIMES, summary, speedup, contrasts, check)
+    validate(r)
+    shapes = r["cache_model"]["shapes"]
+    assert len(shapes) == check.height
+    trace = next(s for s in shapes if s["regime"] == "trace")
+    assert trace["request_rate"] == 20.0 and trace["predicted_cached_tokens"] == trace["measured_cached_tokens"]
