@@ -962,12 +962,15 @@ def ttft_distribution(records: pl.DataFrame) -> alt.FacetChart | alt.Chart:
 
 # --- Every contrast on one chart ---------------------------------------------------------------------------------
 
+# A control (true ratio 1) that the claim rule finds faster or slower: a warning about the run, not a gain or a loss.
+CONTROL_DIFFERS = "control found a difference"
 VERDICT_COLORS = {
     "faster": "#2ca02c",
     "slower": "#d62728",
     "no difference": "#7f7f7f",
     "not claimed": "#e6a117",
     "not measured": "#c7c7c7",
+    CONTROL_DIFFERS: "#9467bd",
 }
 METRIC_WORDS = {"ttft": "TTFT", "e2e": "end-to-end", "throughput": "throughput"}
 FAMILY_WORDS = {
@@ -1040,6 +1043,10 @@ def contrasts_chart(contrasts: pl.DataFrame) -> alt.FacetChart | alt.Chart:
         pl.when(pl.col("mde_pct").is_not_null()).then(1 / (1 + pl.col("mde_pct") / 100)).alias("mde_lo"),
         pl.when(pl.col("mde_pct").is_not_null()).then(1 + pl.col("mde_pct") / 100).alias("mde_hi"),
         pl.when(pl.col("ratio").is_null()).then(pl.lit(1.0)).alias("missing_at"),
+        pl.when((pl.col("family") == "control") & pl.col("verdict").is_in(["faster", "slower"]))
+        .then(pl.lit(CONTROL_DIFFERS))
+        .otherwise(pl.col("verdict"))
+        .alias("shown"),
     )
     finite = [v for c in ("lo", "hi", "ratio", "mde_lo", "mde_hi") for v in df[c].drop_nulls().to_list() if v and v > 0]
     lo, hi = min([*finite, 1.0]), max([*finite, 1.0])
@@ -1050,9 +1057,9 @@ def contrasts_chart(contrasts: pl.DataFrame) -> alt.FacetChart | alt.Chart:
     measures = [m for m in METRIC_WORDS.values() if m in set(df["measure"].to_list())]
     y = alt.Y("label:N", title=None, sort=alt.SortField("row_order"), axis=alt.Axis(labelLimit=320))
     y_off = alt.YOffset("measure:N", sort=measures, scale=alt.Scale(domain=measures))
-    present = [v for v in VERDICT_COLORS if v in set(df["verdict"].to_list())]
+    present = [v for v in VERDICT_COLORS if v in set(df["shown"].to_list())]
     color = alt.Color(
-        "verdict:N",
+        "shown:N",
         title="verdict",
         sort=present,
         scale=alt.Scale(domain=present, range=[VERDICT_COLORS[v] for v in present]),

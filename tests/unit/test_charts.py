@@ -194,8 +194,9 @@ def test_the_contrast_chart_draws_intervals_the_mde_band_and_verdict_colours():
     assert first["mde_lo"] == pytest.approx(1 / 1.08) and first["mde_hi"] == pytest.approx(1.08)
     missing = next(r for r in data if r["verdict"] == "not measured")
     assert missing["missing_at"] == 1.0
-    colors = [d for d in walk(s) if d.get("field") == "verdict" and "scale" in d]
-    assert colors[0]["scale"]["domain"] == ["faster", "no difference", "not measured"]
+    colors = [d for d in walk(s) if d.get("field") == "shown" and "scale" in d]
+    # The failing control is marked as a warning, not as a gain.
+    assert colors[0]["scale"]["domain"] == ["faster", "no difference", "not measured", "control found a difference"]
     assert colors[0]["scale"]["range"][0] == "#2ca02c"
     scales = [d["scale"] for d in walk(s) if d.get("field") in ("ratio", "lo", "mde_lo") and "scale" in d]
     assert scales and all(sc["type"] == "log" for sc in scales)
