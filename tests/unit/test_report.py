@@ -627,3 +627,26 @@ def test_the_published_phi3_h200_run_leads_with_its_verdict(tmp_path):
     # Latencies in ms, never as fractions of a second (0.02935 s), in prose or in tables.
     assert not re.search(r"\b0\.0\d+ s\b", md) and "mean_ttft_s |" not in md
     assert "send 1112 of their 2048 requests (54%: each point at its minimum" in md
+
+
+def test_the_capacity_cliff_line_reads_the_kv_overflow_sweep():
+    """The kv_overflow sweep is the verdict's cliff line (each working set's TTFT verdict, then the hit rates), not a
+    row per working set; a run without it or a trace says the cliff was not measured."""
+    from prefixbench.findings.lead import verdicts
+
+    def row(regime, ratio, verdict, lo=None, hi=None, reason=""):
+        return {"family": "shape", "regime": regime, "shape": "kv_overflow", "reuse_pct": 100, "concurrency": 1,
+                "request_rate": None, "metric": "ttft", "baseline": 30.0, "treated": 30.0 / ratio, "unit": "ms",
+                "ratio": ratio, "lo": lo, "hi": hi, "mde_pct": 9.0, "verdict": verdict, "reason": reason}  # fmt: skip
+
+    df = pl.DataFrame([row("kv_ws50", 2.0, "faster", 1.8, 2.2), row("kv_ws200", 1.02, "no difference", 0.95, 1.1)])
+    shapes = {n: {"kind": "kv_overflow", "params": {"working_set": ws}} for n, ws in (("kv_ws50", 0.5), ("kv_ws200", 2.0))}
+    v = verdicts(df, ["kv_ws50", "kv_ws200"], {}, shapes, overflow="As the working set grew, hits fell.")
+    assert not v.rows  # the sweep is not a table row
+    assert v.cliff.startswith(
+        "**KV capacity cliff (kv_overflow sweep, TTFT off → on):** working set 0.5× the KV capacity: **2.00× faster** "
+        "30.0 ms → 15.0 ms (95% CI 1.80–2.20, MDE 9%); working set 2× the KV capacity: no difference > 9%"
+    )
+    assert v.cliff.endswith("As the working set grew, hits fell.")
+    assert verdicts(df.clear(), [], {}, {}).cliff.startswith("**KV capacity cliff:** not measured")
+    assert verdicts(None, [], {}, {}).missing.startswith("Not computed: this run has no `results/contrasts.csv`")
