@@ -650,3 +650,16 @@ def test_the_capacity_cliff_line_reads_the_kv_overflow_sweep():
     assert v.cliff.endswith("As the working set grew, hits fell.")
     assert verdicts(df.clear(), [], {}, {}).cliff.startswith("**KV capacity cliff:** not measured")
     assert verdicts(None, [], {}, {}).missing.startswith("Not computed: this run has no `results/contrasts.csv`")
+
+
+def test_a_verdict_cell_without_means_shows_none():
+    """A contrast whose means were not recorded shows its verdict and interval, never `n/a → n/a`."""
+    from prefixbench.findings.lead import cell, cells
+
+    row = {"metric": "ttft", "unit": "ms", "concurrency": 1, "verdict": "no difference", "ratio": 1.02, "lo": 0.9,
+           "hi": 1.1, "mde_pct": 8.0, "baseline": None, "treated": None}  # fmt: skip
+    assert cell(row) == "c=1: no difference > 8% (1.02×, 95% CI 0.90–1.10)"
+    unclaimed = row | {"verdict": "not claimed", "lo": None, "hi": None, "reason": "no interval: one lifetime"}
+    assert cells([unclaimed, unclaimed | {"concurrency": 4}]) == (
+        "c=1: 1.02×, not claimed (no interval: one lifetime); c=4: 1.02×, not claimed (no interval: one lifetime)"
+    )

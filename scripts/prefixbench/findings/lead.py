@@ -69,7 +69,9 @@ def cell(row: Mapping[str, Any] | None, with_load: bool = True) -> str:
     if verdict == "not measured" or ratio is None:
         return f"{load}not measured" + (f" ({reason})" if reason else "")
     unit = row.get("unit") or "ms"
-    means = f"{fmt_value(row.get('baseline'), unit)} → {fmt_value(row.get('treated'), unit)}"
+    base, treated = row.get("baseline"), row.get("treated")
+    # The means, where both were measured (a contrast may rest on its interval alone: never "n/a → n/a").
+    means = f" {fmt_value(base, unit)} → {fmt_value(treated, unit)}" if base is not None and treated is not None else ""
     mde = row.get("mde_pct")
     slower = ratio < 1
     shown = 1 / ratio if slower else ratio
@@ -80,14 +82,14 @@ def cell(row: Mapping[str, Any] | None, with_load: bool = True) -> str:
     better, worse = ("more tok/s", "fewer tok/s") if row.get("metric") == "throughput" else ("faster", "slower")
     if verdict in ("faster", "slower"):
         word = better if verdict == "faster" else worse
-        return f"{load}**{shown:.2f}× {word}** {means}" + (f" ({extras})" if extras else "")
+        return f"{load}**{shown:.2f}× {word}**{means}" + (f" ({extras})" if extras else "")
     if verdict == "no difference":
         head = f"no difference > {mde:.0f}%" if mde is not None else "no difference"
         inner = ", ".join(x for x in (f"{ratio:.2f}×", band) if x)
-        return f"{load}{head}: {means} ({inner})"
+        return f"{load}{head}{':' if means else ''}{means} ({inner})"
     # not claimed (and any verdict this table does not know): the ratio, and why it is not a claim
     inner = "; ".join(x for x in (band, reason or ("" if band else "no interval")) if x)
-    return f"{load}{ratio:.2f}×, not claimed: {means} ({inner})"
+    return f"{load}{ratio:.2f}×, not claimed{':' if means else ''}{means} ({inner})"
 
 
 def cells(rows: Sequence[Mapping[str, Any] | None]) -> str:
@@ -95,7 +97,8 @@ def cells(rows: Sequence[Mapping[str, Any] | None]) -> str:
     is said once: `not claimed (no interval: ...): c=1 511 ms → 512 ms (1.00×); c=4 ...`."""
     real = [r for r in rows if r is not None]
     reasons = {(r.get("verdict"), r.get("reason") or "") for r in real}
-    if len(real) > 1 and len(reasons) == 1 and real[0].get("verdict") == "not claimed" and real[0].get("ratio") is not None:
+    whole = all(r.get(k) is not None for r in real for k in ("ratio", "baseline", "treated"))
+    if len(real) > 1 and len(reasons) == 1 and real[0].get("verdict") == "not claimed" and whole:
         unit = real[0].get("unit") or "ms"
         each = "; ".join(
             f"{load_of(r)} {fmt_value(r.get('baseline'), unit)} → {fmt_value(r.get('treated'), unit)} ({r['ratio']:.2f}×)"
