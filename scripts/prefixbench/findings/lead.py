@@ -269,8 +269,10 @@ def run_line(
     points, requests, failed = counts
     hw = info.get("hardware", {})
     if endpoints:
-        where = "existing endpoints " + ", ".join(f"`{i['endpoint']['base_url']}`" for i in endpoints.values())
-        engine = "vLLM " + "/".join(sorted({str(i.get("vllm_version") or "version not exposed") for i in endpoints.values()}))
+        urls = dict.fromkeys(f"`{i['endpoint']['base_url']}`" for i in endpoints.values())  # one deployment: once
+        where = ("existing endpoints " if len(urls) > 1 else "existing endpoint ") + ", ".join(urls)
+        versions = dict.fromkeys(str(i.get("vllm_version") or "version not exposed") for i in endpoints.values())
+        engine = "vLLM " + " / ".join(versions)
         name = next(iter(endpoints.values()))["endpoint"]["model"]
         weights = ""
     else:
