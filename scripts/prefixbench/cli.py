@@ -250,17 +250,22 @@ def cmd_run(args: argparse.Namespace, endpoint_section: dict[str, Any] | None = 
 
 def cmd_endpoint(args: argparse.Namespace) -> int:
     try:  # imported by name: the module is another helper's and loads only for this subcommand
-        endpoint_config = importlib.import_module("prefixbench.endpoint_probe").endpoint_config
+        probe = importlib.import_module("prefixbench.endpoint_probe")
     except ImportError as e:
         raise CliError(f"`prefixbench endpoint` needs prefixbench.endpoint_probe, which this checkout lacks ({e})") from e
-    section = endpoint_config(
-        args.url,
-        model=args.model,
-        tokenizer=args.tokenizer,
-        api_key_env=args.api_key_env,
-        max_model_len=args.max_model_len,
-        block_size=args.block_size,
-    )
+    # The probe's own refusal (a server it cannot measure, with what to do) is a usage problem: one line, exit 2.
+    refusal: type[Exception] | tuple[()] = getattr(probe, "ProbeError", ())
+    try:
+        section = probe.endpoint_config(
+            args.url,
+            model=args.model,
+            tokenizer=args.tokenizer,
+            api_key_env=args.api_key_env,
+            max_model_len=args.max_model_len,
+            block_size=args.block_size,
+        )
+    except refusal as e:
+        raise CliError(f"{args.url}: {e}") from e
     return cmd_run(args, endpoint_section=section)
 
 

@@ -238,6 +238,23 @@ def test_endpoint_probes_then_runs_the_endpoint_target(clone, executed, monkeypa
     assert len(executed) == 1
 
 
+def test_a_probe_refusal_is_one_clear_line(clone, executed, monkeypatch, capsys):
+    class ProbeError(RuntimeError):
+        pass
+
+    def endpoint_config(url, **kw):
+        raise ProbeError("prefix caching is off: start vLLM with --enable-prefix-caching")
+
+    probe = types.SimpleNamespace(endpoint_config=endpoint_config, ProbeError=ProbeError)
+    monkeypatch.setitem(sys.modules, "prefixbench.endpoint_probe", probe)
+    assert cli.main(["endpoint", "http://127.0.0.1:9"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "prefixbench: error: http://127.0.0.1:9: prefix caching is off: start vLLM with --enable-prefix-caching\n"
+    )
+    assert executed == []
+
+
 def test_missing_modules_are_named(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "prefixbench.endpoint_probe", None)
     monkeypatch.setitem(sys.modules, "prefixbench.compare", None)
