@@ -4,7 +4,8 @@
 #
 #   ./run.sh [snakemake args...]   the main job: snakemake --cores 1 --resources gpu=1 (default config)
 #   ./run.sh test                  the test suite (what .ci/run calls): lint gate, fast tier, integration tier
-#   ./run.sh test [pytest args...] just pytest with those arguments (e.g. -m "not integration", -k name)
+#   ./run.sh test [pytest args...] just pytest with those arguments (e.g. -m "not integration", -k name,
+#                                  tests/unit -q -x: paths given, only those)
 #
 # Every environment is installed from hashed lock files (pip --require-hashes; envs/lock.sh regenerates them from
 # the top-level envs/*.in), after pip and setuptools from envs/bootstrap.lock:
@@ -102,7 +103,11 @@ case "${1:-}" in
     ensure_package .venv-dev
     ensure_server_env
     ensure_chromium
-    if [[ $# -gt 0 ]]; then exec .venv-dev/bin/python -m pytest tests "$@"; fi   # a chosen subset: just that
+    if [[ $# -gt 0 ]]; then   # a chosen subset: just that (under tests/ unless the arguments name test paths)
+      where=tests
+      for a in "$@"; do if [[ $a != -* && -e ${a%%::*} ]]; then where=; break; fi; done
+      exec .venv-dev/bin/python -m pytest $where "$@"
+    fi
     # 1. The lint gate (seconds): a style or workflow slip fails here, before anything starts a server.
     log "lint: ruff check, ruff format --check, mypy, snakefmt --check, snakemake --lint"
     .venv-dev/bin/ruff check scripts tests
