@@ -561,10 +561,16 @@ REGIME_TABLE_COLUMNS = [
 
 
 def regime_mode_table(summary: pl.DataFrame, regime: str, mode: str) -> pl.DataFrame:
-    """The summary rows of one prefix regime under one cache setting: the unit Snakemake's report files by."""
+    """The summary rows of one prefix regime under one cache setting: the unit Snakemake's report files by.
+
+    A regime the time budget dropped whole (the plan lists its points as not measured) has no rows: its table is
+    the header alone, so one missing regime never costs the rest of the report."""
     rows = summary.filter((pl.col("regime") == regime) & (pl.col("mode") == mode))
     if rows.is_empty():
-        raise ValueError(f"summary has no rows for regime {regime!r} and mode {mode!r}")
+        return pl.DataFrame(
+            {c: [] for c in REGIME_TABLE_COLUMNS if c in summary.columns},
+            schema={c: summary.schema[c] for c in REGIME_TABLE_COLUMNS if c in summary.columns},
+        )
     return rows.select([c for c in REGIME_TABLE_COLUMNS if c in rows.columns]).sort(
         ["reuse_pct", "request_rate", "concurrency"], descending=[True, False, False]
     )
