@@ -847,10 +847,14 @@ def trace_capacity_chart(
         (pl.col("capacity_blocks") * TRACE_BLOCK_TOKENS * per_token).alias("capacity"),
         (pl.col("capacity_blocks") * TRACE_BLOCK_TOKENS).alias("tokens"),
     )
+    served = kv_blocks * block_size * per_token if kv_blocks else None
+    span = [v for v in [*df["capacity"].to_list(), served] if v]
+    lo, hi = min(span) / 1.3, max(span) * 1.3
     x = alt.X(
         "capacity:Q",
         title=f"KV cache size ({unit}, log scale; trace blocks at their real 512 tokens)",
-        scale=alt.Scale(type="log"),
+        scale=alt.Scale(type="log", domain=[lo, hi], nice=False),
+        axis=alt.Axis(values=log_ticks(lo, hi) or alt.Undefined),
     )
     layers = [
         alt.Chart(df)
@@ -871,8 +875,7 @@ def trace_capacity_chart(
         )
     ]
     subtitle = "points: the curve, computed by aggregation over the whole trace"
-    if kv_blocks:
-        served = kv_blocks * block_size * per_token
+    if served:
         layers.append(
             alt.Chart(pl.DataFrame({"capacity": [served]})).mark_rule(color="black", strokeDash=[2, 2]).encode(x="capacity:Q")
         )
