@@ -126,7 +126,7 @@ def drop_default_time_budget(config: dict[str, Any], user: dict[str, Any] | None
 
 def schema_errors(config: dict[str, Any]) -> list[str]:
     """Where `config` breaks config/config.schema.yaml (the schema Snakemake validates against), one line each."""
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]  # no stubs in the environment (as results_file.py)
     import yaml
 
     from .config import SCHEMA_PATH

@@ -296,3 +296,9 @@ def test_report_renders_in_place_without_measuring(clone, monkeypatch):
 def test_report_without_recorded_outputs(clone, capsys):
     assert cli.main(["report"]) == 2
     assert "nothing recorded" in capsys.readouterr().err
+
+
+def test_endpoint_target_without_an_endpoint_section(clone, executed, capsys):
+    assert cli.main(["run", "--target", "endpoint"]) == 2
+    assert "target endpoint needs targets.endpoint: use `prefixbench endpoint URL`" in capsys.readouterr().err
+    assert executed == []
