@@ -13,7 +13,11 @@ config=$(realpath "${3:-$src/config.yaml}")
 tmp=$(mktemp -d /tmp/rerender.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$root" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$tmp" 2>/dev/null || true)
-for venv in .venv .venv-server; do ln -s "$root/$venv" "$tmp/$venv"; done
+# The pipeline's environment: .venv (./run.sh makes it), or the test environment (./run.sh test) where only that exists.
+pipeline_env=.venv
+[[ -x $root/.venv/bin/snakemake || ! -x $root/.venv-dev/bin/snakemake ]] || pipeline_env=.venv-dev
+ln -s "$root/$pipeline_env" "$tmp/.venv"
+ln -s "$root/.venv-server" "$tmp/.venv-server"
 mkdir -p "$tmp/resources/models"
 for m in "$root"/resources/models/*/; do ln -sfn "$m" "$tmp/resources/models/$(basename "$m")"; done
 cp "$config" "$tmp/rerender.yaml"
