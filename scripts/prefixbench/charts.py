@@ -444,7 +444,13 @@ def ideal_chart(
             )
     kinds = ["calibration cold requests", "cache off (cold)", "ideal warm (model)", "cache on (warm, measured)"]
     colors = ["#9a9a9a", "#d62728", "#2ca02c", "#1f77b4"]
-    color = alt.Color("kind:N", title=None, scale=alt.Scale(domain=kinds, range=colors), sort=kinds)
+    shown = [k for k, _ in zip(kinds, colors) if k != kinds[0] or (fitted and any(t and y_ for t, y_ in cold))]
+    color = alt.Color(
+        "kind:N",
+        title=None,
+        scale=alt.Scale(domain=shown, range=[c for k, c in zip(kinds, colors) if k in shown]),
+        sort=shown,
+    )
     x = alt.X("tflop:Q", title="prefill compute left to do (TFLOP; cached tokens removed)")
     y = alt.Y("ttft_ms:Q", title="TTFT (ms)")
     layers: list[alt.Chart] = []
