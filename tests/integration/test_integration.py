@@ -16,6 +16,7 @@ import yaml
 from helpers import run_snakemake as snakemake
 
 from prefixbench.aggregate import SEED_COLUMNS
+from prefixbench.findings.units import fmt_ms_value
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +124,10 @@ def test_report_is_from_this_run(pipeline_run):
     assert "vLLM 0.32.0" in md and "smollm2-135m-instruct" in md and "real weights" in md
     assert "n/a" not in md and "None" not in md
     first = s.row(0, named=True)
-    assert f"| {first['mode']} | {first['prefix_len_tokens']} | {first['concurrency']} | {first['mean_ttft_s']:.4g} |" in md
+    assert (
+        f"| {first['mode']} | {first['prefix_len_tokens']} | {first['concurrency']} | {fmt_ms_value(first['mean_ttft_s'] * 1000)} |"
+        in md
+    )
     assert "--no-enable-prefix-caching" in md and "--enable-prefix-caching" in md
     assert "Open loop: goodput" in md and "## Cross-checks" in md
 
