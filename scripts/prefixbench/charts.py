@@ -781,7 +781,14 @@ def kv_capacity_chart(
     )
     pools = in_order(rates, "pool", "working_set")
     color = alt.Color("pool:N", title="pool (working set / KV)", sort=pools, scale=alt.Scale(scheme="viridis"))
-    x = alt.X("capacity:Q", title=f"KV cache capacity ({unit}, log scale)", scale=alt.Scale(type="log"))
+    span = [cap_blocks * scale] + ([b * scale for b in curve["kv_blocks"].to_list()] if curve.height else [])
+    lo, hi = min(span) / 1.2, max(span) * 1.2
+    x = alt.X(
+        "capacity:Q",
+        title=f"KV cache capacity ({unit}, log scale)",
+        scale=alt.Scale(type="log", domain=[lo, hi], nice=False),
+        axis=alt.Axis(values=log_ticks(lo, hi) or alt.Undefined),
+    )
     y_axis = alt.Axis(format="%")
     layers = []
     if curve.height:
@@ -832,7 +839,7 @@ def kv_capacity_chart(
             subtitle=[
                 f"dashed: the cache model's hit rate at each capacity; dots: measured (95% CI) on the server's KV cache "
                 f"(dotted line: {size}).",
-                "A pool's curve reaches its plateau once the capacity holds its working set.",
+                "A curve flattens once the cache holds every prefix its requests come back to (no reuse is evicted first).",
             ],
             subtitleColor="#444444",
         ),
