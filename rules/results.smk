@@ -27,7 +27,7 @@ rule results_json:
         contrasts="results/contrasts.csv",
         shape_points="results/shape_points.csv",
         info=SERVER_INFOS,
-        schema="config/schema/results.schema.json",
+        schema=os.path.join(workflow.basedir, "config", "schema", "results.schema.json"),  # the clone's, from any working directory
         code=package_files("results_json"),
     output:
         "results/results.json",
