@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .findings.claims import DESIGN_FAILED
 from .results_file import ResultsError, read_results
 from .stats import outside_floor
-from .verdicts import DESIGN_FAILED
 
 Z95, Z80 = 1.959964, 0.841621
 FAMILY_TITLES = {

@@ -2,10 +2,10 @@
 
 The report, the charts and results.json all show the same verdicts, so they are computed once here, from the tables
 aggregation wrote (speedup.csv, summary.csv, shape_points.csv), by the project's one claim rule
-(findings.claims): `classify` walks the branches of claims.verdict in its order and returns the branch as a short
-verdict and a reason, and `words` keeps the rule's own sentence beside it. Every effect is oriented so that > 1
-means caching helps (an on/off TTFT ratio such as the flag cost is inverted). The columns are the interface in
-docs/results-json.md (and the coordination note CONTRASTS.md): added columns are allowed, renamed ones are not.
+(findings.claims.judge): each row keeps its verdict (a short word), the reason and the rule's own sentence (`words`),
+all three from one walk through the rule. Every effect is oriented so that > 1 means caching helps (an on/off TTFT
+ratio such as the flag cost is inverted). The columns are the interface in docs/results-json.md (and the
+coordination note CONTRASTS.md): added columns are allowed, renamed ones are not.
 
 Families: `cache_effect` (hit against miss at a reuse level: the paired contrast inside cache-on lifetimes where the
 point ran it, else cache-off against cache-on lifetimes), `shape` (a workload shape), `throughput` (output tok/s on
@@ -24,15 +24,12 @@ import polars as pl
 
 from .aggregate import closed_loop, interval_mde, single_prefix
 from .contrasts import paired_effects
-from .findings.claims import beyond_hits, ci_of, floor_of, hit_bound_of, verdict, why_unmeasured
+from .findings.claims import KINDS, ci_of, floor_of, hit_bound_of, judge, why_unmeasured
 from .findings.controls import aa_table
 from .findings.derived import throughput_at_p95, throughput_floors
-from .formatting import fmt_pct
-from .stats import outside_floor
 
 FAMILIES = ("cache_effect", "shape", "throughput", "flag_cost", "control")
-DESIGN_FAILED = "the regime's 0%-reuse control found a difference"  # the reason of a contrast its design failed
-VERDICTS = ("faster", "slower", "no difference", "not claimed", "not measured")
+VERDICTS = KINDS  # the claim rule's verdicts (findings.claims.Verdict.kind)
 
 # The columns of contrasts.csv, in order, and their types (the file keeps them even where the run has no row).
 SCHEMA: dict[str, Any] = {
@@ -64,46 +61,15 @@ SCHEMA: dict[str, Any] = {
     "expected_hit_rate": pl.Float64,  # workload shapes: what the design expects, and what the cache model predicted
     "predicted_hit_rate": pl.Float64,
     "p95_budget_ms": pl.Float64,  # throughput at a common p95: the budget it was read at
-    "words": pl.String,  # the claim rule's own sentence (findings.claims.verdict)
+    "words": pl.String,  # the claim rule's own sentence (findings.claims.judge)
     "key": pl.String,  # what the contrast is, the same in any run that measured it (compare matches runs on it)
 }
 COLUMNS = list(SCHEMA)
 
 
-def classify(
-    ratio: float | None,
-    ci: tuple[float, float] | None = None,
-    floor: tuple[float, float] | None = None,
-    hit_bound: tuple[float, float] | None = None,
-    mde_pct: float | None = None,
-    failed: str | None = None,
-) -> tuple[str, str]:
-    """(verdict, reason) for a ratio where > 1 means caching helps: the branches of findings.claims.verdict, in its
-    order and with its tests (stats.outside_floor, claims.beyond_hits), as a word a table can sort by and a short
-    phrase. tests/unit/test_verdicts.py checks the two agree on every branch."""
-    if ratio is None:
-        return "not measured", "no ratio: a setting had no measured window"
-    if failed:
-        return "not claimed", DESIGN_FAILED
-    if not ci or ci[0] is None or ci[1] is None:
-        return "not claimed", "no interval: too few independent rounds"
-    lo, hi = ci
-    if lo <= 1 <= hi:
-        return "no difference", (f"no difference larger than {mde_pct:.0f}%" if mde_pct is not None else "interval includes 1")
-    if not outside_floor(ci, floor):
-        assert floor is not None  # without a floor an interval that excludes 1 is outside it
-        return "not claimed", f"inside the A/A noise floor ({floor[0]:.2f}–{floor[1]:.2f})"
-    if ratio > 1 and beyond_hits(ci, hit_bound):
-        assert hit_bound is not None
-        return "not claimed", f"more than a {fmt_pct(hit_bound[0])} hit rate can explain"
-    if ratio > 1:
-        return "faster", f"interval {lo:.2f}–{hi:.2f} excludes 1" + (" and clears the A/A floor" if floor else "")
-    return "slower", f"interval {lo:.2f}–{hi:.2f} excludes 1" + (" and clears the A/A floor" if floor else "")
-
-
 @dataclass(frozen=True)
 class Judged:
-    """What the claim rule is given for one contrast (the arguments of claims.verdict)."""
+    """What the claim rule is given for one contrast (the arguments of claims.judge)."""
 
     ratio: float | None
     ci: tuple[float, float] | None = None
@@ -111,14 +77,15 @@ class Judged:
     hit_bound: tuple[float, float] | None = None
     mde_pct: float | None = None
     failed: str | None = None
+    no_interval: str | None = None  # why a ratio without an interval has none (claims.interval_gap); rounds if unset
 
     def columns(self, better: str = "faster", worse: str = "slower") -> dict[str, Any]:
-        """The row's interval, verdict, reason and the rule's sentence (claims.verdict, as the report words it).
-        A contrast without its own MDE takes its interval's (aggregate.interval_mde), so "no difference" says how
+        """The row's interval, and the claim rule's verdict, reason and sentence (claims.judge, as the report words
+        it). A contrast without its own MDE takes its interval's (aggregate.interval_mde), so "no difference" says how
         large a difference it could have missed."""
         mde = self.mde_pct if self.mde_pct is not None else mde_of(self.ci)
-        v, reason = classify(self.ratio, self.ci, self.floor, self.hit_bound, mde, self.failed)
-        sentence = verdict(self.ratio, better, worse, self.ci, self.floor, self.hit_bound, mde, self.failed)
+        gap = {"no_interval": self.no_interval} if self.no_interval else {}
+        v = judge(self.ratio, better, worse, self.ci, self.floor, self.hit_bound, mde, self.failed, **gap)
         return {
             "ratio": self.ratio,
             "lo": self.ci[0] if self.ci else None,
@@ -126,9 +93,9 @@ class Judged:
             "mde_pct": mde,
             "floor_lo": self.floor[0] if self.floor else None,
             "floor_hi": self.floor[1] if self.floor else None,
-            "verdict": v,
-            "reason": reason,
-            "words": sentence,
+            "verdict": v.kind,
+            "reason": v.reason,
+            "words": v.words,
         }
 
 

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from helpers import ROOT
 
-from prefixbench.findings.claims import helped, hurt, verdict
-from prefixbench.verdicts import COLUMNS, classify, contrast_rows, read_contrasts
+from prefixbench.findings.claims import KINDS, helped, hurt, judge, verdict
+from prefixbench.verdicts import COLUMNS, contrast_rows, read_contrasts
 
 SMOL = ROOT / "docs/results/h200-2026-12-01-paired-smollm2"
 OLD = ROOT / "docs/results/h200-2026-11-28b/smollm2-135m"
@@ -65,10 +65,12 @@ def one(df: pl.DataFrame, **where) -> dict:
         (1.5, (1.4, 1.6), None, (0.5, 2.0), None, None),
     ],
 )
-def test_classify_follows_the_claim_rule(ratio, ci, floor, bound, mde, failed):
-    """Each branch of claims.verdict gives the word its sentence says."""
-    word, reason = classify(ratio, ci, floor, bound, mde, failed)
+def test_verdict_kind_follows_its_sentence(ratio, ci, floor, bound, mde, failed):
+    """Each branch of the claim rule (claims.judge) gives the word its sentence says, and claims.verdict is that
+    sentence."""
+    v = judge(ratio, ci=ci, floor=floor, hit_bound=bound, mde_pct=mde, failed=failed)
     sentence = verdict(ratio, ci=ci, floor=floor, hit_bound=bound, mde_pct=mde, failed=failed)
+    assert v.words == sentence
     expected = (
         "not measured"
         if sentence == "not measured"
@@ -80,15 +82,17 @@ def test_classify_follows_the_claim_rule(ratio, ci, floor, bound, mde, failed):
         if sentence.startswith(("no difference larger", "no measurable difference"))
         else "not claimed"
     )
-    assert word == expected, (sentence, reason)
-    if mde is not None and word == "no difference":
-        assert reason == f"no difference larger than {mde:.0f}%"
+    assert v.kind == expected and v.kind in KINDS, (sentence, v.reason)
+    if mde is not None and v.kind == "no difference":
+        assert v.reason == f"no difference larger than {mde:.0f}%"
 
 
-def test_classify_agrees_with_helped_and_hurt():
-    """On rows, "faster"/"slower" are exactly the claim rule's helped/hurt."""
-    grid = itertools.product([0.8, 1.02, 1.3, 3.0], [(0.7, 0.9), (0.95, 1.05), (1.1, 1.5), (2.5, 3.5)], [None, (0.9, 1.2)])
-    for ratio, (lo, hi), floor in grid:
+def test_helped_and_hurt_are_the_rule():
+    """On rows, helped/hurt are faster/slower beyond noise: the interval excludes 1, clears the A/A floor on its side,
+    and (a gain) does not lie wholly above what the hit rate can explain (here at most 2x)."""
+    grid = itertools.product([(0.7, 0.9), (0.95, 1.05), (1.1, 1.5), (1.21, 1.4), (2.5, 3.5)], [None, (0.9, 1.2)])
+    for (lo, hi), floor in grid:
+        ratio = (lo + hi) / 2
         row = {
             "ttft_speedup": ratio,
             "ttft_speedup_lo": lo,
@@ -98,9 +102,9 @@ def test_classify_agrees_with_helped_and_hurt():
             "window_hit_rate_on": 0.5,
             "request_rate": 0.0,
         }
-        word, _ = classify(ratio, (lo, hi), floor, (0.5, 2.0))
-        assert (word == "faster") == helped(row), row
-        assert (word == "slower") == hurt(row), row
+        assert helped(row) == (lo > (floor[1] if floor else 1) and lo <= 2.0), row
+        assert hurt(row) == (hi < (floor[0] if floor else 1)), row
+        assert helped(row | {"design_failed": "the control failed"}) is False
 
 
 def test_published_paired_run():

@@ -19,6 +19,82 @@ from .units import fmt_s
 NOISE = 0.05  # relative change treated as no change where a rule needs one and no interval exists (hit rates)
 
 
+KINDS = ("faster", "slower", "no difference", "not claimed", "not measured")  # Verdict.kind, in a table's order
+DESIGN_FAILED = "the regime's 0%-reuse control found a difference"  # the reason of a contrast its design failed
+NO_INTERVAL_ROUNDS = "too few independent rounds"  # why a ratio has no interval, unless its caller knows better
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The claim rule's answer for one ratio: `kind` a word a table can sort and count by (KINDS; "faster"/"slower"
+    whatever words the sentence uses), `reason` a short phrase saying why, `words` the report's sentence. The three
+    come from one walk through the rule (judge), so a table and the report cannot disagree."""
+
+    kind: str
+    reason: str
+    words: str
+
+
+def judge(
+    ratio: float | None,
+    better: str = "faster",
+    worse: str = "slower",
+    ci: tuple[float, float] | None = None,
+    floor: tuple[float, float] | None = None,
+    hit_bound: tuple[float, float] | None = None,
+    mde_pct: float | None = None,
+    failed: str | None = None,
+    no_interval: str = NO_INTERVAL_ROUNDS,
+) -> Verdict:
+    """The claim rule for an off/on ratio where >1 means the cache helped.
+
+    An effect is claimed only when its clustered 95% CI excludes 1 and clears the A/A floor (the interval two
+    identical setups show on this run); without an interval nothing is claimed. `hit_bound` (hit rate, the most
+    speed-up it can explain): a gain whose whole interval lies above it is not the cache's, and is not claimed.
+    `mde_pct`: the smallest effect the contrast could detect, which "no difference" always states. `failed`: the
+    design's control found a difference where there is none, so nothing is claimed. `no_interval`: why a ratio
+    without an interval has none, which the reason and the sentence state."""
+    if ratio is None:
+        return Verdict("not measured", "no ratio: a setting had no measured window", "not measured")
+    if failed:
+        return Verdict("not claimed", DESIGN_FAILED, f"not claimed: {fmt_x(ratio)}, but {failed}")
+    if not ci or ci[0] is None or ci[1] is None:
+        gap = f"no interval: {no_interval}"
+        return Verdict("not claimed", gap, f"{fmt_x(ratio)} off/on, not claimed ({gap})")
+    lo, hi = ci
+    band = f"95% CI {lo:.2f}–{hi:.2f}"
+    if lo <= 1 <= hi:
+        if mde_pct is not None:
+            return Verdict(
+                "no difference",
+                f"no difference larger than {mde_pct:.0f}%",
+                f"no difference larger than {mde_pct:.0f}% ({fmt_x(ratio)}, {band} includes 1; {mde_pct:.0f}% is the "
+                "smallest effect this point could detect at 80% power)",
+            )
+        return Verdict("no difference", "interval includes 1", f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)")
+    if not outside_floor((lo, hi), floor):
+        assert floor is not None  # without a floor, an interval that excludes 1 is outside it
+        return Verdict(
+            "not claimed",
+            f"inside the A/A noise floor ({floor[0]:.2f}–{floor[1]:.2f})",
+            f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})",
+        )
+    if ratio > 1 and beyond_hits((lo, hi), hit_bound):
+        assert hit_bound is not None  # beyond_hits is False without a bound
+        return Verdict(
+            "not claimed",
+            f"more than a {fmt_pct(hit_bound[0])} hit rate can explain",
+            f"not claimed: {fmt_x(ratio)} ({band}) is more than a {fmt_pct(hit_bound[0])} hit rate can remove "
+            f"(at most {fmt_x(hit_bound[1])}): server-lifetime noise, not the cache",
+        )
+    clears = f"interval {lo:.2f}–{hi:.2f} excludes 1" + (" and clears the A/A floor" if floor else "")
+    if ratio > 1:
+        return Verdict(
+            "faster", clears, f"{fmt_x(ratio)} {better} ({band}" + (f"; MDE {mde_pct:.0f}%)" if mde_pct is not None else ")")
+        )
+    return Verdict("slower", clears, f"{fmt_x(1 / ratio)} {worse} (95% CI {1 / hi:.2f}–{1 / lo:.2f})")
+
+
 def verdict(
     ratio: float | None,
     better: str = "faster",
@@ -28,40 +104,10 @@ def verdict(
     hit_bound: tuple[float, float] | None = None,
     mde_pct: float | None = None,
     failed: str | None = None,
+    no_interval: str = NO_INTERVAL_ROUNDS,
 ) -> str:
-    """Words for an off/on ratio where >1 means the cache helped.
-
-    An effect is claimed only when its clustered 95% CI excludes 1 and clears the A/A floor (the interval two
-    identical setups show on this run); without an interval nothing is claimed. `hit_bound` (hit rate, the most
-    speed-up it can explain): a gain whose whole interval lies above it is not the cache's, and is not claimed.
-    `mde_pct`: the smallest effect the contrast could detect, which "no difference" always states. `failed`: the
-    design's control found a difference where there is none, so nothing is claimed."""
-    if ratio is None:
-        return "not measured"
-    if failed:
-        return f"not claimed: {fmt_x(ratio)}, but {failed}"
-    if not ci or ci[0] is None or ci[1] is None:
-        return f"{fmt_x(ratio)} off/on, not claimed (no interval: too few independent rounds)"
-    band = f"95% CI {ci[0]:.2f}–{ci[1]:.2f}"
-    if ci[0] <= 1 <= ci[1]:
-        if mde_pct is not None:
-            return (
-                f"no difference larger than {mde_pct:.0f}% ({fmt_x(ratio)}, {band} includes 1; {mde_pct:.0f}% is the "
-                "smallest effect this point could detect at 80% power)"
-            )
-        return f"no measurable difference ({fmt_x(ratio)}, {band} includes 1)"
-    if not outside_floor((ci[0], ci[1]), floor):
-        assert floor is not None  # without a floor, an interval that excludes 1 is outside it
-        return f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})"
-    if ratio > 1 and beyond_hits(ci, hit_bound):
-        assert hit_bound is not None  # beyond_hits is False without a bound
-        return (
-            f"not claimed: {fmt_x(ratio)} ({band}) is more than a {fmt_pct(hit_bound[0])} hit rate can remove "
-            f"(at most {fmt_x(hit_bound[1])}): server-lifetime noise, not the cache"
-        )
-    if ratio > 1:
-        return f"{fmt_x(ratio)} {better} ({band}" + (f"; MDE {mde_pct:.0f}%)" if mde_pct is not None else ")")
-    return f"{fmt_x(1 / ratio)} {worse} (95% CI {1 / ci[1]:.2f}–{1 / ci[0]:.2f})"
+    """Words for an off/on ratio where >1 means the cache helped: the sentence of the claim rule (judge)."""
+    return judge(ratio, better, worse, ci, floor, hit_bound, mde_pct, failed, no_interval).words
 
 
 def ci_of(row: dict, name: str) -> tuple[float, float] | None:
@@ -93,18 +139,24 @@ def beyond_hits(ci: tuple[float, float], bound: tuple[float, float] | None) -> b
     return bound is not None and ci[0] > bound[1]
 
 
-def judged(row: dict, name: str = "ttft_speedup") -> str:
-    if row.get(name) is None:
-        return f"not measured ({why_unmeasured(row)})"
+def judgment(row: dict, name: str = "ttft_speedup") -> Verdict:
+    """The claim rule on a speed-up row's ratio column (TTFT or E2E): its interval, A/A floor, hit-rate bound, and
+    for TTFT its MDE and the design's control."""
     ttft = name == "ttft_speedup"
-    return verdict(
-        row[name],
+    return judge(
+        row.get(name),
         ci=ci_of(row, name),
         floor=floor_of(row, name),
         hit_bound=hit_bound_of(row, name),
         mde_pct=row.get("mde_ttft_pct") if ttft else None,
         failed=row.get("design_failed") if ttft else None,
     )
+
+
+def judged(row: dict, name: str = "ttft_speedup") -> str:
+    if row.get(name) is None:
+        return f"not measured ({why_unmeasured(row)})"
+    return judgment(row, name).words
 
 
 def why_unmeasured(row: dict) -> str:
@@ -148,28 +200,14 @@ def point_name(row: dict) -> str:
 
 
 def helped(row: dict, name: str = "ttft_speedup") -> bool:
-    """The cache helped beyond noise: the CI lies above 1 and above the A/A floor, and not wholly above what the
-    point's hit rate can explain."""
-    ci = ci_of(row, name)
-    return (
-        ci is not None
-        and row.get(name) is not None
-        and not (name == "ttft_speedup" and row.get("design_failed"))
-        and row[name] > 1
-        and outside_floor(ci, floor_of(row, name))
-        and not beyond_hits(ci, hit_bound_of(row, name))
-    )
+    """The cache helped beyond noise: the claim rule says faster (the CI lies above 1 and above the A/A floor, and
+    not wholly above what the point's hit rate can explain)."""
+    return judgment(row, name).kind == "faster"
 
 
 def hurt(row: dict, name: str = "ttft_speedup") -> bool:
-    ci = ci_of(row, name)
-    return (
-        ci is not None
-        and row.get(name) is not None
-        and not (name == "ttft_speedup" and row.get("design_failed"))
-        and row[name] < 1
-        and outside_floor(ci, floor_of(row, name))
-    )
+    """The cache made it slower beyond noise: the claim rule says slower."""
+    return judgment(row, name).kind == "slower"
 
 
 @dataclass
