@@ -56,6 +56,9 @@ from .shapes.findings import shape_section
 from .shapes.results import read_shape_table
 from .shapes.trace import read_trace_curves
 
+# What names one measured point: summary.csv has a row per point and cache setting.
+POINT = ["regime", "reuse_pct", "concurrency", "request_rate"]
+
 # The summary columns of the report's second table, beyond the seed's (`summary.csv` has them all).
 EXTRA_COLUMNS = [
     "mode",
@@ -238,14 +241,29 @@ def guarded(analysis: Callable[..., Any], *args: Any, fallback: Callable[[str], 
         return fallback(words) if fallback else Finding(words, [])
 
 
-def budget_words(calibration_json: Path | None, lifetimes: Sequence[dict]) -> str:
-    """What the time budget did: computed again from the recorded plan (so a corrected sentence reaches a re-rendered
-    run), else the sentence the measuring step recorded, else nothing."""
+def read_plan(calibration_json: Path | None) -> dict | None:
+    """The time budget's recorded plan (calibration.json), or None where the run has none."""
     if calibration_json is not None and Path(calibration_json).is_file():
         plan = json.loads(Path(calibration_json).read_text())
         if "rates" in plan and "estimated_s" in plan:
-            return plan_summary(plan)
+            return dict(plan)
+    return None
+
+
+def budget_words(calibration_json: Path | None, lifetimes: Sequence[dict]) -> str:
+    """What the time budget did: computed again from the recorded plan (so a corrected sentence reaches a re-rendered
+    run), else the sentence the measuring step recorded, else nothing."""
+    plan = read_plan(calibration_json)
+    if plan is not None:
+        return plan_summary(plan)
     return next((str(i["plan_summary"]) for i in lifetimes if i.get("plan_summary")), "")
+
+
+def configured_regimes(everything: pl.DataFrame, plan: dict | None) -> list[str]:
+    """Every regime of the run in the config's order: the plan lists each configured point, the ones the time budget
+    dropped too (a regime dropped whole has no summary row); regimes measured but absent from the plan follow."""
+    planned = [str(p["regime"]) for p in (plan or {}).get("points") or []]
+    return list(dict.fromkeys([*planned, *everything["regime"].unique(maintain_order=True).to_list()]))
 
 
 def build_context(inputs: ReportInputs) -> ReportContext:
@@ -268,24 +286,30 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         int(sp_all["salted_failed"].fill_null(0).sum()) if "salted_failed" in sp_all.columns else 0
     )
     shape_words = shape_section(shape_req, check, sp_all, shapes, block_size, KIT, read_trace_curves(inputs.trace_csv))
-    prefix_len = {r: int(n) for r, n in everything.select("regime", "prefix_len_tokens").unique().iter_rows() if n is not None}
+    strategy = prompt_strategy(inputs.prompt_paths)
+    # The prefix length of every regime: measured ones from the summary, one the budget dropped from its prompts.
+    prefix_len = {s["regime"]: int(s["prefix_len_tokens"]) for s in strategy if s["prefix_len_tokens"] is not None}
+    prefix_len |= {r: int(n) for r, n in everything.select("regime", "prefix_len_tokens").unique().iter_rows() if n is not None}
+    plan = read_plan(inputs.calibration_json)
     return ReportContext(
         run_line=run_line(
             model,
             info,
             endpoints,
             inputs.target,
-            (everything.height, n_requests, n_failed),
+            (everything.select(POINT).unique().height, n_requests, n_failed),
             len(lifetimes),
+            plan,
         ),
         verdicts=guarded(
             verdicts,
             read_contrasts(inputs.contrasts_csv),
-            everything["regime"].unique(maintain_order=True).to_list(),
+            configured_regimes(everything, plan),
             prefix_len,
             shapes,
             shape_words.get("overflow", ""),
             shape_words.get("trace", ""),
+            plan,
             fallback=lambda w: Verdicts([], "", w),
         ),
         info=info,
@@ -296,7 +320,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         dummy=model.get("source") == "dummy",
         max_tokens=inputs.max_tokens,
         block_size=block_size,
-        strategy=prompt_strategy(inputs.prompt_paths),
+        strategy=strategy,
         scripts={Path(p).name: Path(p).read_text() for p in inputs.script_paths},
         endpoints=endpoints,
         not_measured=not_measured(endpoints),

@@ -612,8 +612,8 @@ def test_the_published_phi3_h200_run_leads_with_its_verdict(tmp_path):
     lines = md.splitlines()
     first = "\n".join(lines[:40])
     assert lines[2] == (
-        "**Run:** `phi3-mini-dummy`, **random weights** · vLLM 0.26.0 (CUDA) · NVIDIA H200 · 8 points, 1668 requests "
-        "(0 failed), 2 server lifetimes"
+        "**Run:** `phi3-mini-dummy`, **random weights** · vLLM 0.26.0 (CUDA) · NVIDIA H200 · 4 points, each with the "
+        "cache off and on · 1668 requests (0 failed), 2 server lifetimes"
     )
     assert (
         "| `large` (1024-token prefix, 100% reuse) | c=1: **1.65× faster** 40.2 ms → 24.2 ms (95% CI 1.58–1.73, MDE 6%) "
@@ -662,4 +662,67 @@ def test_a_verdict_cell_without_means_shows_none():
     unclaimed = row | {"verdict": "not claimed", "lo": None, "hi": None, "reason": "no interval: one lifetime"}
     assert cells([unclaimed, unclaimed | {"concurrency": 4}]) == (
         "c=1: 1.02×, not claimed (no interval: one lifetime); c=4: 1.02×, not claimed (no interval: one lifetime)"
+    )
+
+
+def test_a_regime_the_time_budget_dropped_whole_keeps_its_row_saying_so():
+    """A trimmed CPU default run sent no `medium` point and no c=4 point: the verdict table had no `medium` row and
+    `(one load only)` where the plan had dropped the highest load. Every configured regime and shape keeps its row,
+    and a cell the plan left empty says it was not run and why (the plan's reason), never a ratio."""
+    from prefixbench.findings.lead import verdicts
+    from prefixbench.report import configured_regimes
+
+    why = "the 6 min 00 s time budget cannot hold every point at its minimum"
+
+    def point(regime, reuse, conc, dropped=None):
+        return {"regime": regime, "reuse_pct": reuse, "concurrency": conc, "request_rate": 0.0, "dropped": dropped}
+
+    plan = {"budget_s": 360, "points": [point("medium", r, c, why) for r in (100, 0) for c in (1, 4)]
+            + [point("large", 100, 1), point("large", 100, 4, why), point("large", 0, 1), point("large", 0, 4, why),
+               point("chat", 100, 1, why), point("pool", 100, 1)]}  # fmt: skip
+
+    def row(family, metric, regime, reuse, ratio, shape=""):
+        return {"family": family, "regime": regime, "shape": shape, "reuse_pct": reuse, "concurrency": 1,
+                "request_rate": None, "metric": metric, "baseline": 100.0, "treated": 100.0 / ratio,
+                "unit": "tok/s" if metric == "throughput" else "ms", "ratio": ratio, "lo": ratio * 0.9,
+                "hi": ratio * 1.1, "mde_pct": 9.0, "verdict": "faster", "reason": ""}  # fmt: skip
+
+    df = pl.DataFrame([row("cache_effect", "ttft", "large", 100, 2.0), row("throughput", "throughput", "large", 100, 1.5),
+                       row("flag_cost", "ttft", "large", 0, 1.2), row("shape", "ttft", "pool", None, 1.3, "prefix_pool")])  # fmt: skip
+    measured = pl.DataFrame({"regime": ["large", "large", "pool"]})
+    assert configured_regimes(measured, plan) == ["medium", "large", "chat", "pool"]  # the config's order
+    shapes = {"chat": {"kind": "multi_turn"}, "pool": {"kind": "prefix_pool"}}
+    v = verdicts(df, configured_regimes(measured, plan), {"medium": 512, "large": 1024}, shapes, plan=plan)
+    by = {r.traffic: r for r in v.rows}
+    assert list(by) == ["`medium` (512-token prefix)", "`large` (1024-token prefix, 100% reuse)",
+                        "`chat` (multi_turn shape)", "`pool` (prefix_pool shape)"]  # fmt: skip
+    medium = by["`medium` (512-token prefix)"]
+    assert medium.ttft_low == "not run: the 6 min 00 s time budget dropped it"
+    assert {medium.ttft_high, medium.throughput, medium.flag_cost} == {"not run"}
+    large = by["`large` (1024-token prefix, 100% reuse)"]
+    assert large.ttft_low.startswith("c=1: **2.00× faster**")
+    assert large.ttft_high == "c=4 not run: the 6 min 00 s time budget dropped it"  # not "(one load only)"
+    assert large.throughput.endswith("; c=4 not run: the 6 min 00 s time budget dropped it")
+    assert large.flag_cost.endswith("; c=4 not run: the 6 min 00 s time budget dropped it")
+    assert by["`chat` (multi_turn shape)"].ttft_low == "not run: the 6 min 00 s time budget dropped it"
+    assert by["`pool` (prefix_pool shape)"].ttft_high == "(the only load run)"
+    # Without a plan (an endpoint run, an old run), only the measured regimes, and no reason is invented.
+    plain = verdicts(df, configured_regimes(measured, None), {"large": 1024}, {"pool": shapes["pool"]}, plan=None)
+    assert [r.traffic for r in plain.rows] == ["`large` (1024-token prefix, 100% reuse)", "`pool` (prefix_pool shape)"]
+    assert plain.rows[0].ttft_high == "(the only load run)"
+    # The run line counts points (not point x setting rows) and says how many configured ones the budget dropped.
+    from prefixbench.findings.lead import run_line
+
+    hw = {"hardware": {"cpu": "Test CPU", "cpu_count": 2}, "vllm_version": "9.9.9"}
+    line = run_line({"path": "m"}, hw, {}, "cpu", (3, 72, 0), 2, plan)
+    assert (
+        "· 3 points of 10 configured (the 6 min 00 s time budget dropped 7, Appendix A), each with the cache off and on" in line
+    )
+    assert "· 3 points, each with the cache off and on · 72 requests (0 failed)" in run_line(
+        {"path": "m"}, hw, {}, "cpu", (3, 72, 0), 2
+    )
+    # A reason other than the budget's is the plan's own words.
+    small = {"budget_s": None, "points": [point("medium", 100, 4, "2 round(s) ... need 16 requests; the point has 12")]}
+    assert verdicts(df, ["medium"], {}, {}, plan=small).rows[0].ttft_low == (
+        "not run: 2 round(s) ... need 16 requests; the point has 12"
     )

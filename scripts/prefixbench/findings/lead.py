@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from ..plan import fmt_duration
 from .units import fmt_ms_value
 
 # contrasts.csv's numeric columns (the interface in CONTRASTS.md): typed on reading, as a column that is empty in
@@ -30,9 +31,8 @@ def fmt_value(x: float | None, unit: str) -> str:
     """A contrast's mean in its unit (contrasts.csv: ms for latency, tok/s for throughput)."""
     if x is None:
         return "n/a"
-    if unit == "ms":
-        return f"{fmt_ms_value(x)} ms"
-    return f"{x:.0f} {unit}"
+    # Three significant digits in every unit: a CPU's 0.5 → 3.0 tok/s read "1 tok/s → 3 tok/s" beside 5.99×.
+    return f"{fmt_ms_value(x)} {unit}"
 
 
 def read_contrasts(path: Any) -> pl.DataFrame | None:
@@ -140,6 +140,59 @@ class Verdicts:
         )
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """The points the time budget's plan did not send (calibration.json's `points` with a `dropped` reason), so a
+    verdict cell can say what was not run and why instead of reading as if the run had no such point."""
+
+    points: list[dict]  # regime, reuse_pct, concurrency, request_rate, dropped (the reason)
+    regimes: dict[str, list[str]]  # every point the plan lists per regime or shape, each's reason ("" kept)
+    budget_s: float | None
+
+    @classmethod
+    def of(cls, plan: Mapping[str, Any] | None) -> Dropped:
+        points = list((plan or {}).get("points") or [])
+        regimes: dict[str, list[str]] = {}
+        for p in points:
+            regimes.setdefault(str(p["regime"]), []).append(str(p.get("dropped") or ""))
+        return cls([p for p in points if p.get("dropped")], regimes, (plan or {}).get("budget_s"))
+
+    def why(self, reasons: Sequence[str]) -> str:
+        """Why the plan dropped these points: `the 6 min 00 s time budget dropped it` where the budget did (the
+        plan's own reason says so), else the plan's reasons."""
+        unique = list(dict.fromkeys(reasons))
+        budget = f"the {fmt_duration(self.budget_s)} time budget" if self.budget_s is not None else None
+        if budget and all(r.startswith(budget) for r in unique):
+            return f"{budget} dropped it"
+        return "; ".join(unique)
+
+    def whole(self, name: str) -> str:
+        """Why a regime or shape was not run at all ("" where the plan kept any of its points, or has none)."""
+        reasons = self.regimes.get(name, [])
+        return self.why(reasons) if reasons and all(reasons) else ""
+
+    def above(self, regime: str, reuse: int | None, concurrency: int | None) -> str:
+        """The closed-loop loads above `concurrency` that the plan dropped at this regime's reuse level, said as a
+        cell part (`c=4 not run: the 6 min 00 s time budget dropped it`), or ""."""
+        gone = [
+            p
+            for p in self.points
+            if p["regime"] == regime
+            and (reuse is None or p.get("reuse_pct") == reuse)
+            and not p.get("request_rate")
+            and p.get("concurrency") is not None
+            and (concurrency is None or p["concurrency"] > concurrency)
+        ]
+        loads = sorted({int(p["concurrency"]) for p in gone})
+        if not loads:
+            return ""
+        return f"{', '.join(f'c={c}' for c in loads)} not run: {self.why([p['dropped'] for p in gone])}"
+
+
+def _with_dropped(shown: str, gap: str) -> str:
+    return f"{shown}; {gap}" if gap else shown
+
+
 def _closed(df: pl.DataFrame) -> pl.DataFrame:
     """Closed-loop rows (no request rate), where a concurrency names the load."""
     if "request_rate" not in df.columns:
@@ -175,7 +228,11 @@ def _top_reuse(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("reuse_pct") == df["reuse_pct"].max())
 
 
-def _regime_row(df: pl.DataFrame, regime: str, prefix_len: Mapping[str, int]) -> VerdictRow:
+def _regime_row(df: pl.DataFrame, regime: str, prefix_len: Mapping[str, int], dropped: Dropped) -> VerdictRow:
+    tokens = f"{prefix_len[regime]}-token prefix" if regime in prefix_len else "shared prefix"
+    whole = dropped.whole(regime)
+    if whole:  # the plan sent none of its points: every column says so, the first one why
+        return VerdictRow(f"`{regime}` ({tokens})", f"not run: {whole}", "not run", "not run", "not run")
     effect = _top_reuse(_of(df, "cache_effect", "ttft", regime, False))
     low, high = _ends(effect)
     reuse = low.get("reuse_pct") if low else None
@@ -185,29 +242,43 @@ def _regime_row(df: pl.DataFrame, regime: str, prefix_len: Mapping[str, int]) ->
     cost = cost.filter(pl.col("reuse_pct") == 0) if "reuse_pct" in cost.columns else cost
     c_low, c_high = _ends(cost)
     costs = [c_low] if c_low is None or c_high is None or c_low == c_high else [c_low, c_high]
-    tokens = f"{prefix_len[regime]}-token prefix" if regime in prefix_len else "shared prefix"
     label = f"`{regime}` ({tokens}" + (f", {reuse}% reuse)" if reuse is not None else ")")
+    # A load the plan dropped is named where the table would show it: the highest load's cell, and beside the
+    # throughput and the flag cost measured at a lower one.
+    gap = dropped.above(regime, reuse, low.get("concurrency") if low else None)
+    if high is not None and high != low:
+        ttft_high = cell(high)
+    else:
+        ttft_high = gap or "(the only load run)"
+    tput_cell = cell(tput_high) if tput_high is not None else "not measured"
+    top = tput_high.get("concurrency") if tput_high else None
+    cost_top = costs[-1].get("concurrency") if costs[-1] is not None else None
     return VerdictRow(
         traffic=label,
         ttft_low=cell(low),
-        ttft_high=cell(high) if high is not None and high != low else "(one load only)",
-        throughput=cell(tput_high) if tput_high is not None else "not measured",
-        flag_cost=cells(costs) if costs != [None] else "not measured (no 0%-reuse point)",
+        ttft_high=ttft_high,
+        throughput=_with_dropped(tput_cell, dropped.above(regime, reuse, top) if tput_high is not None else ""),
+        flag_cost=_with_dropped(cells(costs), dropped.above(regime, 0, cost_top))
+        if costs != [None]
+        else "not measured (no 0%-reuse point)",
     )
 
 
-def _shape_row(df: pl.DataFrame, name: str, kind: str) -> VerdictRow:
+def _shape_row(df: pl.DataFrame, name: str, kind: str, dropped: Dropped) -> VerdictRow:
     effect = _of(df, "shape", "ttft", name, True)
     low, high = _ends(effect)
     _, tput_high = _ends(_of(df, "throughput", "throughput", name, True))
-    if low is None:
-        return VerdictRow(f"`{name}` ({kind} shape)", "not run", "not run", "not run", "— (a shape has no 0%-reuse point)")
+    label, no_cost = f"`{name}` ({kind} shape)", "— (a shape has no 0%-reuse point)"
+    whole = dropped.whole(name)
+    if whole or low is None:
+        return VerdictRow(label, f"not run: {whole}" if whole else "not run", "not run", "not run", no_cost)
+    gap = dropped.above(name, None, low.get("concurrency"))
     return VerdictRow(
-        traffic=f"`{name}` ({kind} shape)",
+        traffic=label,
         ttft_low=cell(low),
-        ttft_high=cell(high) if high is not None and high != low else "(one load only)",
+        ttft_high=cell(high) if high is not None and high != low else gap or "(the only load run)",
         throughput=cell(tput_high) if tput_high is not None else "not measured",
-        flag_cost="— (a shape has no 0%-reuse point)",
+        flag_cost=no_cost,
     )
 
 
@@ -242,16 +313,20 @@ def verdicts(
     shapes: Mapping[str, Mapping[str, Any]],
     overflow: str = "",
     trace: str = "",
+    plan: Mapping[str, Any] | None = None,
 ) -> Verdicts:
-    """The verdict table: one row per regime (in the run's order) and per workload shape (the config's order; the
-    kv_overflow sweep is the cliff line instead); `df` is contrasts.csv (None: not written by this run)."""
+    """The verdict table: one row per configured regime (in the config's order) and per workload shape (the
+    kv_overflow sweep is the cliff line instead); `df` is contrasts.csv (None: not written by this run). `plan`
+    (calibration.json): what the time budget dropped, so a regime or a load that was never sent still has its row
+    or cell, saying it was not run and why."""
     cliff = cliff_words(df, shapes, overflow, trace)
     if df is None:
         return Verdicts([], cliff, "Not computed: this run has no `results/contrasts.csv` (the `contrasts` rule).")
     if df.is_empty():
         return Verdicts([], cliff, "No contrast was measured in this run (`results/contrasts.csv` is empty).")
-    rows = [_regime_row(df, r, prefix_len) for r in regimes if r not in shapes]
-    rows += [_shape_row(df, n, s.get("kind", "")) for n, s in shapes.items() if s.get("kind") != CLIFF_KIND]
+    dropped = Dropped.of(plan)
+    rows = [_regime_row(df, r, prefix_len, dropped) for r in regimes if r not in shapes]
+    rows += [_shape_row(df, n, s.get("kind", ""), dropped) for n, s in shapes.items() if s.get("kind") != CLIFF_KIND]
     return Verdicts(rows, cliff, "")
 
 
@@ -262,11 +337,19 @@ def run_line(
     target: str,
     counts: tuple[int, int, int],
     lifetimes: int,
+    plan: Mapping[str, Any] | None = None,
 ) -> str:
     """What was run, in one line: model and weights, engine and version, hardware, points and requests. (No run time:
     the summary's wall times leave out a paired point's forced-miss arm and the server starts, so they would
-    understate it; the time budget's plan is in Appendix A.)"""
+    understate it; the time budget's plan is in Appendix A.) `counts`: the points (each measured off and on),
+    requests and failed requests; `plan`: where the time budget dropped points, how many of the configured ones ran."""
     points, requests, failed = counts
+    gone = Dropped.of(plan).points
+    of_planned = ""
+    if gone:
+        why = Dropped.of(plan).why([p["dropped"] for p in gone])
+        who = why.removesuffix(" dropped it") if why.endswith(" dropped it") else "the plan"
+        of_planned = f" of {points + len(gone)} configured ({who} dropped {len(gone)}, Appendix A)"
     hw = info.get("hardware", {})
     if endpoints:
         urls = dict.fromkeys(f"`{i['endpoint']['base_url']}`" for i in endpoints.values())  # one deployment: once
@@ -282,6 +365,7 @@ def run_line(
         engine = f"vLLM {info.get('vllm_version', '?')} ({build})"
         name = model.get("served_name") or model.get("path", "?")
         weights = ", **random weights**" if model.get("source") == "dummy" else ", real weights"
-    return f"**Run:** `{name}`{weights} · {engine} · {where} · {points} points, {requests} requests ({failed} failed), " + (
+    each = f"{points} point{'s' if points != 1 else ''}{of_planned}, each with the cache off and on"
+    return f"**Run:** `{name}`{weights} · {engine} · {where} · {each} · {requests} requests ({failed} failed), " + (
         f"{lifetimes} passes over the endpoints" if endpoints else f"{lifetimes} server lifetime{'s' if lifetimes != 1 else ''}"
     )
