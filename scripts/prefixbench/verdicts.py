@@ -24,7 +24,7 @@ import polars as pl
 
 from .aggregate import closed_loop, interval_mde, single_prefix
 from .contrasts import paired_effects
-from .findings.claims import KINDS, ci_of, floor_of, hit_bound_of, judge, why_unmeasured
+from .findings.claims import KINDS, ci_of, floor_of, hit_bound_of, interval_gap, judge, why_unmeasured
 from .findings.controls import aa_table
 from .findings.derived import throughput_at_p95, throughput_floors
 
@@ -213,8 +213,10 @@ def throughput_rows(sp: pl.DataFrame, summary: pl.DataFrame, shapes: dict[str, s
         on = spread.get(("with_prefix_cache", *(r[k] for k in keys)), (None, None, None))
         ci = (on[0] / off[1], on[1] / off[0]) if None not in (off[0], off[1], on[0], on[1]) and off[0] and off[1] else None
         cost = not shape and r["reuse_pct"] == 0
-        j = Judged(r.get("throughput_gain"), ci, None if cost else floors.get(r["regime"]))
         repeats = [x for x in (off[2], on[2]) if x is not None]
+        passes = int(min(repeats)) if repeats else None
+        gap = interval_gap(passes=passes)
+        j = Judged(r.get("throughput_gain"), ci, None if cost else floors.get(r["regime"]), no_interval=gap)
         row = point_columns(r, shape) | {
             "family": "flag_cost" if cost else "throughput",
             "metric": "throughput",
@@ -222,7 +224,7 @@ def throughput_rows(sp: pl.DataFrame, summary: pl.DataFrame, shapes: dict[str, s
             "baseline": r.get("tok_s_off"),
             "treated": r.get("tok_s_on"),
             "unit": "tok/s",
-            "n": int(min(repeats)) if repeats else None,
+            "n": passes,
             "n_unit": "repeats",
             "label": label_of(r, shape, "cache on vs off" if cost else ""),
         }
@@ -239,7 +241,7 @@ def budget_rows(single: pl.DataFrame, sp: pl.DataFrame) -> list[dict]:
     out = []
     for r in rows:
         control = r["reuse_pct"] == 0
-        j = Judged(r["gain"], r["gain_ci"], None if control else floors.get(r["regime"]))
+        j = Judged(r["gain"], r["gain_ci"], None if control else floors.get(r["regime"]), no_interval=interval_gap(r["passes"]))
         budget = ms(r["p95_budget_s"])
         tail = f"at p95 E2E {budget:.0f} ms" if budget is not None else "p95 ranges do not overlap"
         row = {
@@ -275,8 +277,9 @@ def flag_cost_rows(sp: pl.DataFrame) -> list[dict]:
             if r.get("flag_cost_ratio") is None:
                 continue
             ci = (r["flag_cost_lo"], r["flag_cost_hi"]) if r.get("flag_cost_lo") is not None else None
-            j = Judged(1 / r["flag_cost_ratio"], inverted(ci), mde_pct=r.get("flag_cost_mde_pct"))
             n, unit = r.get("flag_cost_lifetimes"), "lifetime pairs"
+            gap = interval_gap(lifetimes=n)
+            j = Judged(1 / r["flag_cost_ratio"], inverted(ci), mde_pct=r.get("flag_cost_mde_pct"), no_interval=gap)
             off, on = r.get("cross_mean_ttft_s_off", r["mean_ttft_s_off"]), r.get("cross_mean_ttft_s_on", r["mean_ttft_s_on"])
         elif r.get("contrast") == "paired":
             continue  # its TTFT ratio is the paired control; no lifetime figure was recorded

@@ -8,7 +8,17 @@ import polars as pl
 import pytest
 from helpers import ROOT
 
-from prefixbench.findings.claims import KINDS, helped, hurt, judge, verdict
+from prefixbench.findings.claims import (
+    KINDS,
+    NO_INTERVAL_LIFETIMES,
+    NO_INTERVAL_PASSES,
+    NO_INTERVAL_ROUNDS,
+    helped,
+    hurt,
+    interval_gap,
+    judge,
+    verdict,
+)
 from prefixbench.verdicts import COLUMNS, contrast_rows, read_contrasts
 
 SMOL = ROOT / "docs/results/h200-2026-12-01-paired-smollm2"
@@ -129,6 +139,32 @@ def test_published_paired_run():
     assert e2e["design"] == "lifetimes" and e2e["verdict"] == "not claimed" and "A/A" in e2e["reason"]
     assert set(df["verdict"]) <= {"faster", "slower", "no difference", "not claimed", "not measured"}
     assert set(df["family"]) == {"cache_effect", "throughput", "flag_cost", "control"}
+
+
+def test_no_interval_says_its_cause():
+    """A ratio without an interval names why: one lifetime pair (the flag cost's t interval needs two), one measured
+    pass (a throughput interval pairs the slowest and fastest), else too few bootstrap rounds; the sentence says the
+    same as the reason."""
+    assert interval_gap() == NO_INTERVAL_ROUNDS
+    assert interval_gap(lifetimes=1) == NO_INTERVAL_LIFETIMES and interval_gap(passes=1) == NO_INTERVAL_PASSES
+    assert interval_gap(passes=3, lifetimes=2) == NO_INTERVAL_ROUNDS
+    v = judge(1.4, no_interval=NO_INTERVAL_LIFETIMES)
+    assert (v.kind, v.reason) == ("not claimed", f"no interval: {NO_INTERVAL_LIFETIMES}")
+    assert v.words == f"1.40× off/on, not claimed (no interval: {NO_INTERVAL_LIFETIMES})"
+    assert verdict(1.4) == "1.40× off/on, not claimed (no interval: too few independent rounds)"  # unchanged
+    # The SmolLM2 run: one lifetime and one repeat per setting.
+    df = read_contrasts(SMOL / "summary.csv", SMOL / "speedup.csv")
+    cost = one(df, family="flag_cost", metric="ttft", concurrency=1)
+    assert cost["reason"] == "no interval: one server lifetime per setting (benchmark.instances: 2 or more gives one)"
+    for r in df.filter((pl.col("metric") == "throughput") & pl.col("lo").is_null()).iter_rows(named=True):
+        assert r["reason"] == f"no interval: {NO_INTERVAL_PASSES}", r["key"]
+    # Two repeats give a throughput interval; a flag cost over two lifetime pairs would give one too.
+    summary, sp = tables()
+    two = summary.with_columns(
+        pl.lit(2).alias("repeats_measured"), pl.col("tok_s").alias("tok_s_lo"), pl.col("tok_s").alias("tok_s_hi")
+    )
+    tp = one(contrast_rows(two, sp), family="throughput", concurrency=1)
+    assert tp["lo"] is not None and "no interval" not in tp["reason"]
 
 
 def test_failed_control_claims_nothing_of_its_level():

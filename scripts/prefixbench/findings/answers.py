@@ -10,12 +10,13 @@ from .. import OFF, ON
 from ..aggregate import closed_loop
 from ..formatting import fmt_pct, fmt_x
 from ..scalars import opt_num
-from ..stats import outside_floor
 from .claims import (
     Finding,
     ci_of,
     helped,
     hurt,
+    interval_gap,
+    judge,
     judged,
     load_label,
     measured,
@@ -135,7 +136,8 @@ def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) ->
             band = f", 95% CI {r['gain_ci'][0]:.2f}–{r['gain_ci'][1]:.2f}" if r["gain_ci"] else ""
             words = f"{fmt_x(r['gain'])} on/off{band}: the A/A control for throughput (nothing can hit), not a claim"
         else:
-            words = verdict(r["gain"], "more", "less", ci=r["gain_ci"], floor=floors.get(r["regime"]))
+            gap = interval_gap(passes=r["passes"])
+            words = verdict(r["gain"], "more", "less", ci=r["gain_ci"], floor=floors.get(r["regime"]), no_interval=gap)
             words = words.replace("off/on", "on/off")
         details.append(
             head + f"at p95 E2E {fmt_s(r['p95_budget_s'])} (the highest both modes measured), off "
@@ -149,7 +151,7 @@ def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) ->
         )
     if not judged_rows:
         return Finding("Not answerable from this run: the two modes' p95 ranges never overlap.", details)
-    more = [r for r in judged_rows if r["gain"] > 1 and outside_floor(r["gain_ci"], floors.get(r["regime"]))]
+    more = [r for r in judged_rows if judge(r["gain"], ci=r["gain_ci"], floor=floors.get(r["regime"])).kind == "faster"]
     gains = [r["gain"] for r in judged_rows]
     if len(more) == len(judged_rows):
         answer = f"Yes: at the same p95 budget the cache sustained {span(fmt_x(min(gains)), fmt_x(max(gains)))} the throughput."

@@ -21,7 +21,10 @@ NOISE = 0.05  # relative change treated as no change where a rule needs one and 
 
 KINDS = ("faster", "slower", "no difference", "not claimed", "not measured")  # Verdict.kind, in a table's order
 DESIGN_FAILED = "the regime's 0%-reuse control found a difference"  # the reason of a contrast its design failed
-NO_INTERVAL_ROUNDS = "too few independent rounds"  # why a ratio has no interval, unless its caller knows better
+# Why a ratio has no interval (interval_gap picks one): the cause and, where a setting removes it, which one.
+NO_INTERVAL_ROUNDS = "too few independent rounds"
+NO_INTERVAL_LIFETIMES = "one server lifetime per setting (benchmark.instances: 2 or more gives one)"
+NO_INTERVAL_PASSES = "one measured pass per setting (benchmark.repeats or benchmark.instances: 2 or more gives one)"
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def judge(
     speed-up it can explain): a gain whose whole interval lies above it is not the cache's, and is not claimed.
     `mde_pct`: the smallest effect the contrast could detect, which "no difference" always states. `failed`: the
     design's control found a difference where there is none, so nothing is claimed. `no_interval`: why a ratio
-    without an interval has none, which the reason and the sentence state."""
+    without an interval has none (interval_gap), which the reason and the sentence state."""
     if ratio is None:
         return Verdict("not measured", "no ratio: a setting had no measured window", "not measured")
     if failed:
@@ -108,6 +111,18 @@ def verdict(
 ) -> str:
     """Words for an off/on ratio where >1 means the cache helped: the sentence of the claim rule (judge)."""
     return judge(ratio, better, worse, ci, floor, hit_bound, mde_pct, failed, no_interval).words
+
+
+def interval_gap(passes: int | None = None, lifetimes: int | None = None) -> str:
+    """Why a ratio has no interval, from what it stands on: `lifetimes`, the server-lifetime pairs of a contrast
+    with lifetimes as its unit (the flag cost: a t interval on pairs - 1 degrees of freedom, none from one pair);
+    `passes`, the fewer side's measured passes (repeats of each lifetime) behind a throughput ratio, whose interval
+    pairs the slowest and fastest pass (none from one). Otherwise the bootstrap had too few independent rounds."""
+    if lifetimes is not None and lifetimes < 2:
+        return NO_INTERVAL_LIFETIMES
+    if passes is not None and passes < 2:
+        return NO_INTERVAL_PASSES
+    return NO_INTERVAL_ROUNDS
 
 
 def ci_of(row: dict, name: str) -> tuple[float, float] | None:

@@ -58,6 +58,8 @@ def throughput_at_p95(summary: pl.DataFrame) -> list[dict]:
             "tok_s_on": None,
             "gain": None,
             "gain_ci": None,
+            # the fewest measured passes behind a point of either curve: with one, no interval (claims.interval_gap)
+            "passes": grp["repeats_measured"].min() if "repeats_measured" in grp.columns else None,
         }
         if low <= high:
             budget = high
