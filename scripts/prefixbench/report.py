@@ -24,6 +24,7 @@ from .aggregate import SEED_COLUMNS, closed_loop, single_prefix
 from .chart_specs import BY_NAME as CHARTS
 from .chart_specs import ChartSpec
 from .contrasts import paired_effects, paired_section
+from .endpoint import cache_off_forced
 from .engine_view import engine_rows, engine_table, engine_words
 from .findings import (
     KIT,
@@ -138,6 +139,7 @@ class ReportContext:
     strategy: list[dict]
     scripts: dict[str, str]
     endpoints: dict[str, dict]
+    forced_off: bool  # the cache-off setting was forced misses (a unique cache_salt each) on the cache-on deployment
     not_measured: list[str]
     budget: str  # what the time budget did to the sweep ("" without a plan)
     n_points: int
@@ -291,6 +293,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
     prefix_len = {s["regime"]: int(s["prefix_len_tokens"]) for s in strategy if s["prefix_len_tokens"] is not None}
     prefix_len |= {r: int(n) for r, n in everything.select("regime", "prefix_len_tokens").unique().iter_rows() if n is not None}
     plan = read_plan(inputs.calibration_json)
+    forced = cache_off_forced(lifetimes)
     return ReportContext(
         run_line=run_line(
             model,
@@ -310,6 +313,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
             shape_words.get("overflow", ""),
             shape_words.get("trace", ""),
             plan,
+            forced,
             fallback=lambda w: Verdicts([], "", w),
         ),
         info=info,
@@ -323,9 +327,10 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         strategy=strategy,
         scripts={Path(p).name: Path(p).read_text() for p in inputs.script_paths},
         endpoints=endpoints,
+        forced_off=forced,
         not_measured=not_measured(endpoints),
         budget=budget_words(inputs.calibration_json, lifetimes),
-        n_points=everything.height,
+        n_points=everything.select(POINT).unique().height,
         # A paired point's summary row counts its hit arm; its forced misses are counted in the off/on table.
         n_requests=n_requests,
         n_failed=n_failed,
@@ -348,7 +353,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
             ideal_finding, summary, load_shape(model.get("path", "")), block_size, cold_samples(inputs.calibration_json)
         ),
         hitrate=guarded(hit_rate_model, summary),
-        bullets=guarded(consulting_bullets, summary, sp, block_size, fallback=lambda w: [w]),
+        bullets=guarded(consulting_bullets, summary, sp, block_size, forced, fallback=lambda w: [w]),
         charts=dict(CHARTS),
     )
 

@@ -726,3 +726,64 @@ def test_a_regime_the_time_budget_dropped_whole_keeps_its_row_saying_so():
     assert verdicts(df, ["medium"], {}, {}, plan=small).rows[0].ttft_low == (
         "not run: 2 round(s) ... need 16 requests; the point has 12"
     )
+
+
+def test_a_one_deployment_endpoint_run_says_cache_off_was_forced_misses(tmp_path):
+    """An endpoint run whose cache off was forced misses (`salt_every_request`) on the cache-on deployment: the
+    appendix said `no_prefix_cache` "is trusted to run with prefix caching off", which is false there. It now says
+    cache off was forced misses on the same deployment and that the flag's own cost was not measured, and the
+    verdict's flag-cost column says not measured instead of comparing misses with misses."""
+    from prefixbench.verdicts import contrast_rows
+
+    summary, infos, _, prompts = make_inputs(tmp_path, n=24)
+    caps = {"metrics": True, "prefix_cache_counters": True, "latency_histograms": True, "cache_reset": "ok", "version": "9.9.9"}
+    for path, mode in zip(infos, ("no_prefix_cache", "with_prefix_cache")):
+        endpoint = {"base_url": "https://llm.example", "model": "served", "api_key_env": None,
+                    "salt_every_request": mode == "no_prefix_cache"}  # fmt: skip
+        info = {"mode": mode, "instance": 1, "started_by_prefixbench": False, "endpoint": endpoint, "capabilities": caps,
+                "not_measured": ["what the prefix-caching flag itself costs"], "vllm_version": "9.9.9",
+                "hardware": {"client": {"cpu": "Test CPU", "cpu_count": 2}, "server": "a remote endpoint"},
+                "warmup_policy": "none", "startup_s": None, "description": ""}  # fmt: skip
+        path.write_text(json.dumps(info))
+    contrast_rows(summary, pl.read_csv(tmp_path / "speedup.csv")).write_csv(tmp_path / "contrasts.csv")
+    inputs = ReportInputs(
+        summary_csv=tmp_path / "summary.csv",
+        speedup_csv=tmp_path / "speedup.csv",
+        info_paths=infos,
+        script_paths=[],
+        prompt_paths=prompts,
+        model={"source": "endpoint", "path": "served", "tokenizer": "tok"},
+        target="endpoint",
+        max_tokens=8,
+        block_size=128,
+        slo=SLO,
+        contrasts_csv=tmp_path / "contrasts.csv",
+    )
+    render(inputs, TEMPLATE, tmp_path / "report.md")
+    md = (tmp_path / "report.md").read_text()
+    lines = md.splitlines()
+    assert lines[2].startswith("**Run:** `served` · vLLM 9.9.9 · existing endpoint `https://llm.example` · ")
+    assert lines[2].endswith("2 passes over the endpoint")
+    assert "is trusted to run with prefix caching off" not in md
+    assert "## Appendix C: the endpoint\n" in md
+    assert "`no_prefix_cache` was\nforced misses, the same requests each with a unique `cache_salt`" in md
+    assert "what the prefix-caching flag itself costs was not measured" in md
+    table = [line for line in lines[:40] if line.startswith("| `")]
+    assert table and all(
+        row.rstrip(" |").endswith("not measured: cache off was forced misses (a unique `cache_salt` per request) on the "
+                                  "same cache-on deployment, so the flag's own cost is not in this run")
+        for row in table
+    )  # fmt: skip
+    assert "Cache off here is forced misses (a unique `cache_salt` per request) on the same cache-on deployment" in md
+    assert "Requests that share nothing showed no measurable cost" not in md  # the conclusion cannot say it either
+    assert "What leaving it on costs requests that hit nothing was not measured: cache off was forced misses" in md
+    # Two deployments (no salt): the trust sentence stays, the flag cost is the contrast's.
+    for path in infos:
+        info = json.loads(path.read_text())
+        info["endpoint"]["salt_every_request"] = False
+        info["endpoint"]["base_url"] = f"https://{info['mode']}.example"
+        path.write_text(json.dumps(info))
+    render(inputs, TEMPLATE, tmp_path / "two.md")
+    two = (tmp_path / "two.md").read_text()
+    assert "is trusted to run with prefix caching off" in two and "Cache off here is forced misses" not in two
+    assert "2 passes over the endpoints" in two.splitlines()[2]

@@ -14,7 +14,16 @@ from .controls import aa_row, cost_of_leaving_it_on
 from .units import fmt_s
 
 
-def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int) -> list[str]:
+# What a run whose cache off was forced misses on the cache-on deployment says instead of the flag's cost.
+FORCED_OFF_COST = (
+    "What leaving it on costs requests that hit nothing was not measured: cache off was forced misses (a unique "
+    "`cache_salt` per request) on the same cache-on deployment, so caching was never off."
+)
+
+
+def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int, forced_off: bool = False) -> list[str]:
+    """The conclusion's bullets. `forced_off` (endpoint.cache_off_forced): both settings were one cache-on
+    deployment, so no comparison in the run can say what leaving caching on costs."""
     top_reuse = whole(sp["reuse_pct"].max())
     c_min, c_max = whole(sp["concurrency"].min()), whole(sp["concurrency"].max())
     # The headline: the longest prefix at full reuse, at the concurrency where the cache's effect is claimed and
@@ -52,7 +61,7 @@ def consulting_bullets(summary: pl.DataFrame, sp: pl.DataFrame, block_size: int)
             f"shared prefix, {top_reuse}% reuse and concurrency {big['concurrency']}, {judged(big)}. "
         )
     bullets = [
-        enable + cost_of_leaving_it_on(aa, sp),
+        enable + (FORCED_OFF_COST if forced_off else cost_of_leaving_it_on(aa, sp)),
         f"**How to tell it is working:** watch `vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total` on "
         f"`/metrics` (this run: {fmt_pct(h1)} for {big['regime']} at {top_reuse}% reuse, c={c_min}) and per-request "
         "`usage.prompt_tokens_details.cached_tokens` (server flag `--enable-prompt-tokens-details`). A rate near zero "

@@ -9,7 +9,7 @@ questions (what caching bought at the lowest and the highest load at the highest
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
@@ -23,6 +23,11 @@ NUMBERS = {
     **dict.fromkeys(("reuse_pct", "concurrency", "n"), pl.Int64),
     **dict.fromkeys(("request_rate", "baseline", "treated", "ratio", "lo", "hi", "mde_pct"), pl.Float64),
 }
+# The flag-cost cell of a run whose cache off was forced misses on the cache-on deployment (never caching off).
+FORCED_OFF = (
+    "not measured: cache off was forced misses (a unique `cache_salt` per request) on the same cache-on deployment, "
+    "so the flag's own cost is not in this run"
+)
 # A shape kind that sweeps the KV capacity: its points are the capacity cliff, not rows of their own.
 CLIFF_KIND = "kv_overflow"
 
@@ -314,11 +319,13 @@ def verdicts(
     overflow: str = "",
     trace: str = "",
     plan: Mapping[str, Any] | None = None,
+    forced_off: bool = False,
 ) -> Verdicts:
     """The verdict table: one row per configured regime (in the config's order) and per workload shape (the
     kv_overflow sweep is the cliff line instead); `df` is contrasts.csv (None: not written by this run). `plan`
     (calibration.json): what the time budget dropped, so a regime or a load that was never sent still has its row
-    or cell, saying it was not run and why."""
+    or cell, saying it was not run and why. `forced_off` (endpoint.cache_off_forced): cache off was forced misses on
+    the cache-on deployment, so caching was never off and the last column, what the flag costs, was not measured."""
     cliff = cliff_words(df, shapes, overflow, trace)
     if df is None:
         return Verdicts([], cliff, "Not computed: this run has no `results/contrasts.csv` (the `contrasts` rule).")
@@ -326,6 +333,8 @@ def verdicts(
         return Verdicts([], cliff, "No contrast was measured in this run (`results/contrasts.csv` is empty).")
     dropped = Dropped.of(plan)
     rows = [_regime_row(df, r, prefix_len, dropped) for r in regimes if r not in shapes]
+    if forced_off:  # both settings were one cache-on deployment: on vs off at 0% reuse is misses against misses
+        rows = [replace(r, flag_cost=FORCED_OFF) if not r.flag_cost.startswith("not run") else r for r in rows]
     rows += [_shape_row(df, n, s.get("kind", ""), dropped) for n, s in shapes.items() if s.get("kind") != CLIFF_KIND]
     return Verdicts(rows, cliff, "")
 
@@ -367,5 +376,7 @@ def run_line(
         weights = ", **random weights**" if model.get("source") == "dummy" else ", real weights"
     each = f"{points} point{'s' if points != 1 else ''}{of_planned}, each with the cache off and on"
     return f"**Run:** `{name}`{weights} · {engine} · {where} · {each} · {requests} requests ({failed} failed), " + (
-        f"{lifetimes} passes over the endpoints" if endpoints else f"{lifetimes} server lifetime{'s' if lifetimes != 1 else ''}"
+        f"{lifetimes} passes over the endpoint{'s' if len(urls) > 1 else ''}"
+        if endpoints
+        else f"{lifetimes} server lifetime{'s' if lifetimes != 1 else ''}"
     )
