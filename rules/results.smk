@@ -5,6 +5,7 @@ rule contrasts:
         summary="results/summary.csv",
         speedup="results/speedup.csv",
         shape_points="results/shape_points.csv",
+        info=SERVER_INFOS,  # whether the cache off was forced misses on one deployment (no flag cost then)
         code=package_files("contrasts"),
     output:
         "results/contrasts.csv",

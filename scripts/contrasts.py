@@ -7,4 +7,4 @@ from prefixbench.verdicts import read_contrasts
 snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log[0], "w")
 i = snakemake.input
-read_contrasts(i.summary, i.speedup, i.shape_points).write_csv(snakemake.output[0])
+read_contrasts(i.summary, i.speedup, i.shape_points, list(i.info)).write_csv(snakemake.output[0])

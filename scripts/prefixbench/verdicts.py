@@ -16,20 +16,25 @@ controls, the throughput control at 0% reuse).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from .aggregate import closed_loop, interval_mde, single_prefix
 from .contrasts import paired_effects
+from .endpoint import cache_off_forced
 from .findings.claims import KINDS, ci_of, floor_of, hit_bound_of, interval_gap, judge, why_unmeasured
 from .findings.controls import aa_table
 from .findings.derived import throughput_at_p95, throughput_floors
 
 FAMILIES = ("cache_effect", "shape", "throughput", "flag_cost", "control")
 VERDICTS = KINDS  # the claim rule's verdicts (findings.claims.Verdict.kind)
+# The flag cost of a run whose cache off was forced misses on its one (cache-on) deployment: never measured.
+ONE_DEPLOYMENT = "one deployment: cache off was forced misses on the cache-on server"
 
 # The columns of contrasts.csv, in order, and their types (the file keeps them even where the run has no row).
 SCHEMA: dict[str, Any] = {
@@ -196,7 +201,7 @@ def effect_rows(sp: pl.DataFrame, shapes: dict[str, str]) -> list[dict]:
     return out
 
 
-def throughput_rows(sp: pl.DataFrame, summary: pl.DataFrame, shapes: dict[str, str]) -> list[dict]:
+def throughput_rows(sp: pl.DataFrame, summary: pl.DataFrame, shapes: dict[str, str], forced: bool = False) -> list[dict]:
     """Output tok/s on over off at each point (an interval where repeats gave one: the slowest and fastest repeats
     paired, as findings.derived does), judged against the regime's throughput floor. At 0% reuse it is what leaving
     the cache on costs (flag_cost), judged by its own interval: the floor is built from it."""
@@ -229,6 +234,8 @@ def throughput_rows(sp: pl.DataFrame, summary: pl.DataFrame, shapes: dict[str, s
             "label": label_of(r, shape, "cache on vs off" if cost else ""),
         }
         out.append(row | j.columns(better="more", worse="less"))
+        if cost and forced:
+            out[-1] |= unmeasured_cost()
     return out
 
 
@@ -265,10 +272,11 @@ def budget_rows(single: pl.DataFrame, sp: pl.DataFrame) -> list[dict]:
     return out
 
 
-def flag_cost_rows(sp: pl.DataFrame) -> list[dict]:
+def flag_cost_rows(sp: pl.DataFrame, forced: bool = False) -> list[dict]:
     """Mean TTFT with the cache on against off for requests that hit nothing (0% reuse), oriented off/on: lifetimes
     are the unit (`flag_cost_*`, as findings.controls.flag_cost_words reads them), judged by their own interval; a run
-    from before those columns has its 0%-reuse lifetime ratio."""
+    from before those columns has its 0%-reuse lifetime ratio. `forced`: the run's cache off was forced misses on
+    its cache-on deployment (endpoint.cache_off_forced), so caching was never off: each row reads not measured."""
     out = []
     rows = sp.filter(pl.col("reuse_pct") == 0)
     recorded = "flag_cost_ratio" in sp.columns and not sp["flag_cost_ratio"].is_null().all()
@@ -298,8 +306,20 @@ def flag_cost_rows(sp: pl.DataFrame) -> list[dict]:
             "n_unit": unit,
             "label": label_of(r, None, "cache on vs off"),
         }
-        out.append(row | j.columns())
+        out.append(row | j.columns() | (unmeasured_cost() if forced else {}))
     return out
+
+
+def unmeasured_cost() -> dict[str, Any]:
+    """A flag-cost row's measured columns where the run had one deployment: its ratio compares forced misses with
+    requests that hit nothing on one cache-on server (the cost is inside both), so no number of it may stand as the
+    flag's cost."""
+    empty = ("baseline", "treated", "ratio", "lo", "hi", "mde_pct", "floor_lo", "floor_hi", "n")
+    return dict.fromkeys(empty) | {
+        "verdict": "not measured",
+        "reason": ONE_DEPLOYMENT,
+        "words": f"not measured ({ONE_DEPLOYMENT})",
+    }
 
 
 def control_rows(sp: pl.DataFrame) -> list[dict]:
@@ -363,9 +383,13 @@ def contrast_rows(
     summary: pl.DataFrame,
     speedup: pl.DataFrame,
     shape_points: pl.DataFrame | None = None,
+    lifetimes: Sequence[Mapping[str, Any]] = (),
 ) -> pl.DataFrame:
     """Every contrast of a run as one row (COLUMNS), from aggregation's tables as read from their CSVs: cache
-    effects, workload shapes, throughput, the flag cost and the controls, each judged by the claim rule."""
+    effects, workload shapes, throughput, the flag cost and the controls, each judged by the claim rule.
+    `lifetimes`: the server lifetimes' recorded server.json, which say whether the cache off was forced misses on
+    one deployment (then the flag cost is not measured)."""
+    forced = cache_off_forced([dict(i) for i in lifetimes])
     if "request_rate" not in summary.columns:
         summary = summary.with_columns(pl.lit(0.0).alias("request_rate"))
     sp_all = paired_effects(speedup)
@@ -379,9 +403,9 @@ def contrast_rows(
         }
     parts: list[Callable[[], list[dict]]] = [
         lambda: effect_rows(sp_all, shapes),
-        lambda: throughput_rows(sp_all, summary, shapes),
+        lambda: throughput_rows(sp_all, summary, shapes, forced),
         lambda: budget_rows(single, sp),
-        lambda: flag_cost_rows(sp),
+        lambda: flag_cost_rows(sp, forced),
         lambda: control_rows(sp_all),
     ]
     rows = [row | {"key": key_of(row)} for part in parts for row in part()]
@@ -421,12 +445,16 @@ def with_predictions(df: pl.DataFrame, shape_points: pl.DataFrame | None) -> pl.
     )
 
 
-def read_contrasts(summary_csv: Any, speedup_csv: Any, shape_points_csv: Any = None) -> pl.DataFrame:
-    """contrast_rows over a run's CSV files (shape_points.csv may be empty: a run without shapes)."""
+def read_contrasts(
+    summary_csv: Any, speedup_csv: Any, shape_points_csv: Any = None, info_paths: Sequence[Any] = ()
+) -> pl.DataFrame:
+    """contrast_rows over a run's CSV files (shape_points.csv may be empty: a run without shapes) and its server
+    lifetimes' server.json files."""
     from .shapes.results import read_shape_table
 
     return contrast_rows(
         pl.read_csv(summary_csv, infer_schema_length=None),
         pl.read_csv(speedup_csv, infer_schema_length=None),
         read_shape_table(shape_points_csv) if shape_points_csv else None,
+        [json.loads(Path(p).read_text()) for p in info_paths],
     )

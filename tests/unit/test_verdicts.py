@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import polars as pl
 import pytest
@@ -19,7 +20,7 @@ from prefixbench.findings.claims import (
     judge,
     verdict,
 )
-from prefixbench.verdicts import COLUMNS, contrast_rows, read_contrasts
+from prefixbench.verdicts import COLUMNS, ONE_DEPLOYMENT, contrast_rows, read_contrasts
 
 SMOL = ROOT / "docs/results/h200-2026-12-01-paired-smollm2"
 OLD = ROOT / "docs/results/h200-2026-11-28b/smollm2-135m"
@@ -165,6 +166,26 @@ def test_no_interval_says_its_cause():
     )
     tp = one(contrast_rows(two, sp), family="throughput", concurrency=1)
     assert tp["lo"] is not None and "no interval" not in tp["reason"]
+
+
+def test_flag_cost_not_measured_on_one_deployment(tmp_path):
+    """A run whose cache off was forced misses on the cache-on deployment (its server.json files say so) never had
+    caching off: every flag-cost row reads not measured, with no number, and the other families are untouched."""
+    infos = []
+    for mode, salted in (("no_prefix_cache", True), ("with_prefix_cache", False)):
+        path = tmp_path / f"{mode}.json"
+        path.write_text(json.dumps({"mode": mode, "endpoint": {"salt_every_request": salted}}))
+        infos.append(path)
+    plain = read_contrasts(SMOL / "summary.csv", SMOL / "speedup.csv")
+    df = read_contrasts(SMOL / "summary.csv", SMOL / "speedup.csv", None, infos)
+    cost = df.filter(pl.col("family") == "flag_cost")
+    assert cost.height == plain.filter(pl.col("family") == "flag_cost").height == 4
+    assert set(cost["verdict"]) == {"not measured"} and set(cost["reason"]) == {ONE_DEPLOYMENT}
+    assert ONE_DEPLOYMENT == "one deployment: cache off was forced misses on the cache-on server"
+    assert cost["ratio"].null_count() == cost["baseline"].null_count() == cost.height
+    assert set(plain.filter(pl.col("family") == "flag_cost")["verdict"]) == {"not claimed"}  # two deployments: judged
+    rest = pl.col("family") != "flag_cost"
+    assert df.filter(rest).equals(plain.filter(rest))
 
 
 def test_failed_control_claims_nothing_of_its_level():
