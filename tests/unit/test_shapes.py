@@ -368,3 +368,52 @@ def test_the_shape_prompts_code_inputs_cover_every_module_it_loads():
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = {str(Path(f).resolve()) for f in out.stdout.split()}
     assert loaded and loaded <= closure, sorted(loaded - closure)
+
+
+def test_the_overflow_table_says_what_was_not_measured_and_shows_no_ratio():
+    """Issue 22: the kv_overflow table printed `n/a → n/a` and `n/a` for a working set without a measurement, and its
+    sentence pointed to "each working set's verdict in the table", which is now the verdict's cliff line."""
+    import polars as pl
+
+    from prefixbench.shapes.kv_overflow import overflow_table, overflow_words
+
+    check = pl.DataFrame(
+        {
+            "regime": ["ov_ws50", "ov_ws200", "ov_ws400"],
+            "workload": ["kv_overflow"] * 3,
+            "working_set": [0.5, 2.0, 4.0],
+            "predicted_hit_rate": [0.9, 0.3, 0.1],
+            "measured_hit_rate": [0.88, 0.31, None],
+            "exact": [10, 9, 0],
+            "requests": [10, 10, 10],
+        }
+    )
+    sp = pl.DataFrame(
+        {
+            "regime": ["ov_ws50", "ov_ws200"],
+            "reuse_pct": [100, 100],
+            "concurrency": [1, 1],
+            "request_rate": [0.0, 0.0],
+            "mean_ttft_s_off": [0.030, 0.031],
+            "mean_ttft_s_on": [0.015, None],
+            "ttft_speedup": [2.0, None],
+            "window_requests_off": [10, 10],
+            "window_requests_on": [10, 0],
+        }
+    )
+    table = overflow_table(check, sp, KIT)
+    assert "n/a" not in table and "| 4 | 10% | not measured | 0/10 | not measured | not measured: no off/on pair" in table
+    row200 = next(line for line in table.splitlines() if line.startswith("| 2 |"))
+    assert "| not measured | not measured (no steady-state window" in row200 and "×" not in row200
+    assert "30 ms → 15 ms" in table
+    # The sentence says only what was measured and points nowhere.
+    words = overflow_words(check.filter(pl.col("working_set") < 3), KIT, sp)
+    assert words.startswith("As the working set grew from 0.5x to 2x the KV capacity, the measured hit rate went from 88% to 31%")
+    assert "in the table" not in words and "n/a" not in words and "evicted" in words
+    assert overflow_words(check, KIT, sp) == (
+        "The hit rate was not measured at working set 4x, so how hits moved from 0.5x to 4x the KV capacity is not known."
+    )
+    both = sp.with_columns(pl.lit(0.025).alias("mean_ttft_s_on"))
+    assert overflow_words(check.filter(pl.col("working_set") < 3), KIT, both).endswith(
+        "; mean TTFT with the cache on stayed at 25 ms."
+    )

@@ -30,7 +30,22 @@ def kv_overflow(ctx: BuildContext, shape: Shape) -> list[dict]:
     ]
 
 
+def _pct(kit: ReportKit, x: float | None) -> str:
+    """A hit rate, or what was not measured (never "n/a")."""
+    return "not measured" if x is None else kit.fmt_pct(x)
+
+
+def _point(sp: pl.DataFrame, regime: str) -> dict:
+    """The working set's off/on row ({} where the point has none: it was not run in both settings)."""
+    import polars as pl
+
+    s = sp.filter(pl.col("regime") == regime) if "regime" in sp.columns else sp.clear()
+    return s.row(0, named=True) if s.height else {}
+
+
 def overflow_table(check: pl.DataFrame, sp: pl.DataFrame, kit: ReportKit) -> str:
+    """Each working set's hit rate, predicted and measured, and its TTFT off → on with the claim rule's verdict; a
+    missing measurement says what was not measured and shows no ratio."""
     import polars as pl
 
     ov = check.filter(pl.col("workload") == KvOverflow.name).sort("working_set")
@@ -38,38 +53,58 @@ def overflow_table(check: pl.DataFrame, sp: pl.DataFrame, kit: ReportKit) -> str
         return ""
     rows = []
     for r in ov.iter_rows(named=True):
-        s = sp.filter(pl.col("regime") == r["regime"])
-        sr = s.row(0, named=True) if s.height else {}
+        sr = _point(sp, r["regime"])
+        off, on = sr.get("mean_ttft_s_off"), sr.get("mean_ttft_s_on")
+        if not sr:
+            ttft, verdict = "not measured", "not measured: no off/on pair for this working set"
+        else:
+            ttft = f"{kit.fmt_s(off)} → {kit.fmt_s(on)}" if off is not None and on is not None else "not measured"
+            verdict = kit.judged(sr)
         rows.append(
             {
                 "working set / capacity": f"{r['working_set']:g}",
-                "hit rate predicted": kit.fmt_pct(r["predicted_hit_rate"]),
-                "measured": kit.fmt_pct(r["measured_hit_rate"]),
+                "hit rate predicted": _pct(kit, r["predicted_hit_rate"]),
+                "measured": _pct(kit, r["measured_hit_rate"]),
                 "requests exact": f"{r['exact']}/{r['requests']}",
-                "TTFT off → on": f"{kit.fmt_s(sr.get('mean_ttft_s_off'))} → {kit.fmt_s(sr.get('mean_ttft_s_on'))}",
-                "verdict": kit.judged(sr) if sr else "n/a",
+                "TTFT off → on": ttft,
+                "verdict": verdict,
             }
         )
     return kit.markdown_table(pl.DataFrame(rows), list(rows[0]))
 
 
-def overflow_words(check: pl.DataFrame, kit: ReportKit) -> str:
+def moved(a: str, b: str) -> str:
+    """`went from a to b`, or `stayed at a` where both print the same (never "from 25 ms to 25 ms")."""
+    return f"stayed at {a}" if a == b else f"went from {a} to {b}"
+
+
+def overflow_words(check: pl.DataFrame, kit: ReportKit, sp: pl.DataFrame | None = None) -> str:
+    """How the hit rate, and the cache-on TTFT where both ends have it, moved from the smallest working set to the
+    largest; only what was measured is said (the verdict's cliff line and the conclusion quote it)."""
     import polars as pl
 
     ov = check.filter(pl.col("workload") == KvOverflow.name).sort("working_set")
     if ov.height < 2:
         return ""
     lo, hi = ov.row(0, named=True), ov.row(-1, named=True)
+    span = f"from {lo['working_set']:g}x to {hi['working_set']:g}x the KV capacity"
+    m_lo, m_hi = lo["measured_hit_rate"], hi["measured_hit_rate"]
+    if m_lo is None or m_hi is None:
+        missing = ", ".join(f"{r['working_set']:g}x" for r in (lo, hi) if r["measured_hit_rate"] is None)
+        return f"The hit rate was not measured at working set {missing}, so how hits moved {span} is not known."
     text = (
-        f"As the working set grew from {lo['working_set']:g}x to {hi['working_set']:g}x the KV capacity, the measured hit "
-        f"rate went from {kit.fmt_pct(lo['measured_hit_rate'])} to {kit.fmt_pct(hi['measured_hit_rate'])} (predicted "
-        f"{kit.fmt_pct(lo['predicted_hit_rate'])} → {kit.fmt_pct(hi['predicted_hit_rate'])})"
+        f"As the working set grew {span}, the measured hit rate {moved(kit.fmt_pct(m_lo), kit.fmt_pct(m_hi))} "
+        f"(predicted {_pct(kit, lo['predicted_hit_rate'])} → {_pct(kit, hi['predicted_hit_rate'])})"
     )
-    if hi["measured_hit_rate"] is not None and lo["measured_hit_rate"] and hi["measured_hit_rate"] < lo["measured_hit_rate"]:
+    if m_hi < m_lo:
         text += (
             ": past the capacity, least-recently-used prefixes are evicted before they come back, so fewer prompt "
-            "tokens are served from the cache (what that does to latency is each working set's verdict in the table)"
+            "tokens are served from the cache"
         )
+    p_lo, p_hi = (_point(sp, r["regime"]) if sp is not None else {} for r in (lo, hi))
+    on_lo, on_hi = p_lo.get("mean_ttft_s_on"), p_hi.get("mean_ttft_s_on")
+    if on_lo is not None and on_hi is not None:
+        text += f"; mean TTFT with the cache on {moved(kit.fmt_s(on_lo), kit.fmt_s(on_hi))}"
     return text + "."
 
 
@@ -117,5 +152,5 @@ class KvOverflow(ShapeKind):
         has = ev.check.height > 0
         return {
             "overflow_table": overflow_table(ev.check, ev.points, kit) if has else "",
-            "overflow": overflow_words(ev.check, kit) if has else "",
+            "overflow": overflow_words(ev.check, kit, ev.points) if has else "",
         }
