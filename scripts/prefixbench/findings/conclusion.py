@@ -13,7 +13,6 @@ from .claims import NOISE, helped, judged, measured, unmeasured_words
 from .controls import aa_row, cost_of_leaving_it_on
 from .units import fmt_s
 
-
 # What a run whose cache off was forced misses on the cache-on deployment says instead of the flag's cost.
 FORCED_OFF_COST = (
     "What leaving it on costs requests that hit nothing was not measured: cache off was forced misses (a unique "
