@@ -787,3 +787,21 @@ def test_a_one_deployment_endpoint_run_says_cache_off_was_forced_misses(tmp_path
     two = (tmp_path / "two.md").read_text()
     assert "is trusted to run with prefix caching off" in two and "Cache off here is forced misses" not in two
     assert "2 passes over the endpoints" in two.splitlines()[2]
+
+
+def test_one_value_ranges_and_an_unmoved_gauge_read_plainly():
+    """A trimmed CPU run (one concurrency per regime): 'off 24127 ms–24127 ms' and 'the KV-cache usage gauge peaked
+    lower with the cache on at 0 of 2 points and higher at 0' read as if something had been compared."""
+    from prefixbench.findings.answers import memory_finding, p95_range
+
+    assert p95_range((24.127, 24.127)) == "24127 ms" and p95_range((1.0, 2.0)) == "1000 ms–2000 ms"
+    point = {"regime": "large", "reuse_pct": 100, "concurrency": 1, "request_rate": 0.0}
+    summary = pl.DataFrame([point | {"mode": m, "peak_server_rss_gib": 4.9, "peak_kv_cache_usage": 0.02}
+                            for m in ("no_prefix_cache", "with_prefix_cache")])  # fmt: skip
+    sp = pl.DataFrame([point | {"peak_server_rss_gib_off": 4.9, "peak_server_rss_gib_on": 5.0,
+                                "peak_kv_cache_usage_off": 0.02, "peak_kv_cache_usage_on": 0.02}])  # fmt: skip
+    answer = memory_finding(summary, sp).answer
+    assert "The KV-cache usage gauge peaked at the same level off and on at every point:" in answer
+    assert "at 0 of" not in answer
+    higher = sp.with_columns(pl.lit(0.05).alias("peak_kv_cache_usage_on"))
+    assert "peaked lower with the cache on at 0 of 1 points and higher at 1:" in memory_finding(summary, higher).answer

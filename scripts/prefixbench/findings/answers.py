@@ -119,6 +119,12 @@ def same_concurrency(summary: pl.DataFrame, r: dict) -> str:
     return "; at the same concurrency, on/off " + ", ".join(f"{fmt_x(on[c] / off[c])} at c={c}" for c in both)
 
 
+def p95_range(bounds: tuple[float, float]) -> str:
+    """A mode's p95 range, one value said once (one concurrency: `24127 ms`, never `24127 ms–24127 ms`)."""
+    lo, hi = fmt_s(bounds[0]), fmt_s(bounds[1])
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
 def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) -> Finding:
     rows = throughput_at_p95(summary)
     floors = throughput_floors(rows, sp)
@@ -127,9 +133,8 @@ def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) ->
         head = f"{r['regime']} ({r['prefix_len_tokens']} tok), reuse {r['reuse_pct']}%: "
         if r["p95_budget_s"] is None:
             details.append(
-                head + f"the modes' p95 ranges do not overlap (off {fmt_s(r['range_off'][0])}–"
-                f"{fmt_s(r['range_off'][1])}, on {fmt_s(r['range_on'][0])}–{fmt_s(r['range_on'][1])}), so no "
-                "common budget lies inside both measured ranges."
+                head + f"the modes' p95 ranges do not overlap (off {p95_range(r['range_off'])}, on "
+                f"{p95_range(r['range_on'])}), so no common budget lies inside both measured ranges."
             )
             continue
         if r["reuse_pct"] == 0:
@@ -215,10 +220,16 @@ def memory_finding(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
     if kv:
         lower = sum(on < off for off, on in kv)
         higher = sum(on > off for off, on in kv)
+        same = len(kv) - lower - higher
+        moved = (
+            "peaked at the same level off and on at every point"
+            if not lower + higher
+            else f"peaked lower with the cache on at {lower} of {len(kv)} points and higher at {higher}"
+            + (f" (the same at {same})" if same else "")
+        )
         answer += (
-            f" The KV-cache usage gauge peaked lower with the cache on at {lower} of {len(kv)} points and higher at "
-            f"{higher}: a shared prefix's blocks are held once for every request using them, while finished "
-            "requests' blocks stay resident (counted as used) until evicted."
+            f" The KV-cache usage gauge {moved}: a shared prefix's blocks are held once for every request using them, "
+            "while finished requests' blocks stay resident (counted as used) until evicted."
         )
     return Finding(
         answer + " Memory is sampled in its own thread at the configured rate (default 10 Hz) while each point runs.", details
