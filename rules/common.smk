@@ -70,7 +70,8 @@ KV_PROMPTS = [prompt_file(n) for n in KV_SHAPES]
 REPORT_TEMPLATE = config.get("report_template") or os.path.join(
     SCRIPTS_DIR, "prefixbench", "templates", "prefix_caching_results.md.j2"
 )
-CHART_NAMES = chart_names(rates=bool(RATES), shapes=bool(SHAPES))  # prefixbench.chart_specs registers them
+# prefixbench.chart_specs registers them; a chart of one shape kind (kv_capacity, trace_capacity) only where the run has it
+CHART_NAMES = chart_names(rates=bool(RATES), shapes={s.kind for s in SHAPES.values()})
 CHARTS = chart_files(CHART_NAMES)
 
 
