@@ -169,9 +169,8 @@ def cache_model_section(summary: pl.DataFrame, speedup: pl.DataFrame, shape_poin
         }
         for r in on.iter_rows(named=True)
     ]
-    off = summary.filter(pl.col("mode") == OFF)
-    off_hits = off["hit_tokens"].fill_null(0).sum() if "hit_tokens" in off.columns else None
-    salted = speedup["salted_cached_tokens"].fill_null(0).sum() if "salted_cached_tokens" in speedup.columns else None
+    off_hits = total(summary.filter(pl.col("mode") == OFF), "hit_tokens")
+    salted = total(speedup, "salted_cached_tokens")
     shapes = [
         {k: r.get(k) for k in SHAPE_CHECK} | {"request_rate": float(r.get("request_rate") or 0.0)}
         for r in (shape_points.iter_rows(named=True) if shape_points.height else [])
@@ -179,19 +178,26 @@ def cache_model_section(summary: pl.DataFrame, speedup: pl.DataFrame, shape_poin
     return {
         "single_prefix": hit_rates,
         "shapes": shapes,
-        "cache_off_hit_tokens": None if off_hits is None else int(off_hits),
-        "forced_miss_cached_tokens": None if salted is None else int(salted),
+        "cache_off_hit_tokens": off_hits,
+        "forced_miss_cached_tokens": salted,
     }
+
+
+def total(df: pl.DataFrame, column: str) -> int | None:
+    """A count column's sum, None where the table has no such column or nothing in it. A run without forced misses
+    (one from before the paired design, re-aggregated) has the `salted_*` columns, empty, and a CSV's empty column
+    reads back as text: it counts as none, as a table without the column does."""
+    if column not in df.columns or df[column].null_count() == df.height:
+        return None
+    return int(df[column].cast(pl.Float64, strict=False).fill_null(0).sum())
 
 
 def totals(summary: pl.DataFrame, speedup: pl.DataFrame) -> dict[str, int]:
     """Points, requests and failures, forced misses included (as the report counts them)."""
-    salted = int(speedup["salted_requests"].fill_null(0).sum()) if "salted_requests" in speedup.columns else 0
-    salted_failed = int(speedup["salted_failed"].fill_null(0).sum()) if "salted_failed" in speedup.columns else 0
     return {
         "points": summary.height,
-        "requests": int(summary["requests_sent"].fill_null(0).sum()) + salted,
-        "failed": int(summary["requests_failed"].fill_null(0).sum()) + salted_failed,
+        "requests": (total(summary, "requests_sent") or 0) + (total(speedup, "salted_requests") or 0),
+        "failed": (total(summary, "requests_failed") or 0) + (total(speedup, "salted_failed") or 0),
     }
 
 

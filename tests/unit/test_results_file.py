@@ -183,3 +183,30 @@ def test_real_shape_prediction_check_validates():
     assert len(shapes) == check.height
     trace = next(s for s in shapes if s["regime"] == "trace")
     assert trace["request_rate"] == 20.0 and trace["predicted_cached_tokens"] == trace["measured_cached_tokens"]
+
+
+def test_older_run_as_re_aggregated_validates(tmp_path):
+    """The 2026-11-28 SmolLM2 run re-aggregated by today's code (bash scripts/rerender.sh): its speedup.csv has the
+    forced-miss columns, empty (no paired design), and a CSV's empty column reads back as text, which results_json
+    once failed to sum. Empty forced-miss columns count as none (null, as a table without them), and it validates."""
+    speedup = pl.read_csv(OLD / "speedup.csv", infer_schema_length=None).with_columns(
+        pl.lit(None, dtype=pl.Int64).alias(c) for c in ("salted_cached_tokens", "salted_requests", "salted_failed")
+    )
+    speedup.write_csv(tmp_path / "speedup.csv")
+    assert pl.read_csv(tmp_path / "speedup.csv", infer_schema_length=None)["salted_requests"].dtype == pl.String
+    contrasts = tmp_path / "contrasts.csv"
+    read_contrasts(OLD / "summary.csv", tmp_path / "speedup.csv").write_csv(contrasts)
+    infos = []
+    for i, info in enumerate(LIFETIMES):
+        infos.append(tmp_path / f"server{i}.json")
+        infos[-1].write_text(json.dumps(info))
+    (tmp_path / "shape_points.csv").write_text("")
+    out = tmp_path / "results.json"
+    write_results(
+        setup_of(OLD), infos, OLD / "summary.csv", tmp_path / "speedup.csv", contrasts, tmp_path / "shape_points.csv", out
+    )
+    r = read_results(out)
+    assert r["cache_model"]["forced_miss_cached_tokens"] is None
+    summary = pl.read_csv(OLD / "summary.csv", infer_schema_length=None)
+    assert r["totals"]["requests"] == summary["requests_sent"].sum()
+    assert {c["design"] for c in r["contrasts"]} == {"lifetimes"} and any(c["family"] == "shape" for c in r["contrasts"])
