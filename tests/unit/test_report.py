@@ -792,9 +792,10 @@ def test_a_one_deployment_endpoint_run_says_cache_off_was_forced_misses(tmp_path
 def test_one_value_ranges_and_an_unmoved_gauge_read_plainly():
     """A trimmed CPU run (one concurrency per regime): 'off 24127 ms–24127 ms' and 'the KV-cache usage gauge peaked
     lower with the cache on at 0 of 2 points and higher at 0' read as if something had been compared."""
-    from prefixbench.findings.answers import memory_finding, p95_range
+    from prefixbench.findings.answers import memory_finding
+    from prefixbench.findings.units import fmt_s_range
 
-    assert p95_range((24.127, 24.127)) == "24127 ms" and p95_range((1.0, 2.0)) == "1000 ms–2000 ms"
+    assert fmt_s_range((24.127, 24.127)) == "24127 ms" and fmt_s_range((1.0, 2.0)) == "1000 ms–2000 ms"
     point = {"regime": "large", "reuse_pct": 100, "concurrency": 1, "request_rate": 0.0}
     summary = pl.DataFrame([point | {"mode": m, "peak_server_rss_gib": 4.9, "peak_kv_cache_usage": 0.02}
                             for m in ("no_prefix_cache", "with_prefix_cache")])  # fmt: skip

@@ -29,7 +29,7 @@ from .claims import (
 )
 from .controls import aa_row, aa_words
 from .derived import goodput_rows, throughput_at_p95, throughput_floors
-from .units import fmt_s
+from .units import fmt_s, fmt_s_range
 
 
 def ttft_finding(sp: pl.DataFrame) -> Finding:
@@ -119,12 +119,6 @@ def same_concurrency(summary: pl.DataFrame, r: dict) -> str:
     return "; at the same concurrency, on/off " + ", ".join(f"{fmt_x(on[c] / off[c])} at c={c}" for c in both)
 
 
-def p95_range(bounds: tuple[float, float]) -> str:
-    """A mode's p95 range, one value said once (one concurrency: `24127 ms`, never `24127 ms–24127 ms`)."""
-    lo, hi = fmt_s(bounds[0]), fmt_s(bounds[1])
-    return lo if lo == hi else f"{lo}–{hi}"
-
-
 def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) -> Finding:
     rows = throughput_at_p95(summary)
     floors = throughput_floors(rows, sp)
@@ -133,8 +127,8 @@ def throughput_finding(summary: pl.DataFrame, sp: pl.DataFrame | None = None) ->
         head = f"{r['regime']} ({r['prefix_len_tokens']} tok), reuse {r['reuse_pct']}%: "
         if r["p95_budget_s"] is None:
             details.append(
-                head + f"the modes' p95 ranges do not overlap (off {p95_range(r['range_off'])}, on "
-                f"{p95_range(r['range_on'])}), so no common budget lies inside both measured ranges."
+                head + f"the modes' p95 ranges do not overlap (off {fmt_s_range(r['range_off'])}, on "
+                f"{fmt_s_range(r['range_on'])}), so no common budget lies inside both measured ranges."
             )
             continue
         if r["reuse_pct"] == 0:
@@ -220,13 +214,9 @@ def memory_finding(summary: pl.DataFrame, sp: pl.DataFrame) -> Finding:
     if kv:
         lower = sum(on < off for off, on in kv)
         higher = sum(on > off for off, on in kv)
-        same = len(kv) - lower - higher
-        moved = (
-            "peaked at the same level off and on at every point"
-            if not lower + higher
-            else f"peaked lower with the cache on at {lower} of {len(kv)} points and higher at {higher}"
-            + (f" (the same at {same})" if same else "")
-        )
+        same = f" (the same at {len(kv) - lower - higher})" if len(kv) > lower + higher else ""
+        moved = f"peaked lower with the cache on at {lower} of {len(kv)} points and higher at {higher}{same}"
+        moved = moved if lower + higher else "peaked at the same level off and on at every point"
         answer += (
             f" The KV-cache usage gauge {moved}: a shared prefix's blocks are held once for every request using them, "
             "while finished requests' blocks stay resident (counted as used) until evicted."

@@ -48,3 +48,9 @@ def ms_table(df: pl.DataFrame, columns: Sequence[str]) -> str:
             shown.append(df[c])
             names.append(c)
     return markdown_table(pl.DataFrame(shown), names)
+
+
+def fmt_s_range(bounds: tuple[float, float]) -> str:
+    """A range of latencies in prose, one value said once (`24127 ms`, never `24127 ms–24127 ms`)."""
+    lo, hi = fmt_s(bounds[0]), fmt_s(bounds[1])
+    return lo if lo == hi else f"{lo}–{hi}"
