@@ -156,7 +156,7 @@ def test_no_interval_says_its_cause():
     # The SmolLM2 run: one lifetime and one repeat per setting.
     df = read_contrasts(SMOL / "summary.csv", SMOL / "speedup.csv")
     cost = one(df, family="flag_cost", metric="ttft", concurrency=1)
-    assert cost["reason"] == "no interval: one server lifetime per setting (benchmark.instances: 2 or more gives one)"
+    assert cost["reason"] == "no interval: one server lifetime per setting; benchmark.instances: 2 or more gives one"
     for r in df.filter((pl.col("metric") == "throughput") & pl.col("lo").is_null()).iter_rows(named=True):
         assert r["reason"] == f"no interval: {NO_INTERVAL_PASSES}", r["key"]
     # Two repeats give a throughput interval; a flag cost over two lifetime pairs would give one too.

@@ -23,8 +23,8 @@ KINDS = ("faster", "slower", "no difference", "not claimed", "not measured")  # 
 DESIGN_FAILED = "the regime's 0%-reuse control found a difference"  # the reason of a contrast its design failed
 # Why a ratio has no interval (interval_gap picks one): the cause and, where a setting removes it, which one.
 NO_INTERVAL_ROUNDS = "too few independent rounds"
-NO_INTERVAL_LIFETIMES = "one server lifetime per setting (benchmark.instances: 2 or more gives one)"
-NO_INTERVAL_PASSES = "one measured pass per setting (benchmark.repeats or benchmark.instances: 2 or more gives one)"
+NO_INTERVAL_LIFETIMES = "one server lifetime per setting; benchmark.instances: 2 or more gives one"
+NO_INTERVAL_PASSES = "one measured pass per setting; benchmark.repeats or benchmark.instances: 2 or more gives one"
 
 
 @dataclass(frozen=True)
