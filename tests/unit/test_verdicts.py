@@ -223,7 +223,7 @@ def test_lifetime_run_with_shapes():
     assert shapes.height and shapes["shape"].null_count() == 0 and "pool_skewed" in shapes["regime"].to_list()
     assert df.filter(pl.col("family") == "cache_effect")["reuse_pct"].min() > 0
     r = one(df, family="cache_effect", metric="ttft", regime="medium", reuse_pct=100, concurrency=1)
-    assert r["verdict"] == "not claimed" and r["reason"].startswith("inside the A/A noise floor")
+    assert r["verdict"] == "not claimed" and r["reason"].startswith("not clear of the A/A noise floor")
     assert r["floor_lo"] is not None and r["mde_pct"] is not None  # an MDE from its interval where none was recorded
 
 

@@ -79,7 +79,7 @@ def judge(
         assert floor is not None  # without a floor, an interval that excludes 1 is outside it
         return Verdict(
             "not claimed",
-            f"inside the A/A noise floor ({floor[0]:.2f}–{floor[1]:.2f})",
+            f"not clear of the A/A noise floor ({floor[0]:.2f}–{floor[1]:.2f})",
             f"no difference beyond the A/A noise floor ({fmt_x(ratio)}, {band}; A/A {floor[0]:.2f}–{floor[1]:.2f})",
         )
     if ratio > 1 and beyond_hits((lo, hi), hit_bound):
