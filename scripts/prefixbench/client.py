@@ -11,7 +11,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import aiohttp
@@ -40,6 +40,8 @@ class RequestRecord:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     output_chunks: int = 0
+    request_id: str | None = None  # sent as the X-Request-Id header and the body's request_id: names it in server logs
+    session_key: str | None = None  # sent as X-Session-ID (a router's consistent_hash keys on it); None: not sent
 
 
 # One request to send: (index, prompt) or (index, prompt, cache salt); a prompt is text or token ids.
@@ -58,6 +60,19 @@ class ClientConfig:
     # Every request a fresh salt (a forced miss) unless it brings its own: the cache-off setting realized on a
     # deployment with caching on (targets.endpoint.endpoints.no_prefix_cache.salt_every_request).
     salt_every_request: bool = field(default=False, kw_only=True)
+    # Request ids `{id_prefix}-{index}`: unique in a pass as the indices are, so a replica's request log names each
+    # request it served (replicas.attribute). None: a random id per request (calibration, warm-up).
+    id_prefix: str | None = field(default=None, kw_only=True)
+    # index -> the X-Session-ID to send (the shape's session, or its prefix group); an index not in it sends none.
+    session_keys: Mapping[int, str] = field(default_factory=dict, kw_only=True)
+
+    def request_id(self, index: int) -> str:
+        """The id request `index` carries (random where the pass gave no prefix)."""
+        return f"{self.id_prefix}-{index}" if self.id_prefix is not None else f"pb-{uuid.uuid4().hex}"
+
+    def headers(self, request_id: str, session_key: str | None) -> dict[str, str]:
+        """One request's headers: the key, its id, and its session where it has one (built before the clock starts)."""
+        return bearer(self.api_key) | {"X-Request-Id": request_id} | ({"X-Session-ID": session_key} if session_key else {})
 
     @classmethod
     def of(
@@ -87,11 +102,16 @@ def bearer(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def completion_payload(cfg: ClientConfig, prompt: str | list[int], salt: str | None = None) -> dict:
+def completion_payload(
+    cfg: ClientConfig, prompt: str | list[int], salt: str | None = None, request_id: str | None = None
+) -> dict:
     """Fixed-length greedy generation (`ignore_eos`) so every mode decodes the same number of tokens (a prompt may
     be token ids, which vLLM takes as they are). A `salt` (the engine's cache-salt field, vLLM's `cache_salt`) makes
-    the request share no cached block with any other: the forced miss of the paired design (prefixbench.paired)."""
+    the request share no cached block with any other: the forced miss of the paired design (prefixbench.paired). The
+    `request_id` goes in the body as well as the X-Request-Id header: vLLM takes either (the header first), and a
+    router in front forwards the body whatever it does with headers."""
     extra = {cfg.engine.cache_salt_field: salt} if salt else {}
+    extra |= {"request_id": request_id} if request_id else {}
     return extra | {
         "model": cfg.model,
         "prompt": prompt,
@@ -204,17 +224,17 @@ async def send_one(
 ) -> RequestRecord:
     """Send one streaming completion and time it; every failure mode ends as a failed record. Without a `salt` of its
     own, a request to a `salt_every_request` target gets a fresh one: a forced miss, as the paired design's miss arm."""
-    rec = RequestRecord(request_index=index)
+    rid, key = cfg.request_id(index), cfg.session_keys.get(index)
+    rec = RequestRecord(request_index=index, request_id=rid, session_key=key)
     if salt is None and cfg.salt_every_request:
         salt = fresh_salt()
-    headers = bearer(cfg.api_key)
+    headers = cfg.headers(rid, key)
+    payload = completion_payload(cfg, prompt, salt, rid)
     timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_read=cfg.stall_timeout_s)
     t0 = time.perf_counter()
     rec.start_s = t0 - t_origin
     try:
-        async with session.post(
-            f"{cfg.base_url}/v1/completions", json=completion_payload(cfg, prompt, salt), headers=headers, timeout=timeout
-        ) as resp:
+        async with session.post(f"{cfg.base_url}/v1/completions", json=payload, headers=headers, timeout=timeout) as resp:
             rec.http_status = resp.status
             if resp.status != 200:
                 body = (await resp.text())[:300]
@@ -235,6 +255,11 @@ async def send_one(
         rec.e2e_s = time.perf_counter() - t0
     per_token_latencies(rec)
     return rec
+
+
+def not_sent(cfg: ClientConfig, index: int, why: str) -> RequestRecord:
+    """The failed record of a request never sent, with the id and session it would have carried."""
+    return RequestRecord(index, error=why, request_id=cfg.request_id(index), session_key=cfg.session_keys.get(index))
 
 
 async def run_closed_loop(
@@ -277,7 +302,7 @@ async def run_sessions(
                     on_record(rec)
                     if rec.status != "ok":
                         for skipped, *_ in turns[k + 1 :]:
-                            on_record(RequestRecord(skipped, error=f"not sent: turn of request {index} failed"))
+                            on_record(not_sent(cfg, skipped, f"not sent: turn of request {index} failed"))
                         break
                     if think_time_s and k + 1 < len(turns):
                         await asyncio.sleep(think_time_s)

@@ -24,8 +24,13 @@ def sse(obj) -> bytes:
 GATEWAY_LINES = b": keep-alive\nevent: completion\nid: 7\nretry: 3000\n"
 
 
+SEEN: list[dict] = []  # what each request carried: its X-Request-Id and X-Session-ID headers and body request_id
+
+
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await request.json()
+    SEEN.append({"header_id": request.headers.get("X-Request-Id"), "session": request.headers.get("X-Session-ID"),
+                 "body_id": body.get("request_id"), "prompt": body["prompt"]})  # fmt: skip
     behaviour = body["prompt"]
     assert body["stream"] is True and body["ignore_eos"] is True
     if behaviour == "http500":
@@ -215,3 +220,31 @@ async def test_open_loop_follows_given_offsets(fake_server):
     await run_open_loop(cfg, [(0, "ok"), (1, "ok"), (2, "ok")], 1.0, 1.0, 0, out.append, offsets=[0.0, 0.3, 0.9])
     starts = sorted(r.start_s for r in out)
     assert starts[1] - starts[0] == pytest.approx(0.3, abs=0.05) and starts[2] - starts[0] == pytest.approx(0.9, abs=0.05)
+
+
+async def test_every_request_carries_its_id_in_header_and_body_and_its_record(fake_server):
+    """Replica attribution matches the id a replica logged against the record's: header, body and record agree, ids
+    are unique in the pass, and a session key goes as X-Session-ID only where the pass gave one."""
+    from prefixbench.client import run_sessions
+
+    SEEN.clear()
+    out = []
+    cfg = ClientConfig(fake_server, "m", max_tokens=N_TOKENS, request_timeout_s=10, stall_timeout_s=2, engine=VLLM,
+                       id_prefix="pb-x-r0", session_keys={0: "session-000", 1: "session-001"})  # fmt: skip
+    await run_sessions(cfg, [[(0, "ok"), (2, "http500"), (4, "ok")], [(1, "ok"), (3, "ok")]], 2, 0.0, out.append)
+    by = {r.request_index: r for r in out}
+    assert sorted(by) == [0, 1, 2, 3, 4] and [by[i].request_id for i in range(5)] == [f"pb-x-r0-{i}" for i in range(5)]
+    assert by[0].session_key == "session-000" and by[3].session_key is None
+    sent = {s["header_id"]: s for s in SEEN}
+    assert sorted(sent) == [f"pb-x-r0-{i}" for i in (0, 1, 2, 3)]  # request 4 was never sent: its turn 2 failed
+    assert all(s["body_id"] == rid for rid, s in sent.items())
+    assert sent["pb-x-r0-0"]["session"] == "session-000" and sent["pb-x-r0-3"]["session"] is None
+    assert "not sent" in by[4].error and by[4].request_id == "pb-x-r0-4"  # the id it would have carried
+
+
+async def test_without_a_prefix_each_request_gets_a_random_id(fake_server):
+    SEEN.clear()
+    recs, _ = await run(fake_server, ["ok", "ok", "ok"])
+    ids = [r.request_id for r in recs]
+    assert len(set(ids)) == 3 and all(i and i.startswith("pb-") for i in ids)
+    assert {s["header_id"] for s in SEEN} == set(ids) and all(s["session"] is None for s in SEEN)
