@@ -146,15 +146,20 @@ def replay(requests: Iterable[Request], num_blocks: int, block_size: int) -> dic
     return replay_detail(requests, num_blocks, block_size)[0]
 
 
-def replay_detail(requests: Iterable[Request], num_blocks: int, block_size: int) -> tuple[dict[object, int], dict[object, str]]:
+def replay_detail(
+    requests: Iterable[Request], num_blocks: int, block_size: int, model: PrefixCacheModel | None = None
+) -> tuple[dict[object, int], dict[object, str]]:
     """Predicted cached tokens of every request, replaying starts and ends in time order (ends first at a tie), and
     the requests the model could not place, with the reason.
 
     Admission follows vLLM's scheduler: a request whose blocks cannot be allocated when it arrives waits, in arrival
     order, until enough blocks are free (its cache lookup happens when it is admitted, as vLLM's does at
     scheduling). A request larger than the whole cache, or still waiting when every other request has ended, is
-    `unpredicted`: counted and named in the report, never a reason to stop aggregating."""
-    model = PrefixCacheModel(num_blocks, block_size)
+    `unpredicted`: counted and named in the report, never a reason to stop aggregating.
+
+    `model` replaces the block pool replayed against (kvcache_tiers: the same pool with a CPU tier behind it), so
+    admission and ordering stay this function's alone."""
+    model = model if model is not None else PrefixCacheModel(num_blocks, block_size)
     events = sorted(((r.end_s, 0, n, r) for n, r in enumerate(requests)), key=lambda e: e[:3])
     events = sorted(events + [(r.start_s, 1, n, r) for _, _, n, r in events], key=lambda e: e[:3])
     out: dict[object, int] = {}
