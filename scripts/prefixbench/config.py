@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -12,7 +14,7 @@ from .corpus import DEFAULT_QUESTIONS, question_variants
 from .engines import engine_for
 from .host import CpuInfo, DtypeChoice, as_isa, cpu_dtype, isa_env, nvidia_smi, read_cpu_info
 from .prompts import Regime, aligned_length
-from .settings import BenchSettings, ServerSpec
+from .settings import BenchSettings, KvOffload, ReplicaSettings, RouterSpec, ServerSpec
 from .shapes import KINDS, Shape
 
 QUESTION_ROOM_TOKENS = 64  # room for "\nQ: <question>\nA:" after the prefix
@@ -129,11 +131,138 @@ def dtype_choice(target_name: str, target: dict[str, Any], cpu: CpuInfo | None =
     )
 
 
+def target_schema() -> dict[str, Any]:
+    """The schema's definition of a target prefixbench starts (its properties and their defaults)."""
+    import yaml
+
+    return yaml.safe_load(SCHEMA_PATH.read_text())["definitions"]["target"]
+
+
+def target_defaults() -> dict[str, Any]:
+    """A target's top-level defaults (replicas) and its `router:` block's, from the schema alone: Snakemake's validate()
+    fills nothing inside a $ref'd definition nor in a block the config leaves out."""
+    props = target_schema()["properties"]
+
+    def defaults(p: dict) -> dict[str, Any]:
+        return {k: v["default"] for k, v in p.items() if isinstance(v, dict) and "default" in v}
+
+    return {
+        **defaults(props),
+        "router": defaults(props["router"]["properties"]),
+        "kv_offload": defaults(props["kv_offload"]["properties"]),
+    }
+
+
+def target_kind(config: dict[str, Any], target: dict[str, Any]) -> str:
+    """The kind of a target: its key under `targets` (cpu, gpu or endpoint); found by identity first, as the rules pass
+    `config["targets"][name]` itself. "" when the config does not hold it (a bare target, as some tools build)."""
+    targets = config.get("targets") or {}
+    found = next((n for n, t in targets.items() if t is target), None) or next(
+        (n for n, t in targets.items() if t == target), None
+    )
+    return found or ("endpoint" if is_endpoint(target) else "")
+
+
+def replica_count(target: dict[str, Any]) -> int:
+    return int(target.get("replicas", target_defaults()["replicas"]))
+
+
+def router_spec(target: dict[str, Any]) -> RouterSpec | None:
+    """vLLM's router in front of a replicated target (None for one server): the `router:` block over the schema's
+    defaults; the binary defaults to `vllm-router` beside the target's python (it comes with the server environment)."""
+    if replica_count(target) < 2:
+        return None
+    r = {**target_defaults()["router"], **(target.get("router") or {})}
+    return RouterSpec(
+        binary=r.get("binary") or str(Path(target["python"]).parent / "vllm-router"),
+        policies=tuple(r["policies"]),
+        ready_timeout_s=float(r["ready_timeout_s"]),
+        cache_threshold=float(r["cache_threshold"]),
+        balance_abs_threshold=int(r["balance_abs_threshold"]),
+        balance_rel_threshold=float(r["balance_rel_threshold"]),
+        extra_args=tuple(r.get("extra_args", ())),
+    )
+
+
+def given_flag(args: list[str] | tuple[str, ...], flag: str) -> str | None:
+    """The value `args` give a flag (`--f v` or `--f=v`; the last one wins, as with argparse), or None."""
+    value = None
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def gpus_held(target: dict[str, Any]) -> int:
+    """GPUs a GPU target's lifetime holds: `gpus`, else one per replica."""
+    return int(target.get("gpus") or replica_count(target))
+
+
+def replicas_per_gpu(target: dict[str, Any]) -> int:
+    """The most replicas that share one GPU (1: one GPU each)."""
+    return math.ceil(replica_count(target) / gpus_held(target))
+
+
+def gpu_memory_fraction(target: dict[str, Any]) -> float | None:
+    """A GPU replica's --gpu-memory-utilization: `gpu_memory_fraction`, else, for replicas sharing a GPU, the whole GPU's
+    budget (the value extra_args give the flag, else the engine's own default) divided by the replicas on one GPU.
+    None (the flag left to extra_args and the engine) when each replica has a GPU of its own and nothing was set."""
+    if target.get("gpu_memory_fraction") is not None:
+        return float(target["gpu_memory_fraction"])
+    share = replicas_per_gpu(target)
+    if share < 2:
+        return None
+    engine = engine_for(target["engine"])
+    whole = given_flag(target.get("extra_args", []), engine.gpu_memory_flag)
+    return round((float(whole) if whole else engine.gpu_memory_default) / share, 4)
+
+
+# Variables each replica's own environment sets (replicas.replica_envs); the target's env must leave them alone.
+REPLICA_ENV = {"cpu": "VLLM_CPU_OMP_THREADS_BIND", "gpu": "CUDA_VISIBLE_DEVICES"}
+
+
+def replica_settings(config: dict[str, Any], target: dict[str, Any]) -> ReplicaSettings:
+    """How many servers a lifetime of this target starts, how they share the machine, and the router in front."""
+    kind = target_kind(config, target)
+    n = 1 if is_endpoint(target) else replica_count(target)
+    if n > 1 and kind not in REPLICA_ENV:
+        raise ConfigError(
+            "replicas: the target must be targets.cpu or targets.gpu of the config (its kind sets how replicas share the machine)"
+        )
+    gpu = kind == "gpu" and n > 1
+    return ReplicaSettings(
+        count=n,
+        kind=kind,
+        gpus=gpus_held(target) if gpu else None,
+        gpu_memory_fraction=gpu_memory_fraction(target) if gpu else None,
+        router=None if is_endpoint(target) else router_spec(target),
+    )
+
+
+def kv_offload(target: dict[str, Any]) -> KvOffload | None:
+    """The target's second KV tier in CPU memory (`kv_offload:`), or None."""
+    block = target.get("kv_offload")
+    if not block:
+        return None
+    return KvOffload(cpu_gib=float(block["cpu_gib"]), backend=block.get("backend") or target_defaults()["kv_offload"]["backend"])
+
+
+def offload_server_spec(spec: ServerSpec, offload: KvOffload) -> ServerSpec:
+    """The same server with the second KV tier (issue 24: the kv_overflow lifetimes run without it and with it)."""
+    return dataclasses.replace(spec, kv_offload_gib=offload.cpu_gib, kv_offload_backend=offload.backend)
+
+
 def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoice | None = None) -> ServerSpec:
-    """The server of a target; a CPU target's dtype as `dtype_choice` resolved it."""
+    """The server of a target; a CPU target's dtype as `dtype_choice` resolved it. One script serves every replica of a
+    replicated target: each logs its requests (attribution), a CPU one serves the tokenizing endpoint when a policy
+    is cache_aware, and replicas sharing a GPU take their share of its memory."""
     model = target["model"]
     extra = list(target.get("extra_args", []))
     extra += engine_for(target["engine"]).model_args(model["source"], model.get("tokenizer"), extra)
+    replicas = replica_settings(config, target)
+    router = replicas.router
     return ServerSpec(
         python=target["python"],
         model=model["path"],
@@ -145,6 +274,9 @@ def server_spec(config: dict[str, Any], target: dict[str, Any], dtype: DtypeChoi
         extra_args=tuple(extra),
         env={**target.get("env", {}), **isa_env(target["cpu_isa"])},
         api_key_env=config["server"].get("api_key_env"),
+        log_requests=replicas.replicated,
+        scale_out=replicas.kind == "cpu" and router is not None and "cache_aware" in router.policies,
+        gpu_memory_fraction=replicas.gpu_memory_fraction,
     )
 
 
@@ -225,8 +357,51 @@ def check_forced_misses(endpoints: dict[str, Any]) -> None:
         )
 
 
+def check_replicas(config: dict[str, Any], target: dict[str, Any], cores: int | None = None) -> None:
+    """The replica, router and KV offload keys, before anything starts; `cores`: the CPUs this process may use."""
+    kind = target_kind(config, target)
+    where = f"targets.{kind}"
+    if is_endpoint(target):
+        for key in ("replicas", "router", "gpus", "gpu_memory_fraction", "kv_offload"):
+            if key in target and not (key == "replicas" and target[key] == 1):
+                raise ConfigError(
+                    f"{where}.{key}: not supported on an endpoint target; prefixbench starts replicas and their router "
+                    "itself. Point the endpoint at your own router's URL instead, or use a cpu or gpu target"
+                )
+        return
+    n = replica_count(target)
+    if "router" in target and n < 2:
+        raise ConfigError(
+            f"{where}.router: a router needs replicas of 2 or more (replicas is {n}); set replicas or remove router"
+        )
+    if target.get("kv_offload") and kind == "cpu":
+        raise ConfigError(
+            f"{where}.kv_offload: vllm-cpu has no KV offload: the OffloadingConnector refuses non-CUDA devices; "
+            "remove kv_offload or use a GPU target"
+        )
+    if kind == "cpu":
+        for key in ("gpus", "gpu_memory_fraction"):
+            if key in target:
+                raise ConfigError(f"{where}.{key}: a CPU target has no GPU; remove it")
+        available = cores if cores is not None else len(os.sched_getaffinity(0))
+        if n > available:
+            raise ConfigError(
+                f"{where}.replicas={n}: more replicas than the {available} CPU cores this machine gives the run; each "
+                f"replica needs a core of its own. Lower replicas to {available} or fewer"
+            )
+    if kind == "gpu" and n > 1 and gpus_held(target) > n:
+        raise ConfigError(
+            f"{where}.gpus={gpus_held(target)} is more than replicas={n}: each replica runs on one GPU; lower gpus or raise replicas"
+        )
+    if n > 1 and (var := REPLICA_ENV.get(kind)) and var in target.get("env", {}):
+        raise ConfigError(
+            f"{where}.env.{var}: each replica sets its own ({'cores' if kind == 'cpu' else 'GPU'}); remove it from env"
+        )
+
+
 def check(config: dict[str, Any], target: dict[str, Any]) -> None:
     """Cross-key checks, before any server starts."""
+    check_replicas(config, target)
     limit = target["max_model_len"] - config["benchmark"]["max_tokens"] - QUESTION_ROOM_TOKENS
     for name, r in config["regimes"].items():
         n = aligned_length(r["prefix_tokens"], target["block_size"], config["align_to_block"])

@@ -17,7 +17,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from .client import bearer
 from .engines import Engine, engine_for
@@ -111,7 +113,14 @@ def port_was_taken(log_path: Path, offset: int) -> bool:
 
 
 class ManagedServer:
-    """Context manager: start the script in a new process group, wait until ready, always tear down."""
+    """Context manager: start the script in a new process group, wait until ready, always tear down.
+
+    `env` adds to this process's environment for the server (a replica's cores or GPU). Starting is split into
+    `begin()` and `poll_start()` so that several servers can start at once from ONE thread (replicas.ManagedReplicas):
+    PDEATHSIG fires when the thread that forked the server exits, so a server must be forked by a thread that lives
+    as long as it does."""
+
+    error: type[ServerError] = ServerError  # what its failures raise (replicas.ManagedRouter: RouterError)
 
     def __init__(
         self,
@@ -125,56 +134,86 @@ class ManagedServer:
         api_key: str | None = None,
         *,
         engine: Engine,
+        env: Mapping[str, str] | None = None,
     ):
-        self.engine = engine  # its health path is the readiness probe
+        self.engine = engine
+        self.label = f"{engine.label} server"  # how its errors name it
+        self.ready_path = engine.health_path  # answers 200 once it is ready
         self._api_key = api_key  # sent with the readiness probe of a server that requires one; never stored elsewhere
         self.script, self.host, self.log_path = Path(script), host, Path(log_path)
         self.ready_timeout_s, self.term_grace_s = ready_timeout_s, term_grace_s
+        self.env = dict(env or {})
         self.port_fixed = port is not None  # a port the caller asked for is never swapped for another
         self.port = port or free_port(self._bind_host())
         self._client_host = connect_host or ("127.0.0.1" if host in ("0.0.0.0", "::", "localhost") else host)
         self.base_url = f"http://{self._client_host}:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
+        self._t0 = 0.0
+        self._attempt = 0
+        self._log_start = 0
+        self._log: BinaryIO | None = None
 
     def __enter__(self) -> ManagedServer:
         _terminate_on_sigterm()
+        try:
+            self.begin()
+            while not self.poll_start():
+                time.sleep(1.0)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def begin(self) -> None:
+        """Start the first attempt; `poll_start()` then says when the server is ready."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-            self._log = self.log_path.open("ab")
-            self.proc = subprocess.Popen(
-                ["bash", str(self.script), str(self.port)],
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-            try:
-                self.wait_ready(t0)
-                if self.port_fixed or self.owns_port():
-                    break
-                lost = f"another process answers on port {self.port}"
-            except ServerError:
-                if self.port_fixed or attempt == PORT_ATTEMPTS or not port_was_taken(self.log_path, log_start):
-                    self.stop()
-                    raise
-                lost = f"port {self.port} was taken"
-            except BaseException:
+        self._t0 = time.monotonic()
+        self._attempt = 0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._attempt += 1
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            ["bash", str(self.script), str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, **self.env} if self.env else None,
+        )
+
+    def poll_start(self) -> bool:
+        """One readiness check: True once the server answers and is ours; False while starting. Raises ServerError
+        (the server stopped) when it died, timed out or lost its port too often; a lost port restarts it on another."""
+        try:
+            if not self.probe_ready():
+                return False
+            if self.port_fixed or self.owns_port():
+                self.startup_s = time.monotonic() - self._t0
+                return True
+            lost = f"another process answers on port {self.port}"
+        except ServerError:
+            if self.port_fixed or self._attempt == PORT_ATTEMPTS or not port_was_taken(self.log_path, self._log_start):
                 self.stop()
                 raise
-            # Another job on this node took the port between free_port() and the bind: try a fresh one.
-            self.stop()
-            if attempt == PORT_ATTEMPTS:
-                raise ServerError(f"{lost}, {PORT_ATTEMPTS} times in a row; log: {self.log_path}")
-            self.port = free_port(self._bind_host())
-            self.base_url = f"http://{self._client_host}:{self.port}"
-            with self.log_path.open("a") as fh:
-                fh.write(f"[prefixbench] {lost}; restarting on port {self.port}\n")
-        self.startup_s = time.monotonic() - t0
-        return self
+            lost = f"port {self.port} was taken"
+        # Another job on this node took the port between free_port() and the bind: try a fresh one.
+        self.stop()
+        if self._attempt == PORT_ATTEMPTS:
+            raise self.error(f"{lost}, {PORT_ATTEMPTS} times in a row; log: {self.log_path}")
+        self._new_ports()
+        with self.log_path.open("a") as fh:
+            fh.write(f"[prefixbench] {lost}; restarting on port {self.port}\n")
+        self._spawn()
+        return False
+
+    def _new_ports(self) -> None:
+        self.port = free_port(self._bind_host())
+        self.base_url = f"http://{self._client_host}:{self.port}"
 
     def _bind_host(self) -> str:
         return self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
@@ -202,33 +241,40 @@ class ManagedServer:
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise ServerError(
-                f"{self.engine.label} server exited with code {self.proc.returncode}; log: {self.log_path}\n"
+            raise self.error(
+                f"{self.label} exited with code {self.proc.returncode}; log: {self.log_path}\n"
                 f"--- last lines ---\n{log_tail(self.log_path)}"
             )
 
+    def probe_ready(self) -> bool:
+        """One probe of the engine's health path: True on 200; raises ServerError when the server died, refuses the
+        probe for want of a key, or is past its ready timeout."""
+        self.check_alive()
+        req = urllib.request.Request(f"{self.base_url}{self.ready_path}", headers=bearer(self._api_key))
+        try:
+            remaining = self.ready_timeout_s - (time.monotonic() - self._t0)
+            with urllib.request.urlopen(req, timeout=max(0.5, min(5.0, remaining))) as r:
+                if r.status == 200:
+                    return True
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403) and self.owns_port():
+                raise self.error(
+                    f"{self.label} on port {self.port} refused the readiness probe (HTTP {exc.code}): it requires "
+                    "an API key and " + ("refused the one given" if self._api_key else "none was given")
+                ) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        if time.monotonic() - self._t0 > self.ready_timeout_s:
+            raise self.error(
+                f"{self.label} not ready after {self.ready_timeout_s:.0f} s; log: {self.log_path}\n"
+                f"--- last lines ---\n{log_tail(self.log_path)}"
+            )
+        return False
+
     def wait_ready(self, t0: float) -> None:
-        while True:
-            self.check_alive()
-            req = urllib.request.Request(f"{self.base_url}{self.engine.health_path}", headers=bearer(self._api_key))
-            try:
-                remaining = self.ready_timeout_s - (time.monotonic() - t0)
-                with urllib.request.urlopen(req, timeout=max(0.5, min(5.0, remaining))) as r:
-                    if r.status == 200:
-                        return
-            except urllib.error.HTTPError as exc:
-                if exc.code in (401, 403) and self.owns_port():
-                    raise ServerError(
-                        f"{self.engine.label} server on port {self.port} refused the readiness probe (HTTP {exc.code}): it requires "
-                        "an API key and " + ("refused the one given" if self._api_key else "none was given")
-                    ) from None
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.monotonic() - t0 > self.ready_timeout_s:
-                raise ServerError(
-                    f"{self.engine.label} server not ready after {self.ready_timeout_s:.0f} s; log: {self.log_path}\n"
-                    f"--- last lines ---\n{log_tail(self.log_path)}"
-                )
+        """Probe once a second until ready (ServerError when it dies or times out), counting from `t0`."""
+        self._t0 = t0
+        while not self.probe_ready():
             time.sleep(1.0)
 
     def stop(self) -> None:
@@ -254,7 +300,9 @@ class ManagedServer:
             kill_group(pgid, signal.SIGKILL)
             time.sleep(0.1)
         self.proc = None
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 def kill_group(pgid: int, sig: int) -> None:

