@@ -16,7 +16,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,6 +317,51 @@ class ManagedRouter(ManagedServer):
         self.spec, self.policy, self.worker_urls = spec, policy, list(worker_urls)
         self.prometheus_port = free_port("127.0.0.1")
         self._api_key_arg = api_key
+        self.worker_order: list[int] = []  # replica indexes in the router's own order (read_worker_order)
+
+    def poll_start(self) -> bool:
+        """Ready once /v1/models answers 200 AND the router's `GET /workers` lists every replica; then its worker
+        order is known. The router keeps workers in a hash map: round_robin, tie-breaks and /v1/models follow that
+        order, which changes from one start to the next whatever --worker-urls says (/work/coord/ROUTER_FACTS.md)."""
+        if not super().poll_start():
+            return False
+        order = self.read_worker_order()
+        if len(order) == len(self.worker_urls):
+            self.worker_order = order
+            return True
+        self.startup_s = None
+        if time.monotonic() - self._t0 > self.ready_timeout_s:
+            raise RouterError(
+                f"vllm-router answers but lists {len(order)} of {len(self.worker_urls)} replicas after "
+                f"{self.ready_timeout_s:.0f} s; log: {self.log_path}\n--- last lines ---\n{log_tail(self.log_path)}"
+            )
+        return False
+
+    def __enter__(self) -> ManagedRouter:
+        _terminate_on_sigterm()
+        try:
+            self.begin()
+            while not self.poll_start():
+                time.sleep(0.2)  # a router starts in about a second: poll it more often than a server
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def read_worker_order(self) -> list[int]:
+        """The replicas' indexes (in --worker-urls) in the order `GET /workers` lists them; [] when it does not answer."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        index = {u.rstrip("/"): i for i, u in enumerate(self.worker_urls)}
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/workers", timeout=5) as r:
+                listed = json.loads(r.read()).get("workers") or []
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            return []
+        urls = [w.get("url", "").rstrip("/") for w in listed if isinstance(w, dict)]
+        return [index[u] for u in urls if u in index]
 
     @property
     def metrics_url(self) -> str:
@@ -399,10 +444,18 @@ class Attribution:
     unknown: dict[str, str] = field(default_factory=dict)
 
 
-def attribution(request_ids: Sequence[str], logs: Sequence[tuple[Path, int]], engine: Engine | None = None) -> Attribution:
+def attribution(
+    request_ids: Sequence[str],
+    logs: Sequence[tuple[Path, int]],
+    engine: Engine | None = None,
+    *,
+    dead: Collection[int] = (),
+) -> Attribution:
     """Each request id's replica from the replicas' request logs, each read from its byte offset (log_offsets before
     the pass). A line names the id as the server saw it (vLLM: `cmpl-<id>-<prompt index>`): the id is matched as
-    logged, else without the trailing prompt index. An id in no log or in several is reported in `unknown`."""
+    logged, else without the trailing prompt index. An id in no log is reported in `unknown`; so is one in several,
+    except where all but one of them are `dead` replicas: the router retries a request whose replica died before
+    answering on another one, which then served it (a replica that died after answering was sent no retry)."""
     eng = engine or engine_for("vllm")
     wanted = set(request_ids)
     seen: dict[str, set[int]] = {}
@@ -419,8 +472,11 @@ def attribution(request_ids: Sequence[str], logs: Sequence[tuple[Path, int]], en
     out = Attribution()
     for rid in request_ids:
         where = seen.get(rid, set())
+        alive = where - set(dead)
         if len(where) == 1:
             out.replica[rid] = next(iter(where))
+        elif len(alive) == 1:
+            out.replica[rid] = next(iter(alive))
         elif where:
             out.unknown[rid] = f"logged by several replicas ({', '.join(str(i) for i in sorted(where))}): the router retried it"
         else:
@@ -428,7 +484,9 @@ def attribution(request_ids: Sequence[str], logs: Sequence[tuple[Path, int]], en
     return out
 
 
-def attribute(request_ids: Sequence[str], logs: Sequence[tuple[Path, int]], engine: Engine | None = None) -> dict[str, int]:
+def attribute(
+    request_ids: Sequence[str], logs: Sequence[tuple[Path, int]], engine: Engine | None = None, *, dead: Collection[int] = ()
+) -> dict[str, int]:
     """Request id -> index of the one replica that logged it since its offset; ids found in no log or in several are
     left out (attribution() says why)."""
-    return attribution(request_ids, logs, engine).replica
+    return attribution(request_ids, logs, engine, dead=dead).replica
