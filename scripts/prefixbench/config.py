@@ -219,15 +219,19 @@ def gpu_memory_fraction(target: dict[str, Any]) -> float | None:
     return round((float(whole) if whole else engine.gpu_memory_default) / share, 4)
 
 
-# Variables each replica's own environment sets (replicas.replica_envs); the target's env must leave them alone.
-REPLICA_ENV = {"cpu": "VLLM_CPU_OMP_THREADS_BIND", "gpu": "CUDA_VISIBLE_DEVICES"}
+REPLICA_KINDS = ("cpu", "gpu")  # the target kinds that run replicas (endpoints do not)
+
+
+def replica_env_var(kind: str, target: dict[str, Any]) -> str:
+    """The variable each replica's own environment sets (replicas.replica_envs): the target's env must leave it alone."""
+    return engine_for(target["engine"]).cpu_bind_var if kind == "cpu" else "CUDA_VISIBLE_DEVICES"
 
 
 def replica_settings(config: dict[str, Any], target: dict[str, Any]) -> ReplicaSettings:
     """How many servers a lifetime of this target starts, how they share the machine, and the router in front."""
     kind = target_kind(config, target)
     n = 1 if is_endpoint(target) else replica_count(target)
-    if n > 1 and kind not in REPLICA_ENV:
+    if n > 1 and kind not in REPLICA_KINDS:
         raise ConfigError(
             "replicas: the target must be targets.cpu or targets.gpu of the config (its kind sets how replicas share the machine)"
         )
@@ -393,7 +397,7 @@ def check_replicas(config: dict[str, Any], target: dict[str, Any], cores: int | 
         raise ConfigError(
             f"{where}.gpus={gpus_held(target)} is more than replicas={n}: each replica runs on one GPU; lower gpus or raise replicas"
         )
-    if n > 1 and (var := REPLICA_ENV.get(kind)) and var in target.get("env", {}):
+    if n > 1 and (var := replica_env_var(kind, target)) in target.get("env", {}):
         raise ConfigError(
             f"{where}.env.{var}: each replica sets its own ({'cores' if kind == 'cpu' else 'GPU'}); remove it from env"
         )

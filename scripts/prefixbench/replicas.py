@@ -95,16 +95,17 @@ def replica_envs(
     cores: Sequence[int] | None = None,
     *,
     devices: Sequence[str] | None = None,
+    engine: Engine | None = None,
 ) -> list[dict[str, str]]:
     """Each replica's environment overrides.
 
-    CPU: the cores split into n contiguous ranges, each replica's OpenMP threads bound to its own
-    (VLLM_CPU_OMP_THREADS_BIND); `cores` defaults to the CPUs this process may run on. GPU: CUDA_VISIBLE_DEVICES, one
+    CPU: the cores split into n contiguous ranges, each replica's threads bound to its own (vLLM:
+    VLLM_CPU_OMP_THREADS_BIND, the engine's cpu_bind_var); `cores` defaults to the CPUs this process may run on. GPU: CUDA_VISIBLE_DEVICES, one
     GPU each while there are as many as replicas, else replica i on GPU i mod gpus (they share it by memory fraction:
     config.gpu_memory_fraction); `devices` defaults to visible_gpus(gpus)."""
     if target_kind == "cpu":
         ranges = cpu_ranges(list(cores) if cores is not None else sorted(os.sched_getaffinity(0)), n)
-        return [{"VLLM_CPU_OMP_THREADS_BIND": id_list(r)} for r in ranges]
+        return [{(engine or engine_for("vllm")).cpu_bind_var: id_list(r)} for r in ranges]
     if target_kind == "gpu":
         ids = list(devices) if devices is not None else visible_gpus(gpus or n)
         if not ids:
@@ -432,9 +433,6 @@ def log_offsets(paths: Sequence[Path]) -> list[int]:
     return [Path(p).stat().st_size if Path(p).exists() else 0 for p in paths]
 
 
-PROMPT_INDEX = re.compile(r"-\d+$")
-
-
 @dataclass
 class Attribution:
     """Where each request id was found: `replica` for ids logged by exactly one replica, `unknown` (id -> why) for the
@@ -452,8 +450,8 @@ def attribution(
     dead: Collection[int] = (),
 ) -> Attribution:
     """Each request id's replica from the replicas' request logs, each read from its byte offset (log_offsets before
-    the pass). A line names the id as the server saw it (vLLM: `cmpl-<id>-<prompt index>`): the id is matched as
-    logged, else without the trailing prompt index. An id in no log is reported in `unknown`; so is one in several,
+    the pass), where the engine's request line names the id the client sent (engines: logged_request_id). An id in no
+    log is reported in `unknown`; so is one in several,
     except where all but one of them are `dead` replicas: the router retries a request whose replica died before
     answering on another one, which then served it (a replica that died after answering was sent no retry)."""
     eng = engine or engine_for("vllm")
@@ -466,9 +464,8 @@ def attribution(
                 logged = eng.logged_request_id(line)
                 if logged is None:
                     continue
-                rid = logged if logged in wanted else PROMPT_INDEX.sub("", logged)
-                if rid in wanted:
-                    seen.setdefault(rid, set()).add(index)
+                if logged in wanted:
+                    seen.setdefault(logged, set()).add(index)
     out = Attribution()
     for rid in request_ids:
         where = seen.get(rid, set())

@@ -214,3 +214,106 @@ def test_server_lifetimes_run_in_the_interleaved_order(tmp_path):
         after[(mode, int(instance))] = (prev.group(1), int(prev.group(2))) if prev else None
     order = slot_order(2, cfg["seed"])
     assert after == {slot: (order[k - 1] if k else None) for k, slot in enumerate(order)}
+
+
+# --- replicas behind a router (issue 23) and the KV offload tier (issue 24) -------------------------------------------
+
+
+def replicated(kind: str = "cpu", **target_keys):
+    """The default config with its `kind` target replicated (validated: the schema's defaults filled in)."""
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["target"] = kind
+    cfg["targets"][kind].update(target_keys)
+    return validate(cfg)
+
+
+def test_a_replicated_target_reads_the_router_block_over_the_schemas_defaults():
+    cfg = replicated(replicas=2, router={"policies": ["round_robin", "cache_aware"], "cache_threshold": 0.5})
+    target = cfg["targets"]["cpu"]
+    settings = pbconfig.replica_settings(cfg, target)
+    assert settings.count == 2 and settings.kind == "cpu" and settings.replicated and settings.gpus is None
+    router = settings.router
+    schema = pbconfig.target_schema()["properties"]["router"]["properties"]
+    assert router.policies == ("round_robin", "cache_aware") and router.primary == "round_robin"
+    assert router.cache_threshold == 0.5  # given
+    assert router.balance_abs_threshold == schema["balance_abs_threshold"]["default"]  # the schema's
+    assert router.ready_timeout_s == schema["ready_timeout_s"]["default"]
+    assert router.binary == str(Path(target["python"]).parent / "vllm-router")
+    no_block = replicated(replicas=2)
+    assert pbconfig.router_spec(no_block["targets"]["cpu"]).policies == tuple(schema["policies"]["default"])
+    plain = validate(DEFAULT)
+    one = pbconfig.replica_settings(plain, plain["targets"]["cpu"])
+    assert one.count == 1 and one.router is None and not one.replicated
+
+
+def test_a_cpu_replica_logs_its_requests_and_serves_render_for_cache_aware():
+    cfg = replicated(replicas=2, router={"policies": ["round_robin", "cache_aware"]})
+    spec = pbconfig.server_spec(cfg, cfg["targets"]["cpu"])
+    assert spec.log_requests and spec.scale_out and spec.gpu_memory_fraction is None
+    rr = replicated(replicas=2, router={"policies": ["round_robin"]})
+    assert not pbconfig.server_spec(rr, rr["targets"]["cpu"]).scale_out
+    plain = validate(DEFAULT)
+    single = pbconfig.server_spec(plain, plain["targets"]["cpu"])
+    assert not single.log_requests and not single.scale_out  # one server's command line is unchanged
+
+
+def test_gpu_replicas_sharing_a_gpu_split_its_memory():
+    """The default GPU target gives --gpu-memory-utilization 0.90 in extra_args: two replicas on one GPU take half each."""
+    shared = replicated("gpu", replicas=2, gpus=1)
+    s = pbconfig.replica_settings(shared, shared["targets"]["gpu"])
+    assert s.gpus == 1 and s.gpu_memory_fraction == pytest.approx(0.45)
+    assert pbconfig.server_spec(shared, shared["targets"]["gpu"]).gpu_memory_fraction == pytest.approx(0.45)
+    bare = replicated("gpu", replicas=3, gpus=1, extra_args=[])
+    assert pbconfig.gpu_memory_fraction(bare["targets"]["gpu"]) == pytest.approx(0.3)  # vLLM's own 0.9, split
+    own = replicated("gpu", replicas=2)  # one GPU each: the flag stays extra_args' business
+    assert pbconfig.replica_settings(own, own["targets"]["gpu"]).gpu_memory_fraction is None
+    given = replicated("gpu", replicas=2, gpus=1, gpu_memory_fraction=0.3)
+    assert pbconfig.gpu_memory_fraction(given["targets"]["gpu"]) == 0.3
+    assert not pbconfig.server_spec(shared, shared["targets"]["gpu"]).scale_out  # vLLM 0.26 has no such flag
+
+
+def test_kv_offload_becomes_the_server_flags():
+    cfg = replicated("gpu", kv_offload={"cpu_gib": 4})
+    offload = pbconfig.kv_offload(cfg["targets"]["gpu"])
+    assert offload.cpu_gib == 4 and offload.backend == "native"
+    spec = pbconfig.offload_server_spec(pbconfig.server_spec(cfg, cfg["targets"]["gpu"]), offload)
+    assert (spec.kv_offload_gib, spec.kv_offload_backend) == (4, "native")
+    assert pbconfig.kv_offload(DEFAULT["targets"]["gpu"]) is None
+
+
+@pytest.mark.parametrize(
+    "kind, keys, needle",
+    [
+        ("cpu", {"router": {"policies": ["round_robin"]}}, r"targets.cpu.router: a router needs replicas of 2 or more"),
+        ("cpu", {"kv_offload": {"cpu_gib": 2}}, "vllm-cpu has no KV offload: the OffloadingConnector refuses non-CUDA"),
+        ("cpu", {"replicas": 64}, r"targets.cpu.replicas=64: more replicas than the \d+ CPU cores"),
+        ("cpu", {"replicas": 2, "gpus": 1}, r"targets.cpu.gpus: a CPU target has no GPU"),
+        ("gpu", {"replicas": 2, "gpus": 4}, r"targets.gpu.gpus=4 is more than replicas=2"),
+        ("gpu", {"replicas": 2, "env": {"CUDA_VISIBLE_DEVICES": "0"}}, r"env.CUDA_VISIBLE_DEVICES: each replica sets its own"),
+        ("cpu", {"replicas": 2, "env": {"VLLM_CPU_OMP_THREADS_BIND": "0"}}, r"env.VLLM_CPU_OMP_THREADS_BIND"),
+    ],
+)
+def test_replica_keys_that_cannot_work_are_rejected_before_anything_starts(kind, keys, needle, monkeypatch):
+    monkeypatch.setattr(pbconfig.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    cfg = replicated(kind, **keys)
+    with pytest.raises(pbconfig.ConfigError, match=needle):
+        pbconfig.check_replicas(cfg, cfg["targets"][kind])
+
+
+def test_two_replicas_fit_two_cores_and_an_endpoint_takes_no_replicas():
+    cfg = replicated(replicas=2, router={"policies": ["round_robin"]})
+    pbconfig.check_replicas(cfg, cfg["targets"]["cpu"], cores=2)
+    with pytest.raises(pbconfig.ConfigError, match="more replicas than the 1 CPU cores"):
+        pbconfig.check_replicas(cfg, cfg["targets"]["cpu"], cores=1)
+    endpoint = {"endpoints": {}, "tokenizer": "t", "max_model_len": 64, "block_size": 16, "replicas": 2}
+    with pytest.raises(pbconfig.ConfigError, match="targets.endpoint.replicas: not supported on an endpoint target"):
+        pbconfig.check_replicas({"targets": {"endpoint": endpoint}}, endpoint)
+
+
+def test_the_schema_rejects_a_policy_the_router_is_not_asked_to_run():
+    from snakemake.exceptions import WorkflowError
+
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["targets"]["cpu"].update(replicas=2, router={"policies": ["round_robin", "power_of_three"]})
+    with pytest.raises(WorkflowError, match="power_of_three"):
+        validate(cfg)

@@ -99,3 +99,25 @@ def test_the_workflow_still_imports_no_metrics_parser():
     probe = "import sys, prefixbench.engines; print('prometheus_client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT / "scripts", capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_replicas_flags_come_after_extra_args_and_before_the_cache_flag():
+    import dataclasses
+
+    spec = dataclasses.replace(
+        SPEC, extra_args=("--gpu-memory-utilization", "0.90"), log_requests=True, scale_out=True, gpu_memory_fraction=0.45
+    )
+    argv = VLLM.server_argv(spec, "with_prefix_cache", "1")
+    tail = argv[argv.index("0.90") + 1 :]
+    assert tail == ["--enable-log-requests", "--max-log-len", "0", "--enable-scale-out", "--gpu-memory-utilization", "0.45",
+                    "--enable-prefix-caching"]  # fmt: skip
+    offload = dataclasses.replace(SPEC, kv_offload_gib=4.0, kv_offload_backend="native")
+    assert VLLM.replica_args(offload) == ["--kv-offloading-size", "4", "--kv-offloading-backend", "native"]
+    assert VLLM.replica_args(SPEC) == []  # one server: its command line as before
+
+
+def test_the_request_line_names_the_clients_id():
+    line = b"(APIServer pid=1) INFO 12-02 13:18:48 [request_logger.py:65] Received request cmpl-pb-3-0-0: params: X"
+    assert VLLM.logged_request_id(line) == "pb-3-0"  # vLLM's prompt index removed, the id's own "-0" kept
+    assert VLLM.logged_request_id(b"Received request chatcmpl-pb-9: params: X") == "pb-9"
+    assert VLLM.logged_request_id(b"Added request cmpl-pb-3-0-8c75d0ab.") is None

@@ -172,3 +172,12 @@ def test_a_managed_server_is_ready_when_its_engine_says_healthy(tmp_path):
     script = fake_script(tmp_path, f"FAKE_MODELS_DOWN=1 exec {sys.executable} {FAKE_VLLM} $PORT\n")
     with ManagedServer(script, "127.0.0.1", tmp_path / "server.log", ready_timeout_s=20, engine=VLLM) as srv:
         assert srv.startup_s is not None and VLLM.health_path == "/health"
+
+
+def test_a_server_gets_its_own_environment_on_top_of_ours(tmp_path, monkeypatch):
+    """A replica's cores or GPU reach its process; the rest of the environment is ours."""
+    monkeypatch.setenv("PB_OURS", "kept")
+    seen = tmp_path / "env"
+    script = fake_script(tmp_path, f'echo "$PB_OURS $PB_REPLICA" > {seen}\nexec {sys.executable} {FAKE_VLLM} $PORT\n')
+    with ManagedServer(script, "127.0.0.1", tmp_path / "log", ready_timeout_s=20, engine=VLLM, env={"PB_REPLICA": "3"}):
+        assert seen.read_text().split() == ["kept", "3"]

