@@ -8,6 +8,11 @@
 #   mkdir -p /tmp/vllm-parts && cp .device/p*/part.* /tmp/vllm-parts/
 # back to back, and a working call carrying .device/deps that starts with
 #   bash .device/deps/install-all.sh && export PYTHONPATH=/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 && ...
+# vLLM's router (replicated targets) travels in a part of its own, .device/router (the vllm-router wheel, 23.7 MB,
+# and orjson, at the versions envs/server-gpu.lock pins), copied by one more call carrying it with
+#   mkdir -p /tmp/vllm-parts/router && cp .device/router/*.whl /tmp/vllm-parts/router/
+# and installed by install-all.sh into /tmp/site2 when present: the working call then adds /tmp/site2 to PYTHONPATH
+# and finds the router at /tmp/site2/bin/vllm-router (the target's router.binary).
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
@@ -23,9 +28,19 @@ grep -v '^#' envs/device-extra.txt | while read -r spec; do
   python3 -m pip download -q --no-deps "${plat[@]}" -d "$extra" "$spec" 2>/dev/null \
     || python3 -m pip wheel -q --no-deps -w "$extra" "$spec"  # a pure-Python sdist (connection-pool) becomes a wheel
 done
+# The router and its one extra dependency, pinned as the GPU server environment pins them.
+router_cache=$cache/router
+mkdir -p "$router_cache"
+router_specs=$(grep -oE '^(vllm-router|orjson)==[^ ]+' envs/server-gpu.lock)
+[[ $(wc -l <<< "$router_specs") -eq 2 ]] || { echo "envs/server-gpu.lock pins no vllm-router/orjson" >&2; exit 1; }
+python3 -m pip download -q --no-deps "${plat[@]}" -d "$router_cache" $router_specs
 blob=$(mktemp -d)
 cp "$cache"/vllm/vllm-0.26.0-*.whl "$extra"/*.whl "$blob"/
-rm -rf .device/p* && mkdir -p .device/blob
+rm -rf .device/p* .device/router && mkdir -p .device/blob .device/router
+for spec in $router_specs; do
+  name=${spec%%==*}; version=${spec#*==}
+  cp "$router_cache"/"${name//-/_}"-"$version"-*.whl .device/router/
+done
 tar cf .device/blob/all.tar -C "$blob" .
 rm -rf "$blob"
 (cd .device/blob && sha256sum all.tar > ../deps/all.sha256)
@@ -46,6 +61,10 @@ if [ ! -d /tmp/site/vllm ]; then
   mkdir -p /tmp/whl && tar xf /tmp/all.tar -C /tmp/whl
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/whl/*.whl .device/deps/*.whl
 fi
+# vLLM's router, when its part was copied (.device/router): console script /tmp/site2/bin/vllm-router.
+if compgen -G "/tmp/vllm-parts/router/*.whl" > /dev/null && [ ! -x /tmp/site2/bin/vllm-router ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site2 /tmp/vllm-parts/router/*.whl
+fi
 SH
 du -sh .device/*
-echo "tree ${tree_mib} MiB, parts ${part_mib} MiB: carry .device/p1 .. .device/p$n one per call, then .device/deps"
+echo "tree ${tree_mib} MiB, parts ${part_mib} MiB: carry .device/p1 .. .device/p$n one per call (and .device/router for replicas), then .device/deps"
