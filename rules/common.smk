@@ -54,6 +54,14 @@ KV_SPEC = pbconfig.kv_server_spec(SERVER_SPEC, KV_BLOCKS, TARGET["block_size"]) 
 # What stands for each cache setting: the server script prefixbench runs, or the existing endpoint it measures.
 SERVER_FILE = "results/servers/endpoint_{mode}.json" if ENDPOINT_MODE else "results/servers/serve_slm_{mode}.sh"
 BENCH = asdict(pbconfig.bench_settings(config))
+# Several replicas behind vLLM's router (targets.*.replicas >= 2): one lifetime starts them all from the same script,
+# each with its own cores or GPU (prefixbench.replicas), and a router per pass. The GPUs a lifetime holds are its
+# job's `gpu` resource (SLURM: --gpus, on one node); the calibration start and the small-KV lifetimes stay one server.
+try:
+    REPLICA_SETTINGS = pbconfig.replica_settings(config, TARGET)
+except pbconfig.ConfigError as exc:
+    raise WorkflowError(f"Invalid configuration: {exc}") from None
+LIFETIME_GPUS = REPLICA_SETTINGS.gpus or 1
 # With a time budget, a calibration start times the server and plans how many requests each point sends.
 TIME_BUDGET_S = config["benchmark"].get("time_budget_s")
 PLAN_FILE = "results/calibration.json" if TIME_BUDGET_S and not ENDPOINT_MODE else None

@@ -82,8 +82,9 @@ if PLAN_FILE:
 
 rule measure:
     """One server lifetime of one cache setting: start, wait ready, warm up, measure every point, tear down
-    (endpoint mode: probe the existing endpoint and measure every point against it). Lifetimes run one after
-    another in the interleaved order (`after`)."""
+    (endpoint mode: probe the existing endpoint and measure every point against it; a replicated target: every
+    replica, and a router per pass, their logs beside the server log). Lifetimes run one after another in the
+    interleaved order (`after`)."""
     input:
         script=SERVER_FILE,
         prompts=MAIN_PROMPTS,
@@ -104,9 +105,10 @@ rule measure:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        gpu=1,
+        gpu=LIFETIME_GPUS,
     params:
         **measure_params(POINTS),
+        replicas=asdict(REPLICA_SETTINGS),
     script:
         "../scripts/measure.py"
 
@@ -139,5 +141,8 @@ if KV_SHAPES:
             records="results/logs/records_{mode}_kv.jsonl",
         benchmark:
             "results/benchmarks/measure_{mode}_kv.tsv"
+        resources:
+            gpu=1,
         params:
             **measure_params(KV_POINTS, kv=True),
+            replicas={},

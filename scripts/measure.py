@@ -1,6 +1,7 @@
 """Snakemake edge: every measurement point of one cache setting (see prefixbench.measure)."""
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -9,8 +10,9 @@ from prefixbench.calibrate import read_plan
 from prefixbench.design import point_order
 from prefixbench.endpoint import Endpoint
 from prefixbench.engines import engine_for
-from prefixbench.measure import Point, measure_endpoint, measure_mode
-from prefixbench.settings import BenchSettings
+from prefixbench.measure import Point, ReplicaPlan, measure_endpoint, measure_mode
+from prefixbench.replicas import replica_envs
+from prefixbench.settings import BenchSettings, RouterSpec
 
 snakemake = globals()["snakemake"]
 sys.stderr = open(snakemake.log.measure, "w", buffering=1)
@@ -67,6 +69,19 @@ if p.endpoint:
         journal_path=Path(snakemake.log.records),
     )
 else:
+    # A replicated target (config.replica_settings): every replica's log beside the lifetime's server log (which then
+    # names them), the router's too; each replica's cores or GPU from what this job was given.
+    rep = dict(p.replicas or {})
+    replicas = None
+    if rep.get("count", 1) > 1:
+        server_log = Path(snakemake.log.server)
+        router = dict(rep["router"])
+        replicas = ReplicaPlan(
+            envs=replica_envs(rep["kind"], rep["count"], rep["gpus"], len(os.sched_getaffinity(0))),
+            log_paths=[server_log.with_name(f"{server_log.stem}_r{k}.log") for k in range(rep["count"])],
+            router=RouterSpec(**router | {"policies": tuple(router["policies"]), "extra_args": tuple(router["extra_args"])}),
+            router_log=server_log.with_name(server_log.name.replace("server_", "router_", 1)),
+        )
     measure_mode(
         mode,
         instance=instance,
@@ -82,4 +97,5 @@ else:
         engine=p.engine,
         extra_info=extra,
         journal_path=Path(snakemake.log.records),
+        replicas=replicas,
     )

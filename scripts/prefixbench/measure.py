@@ -14,8 +14,10 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TextIO, cast
 
@@ -23,21 +25,41 @@ import aiohttp
 
 from . import ON
 from . import metrics as m
-from .client import ClientConfig, RequestRecord, bearer, record_dict, run_closed_loop, run_open_loop, run_sessions
+from .client import (
+    ClientConfig,
+    RequestRecord,
+    bearer,
+    record_dict,
+    run_closed_loop,
+    run_open_loop,
+    run_sessions,
+    send_one,
+)
 from .corpus import text_of_at_least
 from .design import point_stem
-from .endpoint import Endpoint, probe, redact_url
+from .endpoint import Capabilities, Endpoint, probe, redact_url
 from .engines import engine_for
 from .host import hardware
 from .paired import SALTED, Send, mixed_order, schedule
 from .plan import Eta, fmt_duration
 from .point_meta import PointMeta
 from .prompts import read_prompts
+from .replicas import (
+    Attribution,
+    ManagedReplicas,
+    ManagedRouter,
+    RouterSpec,
+    attribution,
+    log_offsets,
+    recorded_argv,
+    router_argv,
+    router_version,
+)
 from .sampling import RecordWriter, Sampler
 from .server import ManagedServer, ServerError
 from .settings import BenchSettings, api_key
 from .shapes import Arrivals, Sessions, kind_of
-from .target import MeasuredTarget
+from .target import MeasuredTarget, Replica
 
 
 @dataclass(frozen=True)
@@ -112,21 +134,64 @@ def is_paired(point: Point, prompts: Sequence[dict], mode: str, settings: BenchS
     return settings.paired != "none" and mode == ON and point.concurrency > 0 and not point.request_rate and single
 
 
-def paired_sends(point: Point, prompts: Sequence[dict], settings: BenchSettings, instance: int, repeat: int) -> list[Send]:
+def paired_sends(
+    point: Point, prompts: Sequence[dict], settings: BenchSettings, instance: int, repeat: int, policy: str | None = None
+) -> list[Send]:
     """This pass's sends: the point's prompts in request order, in hit and miss sub-blocks; every salt unique in the
-    lifetime (point, repeat, arm, sub-block, prompt)."""
+    lifetime (point, repeat, router policy, arm, sub-block, prompt)."""
     indices = mixed_order(prompts)
-    prefix = f"pb{instance}-{point.regime}-{point.reuse_pct}-{point.label}-r{repeat}"
+    prefix = f"pb{instance}-{point.regime}-{point.reuse_pct}-{point.label}-r{repeat}" + (f"-{policy}" if policy else "")
     return schedule(indices, point.concurrency, prefix, settings.paired)
 
 
-async def run_pass(cfg: ClientConfig, prompts: Sequence[dict], point: Point, settings: BenchSettings, repeat: int, sink) -> float:
+def per_request_counters(point: Point, prompts: Sequence[dict]) -> bool:
+    """Whether a pass reads the server's counters around every request: a kind that asks for it (its
+    `per_request_counters`: a KV tier's hits, split by tier, per request) at a closed-loop point of one request at a
+    time, where a request's counter change is its own."""
+    kind = kind_of(prompts)
+    return bool(getattr(kind, "per_request_counters", False)) and point.concurrency == 1 and not point.request_rate
+
+
+async def run_one_by_one(
+    cfg: ClientConfig, target: MeasuredTarget, items: Sequence[tuple[int, str | list[int]]], sink, api_key_value: str | None
+) -> float:
+    """Each request alone, the target's counters read before and after it: its record gets their change
+    (`counters_delta`). One connection for the requests and another for the counters; returns the wall time."""
+    names = target.engine.metrics
+    t_origin = time.perf_counter()
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http,
+        aiohttp.ClientSession(headers=bearer(api_key_value)) as metrics,
+    ):
+        for index, prompt in items:
+            async with server_calls(target):
+                before = await target.read_metrics(metrics)
+            rec = await send_one(http, cfg, index, prompt, t_origin)
+            async with server_calls(target):
+                after = await target.read_metrics(metrics)
+            sink(rec, {"counters_delta": m.counter_delta(before, after, names)})
+    return time.perf_counter() - t_origin
+
+
+async def run_pass(
+    cfg: ClientConfig,
+    prompts: Sequence[dict],
+    point: Point,
+    settings: BenchSettings,
+    repeat: int,
+    sink,
+    target: MeasuredTarget | None = None,
+) -> float:
     """One pass over a point's prompts, in the shape's own traffic pattern; returns the wall time.
 
     A workload shape's kind says how its prompts go (shapes.base.ShapeKind.traffic): sessions whose turns run in
-    order, or its own arrival times; anything else closed loop at the point's concurrency, or open loop at its rate."""
+    order, or its own arrival times; anything else closed loop at the point's concurrency, or open loop at its rate.
+    A kind that asks for each request's own counters (per_request_counters) sends them one by one, reading `target`'s
+    counters around each."""
     items = [(p["request_index"], p["prompt"]) for p in prompts]
     kind = kind_of(prompts)
+    if target is not None and target.capabilities.metrics and per_request_counters(point, prompts):
+        return await run_one_by_one(cfg, target, items, sink, api_key(settings))
     traffic = kind.traffic(prompts, point.request_rate) if kind else None
     if isinstance(traffic, Sessions):
         return await run_sessions(cfg, traffic.sessions, max(point.concurrency, 1), traffic.think_s, sink)
@@ -144,20 +209,189 @@ async def run_paired_pass(cfg: ClientConfig, prompts: Sequence[dict], sends: Seq
     return await run_closed_loop(cfg, [(k, text[s.request_index], s.salt) for k, s in enumerate(sends)], concurrency, sink)
 
 
-async def measure_point(
-    server: MeasuredTarget,
-    model: str,
-    point: Point,
-    settings: BenchSettings,
-    context: dict,
-    journal: TextIO | None = None,
-) -> PointMeta:
-    """Measure one point `settings.repeats` times, each from a reset cache on an idle server.
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """How a replicated lifetime starts (targets.*.replicas >= 2): each replica's environment overrides (its CPU cores
+    or GPU) and log, and the router in front of them."""
 
-    Each record goes to the point's file and, when given, to `journal`: a log that Snakemake keeps even
-    when the job fails (it deletes a failed job's outputs)."""
-    from tqdm import tqdm
+    envs: Sequence[Mapping[str, str]]
+    log_paths: Sequence[Path]
+    router: RouterSpec
+    router_log: Path
 
+
+@dataclass
+class Fleet:
+    """A replicated lifetime: N replicas started once, and for each pass vLLM's router with one policy in front of
+    them. The cache-off setting runs the primary policy only; the cache-on setting every policy, in an order rotated
+    by (repeat + instance) so that no policy always runs first on a point."""
+
+    servers: Sequence[ManagedServer]
+    spec: RouterSpec
+    host: str
+    router_log: Path
+    kv_pools: list[int | None] = field(default_factory=list)
+    starts: list[dict] = field(default_factory=list)  # each router start: policy, startup_s, worker_order
+
+    @property
+    def members(self) -> MeasuredTarget:
+        """The replicas without a router: memory sampling, KV pools, warm-up."""
+        replicas = tuple(Replica(s.base_url, s.log_path, s.proc.pid if s.proc else None, s.check_alive) for s in self.servers)
+        return MeasuredTarget(self.servers[0].base_url, replicas, self.servers[0].engine, Capabilities.everything())
+
+    def policies(self, mode: str, repeat: int, instance: int) -> list[str]:
+        """The policies one repeat of a point runs, in order."""
+        if mode != ON:
+            return [self.spec.primary]
+        names = list(self.spec.policies)
+        k = (repeat + instance) % len(names)
+        return names[k:] + names[:k]
+
+    @contextlib.contextmanager
+    def routed(self, policy: str) -> Iterator[MeasuredTarget]:
+        """The router with `policy` in front of the replicas, for one pass; stopped after it, however it ends."""
+        urls = [s.base_url for s in self.servers]
+        with ManagedRouter(self.spec, policy, urls, self.host, self.router_log) as started:
+            router = cast(ManagedRouter, started)
+            order = list(router.worker_order) or None
+            self.starts.append({"policy": policy, "startup_s": router.startup_s, "worker_order": order})
+            yield MeasuredTarget.of_replicas(router, self.servers)
+
+    def attribute(self, records: list[dict], offsets: Sequence[int]) -> int:
+        """Each record's `replica` (and that replica's `kv_blocks`) from the replicas' request logs since the pass
+        began, or `replica_unknown` saying why not (replicas.attribution: never a guess; an id a dead replica and one
+        live one logged is the live one's, the router's retry); returns how many were attributed."""
+        logs = list(zip([s.log_path for s in self.servers], offsets))
+        dead = [i for i, _ in self.dead()]
+        try:
+            found = attribution([r["request_id"] for r in records], logs, self.servers[0].engine, dead=dead)
+        except OSError as exc:
+            found = Attribution(unknown={r["request_id"]: f"replica logs unreadable ({exc})" for r in records})
+        for r in records:
+            k = found.replica.get(r["request_id"])
+            r["replica"] = k
+            r["kv_blocks"] = self.kv_pools[k] if k is not None and k < len(self.kv_pools) else None
+            if k is not None:
+                r["replica_unknown"] = None
+            elif (r.get("error") or "").startswith("not sent"):
+                r["replica_unknown"] = "not sent"
+            else:
+                why = found.unknown.get(r["request_id"], "no replica logged it")
+                r["replica_unknown"] = why + (f" (the request failed: {r['error'][:120]})" if r.get("error") else "")
+        return sum(r["replica"] is not None for r in records)
+
+    def dead(self) -> list[tuple[int, ServerError]]:
+        """The replicas whose process has exited, with the error that names each one's log."""
+        out = []
+        for i, s in enumerate(self.servers):
+            try:
+                s.check_alive()
+            except ServerError as exc:
+                out.append((i, exc))
+        return out
+
+    def died(
+        self, dead: list[tuple[int, ServerError]], policy: str | None, records: list[dict], router: dict | None
+    ) -> ServerError:
+        """The error of a pass during which replicas died: which, their logs, what the router did with the traffic
+        (every request of the pass accounted for, the failures' errors, the router's counters over the pass)."""
+        failed = [r for r in records if r["status"] != "ok"]
+        errors = Counter((r.get("error") or "")[:80] for r in failed).most_common(3)
+        on_dead = Counter(r["replica"] for r in records if r["replica"] in {i for i, _ in dead})
+        names = ", ".join(f"replica {i} (log: {self.servers[i].log_path})" for i, _ in dead)
+        moved = {k: v for k, v in (router or {}).items() if v}
+        lines = [
+            f"{names} died during a pass behind the router (policy {policy}): {len(records)} requests accounted for, "
+            f"{len(records) - len(failed)} ok, {len(failed)} failed; attributed to the dead: {dict(on_dead) or 'none'}",
+            f"the failures' errors: {errors or 'none'}",
+            f"the router's counters over the pass: {moved or 'not read'}",
+        ]
+        return ServerError("\n".join(lines + [str(dead[0][1])]))
+
+    def replica_info(self, envs: Sequence[Mapping[str, str]]) -> list[dict]:
+        """server.json's `replicas`."""
+        return [
+            {"index": i, "base_url": s.base_url, "port": s.port, "log": str(s.log_path),
+             "kv_blocks": self.kv_pools[i] if i < len(self.kv_pools) else None, "env": dict(envs[i]) if i < len(envs) else {}}
+            for i, s in enumerate(self.servers)
+        ]  # fmt: skip
+
+    def router_info(self) -> dict:
+        """server.json's `router`: the policies, the binary, its version, its command line (ports and replica URLs as
+        placeholders), and each start's policy, time to ready and worker order (replica indices, as the router
+        ordered them: round_robin and the tie-breaks follow that order, which changes from start to start)."""
+        urls = [s.base_url for s in self.servers]
+        return {
+            "policies": list(self.spec.policies),
+            "primary": self.spec.primary,
+            "binary": self.spec.binary,
+            "version": router_version(self.spec),
+            "argv": recorded_argv(router_argv(self.spec, self.spec.primary, urls, self.host, 0, 0)),
+            "startup_s": [s["startup_s"] for s in self.starts],
+            "starts": list(self.starts),
+        }
+
+
+@contextlib.contextmanager
+def pass_target(server: MeasuredTarget | Fleet, policy: str | None) -> Iterator[MeasuredTarget]:
+    """What one pass sends to: the target itself, or a router with `policy` in front of the fleet."""
+    if isinstance(server, Fleet):
+        with server.routed(cast(str, policy)) as target:
+            yield target
+    else:
+        yield server
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The target's counters at one moment: summed over its servers, and behind a router per replica and the router's."""
+
+    total: dict[str, float]
+    per_replica: list[dict[str, float]] | None = None
+    router: dict[str, float] | None = None
+
+
+async def read_counters(session: aiohttp.ClientSession, target: MeasuredTarget, fleet: Fleet | None) -> Counters:
+    if fleet is None:
+        return Counters(await target.read_metrics(session))
+    per = await target.read_metrics_per_replica(session)
+    return Counters(m.sum_metrics(per), per, await target.read_router_metrics(session))
+
+
+def router_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+    """The router's samples moved by a pass (every sample of its page, counters and gauges alike)."""
+    if before is None or after is None:
+        return None
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(before) | set(after))}
+
+
+@dataclass
+class PassResult:
+    """What one pass of a point measured: its wall time, cache reset and counter deltas (summed over the replicas,
+    and per replica and of the router where there is one), and how its records were attributed."""
+
+    repeat: int
+    policy: str | None
+    order: int
+    wall_s: float
+    reset: str
+    delta: dict[str, float]
+    per_replica: list[dict[str, float]] | None = None
+    router: dict[str, float] | None = None
+    attributed: int = 0
+    unattributed: int = 0
+    worker_order: list[int] | None = None  # the router's order of the replicas in this pass (its GET /workers)
+
+    def replica_pass(self) -> dict:
+        """The point meta's `replica_passes` entry."""
+        return {"repeat": self.repeat, "policy": self.policy, "order": self.order, "wall_s": self.wall_s,
+                "counters_delta_per_replica": self.per_replica, "router_counters_delta": self.router,
+                "attributed": self.attributed, "unattributed": self.unattributed,
+                "worker_order": self.worker_order}  # fmt: skip
+
+
+def point_prompts(point: Point) -> list[dict]:
+    """The point's prompts: its reuse level's, cut to the plan's subset."""
     prompts = [
         p
         for p in read_prompts(point.prompts_path)
@@ -165,21 +399,48 @@ async def measure_point(
     ]
     if not prompts:
         raise ValueError(f"{point.prompts_path}: no prompts for reuse {point.reuse_pct}%")
+    return prompts
+
+
+def pass_id(token: str, point: Point, repeat: int, policy: str | None) -> str:
+    """The request-id prefix of one pass: unique in the lifetime (point, repeat, policy) and, by the lifetime's own
+    random token, across lifetimes and runs on a shared server; an id is this and the record's send index."""
+    return f"pb-{token}-{point.regime}-{point.reuse_pct}-{point.label}-r{repeat}-{policy or 'direct'}"
+
+
+async def measure_point(
+    server: MeasuredTarget | Fleet,
+    model: str,
+    point: Point,
+    settings: BenchSettings,
+    context: dict,
+    journal: TextIO | None = None,
+    *,
+    id_token: str = "x",
+) -> PointMeta:
+    """Measure one point `settings.repeats` times, each from a reset cache on an idle server; on a replicated target
+    each repeat once under every policy of the lifetime (Fleet.policies), each pass behind a router of its own.
+
+    Each record goes to the point's file and, when given, to `journal`: a log that Snakemake keeps even
+    when the job fails (it deletes a failed job's outputs). Behind a router a pass's records are written when the
+    pass ends, each with the replica that served it (attributed from the replicas' request logs, off the loop that
+    timestamps the streams); a pass that fails still writes every record it has."""
+    from tqdm import tqdm
+
+    prompts = point_prompts(point)
     by_index = {p["request_index"]: p for p in prompts}
     paired = is_paired(point, prompts, context["mode"], settings)
     kind = kind_of(prompts)
     fields = kind.record_fields if kind else ()  # a shape's own prompt fields, copied into each record
-    cfg = client_config(server, model, settings)
     point.records_path.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"ok": 0, "failed": 0}
-    walls: list[float] = []
-    deltas: list[dict[str, float]] = []
-    resets: list[str] = []
-    caps = server.capabilities
+    instance = context.get("instance", 1)
+    fleet = server if isinstance(server, Fleet) else None
+    members = fleet.members if fleet else cast(MeasuredTarget, server)
+    n_policies = len(fleet.policies(context["mode"], 0, instance)) if fleet else 1
+    per_pass = len(prompts) * (2 if paired else 1)
+    counts: dict[str | None, dict[str, int]] = {}
+    passes: list[PassResult] = []
     desc = f"{context['mode']} {point.regime} reuse{point.reuse_pct} {point.label}"
-
-    async def counters(session: aiohttp.ClientSession) -> dict[str, float]:
-        return await server.read_metrics(session) if caps.metrics else {}
 
     def written(_: dict) -> None:
         bar.update(1)
@@ -187,57 +448,56 @@ async def measure_point(
     # The loop that timestamps the streams only enqueues records; sampling and writing have threads of their own.
     with (
         point.records_path.open("w") as fh,
-        tqdm(total=len(prompts) * settings.repeats * (2 if paired else 1), file=sys.stderr, mininterval=2, desc=desc) as bar,
+        tqdm(total=per_pass * settings.repeats * n_policies, file=sys.stderr, mininterval=2, desc=desc) as bar,
         RecordWriter([fh, journal], written) as writer,
-        Sampler(server, settings.sample_interval_s, api_key(settings), gpu=server.local) as sampler,
+        Sampler(members, settings.sample_interval_s, api_key(settings), gpu=members.local) as sampler,
     ):
         for repeat in range(settings.repeats):
-            async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
-                async with server_calls(server):
-                    resets.append(await idle_and_reset(session, server, settings))
-                    before = await counters(session)
+            policies = fleet.policies(context["mode"], repeat, instance) if fleet else [None]
+            for order, policy in enumerate(policies):
+                sends = paired_sends(point, prompts, settings, instance, repeat, policy) if paired else []
+                tally = counts.setdefault(policy, {"ok": 0, "failed": 0})
 
-            sends = paired_sends(point, prompts, settings, context.get("instance", 1), repeat) if paired else []
+                def record(rec: RequestRecord, repeat: int = repeat, sends: list[Send] = sends, policy=policy) -> dict:
+                    send = sends[rec.request_index] if sends else None
+                    src = by_index[send.request_index if send else rec.request_index]
+                    out = record_dict(
+                        rec,
+                        **context | ({"policy": policy} if fleet else {}),
+                        regime=point.regime,
+                        reuse_pct=point.reuse_pct,
+                        concurrency=point.concurrency,
+                        request_rate=point.request_rate,
+                        repeat=repeat,
+                        prefix_len_tokens=src["prefix_len_tokens"],
+                        workload=src.get("workload"),
+                        prefix_group=src.get("prefix_group"),
+                        expected_cached_tokens=src.get("expected_cached_tokens"),
+                        **{k: src[k] for k in fields if k in src},
+                    )
+                    if send:  # the paired design: which arm, sub-block and pair; a salted miss can hit nothing
+                        out |= {"request_index": send.request_index, "send_index": rec.request_index, "arm": send.arm,
+                                "sub_block": send.sub_block, "pair": send.pair}  # fmt: skip
+                        if send.arm in SALTED:
+                            out["expected_cached_tokens"] = 0
+                    return out
 
-            def sink(rec: RequestRecord, repeat: int = repeat, sends: list[Send] = sends) -> None:
-                send = sends[rec.request_index] if sends else None
-                src = by_index[send.request_index if send else rec.request_index]
-                counts[rec.status] += 1
-                out = record_dict(
-                    rec,
-                    **context,
-                    regime=point.regime,
-                    reuse_pct=point.reuse_pct,
-                    concurrency=point.concurrency,
-                    request_rate=point.request_rate,
-                    repeat=repeat,
-                    prefix_len_tokens=src["prefix_len_tokens"],
-                    workload=src.get("workload"),
-                    prefix_group=src.get("prefix_group"),
-                    expected_cached_tokens=src.get("expected_cached_tokens"),
-                    **{k: src[k] for k in fields if k in src},
-                )
-                if send:  # the paired design: which arm, sub-block and pair; a salted miss can hit nothing
-                    out |= {"request_index": send.request_index, "send_index": rec.request_index, "arm": send.arm,
-                            "sub_block": send.sub_block, "pair": send.pair}  # fmt: skip
-                    if send.arm in SALTED:
-                        out["expected_cached_tokens"] = 0
-                writer.put(out)
-
-            if sends:
-                walls.append(await run_paired_pass(cfg, prompts, sends, point.concurrency, sink))
-            else:
-                walls.append(await run_pass(cfg, prompts, point, settings, repeat, sink))
-            server.check_alive()
-            async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
-                async with server_calls(server):
-                    deltas.append(m.counter_delta(before, await counters(session), server.engine.metrics))
+                keys = session_keys(prompts, sends) if fleet else {}
+                with pass_target(server, policy) as target:
+                    cfg = replace(client_config(target, model, settings), id_prefix=pass_id(id_token, point, repeat, policy),
+                                  session_keys=keys)  # fmt: skip
+                    result = await measure_pass(target, fleet, cfg, point, prompts, sends, settings,
+                                                (repeat, policy, order), record, writer, tally)  # fmt: skip
+                passes.append(replace(result, worker_order=fleet.starts[-1]["worker_order"]) if fleet else result)
+    primary = [r for r in passes if r.policy == (fleet.spec.primary if fleet else None)]
+    deltas = [r.delta for r in primary]
     delta = {k: sum(d.get(k, 0.0) for d in deltas) for k in {k for d in deltas for k in d}}
-    sent = len(prompts) * settings.repeats * (2 if paired else 1)
+    sent = per_pass * settings.repeats
+    tally = counts[primary[0].policy]
     meta = PointMeta(
         mode=context["mode"],
-        engine=server.engine.name,
-        instance=context.get("instance", 1),
+        engine=members.engine.name,
+        instance=instance,
         regime=point.regime,
         reuse_pct=point.reuse_pct,
         concurrency=point.concurrency,
@@ -245,27 +505,122 @@ async def measure_point(
         burstiness=settings.burstiness if point.request_rate else None,
         repeats=settings.repeats,
         requests_sent=sent,
-        requests_ok=counts["ok"],
-        requests_failed=counts["failed"],
-        wall_s=sum(walls),
-        wall_s_per_repeat=walls,
-        cache_reset=next((r for r in resets if r != "ok"), "ok"),
+        requests_ok=tally["ok"],
+        requests_failed=tally["failed"],
+        wall_s=sum(r.wall_s for r in primary),
+        wall_s_per_repeat=[r.wall_s for r in primary],
+        cache_reset=next((r.reset for r in passes if r.reset != "ok"), "ok"),
         counters_delta=delta,
         counters_delta_per_repeat=deltas,
-        measured_hit_rate=m.hit_rate(delta, server.engine.metrics),
-        peak_server_rss_gib=sampler.peak_rss_bytes / 2**30 if server.local else None,
+        measured_hit_rate=m.hit_rate(delta, members.engine.metrics),
+        peak_server_rss_gib=sampler.peak_rss_bytes / 2**30 if members.local else None,
         peak_gpu_mem_mib=sampler.peak_gpu_mem_mib,
         peak_kv_cache_usage=sampler.peak_kv_usage,
         memory_samples=sampler.samples,
         paired=settings.paired if paired else None,
     )
     meta.write(point.meta_path)
-    if counts["failed"] > settings.max_failed_fraction * sent:
-        raise RuntimeError(
-            f"{counts['failed']} of {sent} requests failed at {point.regime} reuse {point.reuse_pct}% "
-            f"{point.label} (error budget {settings.max_failed_fraction:.0%}); see {point.records_path}"
-        )
+    if fleet:  # every pass under every policy, beside the primary's totals (which every existing analysis reads)
+        raw = json.loads(point.meta_path.read_text())
+        point.meta_path.write_text(json.dumps(raw | {"replica_passes": [r.replica_pass() for r in passes]}, indent=2))
+    for policy, tally in counts.items():
+        if tally["failed"] > settings.max_failed_fraction * sent:
+            under = f" under policy {policy}" if policy else ""
+            raise RuntimeError(
+                f"{tally['failed']} of {sent} requests failed{under} at {point.regime} reuse {point.reuse_pct}% "
+                f"{point.label} (error budget {settings.max_failed_fraction:.0%}); see {point.records_path}"
+            )
     return meta
+
+
+def session_key(prompt: dict) -> str:
+    """A prompt's X-Session-ID: a trace request's conversation (as routing.trace_session_key, which the simulator
+    uses; not imported, so that editing the simulator does not rerun measurements), else its prefix group (a
+    multi-turn session, a pool's document, a regime's shared prefix or a unique one), else its first KV block's hash,
+    else the request itself. Every request behind a router carries one:
+    without it the router's consistent_hash keys on the X-Request-Id, unique per request (ROUTER_FACTS)."""
+    if prompt.get("trace_hash_ids"):  # every trace request starts with block 0: its conversation is its first two
+        return "trace-" + "-".join(str(h) for h in prompt["trace_hash_ids"][:2])
+    if prompt.get("prefix_group"):
+        return str(prompt["prefix_group"])
+    if prompt.get("block_hashes"):
+        return f"block-{prompt['block_hashes'][0]}"
+    return f"request-{prompt['request_index']}"
+
+
+def session_keys(prompts: Sequence[dict], sends: Sequence[Send]) -> dict[int, str]:
+    """Send index -> X-Session-ID (session_key), which a router's consistent_hash keeps on one replica."""
+    key = {p["request_index"]: session_key(p) for p in prompts}
+    return {k: key[s.request_index] for k, s in enumerate(sends)} if sends else key
+
+
+async def measure_pass(
+    target: MeasuredTarget,
+    fleet: Fleet | None,
+    cfg: ClientConfig,
+    point: Point,
+    prompts: Sequence[dict],
+    sends: list[Send],
+    settings: BenchSettings,
+    at: tuple[int, str | None, int],
+    record: Callable[[RequestRecord], dict],
+    writer: RecordWriter,
+    tally: dict[str, int],
+) -> PassResult:
+    """One pass from an idle, reset target: counters before and after it; behind a router, each replica's and the
+    router's too, and every record attributed to its replica before it is written (also when the pass fails). `at`:
+    the pass's repeat, router policy (None: no router) and position in the repeat's order of policies."""
+    repeat, policy, order = at
+    caps = target.capabilities
+    names = target.engine.metrics
+    async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
+        async with server_calls(target):
+            reset = await idle_and_reset(session, target, settings)
+            before = await read_counters(session, target, fleet) if caps.metrics else Counters({})
+    offsets = log_offsets([s.log_path for s in fleet.servers]) if fleet else []
+    pending: list[dict] = []
+
+    def sink(rec: RequestRecord, extra: dict | None = None) -> None:
+        tally[rec.status] += 1
+        out = record(rec) | (extra or {})
+        if fleet:
+            pending.append(out)  # written once attributed, after the pass
+        else:
+            writer.put(out)
+
+    try:
+        if sends:
+            wall = await run_paired_pass(cfg, prompts, sends, point.concurrency, sink)
+        else:
+            wall = await run_pass(cfg, prompts, point, settings, repeat, sink, target)
+    finally:
+        attributed = fleet.attribute(pending, offsets) if fleet else 0
+        for out in pending:
+            writer.put(out)
+    if fleet and (dead := fleet.dead()):
+        router = None
+        with contextlib.suppress(Exception):  # the router's view of the pass, where it still answers
+            async with aiohttp.ClientSession() as session:
+                router = router_delta(before.router, await target.read_router_metrics(session))
+        raise fleet.died(dead, policy, pending, router)
+    target.check_alive()
+    async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
+        async with server_calls(target):
+            after = await read_counters(session, target, fleet) if caps.metrics else Counters({})
+    return PassResult(
+        repeat=repeat,
+        policy=policy,
+        order=order,
+        wall_s=wall,
+        reset=reset,
+        delta=m.counter_delta(before.total, after.total, names),
+        per_replica=[m.counter_delta(b, a, names) for b, a in zip(before.per_replica, after.per_replica)]
+        if before.per_replica is not None and after.per_replica is not None
+        else None,
+        router=router_delta(before.router, after.router),
+        attributed=attributed,
+        unattributed=len(pending) - attributed,
+    )
 
 
 async def warm_up(server: MeasuredTarget, model: str, settings: BenchSettings, approx_tokens: int) -> list[dict]:
@@ -279,48 +634,61 @@ async def warm_up(server: MeasuredTarget, model: str, settings: BenchSettings, a
     return out
 
 
-async def read_kv_blocks(server: MeasuredTarget, settings: BenchSettings) -> int | None:
+async def read_kv_pools(server: MeasuredTarget, settings: BenchSettings) -> list[int | None]:
+    """Each of the target's servers' KV capacity in blocks."""
     async with aiohttp.ClientSession(headers=bearer(api_key(settings))) as session:
-        return await server.kv_blocks(session)
+        return await server.kv_pools(session)
 
 
 def measure_points(
     mode: str,
     instance: int,
-    server: MeasuredTarget,
+    server: MeasuredTarget | Fleet,
     model: str,
     points: Sequence[Point],
     settings: BenchSettings,
     journal: TextIO | None,
 ) -> dict:
-    """Warm the server up, then every point in order; one console line per point, with the time left.
+    """Warm the server up (every replica of a fleet), then every point in order; one console line per point, with
+    the time left.
 
-    Returns what the lifetime's server.json records of it: the points measured and the server's KV blocks."""
-    kv_blocks = asyncio.run(read_kv_blocks(server, settings)) if server.capabilities.metrics else None
-    # Every record carries its server's KV capacity: the cache model replays each pass against it.
-    context = {"mode": mode, "instance": instance, "kv_blocks": kv_blocks}
+    Returns what the lifetime's server.json records of it: the points measured and the server's KV blocks (a fleet:
+    each replica's pool, and the one they share where they are equal)."""
+    fleet = server if isinstance(server, Fleet) else None
+    members = fleet.members if fleet else cast(MeasuredTarget, server)
+    pools: list[int | None] = asyncio.run(read_kv_pools(members, settings)) if members.capabilities.metrics else [None]
+    kv_blocks = pools[0] if len(set(pools)) == 1 else None
+    # Every record carries its server's KV capacity: the cache model replays each pass against it. Behind a router
+    # that is the serving replica's, known once the pass is attributed (Fleet.attribute).
+    context: dict = {"mode": mode, "instance": instance, "kv_blocks": kv_blocks, "policy": None, "replica": None}
+    if fleet:
+        fleet.kv_pools = pools
+        context |= {"kv_blocks": None, "replica_unknown": None}
     name = f"{mode} #{instance}"
     for point in (p for p in points if p.dropped):
         write_dropped(point, mode, instance)
     points = [p for p in points if not p.dropped]
     max_prefix = max((p["prefix_len_tokens"] for pt in points for p in read_prompts(pt.prompts_path)[:1]), default=64)
     t0 = time.monotonic()
-    asyncio.run(warm_up(server, model, settings, max_prefix))
+    for replica in [MeasuredTarget.of_server(s) for s in fleet.servers] if fleet else [members]:
+        asyncio.run(warm_up(replica, model, settings, max_prefix))
     eta = Eta(point_estimates(points))
     if all(p.estimated_s is not None for p in points):
         print(
             f"[prefixbench] {name}: {len(points)} points, about {fmt_duration(eta.remaining_s())} (calibrated estimate)",
             flush=True,
         )
+    token = uuid.uuid4().hex[:8]  # the lifetime's part of every request id: unique across runs on a shared server
     for i, point in enumerate(points, 1):
         t_point = time.monotonic()
-        meta = asyncio.run(measure_point(server, model, point, settings, context, journal))
+        meta = asyncio.run(measure_point(server, model, point, settings, context, journal, id_token=token))
         eta.point_done(time.monotonic() - t_point)
         # One line per point on stdout (the console), while the progress bars go to the job's log.
         print(
             f"[prefixbench] {name} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
-            f"{point.label}: {meta.requests_ok}/{meta.requests_sent} ok in {meta.wall_s:.1f} s; "
-            f"elapsed {fmt_duration(time.monotonic() - t0)}, about {fmt_duration(eta.remaining_s())} left",
+            f"{point.label}: {meta.requests_ok}/{meta.requests_sent} ok in {meta.wall_s:.1f} s"
+            + (f" ({len(fleet.policies(mode, 0, instance))} policies)" if fleet else "")
+            + f"; elapsed {fmt_duration(time.monotonic() - t0)}, about {fmt_duration(eta.remaining_s())} left",
             flush=True,
         )
     return {"points": len(points), "kv_blocks": kv_blocks}
@@ -384,8 +752,10 @@ def measure_mode(
     engine: str,
     extra_info: dict,
     journal_path: Path | None = None,
+    replicas: ReplicaPlan | None = None,
 ) -> None:
-    """Run every point of one cache setting against one server lifetime (records also to `journal_path`)."""
+    """Run every point of one cache setting against one server lifetime (records also to `journal_path`): one server,
+    or `replicas` started from the same script behind vLLM's router (`log_path` then holds where their logs are)."""
     eng = engine_for(engine)
     info = {
         "mode": mode,
@@ -398,6 +768,30 @@ def measure_mode(
         "started_by_prefixbench": True,
         **extra_info,
     }
+    if replicas is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(
+            "".join(f"replica {i}: {p}\n" for i, p in enumerate(replicas.log_paths)) + f"router: {replicas.router_log}\n"
+        )
+        with (
+            journal_path.open("w") if journal_path else contextlib.nullcontext() as journal,
+            ManagedReplicas(
+                script,
+                host,
+                list(replicas.log_paths),
+                ready_timeout_s,
+                [dict(e) for e in replicas.envs],
+                api_key(settings),
+                engine=eng,
+            ) as started,  # fmt: skip
+        ):
+            fleet = Fleet(started.servers, replicas.router, host, replicas.router_log)
+            info["startup_s"] = max((s.startup_s or 0.0) for s in fleet.servers)  # the lifetime's: every replica ready
+            info["port"] = None
+            info |= measure_points(mode, instance, fleet, model, points, settings, journal)
+            info |= {"replicas": fleet.replica_info(replicas.envs), "router": fleet.router_info()}
+        server_info_path.write_text(json.dumps(info, indent=2))
+        return
     with (
         journal_path.open("w") if journal_path else contextlib.nullcontext() as journal,
         ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings), engine=eng) as server,
