@@ -121,3 +121,10 @@ def test_the_request_line_names_the_clients_id():
     assert VLLM.logged_request_id(line) == "pb-3-0"  # vLLM's prompt index removed, the id's own "-0" kept
     assert VLLM.logged_request_id(b"Received request chatcmpl-pb-9: params: X") == "pb-9"
     assert VLLM.logged_request_id(b"Added request cmpl-pb-3-0-8c75d0ab.") is None
+
+
+def test_a_cache_reset_that_vllm_refused_is_not_taken_for_done():
+    assert VLLM.cache_reset_ok(200, '{"success": true}') and VLLM.cache_reset_ok(200, "")
+    assert not VLLM.cache_reset_ok(200, '{"success": false}')  # blocks still held: retry
+    assert not VLLM.cache_reset_ok(404, "")
+    assert dict(VLLM.cache_reset_params) == {"reset_external": "true"}  # the CPU tier is cleared too

@@ -25,6 +25,7 @@ class Engine(Protocol):
     api_key_var: str  # the environment variable the server reads its API key from
     health_path: str  # answers 200 once the server is ready
     cache_reset_path: str  # POST: forget every cached prefix (the server must be idle)
+    cache_reset_params: Mapping[str, str]  # its query parameters (vLLM: the CPU offload tier too)
     version_path: str  # GET: {"version": ...}
     cache_salt_field: str  # request field: a salt keys a request's cached blocks, so a fresh one hits nothing
     gpu_memory_flag: str  # the flag that sets the fraction of GPU memory a server takes
@@ -62,6 +63,10 @@ class Engine(Protocol):
 
     def kv_blocks(self, text: str) -> int | None:
         """The KV capacity in blocks that a `/metrics` page states (None when it does not)."""
+        ...
+
+    def cache_reset_ok(self, status: int, body: str) -> bool:
+        """Whether a cache reset's answer (HTTP status and body) says it happened."""
         ...
 
     def cached_tokens(self, usage: dict) -> int | None:

