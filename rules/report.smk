@@ -9,6 +9,11 @@ rule report:
         shapes="results/shape_requests.csv",
         shape_points="results/shape_points.csv",
         trace_capacity="results/trace_capacity.csv",
+        # Across replicas (empty files for one server): per policy and point, the policies' contrasts, the simulator.
+        replica_points="results/replica_points.csv",
+        replica_contrasts="results/replica_contrasts.csv",
+        routing_sim="results/routing_sim.csv",
+        routing_curve="results/routing_curve.csv",
         info=SERVER_INFOS,
         scripts=expand(SERVER_FILE, mode=MODES),
         prompts=MAIN_PROMPTS + KV_PROMPTS,

@@ -27,6 +27,10 @@ rule results_json:
         speedup="results/speedup.csv",
         contrasts="results/contrasts.csv",
         shape_points="results/shape_points.csv",
+        # A replicated run's `replicas` section (empty files for one server; prefixbench.replicas_analysis).
+        replica_points="results/replica_points.csv",
+        replica_contrasts="results/replica_contrasts.csv",
+        routing_sim="results/routing_sim.csv",
         info=SERVER_INFOS,
         schema=os.path.join(workflow.basedir, "config", "schema", "results.schema.json"),  # the clone's, from any working directory
         code=package_files("results_json"),

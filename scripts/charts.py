@@ -23,4 +23,7 @@ draw_all(
     trace_csv=Path(i.trace_capacity),
     kv_prompts=[Path(f) for f in i.kv_prompts],
     dtype=kv_cache_dtype(p.dtype, list(p.server_args)),
+    replica_points_csv=Path(i.replica_points),
+    routing_curve_csv=Path(i.routing_curve),
+    policy=p.policy,
 )

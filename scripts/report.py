@@ -25,5 +25,9 @@ inputs = ReportInputs(
     shapes={k: dict(v) for k, v in dict(p.shapes).items()},
     calibration_json=Path(i.calibration[0]) if i.calibration else None,
     contrasts_csv=Path(i.contrasts[0]) if getattr(i, "contrasts", None) else None,
+    replica_points_csv=Path(i.replica_points),
+    replica_contrasts_csv=Path(i.replica_contrasts),
+    routing_sim_csv=Path(i.routing_sim),
+    routing_curve_csv=Path(i.routing_curve),
 )
 render(inputs, Path(i.template), Path(snakemake.output[0]))

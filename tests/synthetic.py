@@ -145,3 +145,162 @@ def write_run(
                     recs.append(rp)
                     metas.append(mp)
     return recs, metas
+
+
+# --- A replicated target: two replicas behind a router, three policies, a prefix_pool shape (issue 23). ---
+
+POLICIES = ("cache_aware", "round_robin", "consistent_hash")  # the first is the primary, as router.policies[0]
+DOC_TOKENS, QUESTION_TOKENS, BLOCK = 64, 8, 16
+
+
+def doc_ids(doc: int) -> list[int]:
+    return [1000 + doc * 100 + t for t in range(DOC_TOKENS)]
+
+
+def pool_prompts(documents: int, n: int, regime: str = "pool") -> list[dict]:
+    """A prefix_pool shape's prompt records (block hashes as shapes/common.record writes them): `n` requests over
+    `documents` documents of 4 blocks, skewed to the first (each draw from a seeded generator)."""
+    import random
+
+    from prefixbench.shapes.common import record, with_expected
+
+    rng = random.Random(f"pool:{documents}:{n}")
+    out = []
+    for i in range(n):
+        d = min(int(rng.expovariate(0.6)), documents - 1)
+        ids = doc_ids(d) + [50_000 + i * QUESTION_TOKENS + t for t in range(QUESTION_TOKENS)]
+        out.append(
+            record(
+                ids, ids, BLOCK, request_index=i, document=d, question=f"q{i}", prefix_group=f"doc-{d:03d}",
+                prefix_len_tokens=DOC_TOKENS, regime=regime, workload="prefix_pool",
+            )
+        )  # fmt: skip
+    return with_expected(out, BLOCK, 8)
+
+
+def route(policy: str, prompts: list[dict], replicas: int) -> list[int]:
+    """The synthetic router: round robin in send order; consistent hash on the document; cache-aware sends a document
+    where it went before and a new one to the replica with fewer requests."""
+    out: list[int] = []
+    seen: dict[int, int] = {}
+    for k, p in enumerate(prompts):
+        if policy == "round_robin":
+            out.append(k % replicas)
+        elif policy == "consistent_hash":
+            out.append(p["document"] % replicas)
+        else:
+            loads = [out.count(r) for r in range(replicas)]
+            out.append(seen.setdefault(p["document"], loads.index(min(loads))))
+    return out
+
+
+def write_replicated_run(
+    root: Path,
+    policies=POLICIES,
+    replicas: int = 2,
+    documents: int = 6,
+    n: int = 24,
+    concs=(1, 4),
+    repeats: int = 2,
+    kv_blocks: int = 12,
+    max_tokens: int = 8,
+    policy_ttft_s=None,
+    unattributed: int = 0,
+    jitter: float = 0.05,
+) -> tuple[list[Path], list[Path], Path]:
+    """A replicated run as the measuring step writes it (records with policy, replica, session_key, request_id and the
+    serving replica's kv_blocks; point meta with replica_passes): one cache-off lifetime (the primary policy), one
+    cache-on lifetime with every policy per repeat in a rotated order. Measured cached tokens are the cache model's,
+    per replica, over the synthetic times (so predicted = measured); TTFT grows with the uncached tokens, plus
+    `policy_ttft_s` {policy: seconds} (cache_aware's tokenize calls, say). `unattributed`: the last so many
+    requests of each cache-on pass have no known replica; `jitter`: seeded relative noise on every TTFT."""
+    import random
+
+    from prefixbench.kvcache import Request, replay
+
+    noise = random.Random("replicated")
+    extra = policy_ttft_s or {}
+    prompts = pool_prompts(documents, n)
+    prompt_path = root / "prompts" / "pool.jsonl"
+    prompt_path.parent.mkdir(parents=True, exist_ok=True)
+    prompt_path.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    recs, metas = [], []
+    for mode in MODES:
+        on = mode == "with_prefix_cache"
+        for conc in concs:
+            d = root / mode / "i1" / "pool"
+            d.mkdir(parents=True, exist_ok=True)
+            rp, mp = d / f"reuse100_c{conc}.jsonl", d / f"reuse100_c{conc}.meta.json"
+            lines, passes = [], []
+            for repeat in range(repeats):
+                order = [policies[(repeat + j) % len(policies)] for j in range(len(policies))] if on else [policies[0]]
+                for position, policy in enumerate(order):
+                    where = route(policy, prompts, replicas)
+                    times = [((k // conc) * 0.5, (k // conc) * 0.5 + 0.3) for k in range(n)]
+                    cached = [0] * n
+                    if on:
+                        for r in range(replicas):
+                            mine = [k for k in range(n) if where[k] == r]
+                            reqs = [
+                                Request(
+                                    k, tuple(prompts[k]["block_hashes"]), prompts[k]["prompt_len_tokens"], max_tokens, *times[k]
+                                )
+                                for k in mine
+                            ]
+                            cached = [replay(reqs, kv_blocks, BLOCK).get(k, c) for k, c in enumerate(cached)]
+                    for k, p in enumerate(prompts):
+                        uncached = p["prompt_len_tokens"] - cached[k]
+                        ttft = 0.001 * uncached * (1 + 0.1 * (conc - 1)) + extra.get(policy, 0.0)
+                        ttft *= 1 + jitter * noise.uniform(-1, 1)
+                        known = not (on and k >= n - unattributed)
+                        lines.append(
+                            {
+                                "mode": mode, "instance": 1, "regime": "pool", "reuse_pct": 100, "concurrency": conc,
+                                "request_rate": 0.0, "repeat": repeat, "prefix_len_tokens": DOC_TOKENS,
+                                "workload": "prefix_pool", "prefix_group": p["prefix_group"], "document": p["document"],
+                                "expected_cached_tokens": p["expected_cached_tokens"], "request_index": k,
+                                "status": "ok", "error": None, "http_status": 200, "start_s": times[k][0],
+                                "ttft_s": ttft, "e2e_s": times[k][1] - times[k][0], "itl_s": [0.02] * (max_tokens - 1),
+                                "prompt_tokens": p["prompt_len_tokens"], "completion_tokens": max_tokens,
+                                "cached_tokens": cached[k], "output_chunks": max_tokens,
+                                "request_id": f"{mode}-c{conc}-r{repeat}-{policy}-{k}", "policy": policy,
+                                "replica": where[k] if known else None,
+                                "replica_unknown": None if known else "not in any replica's request log",
+                                "session_key": p["prefix_group"], "kv_blocks": kv_blocks if known else None,
+                            }
+                        )  # fmt: skip
+                    served = [where.count(r) for r in range(replicas)]
+                    passes.append(
+                        {
+                            "repeat": repeat, "policy": policy, "order": position,
+                            "wall_s": (n // conc) * 0.5 * (1 + jitter * noise.uniform(-1, 1)),
+                            "counters_delta_per_replica": [
+                                {
+                                    "vllm:prefix_cache_queries_total": float(sum(prompts[k]["prompt_len_tokens"] for k in range(n) if where[k] == r)),
+                                    "vllm:prefix_cache_hits_total": float(sum(cached[k] for k in range(n) if where[k] == r)),
+                                }
+                                for r in range(replicas)
+                            ],
+                            "router_counters_delta": {"vllm_router_processed_requests_total": float(n)},
+                            "attributed": n - (unattributed if on else 0), "unattributed": unattributed if on else 0,
+                            "peak_kv_cache_usage_per_replica": [round(0.2 + 0.01 * s, 3) for s in served],
+                        }
+                    )  # fmt: skip
+            rp.write_text("".join(json.dumps(x) + "\n" for x in lines))
+            primary = [x for x in lines if x["policy"] == policies[0]]
+            hits = sum(x["cached_tokens"] for x in primary)
+            queries = sum(x["prompt_tokens"] for x in primary) if on else 0
+            walls = [p["wall_s"] for p in passes if p["policy"] == policies[0]]
+            PointMeta(
+                mode=mode, instance=1, regime="pool", reuse_pct=100, concurrency=conc, request_rate=0.0,
+                repeats=repeats, requests_sent=len(primary), requests_ok=len(primary), requests_failed=0,
+                wall_s=sum(walls), wall_s_per_repeat=walls, cache_reset="ok",
+                counters_delta={"vllm:prefix_cache_queries_total": queries, "vllm:prefix_cache_hits_total": hits},
+                measured_hit_rate=hits / queries if queries else None, peak_kv_cache_usage=0.3, memory_samples=3,
+            ).write(mp)  # fmt: skip
+            meta = json.loads(mp.read_text())
+            meta["replica_passes"] = passes
+            mp.write_text(json.dumps(meta, indent=2))
+            recs.append(rp)
+            metas.append(mp)
+    return recs, metas, prompt_path

@@ -29,7 +29,33 @@ KEYS = ["mode", "regime", "reuse_pct", "concurrency", "request_rate"]
 MODE_ORDER = {OFF: 0, ON: 1}
 
 
-def load_records(paths: Iterable[Path]) -> pl.DataFrame:
+EVERY_POLICY = "*"  # load_records: keep every router policy's records (the replicas analysis)
+
+
+def primary_policy(records: pl.DataFrame) -> str | None:
+    """The router policy that carries the run, read from the records where the config does not name it: the
+    cache-off lifetimes run the primary policy alone, and a run of one policy has only it. None without a router."""
+    if "policy" not in records.columns or records["policy"].is_null().all():
+        return None
+    off = records.filter(pl.col("mode") == OFF)["policy"].drop_nulls().unique().to_list()
+    policies = records["policy"].drop_nulls().unique().to_list()
+    if len(off) == 1 or len(policies) == 1:
+        return str((off or policies)[0])
+    raise ValueError(f"records of router policies {sorted(policies)} and none named the primary (router.policies[0])")
+
+
+def primary_only(records: pl.DataFrame, policy: str | None = None) -> pl.DataFrame:
+    """Behind a router, the primary policy's records only (`policy`, else primary_policy): summary, off/on ratios,
+    contrasts and charts read one policy, as for one server; records without a policy (no router) are all kept."""
+    if policy == EVERY_POLICY or "policy" not in records.columns:
+        return records
+    primary = policy or primary_policy(records)
+    return records.filter(pl.col("policy").is_null() | (pl.col("policy") == primary))
+
+
+def load_records(paths: Iterable[Path], policy: str | None = None) -> pl.DataFrame:
+    """Every request record of `paths`, typed, with its steady-state window; behind a router only the primary
+    policy's (primary_only; EVERY_POLICY keeps them all, each policy's pass windowed on its own)."""
     rows: list[dict] = []
     for path in paths:
         with Path(path).open() as fh:
@@ -47,7 +73,7 @@ def load_records(paths: Iterable[Path]) -> pl.DataFrame:
         df = df.with_columns(pl.lit(0, dtype=pl.Int64).alias("repeat"))
     if "instance" not in df.columns:  # records from before server instances existed: one lifetime per setting
         df = df.with_columns(pl.lit(1, dtype=pl.Int64).alias("instance"))
-    df = with_arm_columns(df)
+    df = with_arm_columns(primary_only(df, policy))
     lag = pl.col("schedule_lag_s").cast(pl.Float64).fill_null(0.0)
     df = df.with_columns(
         # Open loop: latency from the scheduled send, so a late client cannot hide queueing (coordinated omission).
@@ -67,7 +93,9 @@ def load_records(paths: Iterable[Path]) -> pl.DataFrame:
 def with_window(records: pl.DataFrame) -> pl.DataFrame:
     """Mark each request in or out of its pass's steady-state window (stats.steady_window; open loop: all in)."""
     parts = []
-    for (_, _, _, conc, rate, _, _), grp in records.group_by(KEYS + ["instance", "repeat"], maintain_order=True):
+    unit = KEYS + ["instance", "repeat"] + (["policy"] if "policy" in records.columns else [])  # one pass: one policy
+    for _, grp in records.group_by(unit, maintain_order=True):
+        conc, rate = grp["concurrency"][0], grp["request_rate"][0]
         if rate:
             flags = [True] * grp.height
         else:
@@ -489,11 +517,13 @@ def write_summary(
     shape_points_csv: Path | None = None,
     trace_csv: Path | None = None,
     shapes: Mapping[str, Mapping[str, Any]] | None = None,
+    policy: str | None = None,
 ) -> None:
     """summary.csv and speedup.csv; with `shape_csv`, every shape request with the cache model's prediction, and with
     `shape_points_csv`/`trace_csv` what the report reads of them: the prediction check per shape point (computed from
-    shape_requests.csv as written) and each replayed trace's capacity curve."""
-    records = load_records(record_paths)
+    shape_requests.csv as written) and each replayed trace's capacity curve. Behind a router, of the primary policy
+    (`policy`; the other policies are replicas_analysis's)."""
+    records = load_records(record_paths, policy)
     # A paired point's summary row is its hit arm (the traffic as designed); both arms make its paired contrast.
     main = records.filter(main_arm_filter())
     paired = paired_table(records)

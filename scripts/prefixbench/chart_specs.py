@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 ALWAYS, WITH_RATES, WITH_SHAPES = "always", "request_rates", "shapes"
+WITH_ROUTER = "router"  # a replicated target: replicas behind vLLM's router (issue 23)
 # Charts of one workload shape kind: drawn where the run has a shape of that kind (ChartSpec.drawn = "kind:NAME").
 WITH_KV, WITH_TRACE = "kind:kv_overflow", "kind:trace"
 # Each chart's files: the PNG (the markdown report), the SVG, and its Vega-Lite spec with the data inline, which the
@@ -26,8 +27,8 @@ class ChartSpec:
     name: str
     title: str  # the image's alternative text in the report
     section: str  # "charts": the report's Charts section; otherwise the finding it sits beside (a chart("NAME") call)
-    # ALWAYS, or only in runs with open-loop rates (WITH_RATES), workload shapes (WITH_SHAPES) or a shape of one kind
-    # (WITH_KV, WITH_TRACE: "kind:NAME")
+    # ALWAYS, or only in runs with open-loop rates (WITH_RATES), workload shapes (WITH_SHAPES), a shape of one kind
+    # (WITH_KV, WITH_TRACE: "kind:NAME") or a router (WITH_ROUTER)
     drawn: str = ALWAYS
 
     @property
@@ -47,16 +48,20 @@ CHARTS = (
     ChartSpec("shapes", "Workload shapes", "shapes", WITH_SHAPES),
     ChartSpec("kv_capacity", "Hit rate vs KV capacity", "shapes", WITH_KV),
     ChartSpec("trace_capacity", "The trace's capacity curve", "shapes", WITH_TRACE),
+    ChartSpec("replicas", "Hit rates, TTFT and load per routing policy", "replicas", WITH_ROUTER),
+    ChartSpec("routing_curve", "Simulation: hit rate vs replica count", "replicas", WITH_ROUTER),
 )
 BY_NAME = {c.name: c for c in CHARTS}
 
 
-def charts_for(*, rates: bool, shapes: bool | Collection[str]) -> list[ChartSpec]:
-    """The charts a run draws: every chart, less those for open-loop rates or workload shapes it does not run.
+def charts_for(*, rates: bool, shapes: bool | Collection[str], router: bool = False) -> list[ChartSpec]:
+    """The charts a run draws: every chart, less those for open-loop rates, workload shapes or a router it does not
+    run.
 
     `shapes`: the kinds of the run's workload shapes (a chart of one kind is drawn only where the run has that kind),
-    or just whether it has any (then every shape chart is drawn, and one whose kind is missing says so in its image)."""
-    kept = {ALWAYS: True, WITH_RATES: rates, WITH_SHAPES: bool(shapes)}
+    or just whether it has any (then every shape chart is drawn, and one whose kind is missing says so in its image).
+    `router`: the target runs replicas behind vLLM's router."""
+    kept = {ALWAYS: True, WITH_RATES: rates, WITH_SHAPES: bool(shapes), WITH_ROUTER: router}
 
     def drawn(c: ChartSpec) -> bool:
         if not c.drawn.startswith("kind:"):
@@ -66,8 +71,8 @@ def charts_for(*, rates: bool, shapes: bool | Collection[str]) -> list[ChartSpec
     return [c for c in CHARTS if drawn(c)]
 
 
-def chart_names(*, rates: bool, shapes: bool | Collection[str]) -> list[str]:
-    return [c.name for c in charts_for(rates=rates, shapes=shapes)]
+def chart_names(*, rates: bool, shapes: bool | Collection[str], router: bool = False) -> list[str]:
+    return [c.name for c in charts_for(rates=rates, shapes=shapes, router=router)]
 
 
 def chart_files(names: list[str], outdir: str = "results/charts") -> list[str]:

@@ -21,6 +21,7 @@ import polars as pl
 from . import MODES, OFF, ON
 from .aggregate import closed_loop, load_records, open_loop, single_prefix
 from .chart_specs import EXTENSIONS, chart_names
+from .charts_replicas import replicas_chart, routing_curve_chart
 from .contrasts import paired_effects
 from .ideal import Shape, cold_samples, fit_fixed_cost, ideal_rows, load_shape, prefill_flops
 from .kvcache import Request, replay
@@ -1163,6 +1164,8 @@ class ChartData:
     trace: pl.DataFrame = field(default_factory=pl.DataFrame)  # trace_capacity.csv
     hashes: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # the KV shapes' prompt block hashes
     dtype: str | None = None  # the server's dtype (the KV cache's bytes per value)
+    replica_points: pl.DataFrame = field(default_factory=pl.DataFrame)  # replica_points.csv (replicas_analysis)
+    routing_curve: pl.DataFrame = field(default_factory=pl.DataFrame)  # routing_curve.csv: the simulator on the trace
 
     @property
     def kv_bytes(self) -> float | None:
@@ -1194,6 +1197,8 @@ DRAW: dict[str, Callable[[ChartData], alt.TopLevelMixin]] = {
     "shapes": lambda d: shapes_chart(d.shape_req if d.shape_req.height else pl.DataFrame({"status": []})),
     "kv_capacity": _kv_capacity,
     "trace_capacity": lambda d: trace_capacity_chart(d.trace, d.served_trace_blocks(), d.kv_bytes, d.block_size),
+    "replicas": lambda d: replicas_chart(d.replica_points),
+    "routing_curve": lambda d: routing_curve_chart(d.routing_curve, d.replica_points),
 }
 
 
@@ -1237,7 +1242,11 @@ def draw_all(
     trace_csv: Path | None = None,
     kv_prompts: Sequence[Path] = (),
     dtype: str | None = None,
+    replica_points_csv: Path | None = None,
+    routing_curve_csv: Path | None = None,
+    policy: str | None = None,
 ) -> list[Path]:
+    """Every chart of `names`; behind a router, the records are the primary `policy`'s (aggregate.load_records)."""
     summary = pl.read_csv(summary_csv)
     ratios = paired_effects(pl.read_csv(speedup_csv))  # the contrast each point is judged by (prefixbench.contrasts)
     summary, ratios = single_prefix(summary, ratios)  # the shapes get their own chart
@@ -1253,10 +1262,12 @@ def draw_all(
         block_size,
         cold_samples(calibration_json),
         contrasts=read_csv_or_empty(contrasts_csv),
-        records=load_records(records) if records and needs_records else pl.DataFrame(),
+        records=load_records(records, policy) if records and needs_records else pl.DataFrame(),
         trace=read_csv_or_empty(trace_csv),
         hashes=load_hashes(kv_prompts) if "kv_capacity" in names else {},
         dtype=dtype,
+        replica_points=read_csv_or_empty(replica_points_csv),
+        routing_curve=read_csv_or_empty(routing_curve_csv),
     )
     outdir.mkdir(parents=True, exist_ok=True)
     written = []

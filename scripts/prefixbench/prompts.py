@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .corpus import text_of_at_least
+from .kvcache import block_hashes
 
 MAX_ATTEMPTS = 64
 
@@ -143,6 +144,8 @@ def build_regime_prompts(
                     "prefix_group": group,
                     "prompt_len_tokens": len(ids),
                     "expected_cached_tokens": expected_cached_tokens(n_tokens, len(ids), block_size) if warm else 0,
+                    # Its full KV blocks, as vLLM hashes them: behind a router each replica's cache is replayed.
+                    "block_hashes": block_hashes(ids, block_size),
                 }
             )
     return records

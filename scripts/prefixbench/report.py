@@ -49,9 +49,11 @@ from .findings import (
     ttft_finding,
     verdicts,
 )
+from .findings.replicas import ReplicaSection, replicas_section
 from .formatting import fmt_ci, fmt_s, fmt_x
 from .ideal import cold_samples, load_shape
 from .plan import plan_summary
+from .replicas_analysis import read_table
 from .shapes import SINGLE_PREFIX
 from .shapes.findings import shape_section
 from .shapes.results import read_shape_table
@@ -101,6 +103,12 @@ class ReportInputs:
     shapes: dict[str, dict] = field(default_factory=dict)
     calibration_json: Path | None = None
     contrasts_csv: Path | None = None  # the contrasts rule's table: every contrast judged by the claim rule
+    # Behind a router (issue 23), aggregation's replica tables (prefixbench.replicas_analysis): per policy and point,
+    # the policies' contrasts, the simulator beside the measurement, its curve on the trace; empty files otherwise.
+    replica_points_csv: Path | None = None
+    replica_contrasts_csv: Path | None = None
+    routing_sim_csv: Path | None = None
+    routing_curve_csv: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,7 @@ class ReportContext:
     aa: ControlSection
     engine: EngineSection
     shape_section: dict[str, Any]  # the shapes' section: shapes.findings.shape_section, each kind's own keys
+    replicas: ReplicaSection  # Across replicas: the routing policies (findings.replicas), or why it was not run
     # The answers
     ttft: Finding
     throughput: Finding
@@ -343,6 +352,15 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         aa=ControlSection(answer=aa_finding(sp, aa_rows).answer, rows=aa_rows),
         engine=EngineSection(table=engine_table(engine), words=engine_words(engine)),
         shape_section=shape_words,
+        replicas=guarded(
+            replicas_section,
+            read_table(inputs.replica_points_csv),
+            read_table(inputs.replica_contrasts_csv),
+            read_table(inputs.routing_sim_csv),
+            read_table(inputs.routing_curve_csv),
+            info.get("router") or {},
+            fallback=lambda w: ReplicaSection(False, w),
+        ),
         ttft=guarded(ttft_finding, sp),
         throughput=guarded(throughput_finding, summary, sp),
         memory=guarded(memory_finding, summary, sp),

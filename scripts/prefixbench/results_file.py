@@ -44,6 +44,21 @@ SHAPE_CHECK += ["max_diff_tokens", "unpredicted", "expected_hit_rate", "predicte
 SHAPE_CHECK += ["kv_blocks"]
 
 
+# Behind a router (issue 23), replica_points.csv, replica_contrasts.csv and routing_sim.csv (prefixbench.replicas_analysis)
+# as the `replicas` section: per policy and point, its contrasts and the simulator beside it. Seconds become ms.
+REPLICA_KEYS = ["policy", "regime", "workload", "reuse_pct", "concurrency", "request_rate", "replicas"]
+REPLICA_COUNTS = ["passes", "requests", "unattributed", "prompt_tokens", "predicted_requests", "exact"]
+REPLICA_RATES = [f"{r}_hit_{k}" for r in ("traffic", "kept", "predicted", "measured") for k in ("rate", "lo", "hi")]
+REPLICA_NUMBERS = [*REPLICA_RATES, "counter_hit_rate", "tok_s", "tok_s_lo", "tok_s_hi", "load_imbalance"]
+REPLICA_SECONDS = ["ttft_mean_s", "ttft_lo_s", "ttft_hi_s", "ttft_p50_s", "ttft_p90_s"]
+PAIR_KEYS = ["regime", "workload", "reuse_pct", "concurrency", "request_rate", "policy_a", "policy_b", "pairs"]
+PAIR_FIELDS = [f"{m}_{k}" for m in ("ttft", "tok_s") for k in ("ratio", "lo", "hi", "mde_pct", "verdict", "reason")]
+PAIR_FIELDS += ["hit_diff", "hit_diff_lo", "hit_diff_hi"]
+SIM_FIELDS = ["policy", "regime", "workload", "reuse_pct", "concurrency", "request_rate", "replicas", "passes"]
+SIM_FIELDS += ["sim_traffic_hit_rate", "sim_kept_hit_rate", "sim_predicted_hit_rate", "sim_load_imbalance"]
+SIM_FIELDS += ["kept_within", "predicted_within"]
+
+
 class ResultsError(ValueError):
     """The result does not match its schema: the message names each field that fails."""
 
@@ -183,6 +198,35 @@ def cache_model_section(summary: pl.DataFrame, speedup: pl.DataFrame, shape_poin
     }
 
 
+def per_replica(text: str | None, kind: type) -> list | None:
+    """ "26/22" (a value per replica, as the CSV holds it) as a list."""
+    return None if text is None else [kind(x) for x in str(text).split("/")]
+
+
+def replicas_section(points: pl.DataFrame, contrasts: pl.DataFrame, sim: pl.DataFrame) -> dict[str, Any] | None:
+    """The Across-replicas tables as aggregation recorded them, or None for one server (the key is then left out)."""
+    if points.is_empty():
+        return None
+    rows = []
+    for r in points.iter_rows(named=True):
+        rec: dict[str, Any] = {k: r.get(k) for k in REPLICA_KEYS}
+        rec["request_rate"] = float(rec["request_rate"] or 0.0)
+        rec |= {k: (None if r.get(k) is None else int(r[k])) for k in REPLICA_COUNTS}
+        rec |= {k: r.get(k) for k in REPLICA_NUMBERS}
+        rec |= {k.removesuffix("_s") + "_ms": ms(r.get(k)) for k in REPLICA_SECONDS}
+        rec["requests_per_replica"] = per_replica(r.get("requests_per_replica"), int)
+        rec["peak_kv_per_replica"] = per_replica(r.get("peak_kv_per_replica"), float)
+        rows.append(rec)
+    pairs = [{k: r.get(k) for k in PAIR_KEYS + PAIR_FIELDS} for r in contrasts.iter_rows(named=True)] if contrasts.height else []
+    simulated = [
+        {k: r.get(k) for k in SIM_FIELDS} | {"sim_requests_per_replica": per_replica(r.get("sim_requests_per_replica"), int)}
+        for r in (sim.iter_rows(named=True) if sim.height else [])
+    ]
+    for rec in (*pairs, *simulated):
+        rec["request_rate"] = float(rec["request_rate"] or 0.0)
+    return {"points": rows, "contrasts": pairs, "simulation": simulated}
+
+
 def total(df: pl.DataFrame, column: str) -> int | None:
     """A count column's sum, None where the table has no such column or nothing in it. A run without forced misses
     (one from before the paired design, re-aggregated) has the `salted_*` columns, empty, and a CSV's empty column
@@ -208,20 +252,23 @@ def build_results(
     speedup: pl.DataFrame,
     contrasts: pl.DataFrame,
     shape_points: pl.DataFrame | None = None,
+    replicas: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None = None,
 ) -> dict[str, Any]:
-    """The whole result, a JSON-ready dict (schema config/schema/results.schema.json)."""
+    """The whole result, a JSON-ready dict (schema config/schema/results.schema.json). `replicas`: replica_points,
+    replica_contrasts and routing_sim (a replicated run's `replicas` section; left out for one server)."""
     if "request_rate" not in summary.columns:
         summary = summary.with_columns(pl.lit(0.0).alias("request_rate"))
-    return clean(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "setup": setup_section(setup, lifetimes),
-            "totals": totals(summary, speedup),
-            "points": point_records(summary),
-            "contrasts": contrast_records(contrasts),
-            "cache_model": cache_model_section(summary, speedup, shape_points if shape_points is not None else pl.DataFrame()),
-        }
-    )
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "setup": setup_section(setup, lifetimes),
+        "totals": totals(summary, speedup),
+        "points": point_records(summary),
+        "contrasts": contrast_records(contrasts),
+        "cache_model": cache_model_section(summary, speedup, shape_points if shape_points is not None else pl.DataFrame()),
+    }
+    if replicas is not None and (section := replicas_section(*replicas)) is not None:
+        result["replicas"] = section
+    return clean(result)
 
 
 def validate(result: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
@@ -273,8 +320,11 @@ def write_results(
     shape_points_csv: Path | None,
     out: Path,
     schema_path: Path = SCHEMA_PATH,
+    replica_csvs: tuple[Path, Path, Path] | None = None,
 ) -> None:
-    """Read the run's recorded files, build the result, validate it, write it (nothing is written when invalid)."""
+    """Read the run's recorded files, build the result, validate it, write it (nothing is written when invalid).
+    `replica_csvs`: replica_points.csv, replica_contrasts.csv, routing_sim.csv (empty files for one server)."""
+    from .replicas_analysis import read_table
     from .shapes.results import read_shape_table
 
     result = build_results(
@@ -284,6 +334,7 @@ def write_results(
         pl.read_csv(speedup_csv, infer_schema_length=None),
         read_contrast_table(contrasts_csv),
         read_shape_table(shape_points_csv),
+        (read_table(replica_csvs[0]), read_table(replica_csvs[1]), read_table(replica_csvs[2])) if replica_csvs else None,
     )
     validate(result, schema_path)
     Path(out).write_text(dumps(result))

@@ -806,3 +806,64 @@ def test_one_value_ranges_and_an_unmoved_gauge_read_plainly():
     assert "at 0 of" not in answer
     higher = sp.with_columns(pl.lit(0.05).alias("peak_kv_cache_usage_on"))
     assert "peaked lower with the cache on at 0 of 1 points and higher at 1:" in memory_finding(summary, higher).answer
+
+
+# Issue 23: the Across-replicas section.
+
+
+def test_a_single_server_report_says_across_replicas_was_not_run(tmp_path):
+    from prefixbench.findings.replicas import NOT_RUN
+
+    md, _ = render_md(tmp_path)
+    assert f"## Across replicas\n\n{NOT_RUN}\n\n## Charts" in md
+    assert "charts/replicas.png" not in md and "charts/routing_curve.png" not in md
+
+
+def render_replicated(tmp_path, **kw) -> str:
+    """The report of a synthetic replicated run (tests/synthetic.write_replicated_run) as the rules make it."""
+    from synthetic import POLICIES, write_replicated_run
+    from test_replicas_analysis import fake_routing
+
+    from prefixbench.replicas_analysis import ReplicaTables, RouterRun, write_replica_tables
+
+    recs, metas, prompts = write_replicated_run(tmp_path / "raw", **kw)
+    write_summary(recs, metas, tmp_path / "summary.csv", tmp_path / "speedup.csv", policy=POLICIES[0])
+    out = ReplicaTables(*(tmp_path / f"{n}.csv" for n in ("req", "points", "contrasts", "sim", "curve")))
+    write_replica_tables(recs, metas, [prompts], 16, RouterRun(POLICIES, 2, {}), out, fake_routing())
+    _, infos, scripts, _ = make_inputs(tmp_path / "single")
+    inputs = ReportInputs(
+        summary_csv=tmp_path / "summary.csv",
+        speedup_csv=tmp_path / "speedup.csv",
+        info_paths=infos,
+        script_paths=scripts,
+        prompt_paths=[prompts],
+        model={"source": "smollm2_package", "path": "m", "served_name": "s"},
+        target="cpu",
+        max_tokens=8,
+        block_size=16,
+        slo=SLO,
+        replica_points_csv=out.points,
+        replica_contrasts_csv=out.contrasts,
+        routing_sim_csv=out.sim,
+        routing_curve_csv=out.curve,
+    )
+    render(inputs, TEMPLATE, tmp_path / "report.md")
+    return (tmp_path / "report.md").read_text()
+
+
+def test_a_replicated_run_shows_the_policies_three_hit_rates_and_re_renders_identically(tmp_path):
+    md = render_replicated(tmp_path, policy_ttft_s={"cache_aware": 0.03})
+    section = md.split("## Across replicas")[1].split("## Charts")[0]
+    assert "Policies measured: `cache_aware`, `round_robin`, `consistent_hash`" in section
+    header = "| point | policy | requests | in the traffic | kept by the routing | delivered, predicted | delivered, measured (95% CI) |"
+    assert header in section
+    assert "| pool c=4 | `round_robin` | 48 (2 passes) | 67% | 56% | 31% | 31% (31%–31%) | 48/48 |" in section
+    assert "| pool c=1 | `consistent_hash` | 30/18 | 1.25× | 0.35/0.29 | 0 |" in section  # load per replica
+    assert "- At pool c=4, the policy with the most hits had the slowest first token: `cache_aware`" in section
+    assert "The policy simulator re-routed every measured pass at 2 replicas" in section
+    assert "![Hit rates, TTFT and load per routing policy](charts/replicas.png)" in section
+    assert "charts/routing_curve.png" not in section  # no trace curve was simulated here
+    assert "None" not in section and "n/a" not in section
+    again = tmp_path / "again"
+    again.mkdir()
+    assert render_replicated(again, policy_ttft_s={"cache_aware": 0.03}) == md  # from the same data, the same bytes

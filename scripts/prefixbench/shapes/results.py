@@ -8,13 +8,14 @@ kvcache.replay with the requests' actual send and end times and the server's own
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
 
 from .. import OFF
 from ..kvcache import Request, replay_detail
+from ..paired import SALTED
 from . import KINDS, SHAPES
 
 PASS = ["mode", "instance", "regime", "reuse_pct", "concurrency", "request_rate", "repeat"]
@@ -40,6 +41,83 @@ def read_shape_table(path: Path | None) -> pl.DataFrame:
     return pl.read_csv(path, infer_schema_length=None) if path and Path(path).stat().st_size else pl.DataFrame()
 
 
+# What keys a prompt's block hashes: a shape's prompt file has one prompt per request index; a regime's prompt file
+# one per reuse level and request index (replicas_analysis reads both).
+SHAPE_HASH_KEY = ("regime", "request_index")
+
+
+def salted(hashes: tuple[str, ...], salt: str) -> tuple[str, ...]:
+    """A forced miss's blocks: its `cache_salt` enters every block hash in vLLM, so it shares none with anything,
+    but it still holds blocks while it runs (the paired design's miss arm)."""
+    return tuple(f"{salt}|{h}" for h in hashes)
+
+
+def replayed(
+    grp: pl.DataFrame, hashes: Mapping[tuple, Sequence[str]], block_size: int, num_blocks: int, hash_key: Sequence[str]
+) -> tuple[list[int | None], list[str | None]]:
+    """One cache's requests (one pass of one server, or of one replica) replayed through kvcache.replay_detail with
+    their actual send and end times and `num_blocks` blocks: each row's predicted cached tokens, and why a row the
+    model could not place has none. Rows are keyed by position, so two arms of a paired pass that send the same
+    prompt stay two requests."""
+    reqs = [
+        Request(
+            n,
+            salted(h, f"salt{n}") if r.get("arm") in SALTED else h,
+            r["prompt_tokens"] or 0,
+            r["completion_tokens"] or 1,
+            r["start_s"] or 0.0,
+            (r["start_s"] or 0.0) + (r["e2e_s"] or 0.0),
+        )
+        for n, r in enumerate(grp.iter_rows(named=True))
+        if r["prompt_tokens"]  # a request that never reached the engine holds no blocks
+        for h in [tuple(hashes.get(tuple(r[k] for k in hash_key), ()))]
+    ]
+    got, unplaced = replay_detail(reqs, num_blocks, block_size)
+    return [got.get(n) for n in range(grp.height)], [unplaced.get(n) for n in range(grp.height)]
+
+
+def with_predictions(
+    records: pl.DataFrame,
+    hashes: Mapping[tuple, Sequence[str]],
+    block_size: int,
+    keys: Sequence[str],
+    hash_key: Sequence[str] = SHAPE_HASH_KEY,
+) -> pl.DataFrame:
+    """`predicted_cached_tokens` and `unpredicted` for every record: each group of `keys` (one cache: a pass of one
+    server, or with `replica` among the keys, of one replica) replayed with the KV blocks its server reported. With
+    the cache off nothing can hit; a group without a KV size is not predicted."""
+    parts = []
+    for key, grp in records.group_by(list(keys), maintain_order=True):
+        mode = dict(zip(keys, key))["mode"]
+        blocks = grp["kv_blocks"].drop_nulls()
+        reasons: list[str | None] = [None] * grp.height
+        predicted: list[int | None]
+        if mode == OFF:
+            predicted = [0] * grp.height
+        elif "replica" in keys and grp["replica"][0] is None:  # the router's choice was not attributed: no cache to replay
+            predicted = [None] * grp.height
+            why = grp["replica_unknown"].to_list() if "replica_unknown" in grp.columns else [None] * grp.height
+            reasons = [f"its replica is not known ({w or 'not attributed'})" for w in why]
+        elif blocks.is_empty():
+            predicted = [None] * grp.height
+        else:
+            predicted, reasons = replayed(grp, hashes, block_size, int(blocks[0]), hash_key)
+        parts.append(
+            grp.with_columns(
+                pl.Series("predicted_cached_tokens", predicted, dtype=pl.Int64),
+                pl.Series("unpredicted", reasons, dtype=pl.String),
+            )
+        )
+    return pl.concat(parts, how="diagonal_relaxed")
+
+
+def cache_keys(records: pl.DataFrame) -> list[str]:
+    """What one KV cache served: a pass of the server, or behind a router, a pass of one replica (each replica has
+    its own KV pool; the records' `kv_blocks` is the serving replica's)."""
+    replicated = "replica" in records.columns and records["replica"].is_not_null().any()
+    return [*PASS, "replica"] if replicated else PASS
+
+
 def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str]], block_size: int) -> pl.DataFrame:
     """One row per request of a shape point, with `predicted_cached_tokens` from the cache model."""
     shaped = records.filter(pl.col("workload").is_in(SHAPES))
@@ -48,36 +126,7 @@ def shape_requests(records: pl.DataFrame, hashes: dict[tuple[str, int], list[str
     for col in SHAPE_COLUMNS:
         if col not in shaped.columns:
             shaped = shaped.with_columns(pl.lit(None).alias(col))
-    parts = []
-    for key, grp in shaped.group_by(PASS, maintain_order=True):
-        mode, regime = key[0], key[2]
-        blocks = grp["kv_blocks"].drop_nulls()
-        reasons: list[str | None] = [None] * grp.height
-        if mode == OFF or blocks.is_empty():
-            predicted = [0 if mode == OFF else None] * grp.height
-        else:
-            reqs = [
-                Request(
-                    r["request_index"],
-                    tuple(hashes.get((regime, r["request_index"]), ())),
-                    r["prompt_tokens"] or 0,
-                    r["completion_tokens"] or 1,
-                    r["start_s"] or 0.0,
-                    (r["start_s"] or 0.0) + (r["e2e_s"] or 0.0),
-                )
-                for r in grp.iter_rows(named=True)
-                if r["prompt_tokens"]  # a request that never reached the engine holds no blocks
-            ]
-            got, unplaced = replay_detail(reqs, int(blocks[0]), block_size)
-            predicted = [got.get(i) for i in grp["request_index"]]
-            reasons = [unplaced.get(i) for i in grp["request_index"]]
-        parts.append(
-            grp.with_columns(
-                pl.Series("predicted_cached_tokens", predicted, dtype=pl.Int64),
-                pl.Series("unpredicted", reasons, dtype=pl.String),
-            )
-        )
-    out = pl.concat(parts, how="diagonal_relaxed")
+    out = with_predictions(shaped, hashes, block_size, cache_keys(shaped))
     keep = [
         *PASS,
         "workload",

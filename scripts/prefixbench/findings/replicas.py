@@ -1,0 +1,344 @@
+"""The report's "Across replicas" section: per routing policy the three hit rates, latency and throughput with their
+intervals and the load per replica, the policies' contrasts by the claim rule, the simulator beside the measurement,
+and sentences that appear only where the data say what they claim.
+
+It reads the tables aggregation wrote (prefixbench.replicas_analysis): replica_points.csv, replica_contrasts.csv,
+routing_sim.csv, routing_curve.csv; it computes no hit rate itself, so the section re-renders from recorded outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from ..formatting import fmt_pct, fmt_x, markdown_table
+from ..shapes import SHAPES
+from .claims import NOISE, point_name, rows_of
+from .units import fmt_ms, fmt_ms_value
+
+NOT_RUN = (
+    "Not run: this run measured one server. A target with `replicas: 2` or more puts that many identical servers "
+    "behind vLLM's router and measures each routing policy of `router.policies` here."
+)
+NO_SIMULATOR = "The policy simulator (prefixbench.routing) did not run on this run's passes: nothing is set beside them."
+
+
+@dataclass(frozen=True)
+class ReplicaSection:
+    """What the template shows under "Across replicas": `ran` False leaves only `intro` (why it was not run)."""
+
+    ran: bool
+    intro: str
+    table: str = ""
+    load_table: str = ""
+    contrasts_table: str = ""
+    sim_table: str = ""
+    words: list[str] = field(default_factory=list)
+    curve: str = ""  # the simulator's curve on the trace in words ("" without one: no chart either)
+
+
+def pct_ci(lo: float | None, hi: float | None) -> str:
+    return "no interval" if lo is None or hi is None else f"{lo:.0%}–{hi:.0%}"
+
+
+def ms_ci(lo: float | None, hi: float | None) -> str:
+    return "no interval" if lo is None or hi is None else f"{fmt_ms_value(lo * 1000)}–{fmt_ms(hi)}"
+
+
+def diff_ci(lo: float | None, hi: float | None) -> str:
+    return "no interval" if lo is None or hi is None else f"{lo:+.1%} to {hi:+.1%}"
+
+
+def num_ci(lo: float | None, hi: float | None) -> str:
+    return "no interval" if lo is None or hi is None else f"{lo:.3g}–{hi:.3g}"
+
+
+def where(row: Mapping[str, Any]) -> str:
+    """A point's name: the regime or shape, its reuse level (a regime's) and its load."""
+    name = point_name(dict(row))
+    return name.replace(f" reuse {row['reuse_pct']}%", "") if row.get("workload") in SHAPES else name
+
+
+def rates_table(points: pl.DataFrame) -> str:
+    """Per point and policy: requests, the three hit rates (delivered measured with its interval over the passes),
+    the cache model's exact predictions, TTFT and throughput with their intervals."""
+    rows = []
+    for r in rows_of(points):
+        rows.append(
+            {
+                "point": where(r),
+                "policy": f"`{r['policy']}`",
+                "requests": f"{r['requests']} ({r['passes']} passes)",
+                "in the traffic": fmt_pct(r["traffic_hit_rate"]),
+                "kept by the routing": fmt_pct(r["kept_hit_rate"]),
+                "delivered, predicted": fmt_pct(r["predicted_hit_rate"]),
+                "delivered, measured (95% CI)": f"{fmt_pct(r['measured_hit_rate'])} ({pct_ci(r['measured_hit_lo'], r['measured_hit_hi'])})",
+                "exact": f"{r['exact']}/{r['predicted_requests']}",
+                "mean TTFT (95% CI)": f"{fmt_ms(r['ttft_mean_s'])} ({ms_ci(r['ttft_lo_s'], r['ttft_hi_s'])})",
+                "p50 / p90 TTFT": f"{fmt_ms(r['ttft_p50_s'])} / {fmt_ms(r['ttft_p90_s'])}",
+                "output tok/s (95% CI)": f"{r['tok_s']:.3g} ({num_ci(r['tok_s_lo'], r['tok_s_hi'])})" if r["tok_s"] is not None else "n/a",
+            }
+        )  # fmt: skip
+    df = pl.DataFrame(rows)
+    return markdown_table(df, df.columns)
+
+
+def load_table(points: pl.DataFrame) -> str:
+    """Per point and policy: requests per replica, the busiest replica over the mean, peak KV usage per replica."""
+    rows = [
+        {
+            "point": where(r),
+            "policy": f"`{r['policy']}`",
+            "requests per replica": r["requests_per_replica"],
+            "busiest / mean": fmt_x(r["load_imbalance"]),
+            "peak KV-cache usage per replica": r.get("peak_kv_per_replica") or "not recorded",
+            "requests without a known replica": str(r["unattributed"]),
+        }
+        for r in rows_of(points)
+    ]
+    df = pl.DataFrame(rows)
+    return markdown_table(df, df.columns)
+
+
+def contrast_cell(r: Mapping[str, Any], name: str, better: str) -> str:
+    """A pair's contrast as the claim rule judged it (replicas_analysis.pair_row): who was better, by how much, with
+    the interval; "no difference larger than" the MDE; or not claimed, and why."""
+    ratio, lo, hi, kind = r[f"{name}_ratio"], r[f"{name}_lo"], r[f"{name}_hi"], r[f"{name}_verdict"]
+    a, b = f"`{r['policy_a']}`", f"`{r['policy_b']}`"
+    if ratio is None:
+        return "not measured"
+    if kind in ("faster", "slower"):  # claimed: > 1 is a's gain, < 1 b's
+        winner, loser, x, band = (a, b, ratio, (lo, hi)) if ratio > 1 else (b, a, 1 / ratio, (1 / hi, 1 / lo))
+        return f"{winner} {fmt_x(x)} {better} than {loser} (95% CI {band[0]:.2f}–{band[1]:.2f})"
+    if kind == "no difference":
+        return f"{fmt_x(ratio)}: {r[f'{name}_reason']}"
+    return f"{fmt_x(ratio)}, not claimed ({r[f'{name}_reason']})"
+
+
+def contrasts_table(contrasts: pl.DataFrame) -> str:
+    rows = [
+        {
+            "point": where(r),
+            "policies": f"`{r['policy_a']}` vs `{r['policy_b']}`",
+            "pass pairs": str(r["pairs"]),
+            "mean TTFT": contrast_cell(r, "ttft", "faster"),
+            "output throughput": contrast_cell(r, "tok_s", "higher"),
+            "delivered hit rate, a − b (95% CI)": (
+                f"{r['hit_diff']:+.1%} ({diff_ci(r['hit_diff_lo'], r['hit_diff_hi'])})" if r["hit_diff"] is not None else "n/a"
+            ),
+        }
+        for r in rows_of(contrasts)
+    ]
+    df = pl.DataFrame(rows)
+    return markdown_table(df, df.columns)
+
+
+def more_hits(c: Mapping[str, Any], rate_a: float, rate_b: float) -> int:
+    """+1 where policy a delivered more hits than b beyond noise, -1 fewer, 0 neither: the pass pairs' interval of
+    the difference excludes 0, or without one, the difference exceeds claims.NOISE of the larger rate."""
+    lo, hi, diff = c["hit_diff_lo"], c["hit_diff_hi"], c["hit_diff"]
+    if diff is None:
+        return 0
+    if lo is not None and hi is not None:
+        return 1 if lo > 0 else -1 if hi < 0 else 0
+    return 1 if diff > NOISE * max(rate_a, rate_b) else -1 if -diff > NOISE * max(rate_a, rate_b) else 0
+
+
+def slower(c: Mapping[str, Any], policy: str) -> bool | None:
+    """Whether `policy` had the slower first token in the pair by the claim rule (True), the faster (False), or
+    neither was claimed (None)."""
+    kind = c["ttft_verdict"]
+    if kind not in ("faster", "slower"):
+        return None
+    a_slower = kind == "slower"
+    return a_slower if c["policy_a"] == policy else not a_slower
+
+
+def factor(c: Mapping[str, Any], policy: str) -> str:
+    """How much slower or faster `policy`'s first token was than the other of the pair, with the interval (ratio =
+    TTFT b / TTFT a: above 1, a was faster)."""
+    ratio, lo, hi = c["ttft_ratio"], c["ttft_lo"], c["ttft_hi"]
+    other = c["policy_b"] if c["policy_a"] == policy else c["policy_a"]
+    x, band = (ratio, (lo, hi)) if ratio >= 1 else (1 / ratio, (1 / hi, 1 / lo))
+    word = "slower" if slower(c, policy) else "faster"
+    return f"{fmt_x(x)} {word} than `{other}`, 95% CI {band[0]:.2f}–{band[1]:.2f}"
+
+
+def hits_and_speed(point: list[dict], pairs: list[dict]) -> str:
+    """The policy with the most delivered hits (beyond noise, against every other) and whether it also had the
+    slowest or the fastest first token (claimed against every other): the sentence only where both hold."""
+    rate = {r["policy"]: r["measured_hit_rate"] for r in point if r["measured_hit_rate"] is not None}
+    if len(rate) < 2 or len(pairs) < len(rate) * (len(rate) - 1) // 2:
+        return ""
+    for top in rate:
+        mine = [c for c in pairs if top in (c["policy_a"], c["policy_b"])]
+        beats = [more_hits(c, rate[c["policy_a"]], rate[c["policy_b"]]) * (1 if c["policy_a"] == top else -1) for c in mine]
+        if not mine or any(b != 1 for b in beats):
+            continue
+        verdicts = [slower(c, top) for c in mine]
+        if any(v is None for v in verdicts) or len(set(verdicts)) != 1:
+            return ""
+        ttft = {r["policy"]: r["ttft_mean_s"] for r in point}
+        others = ", ".join(f"`{p}` {fmt_ms(ttft[p])}" for p in rate if p != top)
+        word = "slowest" if verdicts[0] else "fastest"
+        return (
+            f"At {where(point[0])}, the policy with the most hits had the {word} first token: `{top}` delivered "
+            f"{fmt_pct(rate[top])} of prompt tokens from cache (measured) and its mean TTFT was {fmt_ms(ttft[top])} "
+            f"against {others} ({'; '.join(factor(c, top) for c in mine)})."
+        )
+    return ""
+
+
+def split_words(point: list[dict]) -> list[str]:
+    """Where reuse was lost: in the routing (kept below the traffic) and in the KV capacity (predicted delivered
+    below kept), each named only where the drop exceeds claims.NOISE of the rate above it."""
+    out = []
+    lost = [r for r in point if r["traffic_hit_rate"] and r["kept_hit_rate"] is not None
+            and r["traffic_hit_rate"] - r["kept_hit_rate"] > NOISE * r["traffic_hit_rate"]]  # fmt: skip
+    kept_all = [r["policy"] for r in point if r not in lost and r["traffic_hit_rate"]]
+    if lost:
+        out.append(
+            f"At {where(point[0])} the traffic offered {fmt_pct(lost[0]['traffic_hit_rate'])} of prompt tokens as hits; "
+            + "; ".join(f"`{r['policy']}` kept {fmt_pct(r['kept_hit_rate'])} by sending repeats of a prefix to another replica" for r in lost)
+            + (f", while {', '.join(f'`{p}`' for p in kept_all)} kept it all." if kept_all else ".")
+        )  # fmt: skip
+    evicted = [r for r in point if r["kept_hit_rate"] and r["predicted_hit_rate"] is not None
+               and r["kept_hit_rate"] - r["predicted_hit_rate"] > NOISE * r["kept_hit_rate"]]  # fmt: skip
+    if evicted:
+        out.append(
+            f"At {where(point[0])} the replicas' KV capacity cost hits the routing had kept: "
+            + "; ".join(f"`{r['policy']}` {fmt_pct(r['kept_hit_rate'])} kept, {fmt_pct(r['predicted_hit_rate'])} predicted delivered" for r in evicted)
+            + " (the cache model, replayed per replica with its real KV blocks)."
+        )  # fmt: skip
+    return out
+
+
+def prediction_words(points: pl.DataFrame) -> str:
+    """How the per-replica cache model did, request by request, and what it could not place."""
+    placed, exact, unknown = (
+        int(points["predicted_requests"].sum()),
+        int(points["exact"].sum()),
+        int(points["unattributed"].sum()),
+    )
+    if not placed:
+        return "The cache model placed no request (no replica reported its KV size)."
+    head = (
+        f"The cache model, replayed per replica over the requests the router sent it, predicted every one of the "
+        f"{placed} requests it could place exactly."
+        if exact == placed
+        else f"The cache model, replayed per replica over the requests the router sent it, predicted {exact} of the "
+        f"{placed} requests it could place exactly."
+    )
+    return head + (f" {unknown} requests had no known replica and are left out of the hit rates." if unknown else "")
+
+
+def imbalance_words(points: pl.DataFrame) -> str:
+    """The most uneven split, where one replica took more than claims.NOISE above its share."""
+    uneven = [r for r in rows_of(points) if r["load_imbalance"] is not None and r["load_imbalance"] > 1 + NOISE]
+    if not uneven:
+        return ""
+    r = max(uneven, key=lambda r: r["load_imbalance"])
+    return (
+        f"The most uneven split: `{r['policy']}` at {where(r)} sent {r['requests_per_replica']} requests to the "
+        f"{r['replicas']} replicas, its busiest replica {fmt_x(r['load_imbalance'])} its share."
+    )
+
+
+def sim_table(sim: pl.DataFrame, points: pl.DataFrame) -> str:
+    measured = {(r["policy"], where(r)): r for r in rows_of(points)}
+    rows = []
+    for s in rows_of(sim):
+        m = measured.get((s["policy"], where(s)), {})
+        rows.append(
+            {
+                "point": where(s),
+                "policy": f"`{s['policy']}`",
+                "kept: simulated / measured (95% CI)": f"{fmt_pct(s['sim_kept_hit_rate'])} / {fmt_pct(m.get('kept_hit_rate'))} ({pct_ci(m.get('kept_hit_lo'), m.get('kept_hit_hi'))})",
+                "kept within": s["kept_within"],
+                "delivered: simulated / measured (95% CI)": f"{fmt_pct(s['sim_predicted_hit_rate'])} / {fmt_pct(m.get('measured_hit_rate'))} ({pct_ci(m.get('measured_hit_lo'), m.get('measured_hit_hi'))})",
+                "delivered within": s["predicted_within"],
+                "requests per replica, all passes: simulated / measured": f"{s['sim_requests_per_replica']} / {m.get('requests_per_replica')}",
+            }
+        )  # fmt: skip
+    df = pl.DataFrame(rows)
+    return markdown_table(df, df.columns)
+
+
+def sim_words(sim: pl.DataFrame, replicas: int) -> str:
+    """How many of the simulator's predictions lay inside the measured intervals, and which did not."""
+    said = []
+    for col, what in (("predicted_within", "delivered"), ("kept_within", "kept")):
+        counts = {v: int((sim[col] == v).sum()) for v in ("yes", "no", "no interval")}
+        judged = counts["yes"] + counts["no"]
+        part = f"its {what} hit rate lay within the measured 95% interval for {counts['yes']} of {judged}" if judged else ""
+        if counts["no"]:
+            off = sim.filter(pl.col(col) == "no")
+            part += " (outside: " + ", ".join(f"`{r['policy']}` at {where(r)}" for r in rows_of(off)) + ")"
+        if counts["no interval"]:
+            part += (", and " if part else "") + f"{counts['no interval']} had no measured interval (one pass per policy)"
+        said.append(part)
+    return f"The policy simulator re-routed every measured pass at {replicas} replicas: " + "; ".join(p for p in said if p) + "."
+
+
+def curve_words(curve: pl.DataFrame) -> str:
+    """The simulator's curve on the trace, per policy, from one replica to the most (a simulation, said so)."""
+    if curve.is_empty():
+        return ""
+    lo, hi = int(curve["replicas"].min()), int(curve["replicas"].max())  # type: ignore[arg-type]
+    parts = []
+    for (policy,), grp in curve.group_by(["policy"], maintain_order=True):
+        at = {int(r["replicas"]): r["kept_hit_rate"] for r in rows_of(grp)}
+        parts.append(f"`{policy}` {fmt_pct(at[lo])} at {lo} → {fmt_pct(at[hi])} at {hi}")
+    first = curve.row(0, named=True)
+    return (
+        f"By simulation, not measurement: the whole {first['workload']} ({first['requests']:,} requests) routed by "
+        f"each policy to {lo}–{hi} replicas, the hit rate each replica's own unlimited cache keeps: "
+        + "; ".join(parts)
+        + f" (the traffic itself offers {fmt_pct(first['traffic_hit_rate'])})."
+    )
+
+
+def intro(points: pl.DataFrame, router: Mapping[str, Any]) -> str:
+    policies = list(dict.fromkeys(points["policy"].to_list()))
+    replicas = int(points["replicas"][0])
+    version = f" (`vllm-router` {router['version']})" if router.get("version") else ""
+    return (
+        f"{replicas} replicas of the same server behind vLLM's router{version}, each with its own KV cache. Policies "
+        f"measured: {', '.join(f'`{p}`' for p in policies)}; the first carries every other section of this report, "
+        "and each ran on the same cache-on lifetimes, point by point, from reset caches, in an order rotated every "
+        "repeat. Per policy, three hit rates (token-weighted): *in the traffic* (one unlimited cache over every "
+        "request), *kept by the routing* (each replica's own unlimited cache over the requests the router sent it), "
+        "*delivered*, predicted (each replica replayed by the cache model with its real KV size and the requests' "
+        "actual times) and measured (the replicas' `cached_tokens`). Intervals are 95% t intervals over the passes; "
+        "the policies are compared pass by pass (same lifetime and repeat), each contrast by the report's claim rule "
+        "with its MDE; no A/A floor exists between policies, so a claim needs only an interval that excludes 1."
+    )
+
+
+def replicas_section(
+    points: pl.DataFrame, contrasts: pl.DataFrame, sim: pl.DataFrame, curve: pl.DataFrame, router: Mapping[str, Any]
+) -> ReplicaSection:
+    """The whole section from aggregation's tables (empty tables: the run had no router)."""
+    if points.is_empty():
+        return ReplicaSection(False, NOT_RUN)
+    words: list[str] = [prediction_words(points)]
+    pairs = rows_of(contrasts) if contrasts.height else []
+    for key, grp in points.group_by(["regime", "reuse_pct", "concurrency", "request_rate"], maintain_order=True):
+        here = [c for c in pairs if (c["regime"], c["reuse_pct"], c["concurrency"], c["request_rate"]) == key]
+        words += split_words(rows_of(grp))
+        words.append(hits_and_speed(rows_of(grp), here))
+    words.append(imbalance_words(points))
+    words.append(sim_words(sim, int(points["replicas"][0])) if sim.height else NO_SIMULATOR)
+    return ReplicaSection(
+        True,
+        intro(points, router),
+        rates_table(points),
+        load_table(points),
+        contrasts_table(contrasts) if contrasts.height else "",
+        sim_table(sim, points) if sim.height else "",
+        [w for w in words if w],
+        curve_words(curve),
+    )

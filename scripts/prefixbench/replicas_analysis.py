@@ -1,0 +1,534 @@
+"""Across replicas (issue 23): every request of every routing policy with the cache model replayed per replica, the
+three hit rates of each policy and point, the policies' contrasts, and the policy simulator beside the measurement.
+
+Behind a router each replica is one vLLM server with its own KV pool, so a request can hit only what the router
+sent to the same replica before it. Per pass (one policy, one repeat of one lifetime) three hit rates, token-weighted,
+tell apart where reuse is lost:
+
+- *in the traffic*: one unlimited cache over every request of the pass: the reuse the workload offers;
+- *kept by the routing*: each replica's own unlimited cache over the requests the router sent it;
+- *delivered*: measured (the replicas' `cached_tokens`) and predicted (each replica's requests replayed with its real
+  KV capacity and the requests' actual send and end times: shapes.results.with_predictions, as for one server).
+
+Every replay is kvcache's model. An "unlimited" cache is one with a block for every block the pass's requests hold:
+it never evicts (a cached block reaches the head of the free queue only after every other block was taken once), so
+it equals kvcache.replay with shapes.common.UNLIMITED_BLOCKS at a cost in proportion to the pass, not to a million.
+
+The policy simulator (prefixbench.routing) predicts each request's replica from the same requests; its hit rates go
+beside the measured ones, and its curve over 1 to 64 replicas on the Mooncake trace is labelled a simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from . import ON
+from .findings.claims import interval_gap, judge
+from .paired import LEVEL, contrast, main_arm_filter, t_quantile
+from .shapes.results import PASS, replayed, with_predictions
+
+PASS_KEYS = [*PASS, "policy"]  # one pass: one repeat of one lifetime at one point under one routing policy
+CACHE_KEYS = [*PASS_KEYS, "replica"]  # one cache: a replica's KV pool during a pass
+POINT_KEYS = ["regime", "workload", "reuse_pct", "concurrency", "request_rate"]
+HASH_KEY = ("regime", "reuse_pct", "request_index")  # a regime's prompt file has one prompt per reuse level and index
+RATES = ("traffic", "kept", "predicted", "measured")  # the three hit rates, delivered as predicted and as measured
+CURVE_REPLICAS = (1, 2, 4, 8, 16, 32, 64)
+REQUEST_COLUMNS = [
+    *PASS_KEYS,
+    "workload",
+    "request_index",
+    "request_id",
+    "replica",
+    "replica_unknown",
+    "session_key",
+    "kv_blocks",
+    "status",
+    "in_window",
+    "arm",
+    "start_s",
+    "ttft_s",
+    "e2e_s",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "traffic_cached_tokens",
+    "kept_cached_tokens",
+    "predicted_cached_tokens",
+    "unpredicted",
+]
+
+
+@dataclass(frozen=True)
+class RouterRun:
+    """What a replicated target measured: its policies (the first carries the run), how many replicas, the policy
+    parameters the router ran with (the simulator's too), and the trace the curve is drawn for."""
+
+    policies: tuple[str, ...]
+    replicas: int
+    params: Mapping[str, Any]
+    trace_path: Path | None = None
+
+    @property
+    def primary(self) -> str:
+        return self.policies[0]
+
+
+SIM_PARAMS = ("cache_threshold", "balance_abs_threshold", "balance_rel_threshold")
+
+
+# The production trace the simulator's curve is drawn for: the Mooncake conversation trace vendored with the code.
+TRACE = Path(__file__).resolve().parents[2] / "resources" / "traces" / "mooncake" / "conversation_trace.jsonl.gz"
+
+
+def router_defaults() -> dict[str, Any]:
+    """The schema's defaults of a target's `router:` block (validation does not fill a block the target omits)."""
+    import yaml
+
+    from .config import SCHEMA_PATH
+
+    props = yaml.safe_load(SCHEMA_PATH.read_text())["definitions"]["target"]["properties"]["router"]["properties"]
+    return {k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v}
+
+
+def router_run(target: Mapping[str, Any], trace_path: Path | None = TRACE) -> RouterRun | None:
+    """The target's router, or None for one server (replicas 1, or an endpoint)."""
+    if int(target.get("replicas") or 1) < 2:
+        return None
+    router = router_defaults() | dict(target.get("router") or {})
+    params = {k: router[k] for k in SIM_PARAMS if k in router}
+    return RouterRun(tuple(router["policies"]), int(target["replicas"]), params, trace_path)
+
+
+# --- Every request, with the three replays ---
+
+
+def load_point_hashes(prompt_paths: Iterable[Path]) -> dict[tuple, list[str]]:
+    """(regime, reuse_pct, request_index) -> the prompt's block hashes, for regime and shape prompt files alike."""
+    out: dict[tuple, list[str]] = {}
+    for path in prompt_paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip() and "block_hashes" in (rec := json.loads(line)):
+                out[(rec["regime"], rec.get("reuse_pct", 100), rec["request_index"])] = rec["block_hashes"]
+    return out
+
+
+def unlimited_blocks(grp: pl.DataFrame, block_size: int) -> int:
+    """A cache with a block for every block the requests hold at once or in turn: it never evicts (module docstring)."""
+    tokens = grp["prompt_tokens"].fill_null(0) + (grp["completion_tokens"].fill_null(1) - 1).clip(lower_bound=0)
+    return int(((tokens + block_size - 1) // block_size).sum()) + 2
+
+
+def per_group(df: pl.DataFrame, keys: Sequence[str], values: Callable[[pl.DataFrame], list]) -> list:
+    """`values` of each group of `keys`, put back in the rows' order (df carries a `_row` column)."""
+    out: list = [None] * df.height
+    for _, grp in df.group_by(list(keys), maintain_order=True):
+        for row, value in zip(grp["_row"].to_list(), values(grp)):
+            out[row] = value
+    return out
+
+
+def replica_requests(records: pl.DataFrame, hashes: Mapping[tuple, Sequence[str]], block_size: int) -> pl.DataFrame:
+    """Every request of every policy behind the router (records with a policy; empty without a router), with its
+    cached tokens in the traffic, kept by the routing and predicted for its replica (module docstring)."""
+    routed = records.filter(pl.col("policy").is_not_null()) if "policy" in records.columns else records.clear()
+    if routed.is_empty():
+        return pl.DataFrame()
+    for col, dtype in (("replica", pl.Int64), ("replica_unknown", pl.String), ("session_key", pl.String)):
+        if col not in routed.columns:
+            routed = routed.with_columns(pl.lit(None, dtype=dtype).alias(col))
+    routed = routed.with_row_index("_row")
+
+    def unlimited(grp: pl.DataFrame) -> list:
+        return replayed(grp, hashes, block_size, unlimited_blocks(grp, block_size), HASH_KEY)[0]
+
+    traffic = per_group(routed, PASS_KEYS, unlimited)
+    kept = per_group(routed, CACHE_KEYS, lambda g: [None] * g.height if g["replica"][0] is None else unlimited(g))
+    out = (
+        with_predictions(routed, hashes, block_size, CACHE_KEYS, HASH_KEY)
+        .sort("_row")
+        .with_columns(
+            pl.Series("traffic_cached_tokens", traffic, dtype=pl.Int64),
+            pl.Series("kept_cached_tokens", kept, dtype=pl.Int64),
+        )
+    )
+    return out.select([c for c in REQUEST_COLUMNS if c in out.columns])
+
+
+# --- Per policy and point: the three hit rates, latency, throughput, load ---
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """The 95% t interval of the mean of per-pass values (passes - 1 degrees of freedom); none from one pass."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) < 2:
+        return None, None
+    half = t_quantile(1 - (1 - LEVEL) / 2, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
+def read_passes(meta_paths: Iterable[Path]) -> pl.DataFrame:
+    """Each policy pass the point metadata recorded (`replica_passes`): its wall time, the replicas' counters and
+    peak KV usage; empty for single servers."""
+    rows = []
+    for path in meta_paths:
+        meta = json.loads(Path(path).read_text())
+        for p in meta.get("replica_passes") or []:
+            counters = p.get("counters_delta_per_replica") or []
+            rows.append(
+                {
+                    "mode": meta["mode"],
+                    "instance": meta.get("instance", 1),
+                    **{k: meta[k] for k in ("regime", "reuse_pct", "concurrency")},
+                    "request_rate": float(meta.get("request_rate") or 0.0),
+                    "repeat": p["repeat"],
+                    "policy": p["policy"],
+                    "order": p.get("order"),
+                    "wall_s": p.get("wall_s"),
+                    "hit_counter": sum(c.get("vllm:prefix_cache_hits_total", 0.0) for c in counters) if counters else None,
+                    "query_counter": sum(c.get("vllm:prefix_cache_queries_total", 0.0) for c in counters) if counters else None,
+                    "peak_kv": "/".join(f"{x:.3g}" for x in p.get("peak_kv_cache_usage_per_replica") or []) or None,
+                }
+            )
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def pass_rows(req: pl.DataFrame, passes: pl.DataFrame, replicas: int) -> pl.DataFrame:
+    """One row per cache-on pass: the four hit rates over the main arm's placed requests, exact predictions, the
+    window's mean TTFT, output tokens per second of the pass's wall time, requests per replica."""
+    on = req.filter(pl.col("mode") == ON)
+    main = on.filter(main_arm_filter() & (pl.col("status") == "ok"))
+    placed = main.filter(pl.col("replica").is_not_null())
+    unit = [*PASS_KEYS, "workload"]
+    sums = placed.group_by(unit).agg(
+        pl.col("prompt_tokens").sum().alias("prompt_tokens"),
+        *(pl.col(f"{r}_cached_tokens").sum().alias(f"{r}_tokens") for r in ("traffic", "kept", "predicted")),
+        pl.col("cached_tokens").sum().alias("measured_tokens"),
+        pl.col("predicted_cached_tokens").is_not_null().sum().alias("predicted_requests"),
+        (pl.col("predicted_cached_tokens") == pl.col("cached_tokens")).sum().alias("exact"),
+    )
+    lat = main.filter(pl.col("in_window")).group_by(unit).agg(pl.col("ttft_s").mean().alias("ttft_mean_s"))
+    load = on.group_by(unit).agg(
+        pl.len().alias("requests"),
+        pl.col("replica").is_null().sum().alias("unattributed"),
+        pl.col("completion_tokens").filter(pl.col("status") == "ok").sum().alias("tokens"),
+        (pl.col("start_s") + pl.col("e2e_s")).max().alias("_end"),
+        pl.col("start_s").min().alias("_start"),
+        *(pl.col("replica").eq(r).sum().alias(f"_r{r}") for r in range(replicas)),
+    )
+    out = load.join(sums, on=unit, how="left").join(lat, on=unit, how="left")
+    if passes.height:
+        out = out.join(passes, on=PASS_KEYS, how="left")
+    else:
+        out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(c) for c in ("wall_s", "hit_counter", "query_counter"))
+        out = out.with_columns(pl.lit(None, dtype=pl.String).alias("peak_kv"))
+    wall = pl.coalesce(pl.col("wall_s").cast(pl.Float64), pl.col("_end") - pl.col("_start"))
+    return out.sort(unit).with_columns(
+        (pl.col("tokens") / wall).alias("tok_s"),
+        *((pl.col(f"{r}_tokens") / pl.col("prompt_tokens")).alias(f"{r}_hit_rate") for r in RATES),
+    )
+
+
+def point_row(grp: pl.DataFrame, req: pl.DataFrame, replicas: int) -> dict[str, Any]:
+    """One policy at one point over its passes: pooled hit rates with t intervals over the passes, TTFT and
+    throughput with theirs, exact predictions, requests and peak KV usage per replica, the load imbalance."""
+    row: dict[str, Any] = {"passes": grp.height, "requests": int(grp["requests"].sum())}
+    row["unattributed"] = int(grp["unattributed"].sum())
+    row["prompt_tokens"] = int(grp["prompt_tokens"].fill_null(0).sum())
+    for r in RATES:
+        tokens = grp[f"{r}_tokens"].drop_nulls()
+        row[f"{r}_hit_rate"] = float(tokens.sum()) / row["prompt_tokens"] if row["prompt_tokens"] and tokens.len() else None
+        row[f"{r}_hit_lo"], row[f"{r}_hit_hi"] = mean_interval(grp[f"{r}_hit_rate"].to_list())
+    row["predicted_requests"] = int(grp["predicted_requests"].fill_null(0).sum())
+    row["exact"] = int(grp["exact"].fill_null(0).sum())
+    hits, queries = grp["hit_counter"].drop_nulls(), grp["query_counter"].drop_nulls()
+    row["counter_hit_rate"] = float(hits.sum()) / float(queries.sum()) if queries.len() and queries.sum() else None
+    window = req.filter(pl.col("in_window") & (pl.col("status") == "ok") & main_arm_filter())["ttft_s"].drop_nulls()
+    row["ttft_mean_s"] = float(window.mean()) if window.len() else None  # type: ignore[arg-type]
+    row["ttft_lo_s"], row["ttft_hi_s"] = mean_interval(grp["ttft_mean_s"].to_list())
+    row["ttft_p50_s"] = float(window.quantile(0.5, "linear")) if window.len() else None  # type: ignore[arg-type]
+    row["ttft_p90_s"] = float(window.quantile(0.9, "linear")) if window.len() else None  # type: ignore[arg-type]
+    row["tok_s"] = float(grp["tok_s"].mean()) if grp["tok_s"].drop_nulls().len() else None  # type: ignore[arg-type]
+    row["tok_s_lo"], row["tok_s_hi"] = mean_interval(grp["tok_s"].to_list())
+    per = [int(grp[f"_r{r}"].sum()) for r in range(replicas)]
+    row["requests_per_replica"] = "/".join(map(str, per))
+    row["load_imbalance"] = max(per) / (sum(per) / replicas) if sum(per) else None
+    peaks = [[float(x) for x in s.split("/")] for s in grp["peak_kv"].drop_nulls().to_list()]
+    row["peak_kv_per_replica"] = "/".join(f"{max(col):.3g}" for col in zip(*peaks)) if peaks else None
+    return row
+
+
+def replica_points(req: pl.DataFrame, passes: pl.DataFrame, run: RouterRun) -> pl.DataFrame:
+    """Per policy and cache-on point: requests, the three hit rates (traffic, kept, delivered predicted and measured)
+    with 95% t intervals over the passes, exact predictions, TTFT mean (interval) and p50/p90, output throughput
+    (interval), requests and peak KV usage per replica, and the load imbalance (max over mean requests per replica)."""
+    if req.is_empty() or req.filter(pl.col("mode") == ON).is_empty():
+        return pl.DataFrame()
+    per_pass = pass_rows(req, passes, run.replicas)
+    rows = []
+    for key, grp in per_pass.group_by(["policy", *POINT_KEYS], maintain_order=True):
+        k = dict(zip(["policy", *POINT_KEYS], key))
+        mine = req.filter((pl.col("mode") == ON) & pl.all_horizontal(pl.col(c) == v for c, v in k.items() if v is not None))
+        rows.append(k | {"replicas": run.replicas} | point_row(grp, mine, run.replicas))
+    return in_point_order(pl.DataFrame(rows, infer_schema_length=None), run, ["policy"])
+
+
+# --- The policies against each other, pass by pass ---
+
+
+def replica_contrasts(req: pl.DataFrame, passes: pl.DataFrame, run: RouterRun) -> pl.DataFrame:
+    """Per point, each pair of policies (a before b in router.policies) over the passes they share (same lifetime
+    and repeat, run back to back in a counterbalanced order): mean TTFT b/a (> 1: a had the faster first token) and
+    output throughput a/b (> 1: a served more), each a t interval on the pairs' log-ratios with its MDE and the claim
+    rule's verdict (findings.claims.judge; no A/A floor exists between policies), and the measured hit rate a - b."""
+    if req.is_empty() or req.filter(pl.col("mode") == ON).is_empty():
+        return pl.DataFrame()
+    per = pass_rows(req, passes, run.replicas)
+    rows = []
+    for key, grp in per.group_by(POINT_KEYS, maintain_order=True):
+        by = {(r["policy"], r["instance"], r["repeat"]): r for r in grp.iter_rows(named=True)}
+        present = [p for p in run.policies if any(k[0] == p for k in by)]
+        for a, b in combinations(present, 2):
+            both = [(by[k], by[(b, *k[1:])]) for k in by if k[0] == a and (b, *k[1:]) in by]
+            rows.append(dict(zip(POINT_KEYS, key)) | {"policy_a": a, "policy_b": b} | pair_row(both))
+    return in_point_order(pl.DataFrame(rows, infer_schema_length=None), run, ["policy_a", "policy_b"]) if rows else pl.DataFrame()
+
+
+def in_point_order(df: pl.DataFrame, run: RouterRun, policy_columns: Sequence[str]) -> pl.DataFrame:
+    """Rows by regime, reuse (highest first), load, then the policies in router.policies' order: the report's order,
+    the same on every re-render."""
+    order = {p: n for n, p in enumerate(run.policies)}
+    ranks = [pl.col(c).replace_strict(order, default=len(order)).alias(f"_{c}") for c in policy_columns]
+    return (
+        df.with_columns(*ranks)
+        .sort(
+            ["regime", "reuse_pct", "request_rate", "concurrency", *(f"_{c}" for c in policy_columns)],
+            descending=[False, True, False, False, *(False for _ in policy_columns)],
+        )
+        .drop(*(f"_{c}" for c in policy_columns))
+    )
+
+
+def log_ratios(pairs: Sequence[tuple[dict, dict]], column: str, flip: bool) -> list[float]:
+    out = []
+    for a, b in pairs:
+        x, y = (b[column], a[column]) if flip else (a[column], b[column])
+        if x and y:
+            out.append(math.log(x / y))
+    return out
+
+
+def pair_row(pairs: Sequence[tuple[dict, dict]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"pairs": len(pairs)}
+    for name, column, flip, better, worse in (
+        ("ttft", "ttft_mean_s", True, "faster", "slower"),
+        ("tok_s", "tok_s", False, "higher", "lower"),
+    ):
+        c = contrast(log_ratios(pairs, column, flip))
+        ci = (c.lo, c.hi) if c.lo is not None and c.hi is not None else None
+        v = judge(c.ratio, better, worse, ci, mde_pct=c.mde_pct, no_interval=interval_gap(passes=c.pairs))
+        row |= {f"{name}_ratio": c.ratio, f"{name}_lo": c.lo, f"{name}_hi": c.hi, f"{name}_mde_pct": c.mde_pct}
+        row |= {f"{name}_verdict": v.kind, f"{name}_reason": v.reason}
+    diffs = [
+        a["measured_hit_rate"] - b["measured_hit_rate"]
+        for a, b in pairs
+        if None not in (a["measured_hit_rate"], b["measured_hit_rate"])
+    ]
+    row["hit_diff"] = float(np.mean(diffs)) if diffs else None
+    row["hit_diff_lo"], row["hit_diff_hi"] = mean_interval(diffs)
+    return row
+
+
+# --- The policy simulator beside the measurement ---
+
+
+def routing_module() -> ModuleType | None:
+    """prefixbench.routing (the policy simulator), or None where this checkout has none yet: every simulated column
+    is then empty and the report says the simulator did not run. The one place the simulator is called from."""
+    try:
+        from . import routing  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    return routing
+
+
+def simulated_pass(
+    grp: pl.DataFrame, hashes: Mapping[tuple, Sequence[str]], block_size: int, run: RouterRun, routing: Any
+) -> dict:
+    """One measured pass routed by the simulator instead of the router: its requests in send order, each replica's
+    KV size as measured; the same three replays as the measured pass (replica_requests), so the two compare."""
+    grp = grp.sort("start_s", maintain_order=True)
+    reqs = [
+        routing.RoutedRequest(
+            r["request_id"] or n, tuple(hashes.get(tuple(r[k] for k in HASH_KEY), ())), r["prompt_tokens"] or 0,
+            r["session_key"], r["start_s"] or 0.0,
+        )
+        for n, r in enumerate(grp.iter_rows(named=True))
+    ]  # fmt: skip
+    seed = int(grp["repeat"][0])
+    where = routing.simulate(reqs, run.replicas, grp["policy"][0], seed=seed, **run.params)
+    kv = dict(grp.filter(pl.col("replica").is_not_null()).select("replica", "kv_blocks").unique("replica").iter_rows())
+    fallback = next(iter(kv.values()), None)
+    sim = grp.with_columns(
+        pl.Series("replica", where, dtype=pl.Int64),
+        pl.Series("kv_blocks", [kv.get(r, fallback) for r in where], dtype=pl.Int64),
+        pl.lit(None, dtype=pl.String).alias("replica_unknown"),
+    )
+    out = replica_requests(sim, hashes, block_size)
+    main = out.filter(main_arm_filter() & (pl.col("status") == "ok"))
+    prompt = float(main["prompt_tokens"].sum())
+    per = [where.count(r) for r in range(run.replicas)]
+    return {
+        **{f"sim_{r}_hit_rate": float(main[f"{r}_cached_tokens"].sum()) / prompt if prompt else None for r in RATES[:3]},
+        "sim_requests_per_replica": "/".join(map(str, per)),
+        "sim_load_imbalance": max(per) / (sum(per) / run.replicas) if sum(per) else None,
+    }
+
+
+def within(value: float | None, lo: float | None, hi: float | None) -> str:
+    """Whether a simulated rate lies in the measured 95% interval: yes, no, or no interval (one measured pass)."""
+    if value is None:
+        return "not simulated"
+    if lo is None or hi is None:
+        return "no interval"
+    return "yes" if lo - 1e-9 <= value <= hi + 1e-9 else "no"
+
+
+def routing_sim(
+    req: pl.DataFrame, points: pl.DataFrame, hashes: Mapping[tuple, Sequence[str]], block_size: int, run: RouterRun, routing: Any
+) -> pl.DataFrame:
+    """Per policy and cache-on point: the simulator's hit rates (traffic, kept, delivered predicted: each measured pass
+    re-routed by prefixbench.routing, replayed as measured) and load, averaged over the passes, beside the measured
+    rates and whether each lies in the measured 95% interval. Empty without a simulator or a router."""
+    if routing is None or points.is_empty():
+        return pl.DataFrame()
+    on = req.filter((pl.col("mode") == ON) & pl.col("prompt_tokens").is_not_null())
+    sims: dict[tuple, list[dict]] = {}
+    for key, grp in on.group_by([*PASS_KEYS, "workload"], maintain_order=True):
+        k = dict(zip([*PASS_KEYS, "workload"], key))
+        sims.setdefault(tuple(k[c] for c in ["policy", *POINT_KEYS]), []).append(
+            simulated_pass(grp, hashes, block_size, run, routing)
+        )
+    rows = []
+    for p in points.iter_rows(named=True):
+        got = sims.get(tuple(p[c] for c in ["policy", *POINT_KEYS]), [])
+        row = {c: p[c] for c in ["policy", *POINT_KEYS, "replicas"]} | {"passes": len(got)}
+        for r in RATES[:3]:
+            vals = [g[f"sim_{r}_hit_rate"] for g in got if g[f"sim_{r}_hit_rate"] is not None]
+            row[f"sim_{r}_hit_rate"] = float(np.mean(vals)) if vals else None
+        per = [sum(int(g["sim_requests_per_replica"].split("/")[r]) for g in got) for r in range(run.replicas)]
+        row["sim_requests_per_replica"] = "/".join(map(str, per)) if got else None  # over the passes, as measured
+        row["sim_load_imbalance"] = float(np.mean([g["sim_load_imbalance"] for g in got])) if got else None
+        for sim, measured in (("kept", "kept"), ("predicted", "measured")):
+            row[f"{sim}_within"] = within(row[f"sim_{sim}_hit_rate"], p[f"{measured}_hit_lo"], p[f"{measured}_hit_hi"])
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def trace_requests(path: Path, routing: Any) -> list:
+    """Every request of a Mooncake-format trace as the simulator takes it: its 512-token hash ids as block hashes,
+    its input length, its first block as the session key (a conversation's root: what trace prompts send as
+    X-Session-ID), its arrival time."""
+    from .shapes.trace import all_rows
+
+    return [
+        routing.RoutedRequest(
+            n, tuple(str(h) for h in r["hash_ids"]), r["input_length"], f"trace-{r['hash_ids'][0]}", r["timestamp"] / 1000
+        )
+        for n, r in enumerate(all_rows(path))
+        if r["hash_ids"]
+    ]
+
+
+def routing_curve(run: RouterRun, routing: Any, counts: Sequence[int] = CURVE_REPLICAS) -> pl.DataFrame:
+    """The simulator's hit rates against the replica count on the whole trace, per policy: in the traffic (one cache)
+    and kept by the routing (one unlimited cache per replica), and the load imbalance. A simulation, labelled so."""
+    if routing is None or run.trace_path is None or not Path(run.trace_path).is_file():
+        return pl.DataFrame()
+    from .shapes.trace import TRACE_BLOCK_TOKENS
+
+    reqs = trace_requests(Path(run.trace_path), routing)
+    rows = []
+    for policy in run.policies:
+        for n in sorted({*counts, run.replicas}):
+            where = routing.simulate(reqs, n, policy, seed=0, **run.params)
+            rates = routing.hit_rates(reqs, where, TRACE_BLOCK_TOKENS)
+            per = routing.load(where, n)
+            rows.append(
+                {
+                    "source": "simulation", "workload": "Mooncake trace", "requests": len(reqs), "policy": policy,
+                    "replicas": n, "traffic_hit_rate": rates["traffic"], "kept_hit_rate": rates["kept"],
+                    "load_imbalance": max(per) / (sum(per) / n) if sum(per) else None,
+                }
+            )  # fmt: skip
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+# --- Aggregation's entry ---
+
+
+def write_table(df: pl.DataFrame, path: Path | None) -> None:
+    """A table at full precision (the report reads it as written), or an empty file where the run has none."""
+    if path is None:
+        return
+    if df.height:
+        df.write_csv(path)
+    else:
+        Path(path).write_text("")
+
+
+@dataclass(frozen=True)
+class ReplicaTables:
+    """Where aggregation writes the replicated run's tables (each an empty file for one server)."""
+
+    requests: Path
+    points: Path
+    contrasts: Path
+    sim: Path
+    curve: Path
+
+
+def write_replica_tables(
+    record_paths: Iterable[Path],
+    meta_paths: Iterable[Path],
+    prompt_paths: Iterable[Path],
+    block_size: int,
+    run: RouterRun | None,
+    out: ReplicaTables,
+    routing: Any = None,
+) -> None:
+    """Every table of the Across-replicas analysis, from every policy's records; empty files for one server.
+    `routing`: the simulator (the edge passes routing_module(); None leaves the simulated tables empty)."""
+    from .aggregate import EVERY_POLICY, load_records
+
+    hashes = load_point_hashes(prompt_paths) if run else {}
+    req = replica_requests(load_records(record_paths, EVERY_POLICY), hashes, block_size) if run else pl.DataFrame()
+    if run is None or req.is_empty():
+        for path in (out.requests, out.points, out.contrasts, out.sim, out.curve):
+            write_table(pl.DataFrame(), path)
+        return
+    passes = read_passes(meta_paths)
+    points = replica_points(req, passes, run)
+    write_table(req, out.requests)
+    write_table(points, out.points)
+    write_table(replica_contrasts(req, passes, run), out.contrasts)
+    write_table(routing_sim(req, points, hashes, block_size, run, routing), out.sim)
+    write_table(routing_curve(run, routing), out.curve)
+
+
+def read_table(path: Path | None) -> pl.DataFrame:
+    """One of the tables above as written, or an empty frame (one server, or a run from before replicas)."""
+    return (
+        pl.read_csv(path, infer_schema_length=None)
+        if path and Path(path).is_file() and Path(path).stat().st_size
+        else pl.DataFrame()
+    )

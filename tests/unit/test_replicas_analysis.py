@@ -1,0 +1,335 @@
+"""Across replicas (issue 23): the cache model replayed per replica on hand-worked cases, the three hit rates, the
+policies' contrasts, the simulator beside the measurement, and the section's sentences only where they hold."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections import namedtuple
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+from synthetic import POLICIES, write_replicated_run
+
+from prefixbench import OFF, ON
+from prefixbench.aggregate import EVERY_POLICY, load_records, primary_only, primary_policy, write_summary
+from prefixbench.findings.replicas import NOT_RUN, replicas_section
+from prefixbench.replicas_analysis import (
+    ReplicaTables,
+    RouterRun,
+    load_point_hashes,
+    read_passes,
+    read_table,
+    replica_contrasts,
+    replica_points,
+    replica_requests,
+    router_run,
+    routing_curve,
+    routing_sim,
+    unlimited_blocks,
+    within,
+    write_replica_tables,
+)
+from prefixbench.results_file import Setup, build_results, validate
+from prefixbench.shapes.results import replayed
+
+B = 4  # block size of the hand-worked cases: a 10-token prompt has 2 full blocks, both cacheable (8 tokens)
+DOCS = {"A": ["a1", "a2"], "B": ["b1", "b2"], "C": ["c1", "c2"]}
+RUN = RouterRun(("round_robin", "consistent_hash"), 2, {})
+
+
+def hand_records(docs: str, policy: str = "round_robin", mode: str = ON, kv_blocks: int = 64, repeat: int = 0) -> pl.DataFrame:
+    """One pass of 10-token prompts, one request at a time, routed round robin (request k to replica k % 2); each
+    record's measured cached tokens are left 0 (the tests set them where they matter)."""
+    rows = []
+    for k, d in enumerate(docs):
+        rows.append(
+            {
+                "mode": mode, "instance": 1, "regime": "pool", "reuse_pct": 100, "concurrency": 1, "request_rate": 0.0,
+                "repeat": repeat, "policy": policy, "workload": "prefix_pool", "request_index": k, "request_id": f"{policy}-{k}",
+                "replica": k % 2, "replica_unknown": None, "session_key": f"doc-{d}", "kv_blocks": kv_blocks,
+                "status": "ok", "in_window": True, "arm": None, "start_s": float(k), "ttft_s": 0.01, "e2e_s": 0.5,
+                "prompt_tokens": 10, "completion_tokens": 1, "cached_tokens": 0, "document": d,
+            }
+        )  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def hand_hashes(docs: str) -> dict[tuple, list[str]]:
+    return {("pool", 100, k): DOCS[d] for k, d in enumerate(docs)}
+
+
+def test_each_replica_is_its_own_cache_and_a_document_hits_only_on_its_own_replica():
+    """Round robin over two replicas: A to 0, B to 1, A to 0 (hit: A lives there), A to 1 (miss: A lives on 0, though
+    the traffic repeats it), B to 0 (miss), B to 1 (hit)."""
+    docs = "ABAABB"
+    req = replica_requests(hand_records(docs), hand_hashes(docs), B)
+    assert req["replica"].to_list() == [0, 1, 0, 1, 0, 1]
+    assert req["traffic_cached_tokens"].to_list() == [0, 0, 8, 8, 8, 8]  # one cache: every repeat hits
+    assert req["kept_cached_tokens"].to_list() == [0, 0, 8, 0, 0, 8]  # a replica's cache: only its own repeats
+    assert req["predicted_cached_tokens"].to_list() == [0, 0, 8, 0, 0, 8]  # room for all: delivered = kept
+    assert req["unpredicted"].null_count() == req.height
+
+
+def test_a_replica_too_small_for_two_documents_delivers_less_than_routing_kept():
+    """kv_blocks 4 (3 usable, one 3-block request at a time): replica 0 gets A, B, A; B's request evicts A's blocks
+    (the free queue's head), so the second A misses: kept 8, delivered 0. With room for both it hits."""
+    docs = "AABBAB"  # replica 0: A, B, A; replica 1: A, B, B
+    small = replica_requests(hand_records(docs, kv_blocks=4), hand_hashes(docs), B)
+    assert small["kept_cached_tokens"].to_list() == [0, 0, 0, 0, 8, 8]
+    assert small["predicted_cached_tokens"].to_list() == [0, 0, 0, 0, 0, 8]
+    roomy = replica_requests(hand_records(docs, kv_blocks=64), hand_hashes(docs), B)
+    assert roomy["predicted_cached_tokens"].to_list() == [0, 0, 0, 0, 8, 8]
+
+
+def test_the_unlimited_size_replays_as_a_million_blocks_does():
+    docs = "ABACABCA"
+    recs = hand_records(docs).with_columns(pl.col("start_s") * 0.1)  # overlapping requests
+    h = hand_hashes(docs)
+    assert unlimited_blocks(recs, B) < 100
+    assert replayed(recs, h, B, unlimited_blocks(recs, B), ("regime", "reuse_pct", "request_index")) == replayed(
+        recs, h, B, 1 << 20, ("regime", "reuse_pct", "request_index")
+    )
+
+
+def test_a_request_without_a_known_replica_is_not_predicted_and_says_why():
+    docs = "AAAA"
+    recs = hand_records(docs).with_columns(
+        pl.when(pl.col("request_index") == 3).then(None).otherwise(pl.col("replica")).alias("replica"),
+        pl.when(pl.col("request_index") == 3).then(pl.lit("not in any replica's log")).otherwise(None).alias("replica_unknown"),
+    )
+    req = replica_requests(recs, hand_hashes(docs), B)
+    last = req.row(3, named=True)
+    assert last["predicted_cached_tokens"] is None and last["kept_cached_tokens"] is None
+    assert last["unpredicted"] == "its replica is not known (not in any replica's log)"
+    assert last["traffic_cached_tokens"] == 8  # the traffic still repeats it
+
+
+def test_cache_off_predicts_nothing_but_the_traffic_still_offers_reuse():
+    docs = "AA"
+    req = replica_requests(hand_records(docs, mode=OFF), hand_hashes(docs), B)
+    assert req["predicted_cached_tokens"].to_list() == [0, 0]
+    assert req["traffic_cached_tokens"].to_list() == [0, 8]
+
+
+def test_the_three_hit_rates_per_policy_and_point():
+    """Round robin keeps half the traffic's reuse; consistent hash (by document) keeps all of it; measured as the
+    cached tokens say, with an interval over two passes."""
+    docs = "ABAABB"
+    parts = []
+    for repeat in (0, 1):
+        rr = hand_records(docs, "round_robin", repeat=repeat).with_columns(
+            pl.Series("cached_tokens", [0, 0, 8, 0, 0, 8 - 4 * repeat])
+        )  # the second pass measures one hit short
+        ch = hand_records(docs, "consistent_hash", repeat=repeat).with_columns(
+            pl.Series("replica", [0 if d == "A" else 1 for d in docs]), pl.Series("cached_tokens", [0, 0, 8, 8, 8, 8])
+        )
+        parts += [rr, ch]
+    req = replica_requests(pl.concat(parts), hand_hashes(docs), B)
+    pts = replica_points(req, pl.DataFrame(), RUN)
+    rr, ch = (pts.filter(pl.col("policy") == p).row(0, named=True) for p in RUN.policies)
+    assert (rr["traffic_hit_rate"], rr["kept_hit_rate"], rr["predicted_hit_rate"]) == (32 / 60, 16 / 60, 16 / 60)
+    assert rr["measured_hit_rate"] == pytest.approx((16 + 12) / 120)
+    assert rr["measured_hit_lo"] < rr["measured_hit_rate"] < rr["measured_hit_hi"]  # two passes: an interval
+    assert rr["exact"] == 12 - 1 and rr["predicted_requests"] == 12
+    assert (ch["traffic_hit_rate"], ch["kept_hit_rate"], ch["measured_hit_rate"]) == (32 / 60, 32 / 60, 32 / 60)
+    assert rr["requests_per_replica"] == "6/6" and rr["load_imbalance"] == 1.0
+    assert ch["requests_per_replica"] == "6/6"
+    pairs = replica_contrasts(req, pl.DataFrame(), RUN).row(0, named=True)
+    assert (pairs["policy_a"], pairs["policy_b"], pairs["pairs"]) == ("round_robin", "consistent_hash", 2)
+    assert pairs["hit_diff"] == pytest.approx(((16 - 32) / 60 + (12 - 32) / 60) / 2)
+
+
+def test_only_the_primary_policy_reaches_the_single_server_analysis(tmp_path):
+    recs, _, _ = write_replicated_run(tmp_path)
+    every = load_records(recs, EVERY_POLICY)
+    assert set(every["policy"].unique()) == set(POLICIES)
+    assert primary_policy(every) == POLICIES[0]  # the cache-off lifetimes run it alone
+    assert set(load_records(recs)["policy"].unique()) == {POLICIES[0]}
+    assert set(load_records(recs, "round_robin")["policy"].unique()) == {"round_robin"}
+    on = every.filter(pl.col("mode") == ON)
+    with pytest.raises(ValueError, match="none named the primary"):
+        primary_only(on)
+    single = every.drop("policy")
+    assert primary_only(single).height == single.height  # no router: every record kept
+
+
+def test_router_run_reads_the_target_with_the_schemas_defaults():
+    assert router_run({"replicas": 1}) is None and router_run({}) is None
+    run = router_run({"replicas": 2, "router": {"policies": ["round_robin", "cache_aware"], "cache_threshold": 0.5}})
+    assert run is not None and run.primary == "round_robin" and run.params["cache_threshold"] == 0.5
+    default = router_run({"replicas": 4})
+    assert default is not None and default.primary == "cache_aware" and default.replicas == 4
+    assert default.params["balance_abs_threshold"] == 64
+
+
+# --- A stand-in for prefixbench.routing (its interface as COMMON.md fixes it), exact for round robin ---
+
+
+def fake_routing() -> SimpleNamespace:
+    routed = namedtuple("RoutedRequest", "key hashes prompt_len session_key arrival_s")
+
+    def simulate(requests, n, policy, *, seed=0, **params):
+        if policy == "round_robin":
+            return [k % n for k in range(len(requests))]
+        return [zlib.crc32(str(r.session_key).encode()) % n for r in requests]
+
+    def hit_rates(requests, assignment, block_size):
+        def rate(caches):
+            hit = total = 0
+            for r, c in zip(requests, caches):
+                seen, n = c, 0
+                for h in r.hashes[: max(r.prompt_len - 1, 0) // block_size]:
+                    if h not in seen:
+                        break
+                    n += 1
+                seen.update(r.hashes[: r.prompt_len // block_size])
+                hit, total = hit + n * block_size, total + r.prompt_len
+            return hit / total
+
+        one: set = set()
+        per: dict = {}
+        return {"traffic": rate([one] * len(requests)), "kept": rate([per.setdefault(a, set()) for a in assignment])}
+
+    return SimpleNamespace(
+        RoutedRequest=routed, simulate=simulate, hit_rates=hit_rates, load=lambda a, n: [a.count(r) for r in range(n)]
+    )
+
+
+def test_the_simulator_beside_the_measurement_round_robin_exactly():
+    docs = "ABAABB"
+    parts = [
+        hand_records(docs, "round_robin", repeat=r).with_columns(pl.Series("cached_tokens", [0, 0, 8, 0, 0, 8])) for r in (0, 1)
+    ]
+    req = replica_requests(pl.concat(parts), hand_hashes(docs), B)
+    run = RouterRun(("round_robin",), 2, {})
+    pts = replica_points(req, pl.DataFrame(), run)
+    sim = routing_sim(req, pts, hand_hashes(docs), B, run, fake_routing()).row(0, named=True)
+    # The fake is the router's exact rule for round robin: the simulated pass is the measured one.
+    assert sim["sim_kept_hit_rate"] == sim["sim_predicted_hit_rate"] == pytest.approx(16 / 60)
+    assert sim["sim_requests_per_replica"] == "6/6"  # both passes, as the measured table counts
+    assert sim["predicted_within"] == "yes" and sim["kept_within"] == "yes"  # a zero-width interval holds it exactly
+    assert routing_sim(req, pts, hand_hashes(docs), B, run, None).is_empty()  # no simulator: nothing beside
+
+
+def test_within_says_yes_no_or_no_interval():
+    assert within(0.5, 0.4, 0.6) == "yes" and within(0.7, 0.4, 0.6) == "no"
+    assert within(0.5, None, None) == "no interval" and within(None, 0.4, 0.6) == "not simulated"
+
+
+def test_the_curve_over_replica_counts_on_a_trace(tmp_path):
+    trace = tmp_path / "t.jsonl.gz"
+    rows = [
+        {"timestamp": k * 10, "input_length": 1030, "output_length": 5, "hash_ids": [k % 3, 100 + k % 3, 200 + k]}
+        for k in range(12)
+    ]
+    with gzip.open(trace, "wt") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
+    run = RouterRun(("round_robin", "consistent_hash"), 2, {}, trace)
+    curve = routing_curve(run, fake_routing(), counts=(1, 2, 4))
+    assert curve["source"].unique().to_list() == ["simulation"]
+    at = {(r["policy"], r["replicas"]): r for r in curve.iter_rows(named=True)}
+    # Three conversations, each repeated four times: 9 of 12 requests hit their first two blocks (1024 of 1030).
+    assert at[("round_robin", 1)]["kept_hit_rate"] == pytest.approx(9 * 1024 / (12 * 1030))
+    assert at[("round_robin", 1)]["traffic_hit_rate"] == at[("round_robin", 4)]["traffic_hit_rate"]
+    assert at[("round_robin", 4)]["kept_hit_rate"] < at[("round_robin", 2)]["kept_hit_rate"]  # round robin splits them
+    assert at[("consistent_hash", 4)]["kept_hit_rate"] == pytest.approx(9 * 1024 / (12 * 1030))  # by conversation: kept
+    assert routing_curve(run, None).is_empty()
+
+
+# --- The tables aggregation writes, the section's sentences, results.json ---
+
+
+def tables(tmp_path, routing=None, **kw) -> ReplicaTables:
+    recs, metas, prompts = write_replicated_run(tmp_path / "raw", **kw)
+    out = ReplicaTables(*(tmp_path / f"{n}.csv" for n in ("req", "points", "contrasts", "sim", "curve")))
+    run = RouterRun(POLICIES, 2, {})
+    write_replica_tables(recs, metas, [prompts], 16, run, out, routing)
+    return out
+
+
+def section(out: ReplicaTables):
+    return replicas_section(read_table(out.points), read_table(out.contrasts), read_table(out.sim), read_table(out.curve), {})
+
+
+def test_predicted_equals_measured_for_every_request_of_the_synthetic_run(tmp_path):
+    out = tables(tmp_path)
+    req = read_table(out.requests)
+    on = req.filter(pl.col("mode") == ON)
+    assert on.height == 3 * 2 * 2 * 24 and (on["predicted_cached_tokens"] == on["cached_tokens"]).all()
+    words = section(out).words
+    assert "predicted every one of the 288 requests it could place exactly" in words[0]
+
+
+def test_the_most_hits_with_the_slowest_first_token_is_said_only_when_it_holds(tmp_path):
+    # cache_aware delivers the most hits at c=4 and is made slower there by a fixed 30 ms (its tokenize calls, say).
+    slow = section(tables(tmp_path / "slow", policy_ttft_s={"cache_aware": 0.03}))
+    said = [w for w in slow.words if "the policy with the most hits had the slowest first token" in w]
+    assert len(said) == 1 and said[0].startswith("At pool c=4, ") and "`cache_aware` delivered 59%" in said[0]
+    assert "slower than `round_robin`, 95% CI" in said[0] and "slower than `consistent_hash`, 95% CI" in said[0]
+    # Without the 30 ms, cache_aware and consistent_hash differ by less than the MDE: no sentence either way.
+    even = section(tables(tmp_path / "even"))
+    assert not any("first token" in w for w in even.words)
+    assert "`cache_aware` vs `consistent_hash` | 2 | 1.07×: no difference larger than 9%" in even.contrasts_table
+    fast = section(tables(tmp_path / "fast", policy_ttft_s={"consistent_hash": 0.03}))
+    assert not any("slowest first token" in w for w in fast.words)
+    assert any("At pool c=4, the policy with the most hits had the fastest first token: `cache_aware`" in w for w in fast.words)
+    # One pass per policy: no interval, so neither claim is made.
+    one = section(tables(tmp_path / "one", repeats=1, policy_ttft_s={"cache_aware": 0.03}))
+    assert not any("first token" in w for w in one.words)
+    assert "no interval" in one.contrasts_table
+
+
+def test_lost_reuse_is_named_where_it_is_lost(tmp_path):
+    words = section(tables(tmp_path)).words
+    assert any("`round_robin` kept 56% by sending repeats of a prefix to another replica" in w for w in words)
+    assert not any("`cache_aware` kept" in w for w in words)  # it kept all the traffic offered
+    assert any("the replicas' KV capacity cost hits the routing had kept" in w for w in words)
+
+
+def test_a_run_without_a_router_says_not_run_and_writes_empty_tables(tmp_path):
+    out = ReplicaTables(*(tmp_path / f"{n}.csv" for n in ("req", "points", "contrasts", "sim", "curve")))
+    write_replica_tables([], [], [], 16, None, out)
+    assert all(p.read_text() == "" for p in (out.requests, out.points, out.contrasts, out.sim, out.curve))
+    s = section(out)
+    assert not s.ran and s.intro == NOT_RUN
+
+
+def test_the_simulator_rows_and_the_sentence_on_the_synthetic_run(tmp_path):
+    out = tables(tmp_path, routing=fake_routing())
+    sim = read_table(out.sim)
+    assert sim.height == 6 and set(sim["predicted_within"].unique()) <= {"yes", "no"}
+    rr = sim.filter(pl.col("policy") == "round_robin").row(0, named=True)
+    assert rr["predicted_within"] == "yes"  # the fake routes round robin as the synthetic router does
+    s = section(out)
+    assert any(w.startswith("The policy simulator re-routed every measured pass at 2 replicas") for w in s.words)
+    assert "`round_robin`" in s.sim_table
+
+
+def test_results_json_carries_the_replicas_section_and_validates(tmp_path):
+    out = tables(tmp_path, routing=fake_routing())
+    recs = sorted(p for p in (tmp_path / "raw").rglob("*.jsonl") if p.parent.name != "prompts")
+    metas = sorted((tmp_path / "raw").rglob("*.meta.json"))
+    write_summary(recs, metas, tmp_path / "summary.csv", tmp_path / "speedup.csv", policy=POLICIES[0])
+    summary = pl.read_csv(tmp_path / "summary.csv")
+    setup = Setup("cpu", {"served_name": "m", "path": "m", "source": "test"}, 16, 8, "float32", {"benchmark": {}})
+    from prefixbench.verdicts import contrast_rows
+
+    contrasts = contrast_rows(summary, pl.read_csv(tmp_path / "speedup.csv"))
+    tabs = (read_table(out.points), read_table(out.contrasts), read_table(out.sim))
+    result = build_results(setup, [], summary, pl.read_csv(tmp_path / "speedup.csv"), contrasts, None, tabs)
+    validate(json.loads(json.dumps(result)))
+    assert len(result["replicas"]["points"]) == 6 and result["replicas"]["points"][0]["requests_per_replica"] == [26, 22]
+    assert result["replicas"]["points"][0]["ttft_mean_ms"] > 0
+    assert "replicas" not in build_results(setup, [], summary, pl.read_csv(tmp_path / "speedup.csv"), contrasts)
+
+
+def test_read_passes_takes_the_policy_passes_of_the_point_meta(tmp_path):
+    _, metas, prompts = write_replicated_run(tmp_path)
+    passes = read_passes(metas)
+    assert passes.height == 2 * 2 * 1 + 2 * 2 * 3  # cache off: the primary per repeat; cache on: every policy
+    assert set(passes["policy"].unique()) == set(POLICIES)
+    assert passes.filter(pl.col("mode") == ON)["peak_kv"].null_count() == 0
+    assert len(load_point_hashes([prompts])) == 24
