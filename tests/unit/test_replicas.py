@@ -382,3 +382,17 @@ def test_the_real_router_in_front_of_two_stand_ins(tmp_path):
         with pytest.raises(RouterError, match="refused policy 'nonsense'"):
             with ManagedRouter(spec, "nonsense", reps.worker_urls, "127.0.0.1", tmp_path / "bad.log"):
                 pass
+
+
+def test_a_router_that_fails_in_front_of_running_replicas_leaves_nothing(tmp_path):
+    """The lifetime's shape: replicas, then a router per pass; the router's failure tears the replicas down too."""
+    pids = tmp_path / "pids"
+    script = fake_replica(tmp_path, f"echo $$ >> {pids}\n")
+    spec = fake_router(tmp_path, extra_args=("--crash",))
+    with pytest.raises(RouterError, match="exited with code 3"):
+        with ManagedReplicas(script, "127.0.0.1", [tmp_path / "a", tmp_path / "b"], 20, [{}, {}], engine=VLLM) as reps:
+            groups = [s.proc.pid for s in reps.servers]
+            with ManagedRouter(spec, "round_robin", reps.worker_urls, "127.0.0.1", tmp_path / "router.log"):
+                pass
+    assert len(pids_in(pids)) == 2 and wait_gone(pids_in(pids)) == []
+    assert not any(group_alive(g) for g in groups)
