@@ -31,6 +31,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 from .kvcache import PrefixCacheModel, Request
 
@@ -97,7 +98,7 @@ class CpuTier:
         need = len(new) - (self.capacity - len(self.stored))
         if need > 0:
             protected = set(keys)
-            victims = [k for k in self.lru if k not in protected][:need]
+            victims = list(islice((k for k in self.lru if k not in protected), need))
             if len(victims) < need:
                 self.failed_stores += 1
                 return 0
