@@ -1,11 +1,13 @@
 """KV overflow: a uniform pool whose working set is a multiple of a deliberately small KV cache, on a server
-lifetime of its own (--num-gpu-blocks-override), sent one request at a time. Measures the capacity cliff."""
+lifetime of its own (--num-gpu-blocks-override), sent one request at a time. Measures the capacity cliff; where the
+target sets `kv_offload`, the same sweep runs again without and with a second KV tier in CPU memory (rules/offload.smk,
+prefixbench.offload), and each request's own counter deltas split its hits by tier (`per_request_counters`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .base import BuildContext, ReportKit, Shape, ShapeEvidence, ShapeKind
 from .prefix_pool import prefix_pool
@@ -113,6 +115,9 @@ class KvOverflow(ShapeKind):
     record_fields = ("document", "working_set")
     table_fields = ("document", "working_set")
     sections = ("overflow_table", "overflow")
+    # Sent one at a time, so the server's counters read around each request are that request's own: with a CPU tier
+    # they split its cached tokens into GPU and CPU hits (measure.per_request_counters; prefixbench.offload).
+    per_request_counters: ClassVar[bool] = True
 
     def expand(self, name: str, params: dict[str, Any], repo_dir: Path) -> dict[str, Shape]:
         """One regime per working set, named `{name}_ws{percent}`."""
