@@ -323,7 +323,7 @@ class ManagedRouter(ManagedServer):
     def poll_start(self) -> bool:
         """Ready once /v1/models answers 200 AND the router's `GET /workers` lists every replica; then its worker
         order is known. The router keeps workers in a hash map: round_robin, tie-breaks and /v1/models follow that
-        order, which changes from one start to the next whatever --worker-urls says (/work/coord/ROUTER_FACTS.md)."""
+        order, which changes from one start to the next whatever --worker-urls says (docs/replicas.md)."""
         if not super().poll_start():
             return False
         order = self.read_worker_order()
