@@ -94,7 +94,7 @@ def _terminate_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     if threading.current_thread() is not threading.main_thread():
-        return  # only the main thread may set handlers; a server started from a helper thread relies on PDEATHSIG
+        return  # only the main thread may set handlers (a helper thread that forks a server must outlive it: PDEATHSIG)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
 
