@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
-from .kvcache import PrefixCacheModel, Request
+from .kvcache import PrefixCacheModel, Request, replay_detail
 
 GIB = 1 << 30
 
@@ -166,61 +166,12 @@ class TwoTierModel(PrefixCacheModel):
 def replay_tiers(
     requests: Iterable[Request], gpu_blocks: int, cpu_blocks: int, block_size: int, rng: random.Random | None = None
 ) -> tuple[dict[object, TierHit], dict[object, str]]:
-    """Every request's GPU and CPU hits, replayed in time order as kvcache.replay_detail replays the GPU alone (and
-    with `cpu_blocks` 0, exactly it), and the requests the model could not place, with the reason.
-
-    The admission loop is kvcache.replay_detail's. TODO(R-H4-4): call replay_detail(..., model=...) once kvcache.py
-    takes a model; this copy goes then."""
+    """Every request's GPU and CPU hits, replayed in time order by kvcache.replay_detail (its admission loop) against
+    the GPU pool with the CPU tier behind it (with `cpu_blocks` 0, exactly the GPU-only model), and the requests the
+    model could not place, with the reason."""
     model = TwoTierModel(gpu_blocks, block_size, cpu_blocks=cpu_blocks, rng=rng)
-    _, unplaced = _replay_detail(requests, model)
+    _, unplaced = replay_detail(requests, gpu_blocks, block_size, model=model)
     return dict(model.tiers), unplaced
-
-
-def _replay_detail(requests: Iterable[Request], model: PrefixCacheModel) -> tuple[dict[object, int], dict[object, str]]:
-    """kvcache.replay_detail's loop over a given model (see R-H4-4); its docstring says what it does."""
-    block_size = model.block_size
-    events = sorted(((r.end_s, 0, n, r) for n, r in enumerate(requests)), key=lambda e: e[:3])
-    events = sorted(events + [(r.start_s, 1, n, r) for _, _, n, r in events], key=lambda e: e[:3])
-    out: dict[object, int] = {}
-    unplaced: dict[object, str] = {}
-    waiting: list[Request] = []
-    admitted: set[object] = set()
-
-    def blocks_needed(r: Request) -> int:
-        hit = model.lookup(r.hashes, r.prompt_len)
-        idle_hits = sum(model.cached[h] in model.free for h in r.hashes[:hit])
-        return -(-r.total_tokens() // block_size) - hit + idle_hits
-
-    def admit(r: Request) -> None:
-        full = r.total_tokens() // block_size
-        outs = [f"{r.key}:out{j}" for j in range(r.prompt_len // block_size, full)]
-        out[r.key] = model.start(r.key, r.hashes, r.prompt_len, r.total_tokens(), outs)
-        admitted.add(r.key)
-
-    def admit_waiting() -> None:
-        while waiting and blocks_needed(waiting[0]) <= len(model.free):
-            admit(waiting.pop(0))
-
-    for _, kind, _, r in events:
-        if kind == 1:
-            if -(-r.total_tokens() // block_size) > model.usable_blocks:
-                unplaced[r.key] = f"needs {-(-r.total_tokens() // block_size)} blocks, the cache has {model.usable_blocks}"
-            elif waiting or blocks_needed(r) > len(model.free):
-                waiting.append(r)
-            else:
-                admit(r)
-        elif r.key in admitted:
-            model.finish(r.key)
-            admitted.discard(r.key)
-            admit_waiting()
-        elif r in waiting:
-            waiting.remove(r)
-            unplaced[r.key] = (
-                "the model found no free blocks for it before it ended: the server placed it (preemption, or blocks "
-                "freed sooner than the client saw)"
-            )
-            admit_waiting()
-    return out, unplaced
 
 
 @dataclass(frozen=True)
@@ -265,18 +216,25 @@ def summarize_draws(runs: Sequence[dict[object, TierHit]]) -> dict[object, TierP
     return out
 
 
-def replay_draws(
-    requests: Sequence[Request], gpu_blocks: int, cpu_blocks: int, block_size: int, draws: int, seed: int
-) -> tuple[dict[object, TierPrediction], dict[object, str]]:
-    """replay_tiers `draws` times, each with its own seeded order of evictable blocks; one draw without a tier (the
-    order only matters to the CPU tier). Unplaced requests are those of the first draw (admission is the GPU's)."""
-    n = draws if cpu_blocks else 1
+def replay_runs(
+    requests: Sequence[Request], gpu_blocks: int, cpu_blocks: int, block_size: int, draws: int, seed: object
+) -> tuple[list[dict[object, TierHit]], dict[object, str]]:
+    """replay_tiers `draws` times, each with its own seeded order of evictable blocks (once without a tier: the order
+    only matters to the CPU tier). Unplaced requests are those of the first draw (admission is the GPU's)."""
     runs: list[dict[object, TierHit]] = []
     unplaced: dict[object, str] = {}
-    for d in range(n):
+    for d in range(draws if cpu_blocks else 1):
         got, missed = replay_tiers(requests, gpu_blocks, cpu_blocks, block_size, random.Random(f"tiers:{seed}:{d}"))
         runs.append(got)
         unplaced = unplaced or missed
+    return runs, unplaced
+
+
+def replay_draws(
+    requests: Sequence[Request], gpu_blocks: int, cpu_blocks: int, block_size: int, draws: int, seed: object
+) -> tuple[dict[object, TierPrediction], dict[object, str]]:
+    """Per request, the range of its hits by tier over `draws` replays (replay_runs), and the unplaced requests."""
+    runs, unplaced = replay_runs(requests, gpu_blocks, cpu_blocks, block_size, draws, seed)
     return summarize_draws(runs), unplaced
 
 

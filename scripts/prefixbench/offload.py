@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from .kvcache import Request
-from .kvcache_tiers import TierHit, cpu_tier_blocks, replay_tiers, sequential_hit_rate, summarize_draws
+from .kvcache_tiers import cpu_tier_blocks, replay_runs, sequential_hit_rate, summarize_draws
 from .metrics import MetricNames
 from .shapes.trace import TRACE_BLOCK_TOKENS
 from .stats import LEVEL, N_BOOT, bootstrap_ratio_ci
@@ -190,19 +190,6 @@ def pass_requests(rows: Sequence[Mapping[str, Any]], hashes: Mapping[tuple[str, 
         for r in rows
         if r.get("prompt_tokens")
     ]
-
-
-def replay_runs(
-    requests: Sequence[Request], gpu_blocks: int, cpu_blocks: int, block_size: int, draws: int, seed: str
-) -> tuple[list[dict[object, TierHit]], dict[object, str]]:
-    """The pass replayed `draws` times (once without a tier: only the CPU tier's order is drawn)."""
-    runs: list[dict[object, TierHit]] = []
-    unplaced: dict[object, str] = {}
-    for d in range(draws if cpu_blocks else 1):
-        got, missed = replay_tiers(requests, gpu_blocks, cpu_blocks, block_size, random.Random(f"{seed}:{d}"))
-        runs.append(got)
-        unplaced = unplaced or missed
-    return runs, unplaced
 
 
 def _request_row(rec: Mapping[str, Any], pred, names: TierMetrics, unplaced: str | None) -> dict[str, Any]:
