@@ -294,3 +294,27 @@ def test_charts_draw(tables, tmp_path):
     files = draw_offload_charts(tables["requests"], tables["points"], tables["ttft"], tmp_path)
     assert {f.name for f in files} >= {"offload_hit_rate.png", "offload_ttft.png", "offload_ttft.vl.json"}
     assert all(f.stat().st_size > 1000 for f in files)
+
+
+def test_the_gpu_preset_sizes_what_it_says():
+    """config/gpu-offload.yaml: valid, passes the config checks, and its tier and working sets are where its comments
+    put them (Phi-3-mini's KV: 6 MiB a block, so 12 GiB is 2,048 blocks, 4.0x the 511 usable GPU blocks)."""
+    from test_config import validate
+
+    from prefixbench.dummy_model import SHAPES
+    from prefixbench.kvcache_tiers import cpu_tier_blocks
+
+    cfg = validate(yaml.safe_load((ROOT / "config/gpu-offload.yaml").read_text()))
+    target = cfg["targets"]["gpu"]
+    pbconfig.check(cfg, target)
+    phi3 = SHAPES[target["model"]["shape"]]
+    head_dim = phi3["hidden_size"] // phi3["num_attention_heads"]
+    bytes_per_token = 2 * phi3["num_hidden_layers"] * phi3["num_key_value_heads"] * head_dim * 2  # bfloat16
+    cpu = cpu_tier_blocks(target["kv_offload"]["cpu_gib"], bytes_per_token, target["block_size"])
+    shapes = [s for s in pbconfig.shapes(cfg).values() if s.kind == "kv_overflow"]
+    gpu_usable = shapes[0].params["capacity_blocks"] - 1
+    assert cpu == 2048 and cpu / gpu_usable == pytest.approx(4.0, abs=0.01)
+    ws = sorted({s.params["working_set"] for s in shapes})
+    assert ws[0] < 1 and any(1 < w < cpu / gpu_usable for w in ws) and ws[-1] > cpu / gpu_usable
+    assert pbconfig.kv_offload(target).cpu_gib == 12  # type: ignore[union-attr]
+    assert all(s.params["doc_tokens"] + 64 + cfg["benchmark"]["max_tokens"] <= target["max_model_len"] for s in shapes)
