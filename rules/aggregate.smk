@@ -17,6 +17,8 @@ rule aggregate:
         # Behind a router every request is replayed per replica: the regimes' prompts carry their block hashes too.
         regime_prompts=[prompt_file(n) for n in REGIMES] if ROUTER else [],
         routing_trace=[str(ROUTING_TRACE)] if ROUTER else [],
+        # The replicas' URLs per lifetime (consistent_hash's ring hashes them: the simulator's exact routing).
+        info=SERVER_INFOS if ROUTER else [],
         data=[f for files in SHAPE_DATA.values() for f in files],
         code=package_files("aggregate"),
     output:

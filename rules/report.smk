@@ -14,6 +14,8 @@ rule report:
         replica_contrasts="results/replica_contrasts.csv",
         routing_sim="results/routing_sim.csv",
         routing_curve="results/routing_curve.csv",
+        # Issue 24: the second KV tier's section, written by rules/offload.smk ([] where the run has no tier).
+        offload=OFFLOAD_SECTION if "OFFLOAD_SECTION" in globals() else [],
         info=SERVER_INFOS,
         scripts=expand(SERVER_FILE, mode=MODES),
         prompts=MAIN_PROMPTS + KV_PROMPTS,

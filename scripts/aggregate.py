@@ -34,4 +34,5 @@ write_replica_tables(
         *(Path(o[k]) for k in ("replica_requests", "replica_points", "replica_contrasts", "routing_sim", "routing_curve"))
     ),
     routing_module(),
+    map(Path, i.info),
 )

@@ -29,5 +29,6 @@ inputs = ReportInputs(
     replica_contrasts_csv=Path(i.replica_contrasts),
     routing_sim_csv=Path(i.routing_sim),
     routing_curve_csv=Path(i.routing_curve),
+    offload_md=Path(i.offload[0]) if getattr(i, "offload", None) else None,
 )
 render(inputs, Path(i.template), Path(snakemake.output[0]))

@@ -284,6 +284,7 @@ def write_replicated_run(
                             "router_counters_delta": {"vllm_router_processed_requests_total": float(n)},
                             "attributed": n - (unattributed if on else 0), "unattributed": unattributed if on else 0,
                             "peak_kv_cache_usage_per_replica": [round(0.2 + 0.01 * s, 3) for s in served],
+                            "worker_order": list(range(replicas)),
                         }
                     )  # fmt: skip
             rp.write_text("".join(json.dumps(x) + "\n" for x in lines))

@@ -168,8 +168,10 @@ def replicas_chart(points: pl.DataFrame) -> alt.TopLevelMixin:
 
 
 def routing_curve_chart(curve: pl.DataFrame, points: pl.DataFrame) -> alt.TopLevelMixin:
-    """The simulator's kept hit rate against replicas on the trace, per policy (log x), the traffic's own reuse as a
-    dashed line, and this run's measured kept hit rate per policy at its replica count (its own traffic)."""
+    """The simulator on the trace, per policy against replicas (log x): the hit rate each replica's own cache keeps,
+    with the traffic's own reuse dashed and this run's measured kept hit rate per policy at its replica count (its own
+    traffic); beside it, the load the routing puts on the busiest replica (a policy that keeps every hit by sending
+    everything to one replica shows there)."""
     title = "Simulation: hit rate kept by each routing policy vs replica count (Mooncake trace)"
     if curve.is_empty():
         return note("The policy simulator did not run: no curve", title)
@@ -182,34 +184,40 @@ def routing_curve_chart(curve: pl.DataFrame, points: pl.DataFrame) -> alt.TopLev
         axis=alt.Axis(values=counts, format="d"),
     )
     color = alt.Color("policy:N", sort=policies, title="policy", legend=alt.Legend(orient="bottom"))
-    y = alt.Y("kept_hit_rate:Q", title="prompt tokens kept as hits", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]))
-    layers: list[alt.Chart] = [
+    # Policies whose curves coincide stay apart: each its own dash and point shape.
+    dash = alt.StrokeDash("policy:N", sort=policies, legend=None)
+    shape = alt.Shape("policy:N", sort=policies, legend=None)
+    tips = [
+        alt.Tooltip("policy:N"),
+        alt.Tooltip("replicas:Q"),
+        alt.Tooltip("kept_hit_rate:Q", title="kept (simulated)", format=".1%"),
+        alt.Tooltip("load_imbalance:Q", title="busiest / mean", format=".2f"),
+    ]
+    line = (
         alt.Chart(curve)
-        .mark_line(point=True)
-        .encode(
-            x=x,
-            y=y,
-            color=color,
-            tooltip=[
-                alt.Tooltip("policy:N"),
-                alt.Tooltip("replicas:Q"),
-                alt.Tooltip("kept_hit_rate:Q", title="kept (simulated)", format=".1%"),
-                alt.Tooltip("load_imbalance:Q", title="busiest / mean", format=".2f"),
-            ],
-        ),
+        .mark_line(point=alt.OverlayMarkDef(filled=True, size=50))
+        .encode(x=x, color=color, strokeDash=dash, shape=shape, tooltip=tips)
+    )
+    y = alt.Y("kept_hit_rate:Q", title="prompt tokens kept as hits", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]))
+    hits: list[alt.Chart] = [
+        line.encode(y=y),
         alt.Chart(curve.head(1)).mark_rule(strokeDash=[4, 3], color="#555555").encode(y="traffic_hit_rate:Q"),
     ]
-    subtitle = ["lines: simulated on the whole trace; dashed: the reuse the trace offers (one cache)"]
+    subtitle = ["left: lines simulated on the whole trace, dashed grey the reuse the trace offers (one cache)"]
     if points.height:
         measured = points.group_by("policy", maintain_order=True).agg(
             pl.col("replicas").first(), (pl.col("kept_hit_rate") * pl.col("prompt_tokens")).sum() / pl.col("prompt_tokens").sum()
         )
-        layers.append(
+        hits.append(
             alt.Chart(measured)
-            .mark_point(shape="diamond", filled=True, size=120, stroke="black")
+            .mark_point(shape="diamond", filled=True, size=140, stroke="black", opacity=1)
             .encode(x="replicas:Q", y="kept_hit_rate:Q", color=color, tooltip=[alt.Tooltip("policy:N"), alt.Tooltip("kept_hit_rate:Q", title="kept (measured, this run)", format=".1%")])
         )  # fmt: skip
         subtitle.append("diamonds: this run's measured kept hit rate at its replica count (its own traffic, not the trace)")
-    return alt.layer(*layers).properties(
-        width=460, height=260, title=alt.Title(title, subtitle=subtitle, subtitleColor="#444444")
+    subtitle.append("right: the busiest replica's requests over the mean (1 = even; N = all on one of N)")
+    load = line.encode(
+        y=alt.Y("load_imbalance:Q", title="busiest replica / mean (log scale)", scale=alt.Scale(type="log", base=2), axis=alt.Axis(format="~g"))
+    )  # fmt: skip
+    return alt.hconcat(alt.layer(*hits).properties(width=360, height=260), load.properties(width=260, height=260)).properties(
+        title=alt.Title(title, subtitle=subtitle, subtitleColor="#444444")
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from types import ModuleType
@@ -42,7 +42,7 @@ CACHE_KEYS = [*PASS_KEYS, "replica"]  # one cache: a replica's KV pool during a 
 POINT_KEYS = ["regime", "workload", "reuse_pct", "concurrency", "request_rate"]
 HASH_KEY = ("regime", "reuse_pct", "request_index")  # a regime's prompt file has one prompt per reuse level and index
 RATES = ("traffic", "kept", "predicted", "measured")  # the three hit rates, delivered as predicted and as measured
-CURVE_REPLICAS = (1, 2, 4, 8, 16, 32, 64)
+CURVE_REPLICAS = (1, 2, 4, 8, 16, 32, 64)  # the simulator's curve on the trace
 REQUEST_COLUMNS = [
     *PASS_KEYS,
     "workload",
@@ -177,13 +177,17 @@ def mean_interval(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def read_passes(meta_paths: Iterable[Path]) -> pl.DataFrame:
-    """Each policy pass the point metadata recorded (`replica_passes`): its wall time, the replicas' counters and
-    peak KV usage; empty for single servers."""
+    """Each policy pass the point metadata recorded (`replica_passes`): its wall time, the replicas' counters (under
+    the engine's metric names) and peak KV usage, the router's worker order; empty for single servers."""
+    from .engines import engine_for
+
     rows = []
     for path in meta_paths:
         meta = json.loads(Path(path).read_text())
+        names = engine_for(meta.get("engine") or "vllm").metrics
         for p in meta.get("replica_passes") or []:
             counters = p.get("counters_delta_per_replica") or []
+            order = p.get("worker_order")
             rows.append(
                 {
                     "mode": meta["mode"],
@@ -194,9 +198,10 @@ def read_passes(meta_paths: Iterable[Path]) -> pl.DataFrame:
                     "policy": p["policy"],
                     "order": p.get("order"),
                     "wall_s": p.get("wall_s"),
-                    "hit_counter": sum(c.get("vllm:prefix_cache_hits_total", 0.0) for c in counters) if counters else None,
-                    "query_counter": sum(c.get("vllm:prefix_cache_queries_total", 0.0) for c in counters) if counters else None,
+                    "hit_counter": sum(c.get(names.prefix_hits, 0.0) for c in counters) if counters else None,
+                    "query_counter": sum(c.get(names.prefix_queries, 0.0) for c in counters) if counters else None,
                     "peak_kv": "/".join(f"{x:.3g}" for x in p.get("peak_kv_cache_usage_per_replica") or []) or None,
+                    "worker_order": "/".join(map(str, order)) if order else None,  # the router's GET /workers order
                 }
             )
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
@@ -230,7 +235,7 @@ def pass_rows(req: pl.DataFrame, passes: pl.DataFrame, replicas: int) -> pl.Data
         out = out.join(passes, on=PASS_KEYS, how="left")
     else:
         out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(c) for c in ("wall_s", "hit_counter", "query_counter"))
-        out = out.with_columns(pl.lit(None, dtype=pl.String).alias("peak_kv"))
+        out = out.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in ("peak_kv", "worker_order"))
     wall = pl.coalesce(pl.col("wall_s").cast(pl.Float64), pl.col("_end") - pl.col("_start"))
     return out.sort(unit).with_columns(
         (pl.col("tokens") / wall).alias("tok_s"),
@@ -361,36 +366,67 @@ def routing_module() -> ModuleType | None:
     return routing
 
 
-def simulated_pass(
-    grp: pl.DataFrame, hashes: Mapping[tuple, Sequence[str]], block_size: int, run: RouterRun, routing: Any
-) -> dict:
-    """One measured pass routed by the simulator instead of the router: its requests in send order, each replica's
-    KV size as measured; the same three replays as the measured pass (replica_requests), so the two compare."""
+@dataclass(frozen=True)
+class Simulator:
+    """What the simulator needs beside a pass's records: the prompts' block hashes, the replicas' URLs per lifetime
+    (consistent_hash hashes them; stand-ins where a lifetime recorded none) and the policy simulator itself."""
+
+    hashes: Mapping[tuple, Sequence[str]]
+    block_size: int
+    run: RouterRun
+    routing: Any  # prefixbench.routing (routing_module)
+    urls: Mapping[tuple[str, int], Sequence[str]] = field(default_factory=dict)  # (mode, instance) -> URL per replica
+    seeds: Sequence[int] = range(5)  # random and power_of_two: the mean over these draws
+
+    def routed(self, grp: pl.DataFrame) -> list:
+        """The pass's requests as the router received them: in send order, with their session keys and end times."""
+        return [
+            self.routing.RoutedRequest(
+                r["request_id"] or n, tuple(self.hashes.get(tuple(r[k] for k in HASH_KEY), ())), r["prompt_tokens"] or 0,
+                r["session_key"], r["start_s"] or 0.0, (r["start_s"] or 0.0) + (r["e2e_s"] or 0.0),
+            )
+            for n, r in enumerate(grp.iter_rows(named=True))
+        ]  # fmt: skip
+
+    def assignments(self, grp: pl.DataFrame, order: str | None) -> list[list[int]]:
+        """The replica of each request by the simulator: one routing for a deterministic policy, one per seed for a
+        random one; in the router's recorded worker order (replica indices) and with the lifetime's URLs."""
+        policy, reqs = grp["policy"][0], self.routed(grp)
+        urls = self.urls.get((grp["mode"][0], int(grp["instance"][0])))
+        kw = dict(self.run.params) | {"block_size": self.block_size, "concurrency": int(grp["concurrency"][0]) or None}
+        kw |= {"worker_urls": list(urls) if urls and len(urls) == self.run.replicas else None}
+        kw |= {"router_order": [int(x) for x in order.split("/")] if order else None}
+        seeds = self.seeds if policy in getattr(self.routing, "STOCHASTIC", ()) else [0]
+        return [self.routing.simulate(reqs, self.run.replicas, policy, seed=s, **kw) for s in seeds]
+
+
+def simulated_pass(grp: pl.DataFrame, sim: Simulator, order: str | None) -> dict:
+    """One measured pass routed by the simulator instead of the router, each replica's KV size as measured, replayed
+    as the measured pass is (replica_requests), so the two compare; a random policy's rates are the mean over seeds."""
     grp = grp.sort("start_s", maintain_order=True)
-    reqs = [
-        routing.RoutedRequest(
-            r["request_id"] or n, tuple(hashes.get(tuple(r[k] for k in HASH_KEY), ())), r["prompt_tokens"] or 0,
-            r["session_key"], r["start_s"] or 0.0,
-        )
-        for n, r in enumerate(grp.iter_rows(named=True))
-    ]  # fmt: skip
-    seed = int(grp["repeat"][0])
-    where = routing.simulate(reqs, run.replicas, grp["policy"][0], seed=seed, **run.params)
     kv = dict(grp.filter(pl.col("replica").is_not_null()).select("replica", "kv_blocks").unique("replica").iter_rows())
     fallback = next(iter(kv.values()), None)
-    sim = grp.with_columns(
-        pl.Series("replica", where, dtype=pl.Int64),
-        pl.Series("kv_blocks", [kv.get(r, fallback) for r in where], dtype=pl.Int64),
-        pl.lit(None, dtype=pl.String).alias("replica_unknown"),
-    )
-    out = replica_requests(sim, hashes, block_size)
-    main = out.filter(main_arm_filter() & (pl.col("status") == "ok"))
-    prompt = float(main["prompt_tokens"].sum())
-    per = [where.count(r) for r in range(run.replicas)]
+    rates: dict[str, list[float]] = {r: [] for r in RATES[:3]}
+    per = [0] * sim.run.replicas
+    draws = sim.assignments(grp, order)
+    for where in draws:
+        routed = grp.with_columns(
+            pl.Series("replica", where, dtype=pl.Int64),
+            pl.Series("kv_blocks", [kv.get(r, fallback) for r in where], dtype=pl.Int64),
+            pl.lit(None, dtype=pl.String).alias("replica_unknown"),
+        )
+        main = replica_requests(routed, sim.hashes, sim.block_size).filter(main_arm_filter() & (pl.col("status") == "ok"))
+        prompt = float(main["prompt_tokens"].sum())
+        for r in rates:
+            if prompt:
+                rates[r].append(float(main[f"{r}_cached_tokens"].sum()) / prompt)
+        per = [a + where.count(r) for r, a in enumerate(per)]
+    per = [round(x / len(draws)) for x in per]
     return {
-        **{f"sim_{r}_hit_rate": float(main[f"{r}_cached_tokens"].sum()) / prompt if prompt else None for r in RATES[:3]},
+        **{f"sim_{r}_hit_rate": float(np.mean(v)) if v else None for r, v in rates.items()},
         "sim_requests_per_replica": "/".join(map(str, per)),
-        "sim_load_imbalance": max(per) / (sum(per) / run.replicas) if sum(per) else None,
+        "sim_load_imbalance": max(per) / (sum(per) / sim.run.replicas) if sum(per) else None,
+        "seeds": len(draws),
     }
 
 
@@ -403,74 +439,62 @@ def within(value: float | None, lo: float | None, hi: float | None) -> str:
     return "yes" if lo - 1e-9 <= value <= hi + 1e-9 else "no"
 
 
-def routing_sim(
-    req: pl.DataFrame, points: pl.DataFrame, hashes: Mapping[tuple, Sequence[str]], block_size: int, run: RouterRun, routing: Any
-) -> pl.DataFrame:
+def routing_sim(req: pl.DataFrame, points: pl.DataFrame, passes: pl.DataFrame, sim: Simulator | None) -> pl.DataFrame:
     """Per policy and cache-on point: the simulator's hit rates (traffic, kept, delivered predicted: each measured pass
-    re-routed by prefixbench.routing, replayed as measured) and load, averaged over the passes, beside the measured
-    rates and whether each lies in the measured 95% interval. Empty without a simulator or a router."""
-    if routing is None or points.is_empty():
+    re-routed by prefixbench.routing, replayed as measured) and load, over the passes, beside whether each lies in the
+    measured 95% interval. Empty without a simulator or a router."""
+    if sim is None or points.is_empty():
         return pl.DataFrame()
+    orders = {tuple(r[k] for k in PASS_KEYS): r["worker_order"] for r in passes.iter_rows(named=True)} if passes.height else {}
     on = req.filter((pl.col("mode") == ON) & pl.col("prompt_tokens").is_not_null())
-    sims: dict[tuple, list[dict]] = {}
+    got: dict[tuple, list[dict]] = {}
     for key, grp in on.group_by([*PASS_KEYS, "workload"], maintain_order=True):
         k = dict(zip([*PASS_KEYS, "workload"], key))
-        sims.setdefault(tuple(k[c] for c in ["policy", *POINT_KEYS]), []).append(
-            simulated_pass(grp, hashes, block_size, run, routing)
-        )
-    rows = []
-    for p in points.iter_rows(named=True):
-        got = sims.get(tuple(p[c] for c in ["policy", *POINT_KEYS]), [])
-        row = {c: p[c] for c in ["policy", *POINT_KEYS, "replicas"]} | {"passes": len(got)}
-        for r in RATES[:3]:
-            vals = [g[f"sim_{r}_hit_rate"] for g in got if g[f"sim_{r}_hit_rate"] is not None]
-            row[f"sim_{r}_hit_rate"] = float(np.mean(vals)) if vals else None
-        per = [sum(int(g["sim_requests_per_replica"].split("/")[r]) for g in got) for r in range(run.replicas)]
-        row["sim_requests_per_replica"] = "/".join(map(str, per)) if got else None  # over the passes, as measured
-        row["sim_load_imbalance"] = float(np.mean([g["sim_load_imbalance"] for g in got])) if got else None
-        for sim, measured in (("kept", "kept"), ("predicted", "measured")):
-            row[f"{sim}_within"] = within(row[f"sim_{sim}_hit_rate"], p[f"{measured}_hit_lo"], p[f"{measured}_hit_hi"])
-        rows.append(row)
+        order = orders.get(tuple(k[c] for c in PASS_KEYS))
+        got.setdefault(tuple(k[c] for c in ["policy", *POINT_KEYS]), []).append(simulated_pass(grp, sim, order))
+    rows = [
+        sim_row(p, got.get(tuple(p[c] for c in ["policy", *POINT_KEYS]), []), sim.run.replicas)
+        for p in points.iter_rows(named=True)
+    ]
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-def trace_requests(path: Path, routing: Any) -> list:
-    """Every request of a Mooncake-format trace as the simulator takes it: its 512-token hash ids as block hashes,
-    its input length, its first block as the session key (a conversation's root: what trace prompts send as
-    X-Session-ID), its arrival time."""
-    from .shapes.trace import all_rows
-
-    return [
-        routing.RoutedRequest(
-            n, tuple(str(h) for h in r["hash_ids"]), r["input_length"], f"trace-{r['hash_ids'][0]}", r["timestamp"] / 1000
-        )
-        for n, r in enumerate(all_rows(path))
-        if r["hash_ids"]
-    ]
+def sim_row(p: Mapping[str, Any], got: Sequence[dict], replicas: int) -> dict[str, Any]:
+    """One policy and point: the simulated passes' mean rates, their requests per replica added up (as measured), and
+    whether the kept and delivered rates lie in the measured intervals."""
+    row = {c: p[c] for c in ["policy", *POINT_KEYS, "replicas"]} | {"passes": len(got), "seeds": got[0]["seeds"] if got else 0}
+    for r in RATES[:3]:
+        vals = [g[f"sim_{r}_hit_rate"] for g in got if g[f"sim_{r}_hit_rate"] is not None]
+        row[f"sim_{r}_hit_rate"] = float(np.mean(vals)) if vals else None
+    per = [sum(int(g["sim_requests_per_replica"].split("/")[r]) for g in got) for r in range(replicas)]
+    row["sim_requests_per_replica"] = "/".join(map(str, per)) if got else None
+    row["sim_load_imbalance"] = max(per) / (sum(per) / replicas) if sum(per) else None
+    for simulated, measured in (("kept", "kept"), ("predicted", "measured")):
+        row[f"{simulated}_within"] = within(row[f"sim_{simulated}_hit_rate"], p[f"{measured}_hit_lo"], p[f"{measured}_hit_hi"])
+    return row
 
 
 def routing_curve(run: RouterRun, routing: Any, counts: Sequence[int] = CURVE_REPLICAS) -> pl.DataFrame:
-    """The simulator's hit rates against the replica count on the whole trace, per policy: in the traffic (one cache)
-    and kept by the routing (one unlimited cache per replica), and the load imbalance. A simulation, labelled so."""
+    """The simulator's hit rates against the replica count on the whole trace, per policy (routing.trace_curve: the
+    traffic's and the kept hit rate, the load imbalance, mean and range over seeds for a random policy): a simulation,
+    labelled so in every row."""
     if routing is None or run.trace_path is None or not Path(run.trace_path).is_file():
         return pl.DataFrame()
-    from .shapes.trace import TRACE_BLOCK_TOKENS
+    from .shapes.trace import all_rows
 
-    reqs = trace_requests(Path(run.trace_path), routing)
-    rows = []
-    for policy in run.policies:
-        for n in sorted({*counts, run.replicas}):
-            where = routing.simulate(reqs, n, policy, seed=0, **run.params)
-            rates = routing.hit_rates(reqs, where, TRACE_BLOCK_TOKENS)
-            per = routing.load(where, n)
-            rows.append(
-                {
-                    "source": "simulation", "workload": "Mooncake trace", "requests": len(reqs), "policy": policy,
-                    "replicas": n, "traffic_hit_rate": rates["traffic"], "kept_hit_rate": rates["kept"],
-                    "load_imbalance": max(per) / (sum(per) / n) if sum(per) else None,
-                }
-            )  # fmt: skip
-    return pl.DataFrame(rows, infer_schema_length=None)
+    reqs = routing.trace_routed_requests(all_rows(Path(run.trace_path)))
+    rows = routing.trace_curve(reqs, sorted({*counts, run.replicas}), run.policies, **run.params)
+    names = {"traffic_mean": "traffic_hit_rate", "kept_mean": "kept_hit_rate", "imbalance_mean": "load_imbalance"}
+    names |= {"kept_min": "kept_hit_min", "kept_max": "kept_hit_max"}
+    return pl.DataFrame(
+        [
+            {"source": r["source"], "workload": f"Mooncake trace ({Path(run.trace_path).name})", "requests": r["requests"],
+             "policy": r["policy"], "replicas": r["replicas"], "seeds": r["seeds"], **{v: r[k] for k, v in names.items()},
+             "hash_key": r.get("hash_key"), "in_flight": r.get("in_flight")}
+            for r in rows
+        ],
+        infer_schema_length=None,
+    )  # fmt: skip
 
 
 # --- Aggregation's entry ---
@@ -497,6 +521,16 @@ class ReplicaTables:
     curve: Path
 
 
+def lifetime_urls(info_paths: Iterable[Path]) -> dict[tuple[str, int], list[str]]:
+    """(mode, instance) -> each replica's base URL, from the lifetimes' server.json (`replicas`)."""
+    out = {}
+    for path in info_paths:
+        info = json.loads(Path(path).read_text())
+        if info.get("replicas"):
+            out[(info["mode"], int(info.get("instance") or 1))] = [r["base_url"] for r in info["replicas"]]
+    return out
+
+
 def write_replica_tables(
     record_paths: Iterable[Path],
     meta_paths: Iterable[Path],
@@ -505,9 +539,11 @@ def write_replica_tables(
     run: RouterRun | None,
     out: ReplicaTables,
     routing: Any = None,
+    info_paths: Iterable[Path] = (),
 ) -> None:
     """Every table of the Across-replicas analysis, from every policy's records; empty files for one server.
-    `routing`: the simulator (the edge passes routing_module(); None leaves the simulated tables empty)."""
+    `routing`: the simulator (the edge passes routing_module(); None leaves the simulated tables empty);
+    `info_paths`: the lifetimes' server.json (the replicas' URLs, which consistent_hash's ring hashes)."""
     from .aggregate import EVERY_POLICY, load_records
 
     hashes = load_point_hashes(prompt_paths) if run else {}
@@ -521,7 +557,8 @@ def write_replica_tables(
     write_table(req, out.requests)
     write_table(points, out.points)
     write_table(replica_contrasts(req, passes, run), out.contrasts)
-    write_table(routing_sim(req, points, hashes, block_size, run, routing), out.sim)
+    sim = Simulator(hashes, block_size, run, routing, lifetime_urls(info_paths)) if routing is not None else None
+    write_table(routing_sim(req, points, passes, sim), out.sim)
     write_table(routing_curve(run, routing), out.curve)
 
 

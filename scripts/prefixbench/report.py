@@ -109,6 +109,7 @@ class ReportInputs:
     replica_contrasts_csv: Path | None = None
     routing_sim_csv: Path | None = None
     routing_curve_csv: Path | None = None
+    offload_md: Path | None = None  # issue 24: the second KV tier's section, rendered by its own rule (findings.offload)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class ReportContext:
     engine: EngineSection
     shape_section: dict[str, Any]  # the shapes' section: shapes.findings.shape_section, each kind's own keys
     replicas: ReplicaSection  # Across replicas: the routing policies (findings.replicas), or why it was not run
+    offload_section: str  # the second KV tier's section as its rule wrote it ("" without a tier)
     # The answers
     ttft: Finding
     throughput: Finding
@@ -352,6 +354,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         aa=ControlSection(answer=aa_finding(sp, aa_rows).answer, rows=aa_rows),
         engine=EngineSection(table=engine_table(engine), words=engine_words(engine)),
         shape_section=shape_words,
+        offload_section=Path(inputs.offload_md).read_text().strip() if inputs.offload_md else "",
         replicas=guarded(
             replicas_section,
             read_table(inputs.replica_points_csv),

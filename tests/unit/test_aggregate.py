@@ -124,3 +124,30 @@ def test_every_contrast_with_an_interval_states_its_mde(tmp_path):
     assert with_ci.height and with_ci["mde_ttft_pct"].is_not_null().all() and (with_ci["mde_ttft_pct"] > 0).all()
     s = pl.read_csv(tmp_path / "s.csv")
     assert s.filter(pl.col("regime") == "large")["mde_ttft_pct"].is_not_null().all()
+
+
+def test_a_replicated_run_aggregates_its_primary_policy_as_one_server_would(tmp_path):
+    """Behind a router the single-server tables read the primary policy's records only: the same bytes as a run whose
+    records hold that policy alone (the other policies are the Across-replicas analysis's)."""
+    import json
+
+    from synthetic import POLICIES, write_replicated_run
+
+    from prefixbench.aggregate import write_summary
+
+    recs, metas, _ = write_replicated_run(tmp_path / "all")
+    only = []
+    for path in recs:
+        mine = tmp_path / "primary" / path.relative_to(tmp_path / "all")
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        lines = [x for x in path.read_text().splitlines() if json.loads(x)["policy"] == POLICIES[0]]
+        mine.write_text("\n".join(lines) + "\n")
+        only.append(mine)
+    for name, files, policy in (("all", recs, POLICIES[0]), ("inferred", recs, None), ("primary", only, None)):
+        write_summary(files, metas, tmp_path / f"{name}_summary.csv", tmp_path / f"{name}_speedup.csv", policy=policy)
+    for table in ("summary", "speedup"):
+        want = (tmp_path / f"primary_{table}.csv").read_text()
+        assert (tmp_path / f"all_{table}.csv").read_text() == want
+        assert (tmp_path / f"inferred_{table}.csv").read_text() == want  # the cache-off records name the primary
+    summary = pl.read_csv(tmp_path / "all_summary.csv")
+    assert summary.filter(pl.col("mode") == "with_prefix_cache")["requests_recorded"].to_list() == [48, 48]

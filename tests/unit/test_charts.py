@@ -357,3 +357,61 @@ def test_the_ideal_chart_uses_the_same_fit_as_the_report(tmp_path):
     assert [r["ttft_ms"] / 1000 for r in points] == pytest.approx(report_ideal, rel=1e-12)
     assert "calibration=[PLAN_FILE] if PLAN_FILE else []" in (ROOT / "rules/charts.smk").read_text()
     assert "calibration_json=" in (ROOT / "scripts/charts.py").read_text()
+
+
+# Issue 23: a replicated run's charts.
+
+
+def replica_tables(tmp_path):
+    """The synthetic replicated run's replica_points.csv and a curve of the simulator on a small trace."""
+    import gzip
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_replicas_analysis import synthetic_router, tables
+
+    from prefixbench.replicas_analysis import read_table, routing_curve, routing_module
+
+    out = tables(tmp_path, routing=routing_module())
+    trace = tmp_path / "t.jsonl.gz"
+    rows = [{"timestamp": k, "input_length": 1030, "output_length": 5, "hash_ids": [0, 100 + k % 3, 200 + k]} for k in range(30)]
+    with gzip.open(trace, "wt") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
+    return read_table(out.points), routing_curve(synthetic_router(trace), routing_module())
+
+
+def test_the_replica_charts_are_drawn_only_for_a_router():
+    assert not {"replicas", "routing_curve"} & set(chart_names(rates=True, shapes=True))
+    assert {"replicas", "routing_curve"} <= set(chart_names(rates=False, shapes=False, router=True))
+
+
+def test_the_replicas_chart_sets_three_hit_rates_beside_the_measured_one_with_ttft_and_load(tmp_path):
+    from prefixbench.charts_replicas import MEASURED, RATE_WORDS, replicas_chart
+
+    points, _ = replica_tables(tmp_path)
+    s = spec(replicas_chart(points))
+    assert len(s["hconcat"]) == 3  # hit rates, TTFT, load per replica
+    colors = [d for d in walk(s) if d.get("field") == "rate" and "scale" in d]
+    assert colors and colors[0]["scale"]["domain"] == [*RATE_WORDS.values(), MEASURED]
+    fields = {d.get("field") for d in walk(s)}
+    assert {"measured_hit_lo", "measured_hit_hi", "ttft_lo_ms", "ttft_hi_ms", "ttft_p90_ms", "requests"} <= fields
+    rows = [d["sort"] for d in walk(s) if d.get("field") == "point" and "sort" in d]
+    assert rows and all(r == ["pool 100% c=1", "pool 100% c=4"] for r in rows)  # numeric order of the loads
+    text = json.dumps({k: v for k, v in s.items() if k != "datasets"})
+    assert "policy" in text and "with_prefix_cache" not in text
+    saved = save_chart(replicas_chart(points), tmp_path, "replicas")
+    assert saved[0].stat().st_size > 0
+
+
+def test_the_routing_curve_is_titled_a_simulation_on_a_log_axis_with_the_measured_points(tmp_path):
+    from prefixbench.charts_replicas import routing_curve_chart
+
+    points, curve = replica_tables(tmp_path)
+    s = spec(routing_curve_chart(curve, points))
+    assert s["title"]["text"].startswith("Simulation:")
+    scales = [d["scale"] for d in walk(s) if d.get("field") == "replicas" and "scale" in d]
+    assert scales and scales[0]["type"] == "log" and scales[0]["domain"] == [1, 64]
+    marks = [d["mark"] for d in walk(s) if isinstance(d.get("mark"), dict)]
+    assert any(m.get("shape") == "diamond" for m in marks)  # this run's measured kept hit rates
+    assert "its own traffic, not the trace" in json.dumps(s["title"])
+    assert spec(routing_curve_chart(curve.clear(), points))["mark"]["type"] == "text"  # no simulator: says so

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import zlib
-from collections import namedtuple
-from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -17,8 +14,10 @@ from prefixbench import OFF, ON
 from prefixbench.aggregate import EVERY_POLICY, load_records, primary_only, primary_policy, write_summary
 from prefixbench.findings.replicas import NOT_RUN, replicas_section
 from prefixbench.replicas_analysis import (
+    PASS_KEYS,
     ReplicaTables,
     RouterRun,
+    Simulator,
     load_point_hashes,
     read_passes,
     read_table,
@@ -27,6 +26,7 @@ from prefixbench.replicas_analysis import (
     replica_requests,
     router_run,
     routing_curve,
+    routing_module,
     routing_sim,
     unlimited_blocks,
     within,
@@ -165,37 +165,7 @@ def test_router_run_reads_the_target_with_the_schemas_defaults():
     assert default.params["balance_abs_threshold"] == 64
 
 
-# --- A stand-in for prefixbench.routing (its interface as COMMON.md fixes it), exact for round robin ---
-
-
-def fake_routing() -> SimpleNamespace:
-    routed = namedtuple("RoutedRequest", "key hashes prompt_len session_key arrival_s")
-
-    def simulate(requests, n, policy, *, seed=0, **params):
-        if policy == "round_robin":
-            return [k % n for k in range(len(requests))]
-        return [zlib.crc32(str(r.session_key).encode()) % n for r in requests]
-
-    def hit_rates(requests, assignment, block_size):
-        def rate(caches):
-            hit = total = 0
-            for r, c in zip(requests, caches):
-                seen, n = c, 0
-                for h in r.hashes[: max(r.prompt_len - 1, 0) // block_size]:
-                    if h not in seen:
-                        break
-                    n += 1
-                seen.update(r.hashes[: r.prompt_len // block_size])
-                hit, total = hit + n * block_size, total + r.prompt_len
-            return hit / total
-
-        one: set = set()
-        per: dict = {}
-        return {"traffic": rate([one] * len(requests)), "kept": rate([per.setdefault(a, set()) for a in assignment])}
-
-    return SimpleNamespace(
-        RoutedRequest=routed, simulate=simulate, hit_rates=hit_rates, load=lambda a, n: [a.count(r) for r in range(n)]
-    )
+# --- The policy simulator (prefixbench.routing) beside the measurement ---
 
 
 def test_the_simulator_beside_the_measurement_round_robin_exactly():
@@ -206,12 +176,20 @@ def test_the_simulator_beside_the_measurement_round_robin_exactly():
     req = replica_requests(pl.concat(parts), hand_hashes(docs), B)
     run = RouterRun(("round_robin",), 2, {})
     pts = replica_points(req, pl.DataFrame(), run)
-    sim = routing_sim(req, pts, hand_hashes(docs), B, run, fake_routing()).row(0, named=True)
-    # The fake is the router's exact rule for round robin: the simulated pass is the measured one.
-    assert sim["sim_kept_hit_rate"] == sim["sim_predicted_hit_rate"] == pytest.approx(16 / 60)
-    assert sim["sim_requests_per_replica"] == "6/6"  # both passes, as the measured table counts
-    assert sim["predicted_within"] == "yes" and sim["kept_within"] == "yes"  # a zero-width interval holds it exactly
-    assert routing_sim(req, pts, hand_hashes(docs), B, run, None).is_empty()  # no simulator: nothing beside
+    sim = Simulator(hand_hashes(docs), B, run, routing_module())
+    row = routing_sim(req, pts, pl.DataFrame(), sim).row(0, named=True)
+    # Round robin is the router's exact rule (request k of the pass to replica k % 2): the simulated pass is the measured one.
+    assert row["sim_kept_hit_rate"] == row["sim_predicted_hit_rate"] == pytest.approx(16 / 60)
+    assert row["sim_requests_per_replica"] == "6/6"  # both passes, as the measured table counts
+    assert row["predicted_within"] == "yes" and row["kept_within"] == "yes"  # a zero-width interval holds it exactly
+    # The router's worker order reversed (its GET /workers lists replica 1 first): request 0 goes to replica 1.
+    passes = pl.DataFrame({c: [req[c][0]] * 2 for c in PASS_KEYS if c != "repeat"}).with_columns(
+        pl.Series("repeat", [0, 1]), pl.lit("1/0").alias("worker_order")
+    )
+    swapped = routing_sim(req, pts, passes, sim).row(0, named=True)
+    assert swapped["sim_kept_hit_rate"] == pytest.approx(16 / 60) and swapped["sim_requests_per_replica"] == "6/6"
+    assert sim.assignments(req.filter(pl.col("repeat") == 0), "1/0") == [[1, 0, 1, 0, 1, 0]]
+    assert routing_sim(req, pts, pl.DataFrame(), None).is_empty()  # no simulator: nothing beside
 
 
 def test_within_says_yes_no_or_no_interval():
@@ -228,7 +206,7 @@ def test_the_curve_over_replica_counts_on_a_trace(tmp_path):
     with gzip.open(trace, "wt") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in rows))
     run = RouterRun(("round_robin", "consistent_hash"), 2, {}, trace)
-    curve = routing_curve(run, fake_routing(), counts=(1, 2, 4))
+    curve = routing_curve(run, routing_module(), counts=(1, 2, 4))
     assert curve["source"].unique().to_list() == ["simulation"]
     at = {(r["policy"], r["replicas"]): r for r in curve.iter_rows(named=True)}
     # Three conversations, each repeated four times: 9 of 12 requests hit their first two blocks (1024 of 1030).
@@ -236,17 +214,25 @@ def test_the_curve_over_replica_counts_on_a_trace(tmp_path):
     assert at[("round_robin", 1)]["traffic_hit_rate"] == at[("round_robin", 4)]["traffic_hit_rate"]
     assert at[("round_robin", 4)]["kept_hit_rate"] < at[("round_robin", 2)]["kept_hit_rate"]  # round robin splits them
     assert at[("consistent_hash", 4)]["kept_hit_rate"] == pytest.approx(9 * 1024 / (12 * 1030))  # by conversation: kept
+    assert at[("round_robin", 4)]["kept_hit_rate"] == 0  # request k to k % 4, conversation k % 3: never together
     assert routing_curve(run, None).is_empty()
 
 
 # --- The tables aggregation writes, the section's sentences, results.json ---
 
 
+def synthetic_router(trace=None) -> RouterRun:
+    """The synthetic run's router: its policies, 2 replicas, the schema's cache_aware thresholds; no trace curve
+    unless asked (the whole Mooncake trace takes seconds)."""
+    run = router_run({"replicas": 2, "router": {"policies": list(POLICIES)}}, trace)
+    assert run is not None
+    return run
+
+
 def tables(tmp_path, routing=None, **kw) -> ReplicaTables:
     recs, metas, prompts = write_replicated_run(tmp_path / "raw", **kw)
     out = ReplicaTables(*(tmp_path / f"{n}.csv" for n in ("req", "points", "contrasts", "sim", "curve")))
-    run = RouterRun(POLICIES, 2, {})
-    write_replica_tables(recs, metas, [prompts], 16, run, out, routing)
+    write_replica_tables(recs, metas, [prompts], 16, synthetic_router(), out, routing)
     return out
 
 
@@ -298,18 +284,18 @@ def test_a_run_without_a_router_says_not_run_and_writes_empty_tables(tmp_path):
 
 
 def test_the_simulator_rows_and_the_sentence_on_the_synthetic_run(tmp_path):
-    out = tables(tmp_path, routing=fake_routing())
+    out = tables(tmp_path, routing=routing_module())
     sim = read_table(out.sim)
     assert sim.height == 6 and set(sim["predicted_within"].unique()) <= {"yes", "no"}
     rr = sim.filter(pl.col("policy") == "round_robin").row(0, named=True)
-    assert rr["predicted_within"] == "yes"  # the fake routes round robin as the synthetic router does
+    assert rr["predicted_within"] == "yes"  # the synthetic router's round robin is the real one's
     s = section(out)
     assert any(w.startswith("The policy simulator re-routed every measured pass at 2 replicas") for w in s.words)
     assert "`round_robin`" in s.sim_table
 
 
 def test_results_json_carries_the_replicas_section_and_validates(tmp_path):
-    out = tables(tmp_path, routing=fake_routing())
+    out = tables(tmp_path, routing=routing_module())
     recs = sorted(p for p in (tmp_path / "raw").rglob("*.jsonl") if p.parent.name != "prompts")
     metas = sorted((tmp_path / "raw").rglob("*.meta.json"))
     write_summary(recs, metas, tmp_path / "summary.csv", tmp_path / "speedup.csv", policy=POLICIES[0])

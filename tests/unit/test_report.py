@@ -819,17 +819,29 @@ def test_a_single_server_report_says_across_replicas_was_not_run(tmp_path):
     assert "charts/replicas.png" not in md and "charts/routing_curve.png" not in md
 
 
-def render_replicated(tmp_path, **kw) -> str:
-    """The report of a synthetic replicated run (tests/synthetic.write_replicated_run) as the rules make it."""
+def render_replicated(tmp_path, offload=None, **kw) -> str:
+    """The report of a synthetic replicated run (tests/synthetic.write_replicated_run) as the rules make it; `offload`:
+    the second KV tier's section file."""
     from synthetic import POLICIES, write_replicated_run
-    from test_replicas_analysis import fake_routing
+    from test_replicas_analysis import synthetic_router
 
-    from prefixbench.replicas_analysis import ReplicaTables, RouterRun, write_replica_tables
+    from prefixbench.replicas_analysis import ReplicaTables, routing_module, write_replica_tables
 
     recs, metas, prompts = write_replicated_run(tmp_path / "raw", **kw)
-    write_summary(recs, metas, tmp_path / "summary.csv", tmp_path / "speedup.csv", policy=POLICIES[0])
+    write_summary(
+        recs,
+        metas,
+        tmp_path / "summary.csv",
+        tmp_path / "speedup.csv",
+        tmp_path / "shape_requests.csv",
+        prompt_paths=[prompts],
+        block_size=16,
+        shape_points_csv=tmp_path / "shape_points.csv",
+        trace_csv=tmp_path / "trace_capacity.csv",
+        policy=POLICIES[0],
+    )
     out = ReplicaTables(*(tmp_path / f"{n}.csv" for n in ("req", "points", "contrasts", "sim", "curve")))
-    write_replica_tables(recs, metas, [prompts], 16, RouterRun(POLICIES, 2, {}), out, fake_routing())
+    write_replica_tables(recs, metas, [prompts], 16, synthetic_router(), out, routing_module())
     _, infos, scripts, _ = make_inputs(tmp_path / "single")
     inputs = ReportInputs(
         summary_csv=tmp_path / "summary.csv",
@@ -842,10 +854,15 @@ def render_replicated(tmp_path, **kw) -> str:
         max_tokens=8,
         block_size=16,
         slo=SLO,
+        shape_csv=tmp_path / "shape_requests.csv",
+        shape_points_csv=tmp_path / "shape_points.csv",
+        trace_csv=tmp_path / "trace_capacity.csv",
+        shapes={"pool": {"kind": "prefix_pool", "params": {"requests": 24, "documents": 6, "doc_tokens": 64, "zipf_alpha": 1.0}}},
         replica_points_csv=out.points,
         replica_contrasts_csv=out.contrasts,
         routing_sim_csv=out.sim,
         routing_curve_csv=out.curve,
+        offload_md=offload,
     )
     render(inputs, TEMPLATE, tmp_path / "report.md")
     return (tmp_path / "report.md").read_text()
@@ -867,3 +884,17 @@ def test_a_replicated_run_shows_the_policies_three_hit_rates_and_re_renders_iden
     again = tmp_path / "again"
     again.mkdir()
     assert render_replicated(again, policy_ttft_s={"cache_aware": 0.03}) == md  # from the same data, the same bytes
+
+
+def test_the_second_kv_tiers_section_sits_where_the_kv_overflow_section_ends(tmp_path):
+    """Issue 24: the offload rule writes its section (findings.offload); the report prints it as written, in the
+    shapes' section after the KV overflow sweep, and nothing without it."""
+    section = tmp_path / "offload_section.md"
+    section.write_text("### A second KV tier in CPU memory\n\nWords from the tier's tables.\n")
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    md = render_replicated(tmp_path / "with", offload=section)
+    assert "\n\n### A second KV tier in CPU memory\n\nWords from the tier's tables.\n\n" in md
+    shapes_part = md.split("## Workload shapes")[1].split("## Across replicas")[0]
+    assert "### A second KV tier in CPU memory" in shapes_part
+    assert "A second KV tier" not in render_replicated(tmp_path / "without")

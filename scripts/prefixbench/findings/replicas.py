@@ -260,7 +260,8 @@ def sim_table(sim: pl.DataFrame, points: pl.DataFrame) -> str:
                 "kept within": s["kept_within"],
                 "delivered: simulated / measured (95% CI)": f"{fmt_pct(s['sim_predicted_hit_rate'])} / {fmt_pct(m.get('measured_hit_rate'))} ({pct_ci(m.get('measured_hit_lo'), m.get('measured_hit_hi'))})",
                 "delivered within": s["predicted_within"],
-                "requests per replica, all passes: simulated / measured": f"{s['sim_requests_per_replica']} / {m.get('requests_per_replica')}",
+                "requests per replica, simulated": s["sim_requests_per_replica"],
+                "measured": m.get("requests_per_replica"),
             }
         )  # fmt: skip
     df = pl.DataFrame(rows)
@@ -284,20 +285,25 @@ def sim_words(sim: pl.DataFrame, replicas: int) -> str:
 
 
 def curve_words(curve: pl.DataFrame) -> str:
-    """The simulator's curve on the trace, per policy, from one replica to the most (a simulation, said so)."""
+    """The simulator's curve on the trace, per policy, from one replica to the most, with the load it takes (a
+    simulation, said so)."""
     if curve.is_empty():
         return ""
     lo, hi = int(curve["replicas"].min()), int(curve["replicas"].max())  # type: ignore[arg-type]
     parts = []
     for (policy,), grp in curve.group_by(["policy"], maintain_order=True):
-        at = {int(r["replicas"]): r["kept_hit_rate"] for r in rows_of(grp)}
-        parts.append(f"`{policy}` {fmt_pct(at[lo])} at {lo} → {fmt_pct(at[hi])} at {hi}")
+        at = {int(r["replicas"]): r for r in rows_of(grp)}
+        seeds = f", mean of {at[hi]['seeds']} draws" if (at[hi].get("seeds") or 1) > 1 else ""
+        parts.append(
+            f"`{policy}` {fmt_pct(at[lo]['kept_hit_rate'])} at {lo} → {fmt_pct(at[hi]['kept_hit_rate'])} at {hi} "
+            f"(busiest replica {fmt_x(at[hi]['load_imbalance'])} its share{seeds})"
+        )
     first = curve.row(0, named=True)
     return (
-        f"By simulation, not measurement: the whole {first['workload']} ({first['requests']:,} requests) routed by "
-        f"each policy to {lo}–{hi} replicas, the hit rate each replica's own unlimited cache keeps: "
+        f"By simulation, not measurement: the {first['workload']}, all {first['requests']:,} requests, routed by each "
+        f"policy to {lo}–{hi} replicas; the share of prompt tokens each replica's own unlimited cache keeps as hits: "
         + "; ".join(parts)
-        + f" (the traffic itself offers {fmt_pct(first['traffic_hit_rate'])})."
+        + f". The trace itself offers {fmt_pct(first['traffic_hit_rate'])} (one cache)."
     )
 
 
