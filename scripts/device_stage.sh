@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Stage what scripts/device_sweep.sh needs on a GPU machine that reaches no package registry and takes at most
-# 64 MiB per call (the working tree included): vLLM 0.26.0 and the wheels in envs/device-extra.txt as one tar,
-# cut into parts that fit beside this tree (.device/p1 .. pN, one per call, each copied to /tmp/vllm-parts),
-# and .device/deps (vLLM's dependency wheels + install-all.sh) for the working call. All git-ignored.
+# 64 MiB per call (the working tree included): vLLM 0.26.0, its dependency wheels and the wheels in
+# envs/device-extra.txt as one tar, cut into parts that fit beside this tree (.device/p1 .. pN, one per call, each
+# copied to /tmp/vllm-parts), and .device/deps (install-all.sh and the tar's sha256: a few bytes) for the working call.
+# The dependency wheels (42 MiB) travel in the parts: beside a tree of 30 MiB they no longer fit one call. All
+# git-ignored.
 #   bash scripts/device_stage.sh
 # Then: one call per part carrying .device/pK with
 #   mkdir -p /tmp/vllm-parts && cp .device/p*/part.* /tmp/vllm-parts/
@@ -35,7 +37,8 @@ router_specs=$(grep -oE '^(vllm-router|orjson)==[^ ]+' envs/server-gpu.lock)
 [[ $(wc -l <<< "$router_specs") -eq 2 ]] || { echo "envs/server-gpu.lock pins no vllm-router/orjson" >&2; exit 1; }
 python3 -m pip download -q --no-deps "${plat[@]}" -d "$router_cache" $router_specs
 blob=$(mktemp -d)
-cp "$cache"/vllm/vllm-0.26.0-*.whl "$extra"/*.whl "$blob"/
+cp "$cache"/vllm/vllm-0.26.0-*.whl "$extra"/*.whl .device/deps/*.whl "$blob"/
+rm -f .device/deps/*.whl
 rm -rf .device/p* .device/router && mkdir -p .device/blob .device/router
 for spec in $router_specs; do
   name=${spec%%==*}; version=${spec#*==}
@@ -59,7 +62,7 @@ if [ ! -d /tmp/site/vllm ]; then
   cat /tmp/vllm-parts/part.* > /tmp/all.tar
   (cd /tmp && sha256sum -c "$OLDPWD/.device/deps/all.sha256")
   mkdir -p /tmp/whl && tar xf /tmp/all.tar -C /tmp/whl
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/whl/*.whl .device/deps/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/whl/*.whl
 fi
 # vLLM's router, when its part was copied (.device/router): console script /tmp/site2/bin/vllm-router.
 if compgen -G "/tmp/vllm-parts/router/*.whl" > /dev/null && [ ! -x /tmp/site2/bin/vllm-router ]; then
