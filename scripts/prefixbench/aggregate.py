@@ -50,6 +50,8 @@ def primary_only(records: pl.DataFrame, policy: str | None = None) -> pl.DataFra
     if policy == EVERY_POLICY or "policy" not in records.columns:
         return records
     primary = policy or primary_policy(records)
+    if primary is None:  # every record without a policy: one server
+        return records
     return records.filter(pl.col("policy").is_null() | (pl.col("policy") == primary))
 
 

@@ -90,23 +90,15 @@ SIM_PARAMS = ("cache_threshold", "balance_abs_threshold", "balance_rel_threshold
 TRACE = Path(__file__).resolve().parents[2] / "resources" / "traces" / "mooncake" / "conversation_trace.jsonl.gz"
 
 
-def router_defaults() -> dict[str, Any]:
-    """The schema's defaults of a target's `router:` block (validation does not fill a block the target omits)."""
-    import yaml
-
-    from .config import SCHEMA_PATH
-
-    props = yaml.safe_load(SCHEMA_PATH.read_text())["definitions"]["target"]["properties"]["router"]["properties"]
-    return {k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v}
-
-
 def router_run(target: Mapping[str, Any], trace_path: Path | None = TRACE) -> RouterRun | None:
-    """The target's router, or None for one server (replicas 1, or an endpoint)."""
-    if int(target.get("replicas") or 1) < 2:
+    """The target's router with every default from the schema (config.router_spec), or None for one server."""
+    from .config import replica_count, router_spec
+
+    spec = router_spec(dict(target))
+    if spec is None:
         return None
-    router = router_defaults() | dict(target.get("router") or {})
-    params = {k: router[k] for k in SIM_PARAMS if k in router}
-    return RouterRun(tuple(router["policies"]), int(target["replicas"]), params, trace_path)
+    params = {k: getattr(spec, k) for k in SIM_PARAMS}
+    return RouterRun(spec.policies, replica_count(dict(target)), params, trace_path)
 
 
 # --- Every request, with the three replays ---

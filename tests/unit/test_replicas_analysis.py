@@ -154,13 +154,16 @@ def test_only_the_primary_policy_reaches_the_single_server_analysis(tmp_path):
         primary_only(on)
     single = every.drop("policy")
     assert primary_only(single).height == single.height  # no router: every record kept
+    unrouted = every.with_columns(pl.lit(None).alias("policy"))  # records of one server: policy null
+    assert primary_policy(unrouted) is None and primary_only(unrouted).height == every.height
 
 
 def test_router_run_reads_the_target_with_the_schemas_defaults():
-    assert router_run({"replicas": 1}) is None and router_run({}) is None
-    run = router_run({"replicas": 2, "router": {"policies": ["round_robin", "cache_aware"], "cache_threshold": 0.5}})
+    assert router_run({"replicas": 1, "python": "py"}) is None and router_run({"python": "py"}) is None
+    target = {"replicas": 2, "python": "py", "router": {"policies": ["round_robin", "cache_aware"], "cache_threshold": 0.5}}
+    run = router_run(target)
     assert run is not None and run.primary == "round_robin" and run.params["cache_threshold"] == 0.5
-    default = router_run({"replicas": 4})
+    default = router_run({"replicas": 4, "python": "py"})
     assert default is not None and default.primary == "cache_aware" and default.replicas == 4
     assert default.params["balance_abs_threshold"] == 64
 
@@ -224,7 +227,7 @@ def test_the_curve_over_replica_counts_on_a_trace(tmp_path):
 def synthetic_router(trace=None) -> RouterRun:
     """The synthetic run's router: its policies, 2 replicas, the schema's cache_aware thresholds; no trace curve
     unless asked (the whole Mooncake trace takes seconds)."""
-    run = router_run({"replicas": 2, "router": {"policies": list(POLICIES)}}, trace)
+    run = router_run({"replicas": 2, "python": "py", "router": {"policies": list(POLICIES)}}, trace)
     assert run is not None
     return run
 
