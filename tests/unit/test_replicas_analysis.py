@@ -12,7 +12,7 @@ from synthetic import POLICIES, write_replicated_run
 
 from prefixbench import OFF, ON
 from prefixbench.aggregate import EVERY_POLICY, load_records, primary_only, primary_policy, write_summary
-from prefixbench.findings.replicas import NOT_RUN, replicas_section
+from prefixbench.findings.replicas import NOT_MEASURED, NOT_RUN, replicas_section
 from prefixbench.replicas_analysis import (
     PASS_KEYS,
     ReplicaTables,
@@ -284,6 +284,9 @@ def test_a_run_without_a_router_says_not_run_and_writes_empty_tables(tmp_path):
     assert all(p.read_text() == "" for p in (out.requests, out.points, out.contrasts, out.sim, out.curve))
     s = section(out)
     assert not s.ran and s.intro == NOT_RUN
+    empty = pl.DataFrame()
+    routed = replicas_section(empty, empty, empty, empty, {"policies": ["round_robin"], "version": "0.1.17"})
+    assert not routed.ran and routed.intro == NOT_MEASURED  # a router, and nothing measured behind it: not "one server"
 
 
 def test_the_simulator_rows_and_the_sentence_on_the_synthetic_run(tmp_path):

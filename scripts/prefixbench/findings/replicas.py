@@ -23,6 +23,10 @@ NOT_RUN = (
     "Not run: this run measured one server. A target with `replicas: 2` or more puts that many identical servers "
     "behind vLLM's router and measures each routing policy of `router.policies` here."
 )
+NOT_MEASURED = (
+    "Not measured: this run's replicas ran behind vLLM's router, but no cache-on pass with a known replica was recorded "
+    "(`replica_requests.csv` is empty), so there is no policy to compare."
+)
 NO_SIMULATOR = "The policy simulator (prefixbench.routing) did not run on this run's passes: nothing is set beside them."
 
 
@@ -327,7 +331,10 @@ def intro(points: pl.DataFrame, router: Mapping[str, Any]) -> str:
 def replicas_section(
     points: pl.DataFrame, contrasts: pl.DataFrame, sim: pl.DataFrame, curve: pl.DataFrame, router: Mapping[str, Any]
 ) -> ReplicaSection:
-    """The whole section from aggregation's tables (empty tables: the run had no router)."""
+    """The whole section from aggregation's tables (empty tables: the run had no router, or `router`, the lifetime's
+    server.json `router`, says it had one and no cache-on pass was measured behind it)."""
+    if points.is_empty() and router:
+        return ReplicaSection(False, NOT_MEASURED)
     if points.is_empty():
         return ReplicaSection(False, NOT_RUN)
     words: list[str] = [prediction_words(points)]
