@@ -37,7 +37,9 @@ TIER_LIFETIMES = {"kv_notier": False, "kv_cputier": True}
 TIER_NAMES = {False: "without tier", True: "with tier"}
 DRAWS = 32  # seeded draws of the evictable order per pass: enough to see which requests it decides
 HIT_CLASSES = ("GPU hit", "CPU hit", "miss")
-TRACE_GPU_BLOCKS = (1_000, 3_000)  # GPU pools the trace curve is drawn for, in trace blocks
+# GPU pools the trace curve is drawn for, in trace blocks (the trace's own scale: its longest request is 247 blocks,
+# so every request fits and every point has the same requests); GiB of the served model's KV where known.
+TRACE_GPU_BLOCKS = (1_000, 3_000)
 TRACE_CPU_FACTORS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # CPU tiers as multiples of that GPU pool
 MIN_TTFT_SAMPLES = 4  # fewer requests in a class give a mean without an interval
 OFFLOAD_TABLE_NAMES = ("requests", "points", "draws", "ttft", "crossover", "trace")  # results/offload_{name}.csv
@@ -434,8 +436,9 @@ def trace_curve(
     prompts: Sequence[Sequence[str]], bytes_per_token: float | None, seed: int, gpu_blocks: Sequence[int] = TRACE_GPU_BLOCKS
 ) -> pl.DataFrame:
     """The trace's prefix hit rate through both tiers, one request at a time, in its own 512-token blocks: for each
-    GPU pool of `gpu_blocks` trace blocks, CPU tiers of TRACE_CPU_FACTORS x that pool; GiB from the served model's
-    KV bytes per token (None: the size in blocks only). One seeded draw of the evictable order per point."""
+    GPU pool of `gpu_blocks` trace blocks, CPU tiers of TRACE_CPU_FACTORS x that pool; GiB
+    from the served model's KV bytes per token (None: the size in blocks only). Requests larger than the GPU pool are
+    left out (counted). One seeded draw of the evictable order per point."""
     rows = []
     per_block = bytes_per_token * TRACE_BLOCK_TOKENS / 2**30 if bytes_per_token else None
     for g in gpu_blocks:

@@ -267,8 +267,13 @@ def bandwidth_words(run: OffloadRun) -> str:
     return text
 
 
+def fmt_gib(x: float) -> str:
+    """A memory size in GiB: three significant digits below 100, whole GiB above (`8.5 GiB`, `1,536 GiB`)."""
+    return f"{x:,.0f} GiB" if x >= 100 else f"{x:.3g} GiB"
+
+
 def _tier_size(r: Mapping[str, Any], gib: bool) -> str:
-    return f"{r['cpu_gib']:.3g} GiB" if gib else f"{r['cpu_trace_blocks']:,} blocks"
+    return fmt_gib(r["cpu_gib"]) if gib else f"{r['cpu_trace_blocks']:,} blocks"
 
 
 def trace_words(run: OffloadRun) -> str:
@@ -282,8 +287,10 @@ def trace_words(run: OffloadRun) -> str:
         pts = ", ".join(
             f"{_tier_size(r, gib)} {fmt_pct(r['hit_rate'])}" for r in grp.sort("cpu_trace_blocks").iter_rows(named=True)
         )
-        size = f"{g:,} trace blocks" + (f" ({grp['gpu_gib'][0]:.3g} GiB)" if gib else "")
-        parts.append(f"with a GPU pool of {size}, a CPU tier of {pts}")
+        size = f"{g:,} trace blocks" + (f" ({fmt_gib(grp['gpu_gib'][0])})" if gib else "")
+        left = int(grp["left_out"].max() or 0)  # type: ignore[arg-type]
+        out = f" ({left:,} requests larger than that pool left out)" if left else ""
+        parts.append(f"with a GPU pool of {size}{out}, a CPU tier of {pts}")
     text = (
         "For the Mooncake trace (every request, one at a time, in its own 512-token blocks; the model, not a "
         "measurement), the hit rate by the CPU tier's size: " + "; ".join(parts) + "."
