@@ -40,6 +40,7 @@ localrules:
 include: "rules/model.smk"
 include: "rules/prompts.smk"
 include: "rules/serve.smk"
+include: "rules/offload.smk"
 include: "rules/aggregate.smk"
 include: "rules/charts.smk"
 include: "rules/report.smk"
@@ -57,3 +58,4 @@ rule all:
         REGIME_TABLES,
         "results/contrasts.csv",
         "results/results.json",
+        OFFLOAD_OUTPUTS,

@@ -26,6 +26,7 @@ try:
         Path(i.shape_points),
         Path(snakemake.output[0]),
         Path(i.schema),
+        replica_csvs=(Path(i.replica_points), Path(i.replica_contrasts), Path(i.routing_sim)),
     )
 except ResultsError as exc:  # the message names every field that fails; the rule fails with it
     print(exc, file=sys.stderr)

@@ -27,6 +27,10 @@ SCENARIOS = {
     "s7_soak": "7. Soak: many requests at high concurrency",
     "s8_api_key": "Security: a planted API key",
     "s9_slurm_cancel": "9. SLURM job cancelled mid-measurement (scancel)",
+    "s10_replica_died": "10. A replica dies mid-point (behind the router)",
+    "s10_router_cannot_start": "10b. The router will not start (bad flag)",
+    "s10_unknown_policy": "10c. A routing policy the router does not know (config)",
+    "s10_replica_not_ready": "10d. A replica that never becomes ready",
 }
 
 

@@ -13,6 +13,8 @@ sent and is never written anywhere; a base URL is recorded without any user:pass
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,12 +61,26 @@ async def fetch_kv_blocks(session: aiohttp.ClientSession, base_url: str, engine:
 
 
 async def reset_prefix_cache(session: aiohttp.ClientSession, base_url: str, engine: Engine) -> str:
-    """'ok', or why not (vLLM's exists only in dev mode, which only loopback servers get)."""
+    """'ok', or why not (vLLM's exists only in dev mode, which only loopback servers get).
+
+    A 200 whose body says the reset did not happen (vLLM: blocks still held by an offload transfer) is retried for a
+    few seconds: a pass must start from an empty cache, the second tier's included (engine.cache_reset_params)."""
+    url = f"{base_url}{engine.cache_reset_path}"
+    params = dict(engine.cache_reset_params)
     try:
-        async with session.post(f"{base_url}{engine.cache_reset_path}", timeout=aiohttp.ClientTimeout(total=30)) as r:
-            return "ok" if r.status == 200 else f"HTTP {r.status}"
+        for _ in range(RESET_ATTEMPTS):
+            async with session.post(url, params=params, timeout=aiohttp.ClientTimeout(total=30)) as r:
+                if r.status != 200:
+                    return f"HTTP {r.status}"
+                if engine.cache_reset_ok(r.status, await r.text()):
+                    return "ok"
+            await asyncio.sleep(0.5)
+        return "HTTP 200 success=false"
     except aiohttp.ClientError as exc:
         return f"unavailable ({type(exc).__name__})"
+
+
+RESET_ATTEMPTS = 10  # 0.5 s apart: an offload transfer in flight finishes well within that
 
 
 @dataclass

@@ -162,4 +162,8 @@ def hardware() -> dict:
     gpu = nvidia_smi_gpus("--query-gpu=name,memory.total", "--format=csv,noheader")
     if gpu is not None:
         info["gpu"] = gpu.strip()
+        link = nvidia_smi_gpus("--query-gpu=pcie.link.gen.max,pcie.link.width.max", "--format=csv,noheader")
+        words = [w.strip() for w in (link or "").splitlines()[0].split(",")] if link and link.strip() else []
+        if len(words) == 2 and all(w.isdigit() for w in words):  # the max: the current generation drops at idle
+            info["gpu_pcie"] = {"gen": int(words[0]), "width": int(words[1])}
     return info

@@ -27,6 +27,20 @@ class MetricNames:
     step_tokens: str  # histogram: engine steps (count) and the tokens each scheduled (sum)
     preemptions: str  # counter
     cache_config: str  # info metric whose labels state the KV capacity
+    # A second KV tier (vLLM's CPU offload); "" where the engine exports no such sample.
+    external_prefix_queries: str = ""  # counter: tokens looked up in the second tier after the GPU hit
+    external_prefix_hits: str = ""  # counter: of those, tokens found there
+    offload_load_bytes: str = ""  # counter: bytes loaded back from the second tier
+    offload_load_time: str = ""  # counter: seconds spent loading them
+    offload_store_bytes: str = ""  # counter: bytes stored to the second tier
+    offload_store_time: str = ""  # counter: seconds spent storing them
+
+    @property
+    def tier_counters(self) -> tuple[str, ...]:
+        """The second tier's counters this engine names."""
+        names = (self.external_prefix_queries, self.external_prefix_hits, self.offload_load_bytes,
+                 self.offload_load_time, self.offload_store_bytes, self.offload_store_time)  # fmt: skip
+        return tuple(n for n in names if n)
 
     @property
     def histograms(self) -> tuple[str, str]:
@@ -44,7 +58,7 @@ class MetricNames:
         names = [self.prefix_queries, self.prefix_hits, self.preemptions]
         for h in self.histograms + self.engine_histograms:
             names += [f"{h}_sum", f"{h}_count"]
-        return tuple(names)
+        return (*names, *self.tier_counters)
 
 
 def parse_metrics(text: str) -> dict[str, float]:

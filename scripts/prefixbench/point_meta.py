@@ -34,6 +34,9 @@ class PointMeta:
     dropped: str | None = None  # the plan did not send this point, and why (plan.make_plan); no records
     paired: str | None = None  # the paired design it ran (prefixbench.paired: hit_miss, miss_miss), None: one arm
     engine: str | None = None  # whose metric names counters_delta holds (prefixbench.engines); read() fills it in
+    # Behind a router: one entry per pass (repeat x policy): its policy, order, wall time, each replica's and the
+    # router's counter changes, the worker order and how many requests were attributed (prefixbench.measure).
+    replica_passes: list[dict] | None = None
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
