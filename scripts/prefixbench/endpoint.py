@@ -14,7 +14,6 @@ sent and is never written anywhere; a base URL is recorded without any user:pass
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
