@@ -157,6 +157,10 @@ def test_a_replicated_point_runs_every_policy_and_attributes_every_request(tmp_p
         for k in (0, 1):  # what each replica counted is what the requests attributed to it were told
             served = [r for r in mine if r["replica"] == k]
             assert p["counters_delta_per_replica"][k][hits] == sum(r["cached_tokens"] for r in served)
+        for k in (0, 1):  # each request's place in the order its replica received the pass's requests
+            assert sorted(r["replica_seq"] for r in mine if r["replica"] == k) == list(
+                range(sum(r["replica"] == k for r in mine))
+            )
         by_replica = sorted(sum(r["replica"] == k for r in mine) for k in (0, 1))
         # round_robin alternates; consistent_hash keeps one session key on one replica
         assert by_replica == ([3, 3] if p["policy"] == "round_robin" else [0, 6]), p
