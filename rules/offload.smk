@@ -43,6 +43,7 @@ if OFFLOAD_NOT_RUN:
         script:
             "../scripts/offload.py"
 
+
 if OFFLOAD:
     OFFLOAD_ORDER = tier_order(config["seed"])  # which of the pair runs first: the seed picks
 
@@ -52,13 +53,9 @@ if OFFLOAD:
         offload_report,
         offload_all,
 
-    def offload_files(suffix):
-        return [point_path(ON, t, p, suffix) for t in TIER_LIFETIMES for p in KV_POINTS]
-
-    def offload_after(lifetime):
-        """The pair runs back to back: the second after the first (which waits for no other lifetime)."""
-        at = OFFLOAD_ORDER.index(lifetime)
-        return [server_info(ON, OFFLOAD_ORDER[at - 1])] if at else []
+    # Every point file of the pair, and each lifetime's predecessor (the second waits for the first's server.json).
+    OFFLOAD_FILES = {x: [point_path(ON, t, p, x) for t in TIER_LIFETIMES for p in KV_POINTS] for x in ("jsonl", "meta.json")}
+    OFFLOAD_AFTER = {t: [server_info(ON, OFFLOAD_ORDER[0])] if t == OFFLOAD_ORDER[1] else [] for t in OFFLOAD_ORDER}
 
     use rule server_script_kv as offload_server_script with:
         output:
@@ -75,7 +72,7 @@ if OFFLOAD:
             model=model_inputs(),
             plan=[],
             code=package_files("measure"),
-            after=offload_after("kv_notier"),
+            after=OFFLOAD_AFTER["kv_notier"],
         output:
             records=point_files("jsonl", KV_POINTS, "kv_notier"),
             meta=point_files("meta.json", KV_POINTS, "kv_notier"),
@@ -94,7 +91,7 @@ if OFFLOAD:
             model=model_inputs(),
             plan=[],
             code=package_files("measure"),
-            after=offload_after("kv_cputier"),
+            after=OFFLOAD_AFTER["kv_cputier"],
         output:
             records=point_files("jsonl", KV_POINTS, "kv_cputier"),
             meta=point_files("meta.json", KV_POINTS, "kv_cputier"),
@@ -111,8 +108,8 @@ if OFFLOAD:
         every pass's per-tier counter check and load bandwidth, TTFT per tier and prompt length, and the trace's hit
         rate against CPU memory."""
         input:
-            records=offload_files("jsonl"),
-            meta=offload_files("meta.json"),
+            records=OFFLOAD_FILES["jsonl"],
+            meta=OFFLOAD_FILES["meta.json"],
             info=[server_info(ON, t) for t in TIER_LIFETIMES],
             prompts=KV_PROMPTS,
             model=model_inputs(),
@@ -149,7 +146,7 @@ if OFFLOAD:
         conda:
             "../envs/pipeline.yaml"
         params:
-            outdir="results/charts",
+            outdir=lambda w, output: os.path.dirname(output[0]),
         script:
             "../scripts/offload.py"
 
