@@ -128,3 +128,14 @@ def test_a_cache_reset_that_vllm_refused_is_not_taken_for_done():
     assert not VLLM.cache_reset_ok(200, '{"success": false}')  # blocks still held: retry
     assert not VLLM.cache_reset_ok(404, "")
     assert dict(VLLM.cache_reset_params) == {"reset_external": "true"}  # the CPU tier is cleared too
+
+
+def test_the_second_tiers_counters_are_kept_when_a_server_exports_them():
+    from prefixbench.metrics import counter_delta
+
+    assert VLLM.metrics.external_prefix_hits in VLLM.metrics.counters
+    before = {VLLM.metrics.prefix_hits: 10.0}
+    after = {VLLM.metrics.prefix_hits: 30.0, VLLM.metrics.external_prefix_hits: 64.0}
+    delta = counter_delta(before, after, VLLM.metrics)
+    assert delta[VLLM.metrics.external_prefix_hits] == 64 and delta[VLLM.metrics.prefix_hits] == 20
+    assert VLLM.metrics.offload_store_bytes not in counter_delta(before, after, VLLM.metrics)  # not exported: absent

@@ -33,6 +33,14 @@ METRICS = MetricNames(
     step_tokens="vllm:iteration_tokens_total",
     preemptions="vllm:num_preemptions_total",
     cache_config="vllm:cache_config_info",
+    # The second KV tier (--kv-offloading-size; vLLM 0.26: v1/metrics/loggers.py and the OffloadingConnector's
+    # offloading/metrics.py, counters, so `_total`); a server without the tier exports none of them.
+    external_prefix_queries="vllm:external_prefix_cache_queries_total",
+    external_prefix_hits="vllm:external_prefix_cache_hits_total",
+    offload_load_bytes="vllm:kv_offload_load_bytes_total",
+    offload_load_time="vllm:kv_offload_load_time_total",
+    offload_store_bytes="vllm:kv_offload_store_bytes_total",
+    offload_store_time="vllm:kv_offload_store_time_total",
 )
 
 
