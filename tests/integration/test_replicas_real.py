@@ -206,6 +206,19 @@ def kill_replica_when(log: Path, measured: int, killed: dict, timeout_s: float =
     killed |= {"t": time.monotonic(), "pids": len(pids)}
 
 
+def router_summary(line: str) -> str:
+    """The router's retries and per-replica outcomes from the error's counters line (ServerError of Fleet.died)."""
+    import ast
+    import re
+
+    counters = ast.literal_eval(line.split(": ", 1)[1]) if "{" in line else {}
+    parts = [f"{int(v)} retries" for k, v in counters.items() if k.startswith("vllm_router_retries_total")]
+    for k, v in sorted(counters.items()):
+        if m := re.match(r'vllm_router_cb_outcomes_total\{outcome="(\w+)",worker="(\d+)"\}', k):
+            parts.append(f"replica {m.group(2)}: {int(v)} {m.group(1)}")
+    return "; ".join(parts) or "no counters"
+
+
 def test_a_replica_killed_mid_point(tmp_path, smollm2_dir, reliability):
     """Replica 1 is killed (every process of it) after it logged 2 measured requests: the pass ends, every request is
     recorded (ok, or failed with its error) with its replica where one logged it, and a ServerError names the dead
@@ -235,12 +248,12 @@ def test_a_replica_killed_mid_point(tmp_path, smollm2_dir, reliability):
         f"SIGKILL to every process of replica 1 of 2 (round_robin) after it logged 2 of the pass's {sent} requests",
         {
             "time to detect (s)": round(detect, 1),
-            "error": first[:160],
+            "error": first.split(": ", 1)[0] + ": " + first.split(": ", 1)[1].split(";")[0],
             "requests accounted": f"{len(journal)} of {sent} sent",
             "ok": len(ok),
             "failed": len(failed),
-            "failed errors": sorted({(r["error"] or "")[:60] for r in failed}) or "none",
-            "router": str(exc.value).splitlines()[2][:200],
+            "failed errors": ", ".join(sorted({(r["error"] or "").split(" <")[0][:80] for r in failed})) or "none",
+            "the router over the pass": router_summary(str(exc.value).splitlines()[2]),
             "processes left": len(left),
         },
     )
@@ -304,13 +317,13 @@ def test_a_router_that_will_not_start(tmp_path, reliability, case):
     else:
         assert spec.binary in first and not journal
     reliability(
-        f"s10_router_{case}",
+        "s10_router_cannot_start" if case == "bad_flag" else "s10_router_no_binary",
         "",
         "the second router start gets an unknown flag (--no-such-flag)"
         if case == "bad_flag"
         else "router.binary names a vllm-router that does not exist",
         {
-            "error": first[:160],
+            "error": first,
             "run stopped after (s, incl. 2 fake replicas' start)": round(detect, 1),
             "records kept in the journal": f"{len(journal)}" + (" (the first policy's pass, each attributed)" if journal else ""),
             "processes left": len(left),
