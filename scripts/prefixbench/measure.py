@@ -542,11 +542,10 @@ async def measure_point(
         peak_kv_cache_usage=sampler.peak_kv_usage,
         memory_samples=sampler.samples,
         paired=settings.paired if paired else None,
+        # every pass under every policy, beside the primary's totals (which every existing analysis reads)
+        replica_passes=[r.replica_pass() for r in passes] if fleet else None,
     )
     meta.write(point.meta_path)
-    if fleet:  # every pass under every policy, beside the primary's totals (which every existing analysis reads)
-        raw = json.loads(point.meta_path.read_text())
-        point.meta_path.write_text(json.dumps(raw | {"replica_passes": [r.replica_pass() for r in passes]}, indent=2))
     for policy, tally in counts.items():
         if tally["failed"] > settings.max_failed_fraction * sent:
             under = f" under policy {policy}" if policy else ""
