@@ -35,7 +35,13 @@ cfg = yaml.safe_load(open(sys.argv[1]))
 bench = cfg["benchmark"]
 slots = slot_order(bench.get("instances", 1), cfg["seed"])
 has_kv = any(s.get("kind") == "kv_overflow" for s in (cfg.get("shapes") or {}).values())
-print("\n".join((["results/calibration.json"] if bench.get("time_budget_s") else []) + server_infos(slots, kv_order(slots) if has_kv else [])))
+main = (["results/calibration.json"] if bench.get("time_budget_s") else []) + server_infos(slots, kv_order(slots) if has_kv else [])
+# The second KV tier's pair of lifetimes (rules/offload.smk), in the seed's order; OFFLOAD_ONLY=1 measures just them.
+import os
+from prefixbench.offload import tier_order
+offload = has_kv and (cfg["targets"].get(cfg["target"]) or {}).get("kv_offload")
+tiers = [f"results/raw/with_prefix_cache/{t}/server.json" for t in tier_order(cfg["seed"])] if offload else []
+print("\n".join(tiers if os.environ.get("OFFLOAD_ONLY") else main + tiers))
 PY
 )
 
@@ -56,7 +62,7 @@ if [[ -n "${RESTORE:-}" && ! -f results/.restored ]]; then
 fi
 # Every prompt file and server script first (CPU work: building the small-KV prompts took 2 min on the H200 host),
 # so the lifetimes' durations are the servers' alone.
-"${smk[@]}" --omit-from calibrate measure measure_kv -- "${jobs[@]}" >> results/logs/device_sweep.log 2>&1 \
+"${smk[@]}" --omit-from calibrate measure measure_kv offload_measure_notier offload_measure_cputier -- "${jobs[@]}" >> results/logs/device_sweep.log 2>&1 \
   || { echo "[$name] preparing prompts failed"; tail -n 15 results/logs/device_sweep.log; }
 if [[ -f results/.restored && ! -f results/.touched ]]; then
   mapfile -t restored < <(finished_jobs)
@@ -72,6 +78,7 @@ last_of() { { grep -E "$1" results/logs/device_sweep_times.txt 2>/dev/null || tr
 guess_for() {
   local job=$1 kind='/i[0-9]+/server.json' first=${FIRST_LIFETIME_GUESS_S:-300} mode
   [[ $job == */kv/* ]] && kind='/kv/server.json' first=${FIRST_KV_GUESS_S:-150}
+  [[ $job == */kv_*tier/* ]] && kind='/kv_[a-z]*tier/server.json' first=${FIRST_KV_GUESS_S:-150}
   mode=$(cut -d/ -f3 <<< "$job")
   local same; same=$(last_of "/$mode$kind took")
   local any; any=$(last_of "$kind took")

@@ -29,6 +29,7 @@ SCENARIOS = {
     "s9_slurm_cancel": "9. SLURM job cancelled mid-measurement (scancel)",
     "s10_replica_died": "10. A replica dies mid-point (behind the router)",
     "s10_router_cannot_start": "10b. The router will not start (bad flag)",
+    "s10_router_no_binary": "10b'. The router will not start (no vllm-router binary)",
     "s10_unknown_policy": "10c. A routing policy the router does not know (config)",
     "s10_replica_not_ready": "10d. A replica that never becomes ready",
 }
