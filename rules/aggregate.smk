@@ -1,6 +1,6 @@
 # A replicated target (replicas behind vLLM's router, issue 23): its policies, and the tables of the Across-replicas
 # analysis (prefixbench.replicas_analysis); None for one server, whose replica tables are empty files.
-from prefixbench.replicas_analysis import TRACE as ROUTING_TRACE, router_run  # noqa: E402
+from prefixbench.router_run import TRACE as ROUTING_TRACE, router_run  # noqa: E402
 
 ROUTER = None if ENDPOINT_MODE else router_run(TARGET)
 

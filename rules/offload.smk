@@ -5,7 +5,7 @@
 # (prefixbench.offload), its charts (prefixbench.charts_offload) and its report section (prefixbench.findings.offload).
 from prefixbench import ON
 from prefixbench.chart_specs import EXTENSIONS
-from prefixbench.offload import OFFLOAD_CHART_NAMES, OFFLOAD_TABLE_NAMES, TIER_LIFETIMES, not_run_reason, tier_order
+from prefixbench.offload_plan import OFFLOAD_CHART_NAMES, OFFLOAD_TABLE_NAMES, TIER_LIFETIMES, not_run_reason, tier_order
 
 KV_OFFLOAD = None if ENDPOINT_MODE else pbconfig.kv_offload(TARGET)
 OFFLOAD = bool(KV_OFFLOAD and KV_SPEC)

