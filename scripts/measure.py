@@ -70,14 +70,14 @@ if p.endpoint:
     )
 else:
     # A replicated target (config.replica_settings): every replica's log beside the lifetime's server log (which then
-    # names them), the router's too; each replica's cores or GPU from what this job was given.
+    # names them), the router's too; each replica's cores (of those this job may run on) or GPU (of CUDA_VISIBLE_DEVICES).
     rep = dict(p.replicas or {})
     replicas = None
     if rep.get("count", 1) > 1:
         server_log = Path(snakemake.log.server)
         router = dict(rep["router"])
         replicas = ReplicaPlan(
-            envs=replica_envs(rep["kind"], rep["count"], rep["gpus"], len(os.sched_getaffinity(0))),
+            envs=replica_envs(rep["kind"], rep["count"], rep["gpus"], sorted(os.sched_getaffinity(0))),
             log_paths=[server_log.with_name(f"{server_log.stem}_r{k}.log") for k in range(rep["count"])],
             router=RouterSpec(**router | {"policies": tuple(router["policies"]), "extra_args": tuple(router["extra_args"])}),
             router_log=server_log.with_name(server_log.name.replace("server_", "router_", 1)),

@@ -405,13 +405,44 @@ class PassResult:
     attributed: int = 0
     unattributed: int = 0
     worker_order: list[int] | None = None  # the router's order of the replicas in this pass (its GET /workers)
+    memory: dict = field(default_factory=dict)  # behind a router: the pass's memory peaks (sampled_memory)
 
     def replica_pass(self) -> dict:
         """The point meta's `replica_passes` entry."""
         return {"repeat": self.repeat, "policy": self.policy, "order": self.order, "wall_s": self.wall_s,
                 "counters_delta_per_replica": self.per_replica, "router_counters_delta": self.router,
                 "attributed": self.attributed, "unattributed": self.unattributed,
-                "worker_order": self.worker_order}  # fmt: skip
+                "worker_order": self.worker_order} | self.memory  # fmt: skip
+
+
+def sampled_memory(sampler: Sampler, target: MeasuredTarget) -> dict:
+    """A sampler's peaks as the point meta names them; behind a router also each replica's peak KV-cache usage (where
+    the sampler keeps it per server)."""
+    out = {
+        "peak_server_rss_gib": sampler.peak_rss_bytes / 2**30 if target.local else None,
+        "peak_gpu_mem_mib": sampler.peak_gpu_mem_mib,
+        "peak_kv_cache_usage": sampler.peak_kv_usage,
+        "memory_samples": sampler.samples,
+    }
+    per_server = getattr(sampler, "peak_kv_usage_per_server", None)
+    return out | (
+        {"peak_kv_cache_usage_per_replica": list(per_server)} if per_server is not None and len(target.servers) > 1 else {}
+    )
+
+
+def peak_memory(passes: Sequence[dict]) -> dict:
+    """The point's memory fields from its passes' (the primary policy's): the highest peaks, every sample counted."""
+
+    def peak(key: str) -> float | None:
+        values = [p[key] for p in passes if p.get(key) is not None]
+        return max(values) if values else None
+
+    return {
+        "peak_server_rss_gib": peak("peak_server_rss_gib"),
+        "peak_gpu_mem_mib": peak("peak_gpu_mem_mib"),
+        "peak_kv_cache_usage": peak("peak_kv_cache_usage"),
+        "memory_samples": sum(p.get("memory_samples", 0) for p in passes),
+    }
 
 
 def point_prompts(point: Point) -> list[dict]:
@@ -474,7 +505,11 @@ async def measure_point(
         point.records_path.open("w") as fh,
         tqdm(total=per_pass * settings.repeats * n_policies, file=sys.stderr, mininterval=2, desc=desc) as bar,
         RecordWriter([fh, journal], written) as writer,
-        Sampler(members, settings.sample_interval_s, api_key(settings), gpu=members.local) as sampler,
+        # One server: memory sampled over the whole point. Behind a router: over each pass (sampled_memory), so that
+        # each policy's peaks are its own and the point's are the primary policy's, as its other totals.
+        Sampler(members, settings.sample_interval_s, api_key(settings), gpu=members.local)
+        if not fleet
+        else contextlib.nullcontext() as point_sampler,
     ):
         for repeat in range(settings.repeats):
             policies = fleet.policies(context["mode"], repeat, instance) if fleet else [None]
@@ -507,12 +542,20 @@ async def measure_point(
                     return out
 
                 keys = session_keys(prompts, sends) if fleet else {}
-                with pass_target(server, policy) as target:
+                with (
+                    pass_target(server, policy) as target,
+                    Sampler(members, settings.sample_interval_s, api_key(settings), gpu=members.local)
+                    if fleet
+                    else contextlib.nullcontext() as pass_sampler,
+                ):
                     cfg = replace(client_config(target, model, settings), id_prefix=pass_id(id_token, point, repeat, policy),
                                   session_keys=keys)  # fmt: skip
                     result = await measure_pass(target, fleet, cfg, point, prompts, sends, settings,
                                                 (repeat, policy, order), record, writer, tally)  # fmt: skip
-                passes.append(replace(result, worker_order=fleet.starts[-1]["worker_order"]) if fleet else result)
+                if fleet:
+                    memory = sampled_memory(cast(Sampler, pass_sampler), members)
+                    result = replace(result, worker_order=fleet.starts[-1]["worker_order"], memory=memory)
+                passes.append(result)
     primary = [r for r in passes if r.policy == (fleet.spec.primary if fleet else None)]
     deltas = [r.delta for r in primary]
     delta = {k: sum(d.get(k, 0.0) for d in deltas) for k in {k for d in deltas for k in d}}
@@ -537,10 +580,7 @@ async def measure_point(
         counters_delta=delta,
         counters_delta_per_repeat=deltas,
         measured_hit_rate=m.hit_rate(delta, members.engine.metrics),
-        peak_server_rss_gib=sampler.peak_rss_bytes / 2**30 if members.local else None,
-        peak_gpu_mem_mib=sampler.peak_gpu_mem_mib,
-        peak_kv_cache_usage=sampler.peak_kv_usage,
-        memory_samples=sampler.samples,
+        **(peak_memory([r.memory for r in primary]) if fleet else sampled_memory(cast(Sampler, point_sampler), members)),
         paired=settings.paired if paired else None,
         # every pass under every policy, beside the primary's totals (which every existing analysis reads)
         replica_passes=[r.replica_pass() for r in passes] if fleet else None,

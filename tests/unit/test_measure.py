@@ -165,7 +165,10 @@ def test_a_replicated_point_runs_every_policy_and_attributes_every_request(tmp_p
         # round_robin alternates; consistent_hash keeps one session key on one replica
         assert by_replica == ([3, 3] if p["policy"] == "round_robin" else [0, 6]), p
     # The point's own totals are the primary policy's only, so every existing analysis reads what it did before.
+    # memory sampled per pass: each policy's peaks its own, the point's those of the primary policy's passes
+    assert all(p["memory_samples"] >= 1 and p["peak_kv_cache_usage"] == 0.01 for p in passes)
     primary = [p for p in passes if p["policy"] == "round_robin"]
+    assert meta["memory_samples"] == sum(p["memory_samples"] for p in primary)
     assert meta["counters_delta"][hits] == sum(sum(d[hits] for d in p["counters_delta_per_replica"]) for p in primary)
     assert meta["requests_sent"] == 12 and meta["requests_ok"] == 12
     info = json.loads((tmp_path / "server.json").read_text())
