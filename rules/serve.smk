@@ -51,7 +51,8 @@ if PLAN_FILE:
 
     rule calibrate:
         """A server start before the measured ones: times cold requests, plans the sweep to the time budget,
-        and leaves the compile caches warm for both cache settings."""
+        and leaves the compile caches warm for both cache settings (a replicated target: one server, on the first
+        replica's cores or GPU)."""
         input:
             script=SERVER_FILE.format(mode="no_prefix_cache"),
             prompts=MAIN_PROMPTS,
@@ -76,6 +77,7 @@ if PLAN_FILE:
             host=config["server"]["host"],
             ready_timeout_s=config["server"]["ready_timeout_s"],
             served_name=MODEL["served_name"],
+            replicas=asdict(REPLICA_SETTINGS),
         script:
             "../scripts/calibrate.py"
 

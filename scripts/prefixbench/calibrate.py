@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .client import ClientConfig, record_dict, run_closed_loop
@@ -46,12 +46,16 @@ def calibrate(
     points: Sequence[tuple[str, int, int, float]],
     budget_s: float | None,
     engine: str,
+    env: Mapping[str, str] | None = None,
 ) -> dict:
-    """Start the cache-off server, time cold requests of the regimes' lengths, and plan the sweep."""
+    """Start the cache-off server, time cold requests of the regimes' lengths, and plan the sweep. A replicated target
+    calibrates one server with the first replica's `env` (its cores or GPU): the plan sizes each pass as one replica
+    would serve it, and a cache-on lifetime runs a pass per routing policy, so it takes up to that many times the plan's
+    estimate (the plan does not know the router)."""
     prompts = {p.stem: read_prompts(p) for p in prompt_paths}
     lengths = sorted({SHORT_PROMPT_TOKENS} | {max(r["prompt_len_tokens"] for r in rs) for rs in prompts.values()})
     eng = engine_for(engine)
-    with ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings), engine=eng) as server:
+    with ManagedServer(script, host, log_path, ready_timeout_s, api_key=api_key(settings), engine=eng, env=env) as server:
         cfg = ClientConfig.of(server.base_url, model, settings, eng)
         asyncio.run(time_cold_requests(cfg, [SHORT_PROMPT_TOKENS], per_length=1))  # first request: lazy init
         records = asyncio.run(time_cold_requests(cfg, lengths))

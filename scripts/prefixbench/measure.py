@@ -750,7 +750,7 @@ def measure_points(
         print(
             f"[prefixbench] {name} point {i}/{len(points)}: {point.regime} reuse {point.reuse_pct}% "
             f"{point.label}: {meta.requests_ok}/{meta.requests_sent} ok in {meta.wall_s:.1f} s"
-            + (f" ({len(fleet.policies(mode, 0, instance))} policies)" if fleet else "")
+            + (f" (policies: {', '.join(fleet.policies(mode, 0, instance))})" if fleet else "")
             + f"; elapsed {fmt_duration(time.monotonic() - t0)}, about {fmt_duration(eta.remaining_s())} left",
             flush=True,
         )
