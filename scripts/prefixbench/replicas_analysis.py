@@ -10,6 +10,11 @@ tell apart where reuse is lost:
 - *delivered*: measured (the replicas' `cached_tokens`) and predicted (each replica's requests replayed with its real
   KV capacity and the requests' actual send and end times: shapes.results.with_predictions, as for one server).
 
+A replica's cache (kept and predicted) is replayed in the order that replica received its requests (the records'
+`replica_seq`, from its request log; shapes.results.arrival_starts), not the order they were sent: the router can
+swap two requests sent a millisecond apart (cache_aware has every worker tokenize each request first), and then the
+later-sent one computes the shared blocks. The traffic's one cache keeps the send order.
+
 Every replay is kvcache's model. An "unlimited" cache is one with a block for every block the pass's requests hold:
 it never evicts (a cached block reaches the head of the free queue only after every other block was taken once), so
 it equals kvcache.replay with shapes.common.UNLIMITED_BLOCKS at a cost in proportion to the pass, not to a million.
@@ -50,6 +55,7 @@ REQUEST_COLUMNS = [
     "request_index",
     "request_id",
     "replica",
+    "replica_seq",
     "replica_unknown",
     "session_key",
     "kv_blocks",
@@ -108,11 +114,11 @@ def replica_requests(records: pl.DataFrame, hashes: Mapping[tuple, Sequence[str]
             routed = routed.with_columns(pl.lit(None, dtype=dtype).alias(col))
     routed = routed.with_row_index("_row")
 
-    def unlimited(grp: pl.DataFrame) -> list:
-        return replayed(grp, hashes, block_size, unlimited_blocks(grp, block_size), HASH_KEY)[0]
+    def unlimited(grp: pl.DataFrame, arrival: bool = False) -> list:
+        return replayed(grp, hashes, block_size, unlimited_blocks(grp, block_size), HASH_KEY, arrival)[0]
 
-    traffic = per_group(routed, PASS_KEYS, unlimited)
-    kept = per_group(routed, CACHE_KEYS, lambda g: [None] * g.height if g["replica"][0] is None else unlimited(g))
+    traffic = per_group(routed, PASS_KEYS, unlimited)  # one cache in front of the router: the send order
+    kept = per_group(routed, CACHE_KEYS, lambda g: [None] * g.height if g["replica"][0] is None else unlimited(g, True))
     out = (
         with_predictions(routed, hashes, block_size, CACHE_KEYS, HASH_KEY)
         .sort("_row")
@@ -374,6 +380,7 @@ def simulated_pass(grp: pl.DataFrame, sim: Simulator, order: str | None) -> dict
             pl.Series("replica", where, dtype=pl.Int64),
             pl.Series("kv_blocks", [kv.get(r, fallback) for r in where], dtype=pl.Int64),
             pl.lit(None, dtype=pl.String).alias("replica_unknown"),
+            pl.lit(None, dtype=pl.Int64).alias("replica_seq"),  # the measured arrival order is another replica's
         )
         main = replica_requests(routed, sim.hashes, sim.block_size).filter(main_arm_filter() & (pl.col("status") == "ok"))
         prompt = float(main["prompt_tokens"].sum())

@@ -33,7 +33,7 @@ from prefixbench.replicas_analysis import (
     write_replica_tables,
 )
 from prefixbench.results_file import Setup, build_results, validate
-from prefixbench.shapes.results import replayed
+from prefixbench.shapes.results import arrival_starts, replayed
 
 B = 4  # block size of the hand-worked cases: a 10-token prompt has 2 full blocks, both cacheable (8 tokens)
 DOCS = {"A": ["a1", "a2"], "B": ["b1", "b2"], "C": ["c1", "c2"]}
@@ -82,6 +82,35 @@ def test_a_replica_too_small_for_two_documents_delivers_less_than_routing_kept()
     assert small["predicted_cached_tokens"].to_list() == [0, 0, 0, 0, 0, 8]
     roomy = replica_requests(hand_records(docs, kv_blocks=64), hand_hashes(docs), B)
     assert roomy["predicted_cached_tokens"].to_list() == [0, 0, 0, 0, 8, 8]
+
+
+def test_a_replica_replays_its_requests_in_the_order_it_received_them():
+    """Two requests of one replica sent 1 ms apart share document A's first block (their second blocks differ) and
+    overlap. The router swapped them (cache_aware tokenizes each on every worker first): the replica's log has the
+    later-sent one first (replica_seq 0), so it computed a1 and the earlier-sent one hit it (4 tokens), as measured.
+    Replayed in send order the model would say the opposite: the earlier-sent one computes, the later one hits."""
+    recs = hand_records("AA").with_columns(
+        pl.Series("start_s", [0.000, 0.001]),
+        pl.lit(0).alias("replica"),
+        pl.Series("replica_seq", [1, 0]),
+        pl.Series("cached_tokens", [4, 0]),
+    )
+    h = {("pool", 100, 0): ["a1", "x2"], ("pool", 100, 1): ["a1", "y2"]}
+    req = replica_requests(recs, h, B)
+    assert req["predicted_cached_tokens"].to_list() == [4, 0] == req["cached_tokens"].to_list()
+    assert req["kept_cached_tokens"].to_list() == [4, 0]  # the replica's own unlimited cache: the same order
+    assert req["traffic_cached_tokens"].to_list() == [0, 4]  # one cache in front of the router: the send order
+    assert req["replica_seq"].to_list() == [1, 0]
+    sent = replica_requests(recs.drop("replica_seq"), h, B)  # no arrival order recorded: the send order
+    assert sent["predicted_cached_tokens"].to_list() == [0, 4]
+
+
+def test_arrival_starts_are_the_running_maximum_of_send_times_in_arrival_order():
+    # Arrival order 1, 0, 2 (sent at 1 ms, 0 ms, 0.5 ms): none can reach the replica before the one received ahead of
+    # it was sent; a row without a place keeps its send time and comes last.
+    order, starts = arrival_starts([1, 0, 2, None], [0.000, 0.001, 0.0005, 0.3])
+    assert order == [1, 0, 2, 3] and starts == [0.001, 0.001, 0.001, 0.3]
+    assert arrival_starts([0, 1], [0.0, 0.2]) == ([0, 1], [0.0, 0.2])  # in send order: unchanged
 
 
 def test_the_unlimited_size_replays_as_a_million_blocks_does():
@@ -185,6 +214,16 @@ def test_the_simulator_beside_the_measurement_round_robin_exactly():
     assert row["sim_kept_hit_rate"] == row["sim_predicted_hit_rate"] == pytest.approx(16 / 60)
     assert row["sim_requests_per_replica"] == "6/6"  # both passes, as the measured table counts
     assert row["predicted_within"] == "yes" and row["kept_within"] == "yes"  # a zero-width interval holds it exactly
+    # The measured passes' arrival order belongs to the router's replicas, not the simulator's: it is not used there.
+    # (Overlapping requests in a one-request cache, where the order decides which are placed at all.)
+    tight = req.with_columns(pl.col("start_s") * 0.1, pl.lit(4).alias("kv_blocks"))
+    reversed_seq = tight.with_columns((10 - pl.col("request_index")).alias("replica_seq"))
+    assert routing_sim(reversed_seq, pts, pl.DataFrame(), sim).row(0, named=True) == routing_sim(
+        tight, pts, pl.DataFrame(), sim
+    ).row(0, named=True)
+    assert replica_requests(reversed_seq, hand_hashes(docs), B)["predicted_cached_tokens"].to_list() != (
+        replica_requests(tight, hand_hashes(docs), B)["predicted_cached_tokens"].to_list()
+    )  # where the order is the replica's own, it decides
     # The router's worker order reversed (its GET /workers lists replica 1 first): request 0 goes to replica 1.
     passes = pl.DataFrame({c: [req[c][0]] * 2 for c in PASS_KEYS if c != "repeat"}).with_columns(
         pl.Series("repeat", [0, 1]), pl.lit("1/0").alias("worker_order")

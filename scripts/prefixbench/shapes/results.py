@@ -52,25 +52,58 @@ def salted(hashes: tuple[str, ...], salt: str) -> tuple[str, ...]:
     return tuple(f"{salt}|{h}" for h in hashes)
 
 
+def arrival_starts(seqs: Sequence[int | None], starts: Sequence[float | None]) -> tuple[list[int], list[float | None]]:
+    """One replica's requests in the order it received them, and when each reached it, as far as the client's clock
+    can say: the rows' positions by `replica_seq` (their place in the replica's request log; rows without one after,
+    at their send times), and each row's start as the latest send time among it and every request the replica
+    received before it.
+
+    Behind a router the order a replica receives requests is not the order they were sent: cache_aware first has
+    every worker tokenize a request, so of two requests sent a millisecond apart the later one can reach the replica
+    first, compute the shared blocks, and the earlier one hits them. A request cannot reach a replica before it was
+    sent, nor before one the replica received ahead of it, so its start is the running maximum of the send times in
+    arrival order: never earlier than its own send, monotone in arrival order (replay_detail breaks a tie in time by
+    the requests' order, which this is). Ends stay the client's."""
+    known = sorted((n for n, s in enumerate(seqs) if s is not None), key=lambda n: seqs[n])  # type: ignore[arg-type,return-value]
+    out = list(starts)
+    latest: float | None = None
+    for n in known:
+        if starts[n] is not None:
+            latest = starts[n] if latest is None else max(latest, starts[n])  # type: ignore[type-var]
+            out[n] = latest
+    return known + [n for n, s in enumerate(seqs) if s is None], out
+
+
 def replayed(
-    grp: pl.DataFrame, hashes: Mapping[tuple, Sequence[str]], block_size: int, num_blocks: int, hash_key: Sequence[str]
+    grp: pl.DataFrame,
+    hashes: Mapping[tuple, Sequence[str]],
+    block_size: int,
+    num_blocks: int,
+    hash_key: Sequence[str],
+    arrival: bool = False,
 ) -> tuple[list[int | None], list[str | None]]:
     """One cache's requests (one pass of one server, or of one replica) replayed through kvcache.replay_detail with
     their actual send and end times and `num_blocks` blocks: each row's predicted cached tokens, and why a row the
     model could not place has none. Rows are keyed by position, so two arms of a paired pass that send the same
-    prompt stay two requests."""
+    prompt stay two requests. `arrival`: one replica's cache behind a router, replayed in the order the replica
+    received its requests (arrival_starts, from the records' `replica_seq`) rather than the order they were sent."""
+    rows = list(grp.iter_rows(named=True))
+    sent = [r["start_s"] for r in rows]
+    order, starts = arrival_starts([r.get("replica_seq") for r in rows], sent) if arrival else (list(range(len(rows))), sent)
     reqs = [
         Request(
             n,
             salted(h, f"salt{n}") if r.get("arm") in SALTED else h,
             r["prompt_tokens"] or 0,
             r["completion_tokens"] or 1,
-            r["start_s"] or 0.0,
-            (r["start_s"] or 0.0) + (r["e2e_s"] or 0.0),
+            min(starts[n] or 0.0, end),  # a replayed request never starts after its own end
+            end,
         )
-        for n, r in enumerate(grp.iter_rows(named=True))
+        for n in order
+        for r in [rows[n]]
         if r["prompt_tokens"]  # a request that never reached the engine holds no blocks
         for h in [tuple(hashes.get(tuple(r[k] for k in hash_key), ()))]
+        for end in [(r["start_s"] or 0.0) + (r["e2e_s"] or 0.0)]
     ]
     got, unplaced = replay_detail(reqs, num_blocks, block_size)
     return [got.get(n) for n in range(grp.height)], [unplaced.get(n) for n in range(grp.height)]
@@ -101,7 +134,7 @@ def with_predictions(
         elif blocks.is_empty():
             predicted = [None] * grp.height
         else:
-            predicted, reasons = replayed(grp, hashes, block_size, int(blocks[0]), hash_key)
+            predicted, reasons = replayed(grp, hashes, block_size, int(blocks[0]), hash_key, arrival="replica" in keys)
         parts.append(
             grp.with_columns(
                 pl.Series("predicted_cached_tokens", predicted, dtype=pl.Int64),
