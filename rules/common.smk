@@ -79,7 +79,11 @@ REPORT_TEMPLATE = config.get("report_template") or os.path.join(
     SCRIPTS_DIR, "prefixbench", "templates", "prefix_caching_results.md.j2"
 )
 # prefixbench.chart_specs registers them; a chart of one shape kind (kv_capacity, trace_capacity) only where the run has it
-CHART_NAMES = chart_names(rates=bool(RATES), shapes={s.kind for s in SHAPES.values()})
+CHART_NAMES = chart_names(
+    rates=bool(RATES),
+    shapes={s.kind for s in SHAPES.values()},
+    router=not ENDPOINT_MODE and REPLICA_SETTINGS.replicated,
+)
 CHARTS = chart_files(CHART_NAMES)
 
 
