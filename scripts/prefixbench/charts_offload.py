@@ -98,12 +98,12 @@ def _hit_panel(agg: pl.DataFrame, x: alt.X, color: alt.Color, rules: pl.DataFram
     ]
     base = alt.Chart(agg)
     return alt.layer(
-        base.mark_area(opacity=0.15).encode(x=x, y=alt.Y("lo:Q"), y2="hi:Q", color=_tier_color(legend=False)),
-        base.mark_line(strokeDash=[6, 3]).encode(x=x, y=alt.Y("predicted:Q"), color=_tier_color(legend=False)),
+        base.mark_area(opacity=0.15).encode(x=x, y=alt.Y("lo:Q"), y2="hi:Q", color=color),
+        base.mark_line(strokeDash=[6, 3]).encode(x=x, y=alt.Y("predicted:Q"), color=color),
         base.mark_point(filled=True, size=80, opacity=1).encode(x=x, y=y, color=color, tooltip=tips),
         base.transform_filter("datum.cpu > 0")
         .mark_point(shape="diamond", size=70, filled=False)
-        .encode(x=x, y=alt.Y("cpu:Q"), color=_tier_color(legend=False), tooltip=tips),
+        .encode(x=x, y=alt.Y("cpu:Q"), color=color, tooltip=tips),
         alt.Chart(rules)
         .mark_rule(color="black", strokeDash=[2, 2])
         .encode(x="working_set:Q", tooltip=[_tip("what:N", "capacity"), _tip("working_set:Q", "x GPU pool", ".3g")]),
