@@ -14,6 +14,8 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
+from .shapes import SHAPES
+
 RATE_WORDS = {
     "traffic_hit_rate": "in the traffic",
     "kept_hit_rate": "kept by the routing",
@@ -30,14 +32,32 @@ def note(text: str, title: str) -> alt.Chart:
     )
 
 
+# The tables' number columns: read back from CSV, a column empty in every row (no interval from one pass, no peak
+# KV usage recorded) reads as text, and arithmetic or a quantitative axis on it fails.
+NUMBERS = [f"{r}_hit_{k}" for r in ("traffic", "kept", "predicted", "measured") for k in ("rate", "lo", "hi")]
+NUMBERS += ["ttft_mean_s", "ttft_lo_s", "ttft_hi_s", "ttft_p50_s", "ttft_p90_s", "prompt_tokens", "load_imbalance"]
+NUMBERS += ["traffic_hit_rate", "kept_hit_min", "kept_hit_max", "request_rate"]
+
+
+def as_numbers(df: pl.DataFrame) -> pl.DataFrame:
+    """The number columns as floats, however the CSV reader typed them (NUMBERS)."""
+    return df.with_columns(pl.col(c).cast(pl.Float64, strict=False) for c in dict.fromkeys(NUMBERS) if c in df.columns)
+
+
 def point_label(points: pl.DataFrame) -> pl.DataFrame:
-    """A `point` column naming each point (regime, reuse for a regime, load), and `point_order` for its sort."""
+    """A `point` column naming each point as the report does: the regime or shape, a regime's reuse level, the load."""
     load = (
         pl.when(pl.col("request_rate") > 0)
         .then(pl.format("open loop {} req/s", pl.col("request_rate")))
         .otherwise(pl.format("c={}", pl.col("concurrency")))
     )
-    return points.with_columns(pl.format("{} {}% {}", pl.col("regime"), pl.col("reuse_pct"), load).alias("point"))
+    shaped = pl.col("workload").is_in(list(SHAPES)) if "workload" in points.columns else pl.lit(False)
+    name = (
+        pl.when(shaped)
+        .then(pl.format("{} {}", pl.col("regime"), load))
+        .otherwise(pl.format("{} reuse {}% {}", pl.col("regime"), pl.col("reuse_pct"), load))
+    )
+    return points.with_columns(name.alias("point"))
 
 
 def point_sort(df: pl.DataFrame) -> list[str]:
@@ -62,20 +82,27 @@ def hit_panel(points: pl.DataFrame, policies: list[str], rows: list[str]) -> alt
         scale=alt.Scale(domain=series, range=[*RATE_COLORS, "black"]),
         legend=alt.Legend(orient="bottom", direction="vertical"),
     )
+    slots = alt.Scale(domain=list(RATE_WORDS.values()))  # the three bars of a policy, left to right
     bars = (
         alt.Chart()
         .mark_bar()
         .encode(
             x=x,
-            xOffset=alt.XOffset("rate:N", sort=list(RATE_WORDS.values())),
+            xOffset=alt.XOffset("rate:N", scale=slots),
             y=y,
             color=color,
             tooltip=[alt.Tooltip("policy:N"), alt.Tooltip("rate:N"), alt.Tooltip("hit_rate:Q", format=".1%")],
         )
     )
-    # One data set for the facet: the measured rate rides on the first rate's row of each policy (drawn once).
-    first = list(RATE_WORDS.values())[0]
-    dot = alt.Chart().transform_filter(alt.datum.rate == first).transform_calculate(rate=f"'{MEASURED}'").encode(x=x, color=color)
+    # One data set for the facet: the measured rate rides on the first rate's row of each policy (drawn once), and is
+    # drawn on the predicted bar, the one it checks.
+    first, predicted = list(RATE_WORDS.values())[0], RATE_WORDS["predicted_hit_rate"]
+    dot = (
+        alt.Chart()
+        .transform_filter(alt.datum.rate == first)
+        .transform_calculate(rate=f"'{MEASURED}'", slot=f"'{predicted}'")
+        .encode(x=x, xOffset=alt.XOffset("slot:N", scale=slots), color=color)
+    )
     layer = alt.layer(
         bars,
         dot.mark_rule().encode(y="measured_hit_lo:Q", y2="measured_hit_hi:Q"),
@@ -151,7 +178,7 @@ def replicas_chart(points: pl.DataFrame) -> alt.TopLevelMixin:
     title = "Across replicas: hit rates, first-token latency and load per routing policy"
     if points.is_empty():
         return note("No replicated run: one server, no router", title)
-    df = point_label(points)
+    df = point_label(as_numbers(points))
     policies = df["policy"].unique(maintain_order=True).to_list()
     rows = point_sort(df)
     panels = alt.hconcat(hit_panel(df, policies, rows), ttft_panel(df, policies, rows), load_panel(df, policies, rows))
@@ -159,7 +186,7 @@ def replicas_chart(points: pl.DataFrame) -> alt.TopLevelMixin:
         title=alt.Title(
             title,
             subtitle=[
-                "left: hit rates (share of prompt tokens), the measured delivered rate in black with its 95% CI over passes",
+                "left: hit rates (share of prompt tokens); black, on the predicted bar: the measured delivered rate, with its 95% CI over passes",
                 "middle: mean TTFT with its 95% CI (blue), p50 (grey tick), p90 (red tick); right: requests each replica served",
             ],
             subtitleColor="#444444",
@@ -175,6 +202,7 @@ def routing_curve_chart(curve: pl.DataFrame, points: pl.DataFrame) -> alt.TopLev
     title = "Simulation: hit rate kept by each routing policy vs replica count (Mooncake trace)"
     if curve.is_empty():
         return note("The policy simulator did not run: no curve", title)
+    curve, points = as_numbers(curve), as_numbers(points)
     policies = curve["policy"].unique(maintain_order=True).to_list()
     counts = sorted(set(curve["replicas"].to_list()))
     x = alt.X(
@@ -215,6 +243,9 @@ def routing_curve_chart(curve: pl.DataFrame, points: pl.DataFrame) -> alt.TopLev
         )  # fmt: skip
         subtitle.append("diamonds: this run's measured kept hit rate at its replica count (its own traffic, not the trace)")
     subtitle.append("right: the busiest replica's requests over the mean (1 = even; N = all on one of N)")
+    if "in_flight" in curve.columns:  # the trace has no end times: the in-flight load a balancing policy saw
+        for policy, how in curve.select("policy", "in_flight").drop_nulls().unique(maintain_order=True).iter_rows():
+            subtitle.append(f"{policy}: requests in flight simulated as a {how} (the trace gives no end times)")
     load = line.encode(
         y=alt.Y("load_imbalance:Q", title="busiest replica / mean (log scale)", scale=alt.Scale(type="log", base=2), axis=alt.Axis(format="~g"))
     )  # fmt: skip

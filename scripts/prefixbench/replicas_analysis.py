@@ -144,7 +144,8 @@ def mean_interval(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def read_passes(meta_paths: Iterable[Path]) -> pl.DataFrame:
     """Each policy pass the point metadata recorded (`replica_passes`): its wall time, the replicas' counters (under
-    the engine's metric names) and peak KV usage, the router's worker order; empty for single servers."""
+    the engine's metric names) and peak KV usage (per replica where the sampler kept it, and the highest of any), the
+    router's worker order; empty for single servers."""
     from .engines import engine_for
 
     rows = []
@@ -167,6 +168,7 @@ def read_passes(meta_paths: Iterable[Path]) -> pl.DataFrame:
                     "hit_counter": sum(c.get(names.prefix_hits, 0.0) for c in counters) if counters else None,
                     "query_counter": sum(c.get(names.prefix_queries, 0.0) for c in counters) if counters else None,
                     "peak_kv": "/".join(f"{x:.3g}" for x in p.get("peak_kv_cache_usage_per_replica") or []) or None,
+                    "peak_kv_max": p.get("peak_kv_cache_usage"),  # the highest any replica reached (the sampler's peak)
                     "worker_order": "/".join(map(str, order)) if order else None,  # the router's GET /workers order
                 }
             )
@@ -174,7 +176,8 @@ def read_passes(meta_paths: Iterable[Path]) -> pl.DataFrame:
 
 
 def pass_rows(req: pl.DataFrame, passes: pl.DataFrame, replicas: int) -> pl.DataFrame:
-    """One row per cache-on pass: the four hit rates over the main arm's placed requests, exact predictions, the
+    """One row per cache-on pass: the four hit rates over the main arm's placed requests, exact predictions (every ok
+    request with a known replica, a paired pass's forced misses included: the cache model replays them too), the
     window's mean TTFT, output tokens per second of the pass's wall time, requests per replica."""
     on = req.filter(pl.col("mode") == ON)
     main = on.filter(main_arm_filter() & (pl.col("status") == "ok"))
@@ -184,8 +187,14 @@ def pass_rows(req: pl.DataFrame, passes: pl.DataFrame, replicas: int) -> pl.Data
         pl.col("prompt_tokens").sum().alias("prompt_tokens"),
         *(pl.col(f"{r}_cached_tokens").sum().alias(f"{r}_tokens") for r in ("traffic", "kept", "predicted")),
         pl.col("cached_tokens").sum().alias("measured_tokens"),
-        pl.col("predicted_cached_tokens").is_not_null().sum().alias("predicted_requests"),
-        (pl.col("predicted_cached_tokens") == pl.col("cached_tokens")).sum().alias("exact"),
+    )
+    checked = (
+        on.filter((pl.col("status") == "ok") & pl.col("replica").is_not_null())
+        .group_by(unit)
+        .agg(
+            pl.col("predicted_cached_tokens").is_not_null().sum().alias("predicted_requests"),
+            (pl.col("predicted_cached_tokens") == pl.col("cached_tokens")).sum().alias("exact"),
+        )
     )
     lat = main.filter(pl.col("in_window")).group_by(unit).agg(pl.col("ttft_s").mean().alias("ttft_mean_s"))
     load = on.group_by(unit).agg(
@@ -196,11 +205,13 @@ def pass_rows(req: pl.DataFrame, passes: pl.DataFrame, replicas: int) -> pl.Data
         pl.col("start_s").min().alias("_start"),
         *(pl.col("replica").eq(r).sum().alias(f"_r{r}") for r in range(replicas)),
     )
-    out = load.join(sums, on=unit, how="left").join(lat, on=unit, how="left")
+    out = load.join(sums, on=unit, how="left").join(checked, on=unit, how="left").join(lat, on=unit, how="left")
     if passes.height:
         out = out.join(passes, on=PASS_KEYS, how="left")
     else:
-        out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(c) for c in ("wall_s", "hit_counter", "query_counter"))
+        out = out.with_columns(
+            pl.lit(None, dtype=pl.Float64).alias(c) for c in ("wall_s", "hit_counter", "query_counter", "peak_kv_max")
+        )
         out = out.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in ("peak_kv", "worker_order"))
     wall = pl.coalesce(pl.col("wall_s").cast(pl.Float64), pl.col("_end") - pl.col("_start"))
     return out.sort(unit).with_columns(
@@ -235,13 +246,16 @@ def point_row(grp: pl.DataFrame, req: pl.DataFrame, replicas: int) -> dict[str, 
     row["load_imbalance"] = max(per) / (sum(per) / replicas) if sum(per) else None
     peaks = [[float(x) for x in s.split("/")] for s in grp["peak_kv"].drop_nulls().to_list()]
     row["peak_kv_per_replica"] = "/".join(f"{max(col):.3g}" for col in zip(*peaks)) if peaks else None
+    highest = grp["peak_kv_max"].drop_nulls() if "peak_kv_max" in grp.columns else pl.Series([], dtype=pl.Float64)
+    row["peak_kv_max"] = float(highest.cast(pl.Float64).max()) if highest.len() else None  # type: ignore[arg-type]
     return row
 
 
 def replica_points(req: pl.DataFrame, passes: pl.DataFrame, run: RouterRun) -> pl.DataFrame:
     """Per policy and cache-on point: requests, the three hit rates (traffic, kept, delivered predicted and measured)
     with 95% t intervals over the passes, exact predictions, TTFT mean (interval) and p50/p90, output throughput
-    (interval), requests and peak KV usage per replica, and the load imbalance (max over mean requests per replica)."""
+    (interval), requests and peak KV usage per replica (and the highest any replica reached), and the load imbalance
+    (max over mean requests per replica)."""
     if req.is_empty() or req.filter(pl.col("mode") == ON).is_empty():
         return pl.DataFrame()
     per_pass = pass_rows(req, passes, run.replicas)

@@ -312,7 +312,8 @@ def test_the_most_hits_with_the_slowest_first_token_is_said_only_when_it_holds(t
 
 def test_lost_reuse_is_named_where_it_is_lost(tmp_path):
     words = section(tables(tmp_path)).words
-    assert any("`round_robin` kept 56% by sending repeats of a prefix to another replica" in w for w in words)
+    lost = [w for w in words if "`round_robin` kept 56%" in w]
+    assert lost and all("(the rest: repeats of a prefix the router sent to another replica" in w for w in lost)
     assert not any("`cache_aware` kept" in w for w in words)  # it kept all the traffic offered
     assert any("the replicas' KV capacity cost hits the routing had kept" in w for w in words)
 
@@ -364,3 +365,87 @@ def test_read_passes_takes_the_policy_passes_of_the_point_meta(tmp_path):
     assert set(passes["policy"].unique()) == set(POLICIES)
     assert passes.filter(pl.col("mode") == ON)["peak_kv"].null_count() == 0
     assert len(load_point_hashes([prompts])) == 24
+
+
+# --- What the CPU run of config/cpu-replicas.yaml showed needed saying ---
+
+
+def test_a_paired_pass_counts_both_arms_as_checked_predictions_but_only_the_hit_arm_in_the_rates():
+    """A paired point sends each prompt twice, a hit and a salted miss: the model predicts both (the miss 0), so both
+    count as exact predictions; the hit rates stand on the main arm alone."""
+    docs = "AA"
+    hit = hand_records(docs).with_columns(pl.lit("hit").alias("arm"), pl.Series("cached_tokens", [0, 8]))
+    miss = hand_records(docs).with_columns(pl.lit("miss").alias("arm"), pl.lit(0).alias("replica"), pl.col("start_s") + 10)
+    req = replica_requests(pl.concat([hit.with_columns(pl.lit(0).alias("replica")), miss]), hand_hashes(docs), B)
+    assert req.filter(pl.col("arm") == "miss")["predicted_cached_tokens"].to_list() == [0, 0]  # salted: nothing to hit
+    row = replica_points(req, pl.DataFrame(), RouterRun(("round_robin",), 2, {})).row(0, named=True)
+    assert (row["exact"], row["predicted_requests"]) == (4, 4)
+    assert row["prompt_tokens"] == 20 and row["measured_hit_rate"] == 8 / 20
+
+
+def test_one_pass_per_policy_charts_from_the_csv_tables(tmp_path):
+    """One pass: every interval column is empty and reads back from CSV as text; both charts still draw."""
+    from prefixbench.charts_replicas import replicas_chart, routing_curve_chart
+
+    out = tables(tmp_path, repeats=1)
+    points = read_table(out.points)
+    assert points["ttft_lo_s"].dtype == pl.String  # what the chart has to cope with
+    spec = replicas_chart(points).to_dict()  # raised on arithmetic with a text column before
+    rows = [r for d in spec["datasets"].values() for r in d if "measured_hit_lo" in r]
+    assert rows and all(r["measured_hit_lo"] is None and isinstance(r["measured_hit_rate"], float) for r in rows)
+    curve = pl.DataFrame(
+        {"policy": ["round_robin"] * 2, "replicas": [1, 2], "kept_hit_rate": [0.5, 0.3], "traffic_hit_rate": [0.5, 0.5],
+         "load_imbalance": [1.0, 1.0], "kept_hit_min": [None, None], "in_flight": [None, None]}
+    )  # fmt: skip
+    assert routing_curve_chart(curve, points).to_dict()["hconcat"]
+
+
+def sim_case(sim_rate: float, sim_split: str, policy: str = "round_robin", seeds: int = 1) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One policy at one point, one measured pass (no interval): measured 50% delivered and kept, split 6/6."""
+    point = {"policy": policy, "regime": "pool", "workload": "prefix_pool", "reuse_pct": 100, "concurrency": 2,
+             "request_rate": 0.0, "replicas": 2}  # fmt: skip
+    points = pl.DataFrame([point | {"measured_hit_rate": 0.5, "kept_hit_rate": 0.5, "measured_hit_lo": None,
+                                    "measured_hit_hi": None, "kept_hit_lo": None, "kept_hit_hi": None,
+                                    "requests_per_replica": "6/6"}])  # fmt: skip
+    sim = pl.DataFrame([point | {"seeds": seeds, "sim_predicted_hit_rate": sim_rate, "sim_kept_hit_rate": 0.5,
+                                 "sim_requests_per_replica": sim_split, "predicted_within": "no interval",
+                                 "kept_within": "no interval"}])  # fmt: skip
+    return sim, points
+
+
+def test_without_intervals_the_simulator_is_held_to_the_measured_rates_and_split():
+    from prefixbench.findings.replicas import sim_words
+
+    agree = sim_words(*sim_case(0.5, "6/6"), 2)
+    assert "its delivered hit rate was equal to the measured one in all 1 without a measured interval" in agree
+    assert "as the router did for 1 of 1." in agree and "different" not in agree and "approximation" not in agree
+    off = sim_words(*sim_case(0.4, "12/0", "cache_aware"), 2)
+    assert "equal to the measured one in 0 of 1 without a measured interval (one pass per policy) (different: " in off
+    assert "`cache_aware` at pool c=2: 40% simulated, 50% measured" in off
+    assert "for 0 of 1 (different: `cache_aware` at pool c=2: 12/0 simulated, 6/6 measured)" in off
+    assert "`cache_aware` is simulated by a stated approximation" in off
+    assert "the mean over the simulator's draws" in sim_words(*sim_case(0.5, "6/6", "random", seeds=5), 2)
+
+
+def test_the_trace_curve_says_when_its_in_flight_model_left_nothing_to_balance():
+    from prefixbench.findings.replicas import curve_words
+
+    def curve(imbalance_at_4: float, in_flight: str | None) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"workload": ["trace"] * 2, "requests": [9, 9], "policy": ["cache_aware"] * 2, "replicas": [1, 4],
+             "seeds": [1, 1], "traffic_hit_rate": [0.4, 0.4], "kept_hit_rate": [0.4, 0.4],
+             "load_imbalance": [1.0, imbalance_at_4], "in_flight": [in_flight] * 2}
+        )  # fmt: skip
+
+    said = curve_words(curve(4.0, "closed loop of 1"))
+    assert "every request on one replica" in said and "simulated as a closed loop of 1, it never sees a load" in said
+    assert "never sees a load" not in curve_words(curve(1.2, "closed loop of 1"))  # it balanced: nothing to explain
+    assert "never sees a load" not in curve_words(curve(4.0, None))
+
+
+def test_peak_kv_usage_per_replica_or_the_highest_of_any():
+    from prefixbench.findings.replicas import peak_kv
+
+    assert peak_kv({"peak_kv_per_replica": "0.1/0.2", "peak_kv_max": 0.2}) == "0.1/0.2"
+    assert peak_kv({"peak_kv_per_replica": None, "peak_kv_max": 0.0138}) == "not recorded per replica (the highest of any: 1.4%)"
+    assert peak_kv({}) == "not recorded"

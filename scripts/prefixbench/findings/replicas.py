@@ -27,6 +27,7 @@ NOT_MEASURED = (
     "Not measured: this run's replicas ran behind vLLM's router, but no cache-on pass with a known replica was recorded "
     "(`replica_requests.csv` is empty), so there is no policy to compare."
 )
+APPROXIMATED = ("cache_aware",)  # the simulator's deterministic policy that is not the router's exact rule
 NO_SIMULATOR = "The policy simulator (prefixbench.routing) did not run on this run's passes: nothing is set beside them."
 
 
@@ -75,7 +76,7 @@ def rates_table(points: pl.DataFrame) -> str:
             {
                 "point": where(r),
                 "policy": f"`{r['policy']}`",
-                "requests": f"{r['requests']} ({r['passes']} passes)",
+                "requests": f"{r['requests']} ({r['passes']} pass{'' if r['passes'] == 1 else 'es'})",
                 "in the traffic": fmt_pct(r["traffic_hit_rate"]),
                 "kept by the routing": fmt_pct(r["kept_hit_rate"]),
                 "delivered, predicted": fmt_pct(r["predicted_hit_rate"]),
@@ -98,13 +99,26 @@ def load_table(points: pl.DataFrame) -> str:
             "policy": f"`{r['policy']}`",
             "requests per replica": r["requests_per_replica"],
             "busiest / mean": fmt_x(r["load_imbalance"]),
-            "peak KV-cache usage per replica": r.get("peak_kv_per_replica") or "not recorded",
+            "peak KV-cache usage per replica": peak_kv(r),
             "requests without a known replica": str(r["unattributed"]),
         }
         for r in rows_of(points)
     ]
     df = pl.DataFrame(rows)
     return markdown_table(df, df.columns)
+
+
+def peak_kv(r: Mapping[str, Any]) -> str:
+    """Each replica's peak KV-cache usage, or where the run sampled only the highest of any replica, that one."""
+    if r.get("peak_kv_per_replica"):
+        return str(r["peak_kv_per_replica"])
+    if r.get("peak_kv_max") is not None:
+        return f"not recorded per replica (the highest of any: {float(r['peak_kv_max']) * 100:.2g}%)"
+    return "not recorded"
+
+
+def no_interval(reason: str | None) -> bool:
+    return bool(reason) and str(reason).startswith("no interval")
 
 
 def contrast_cell(r: Mapping[str, Any], name: str, better: str) -> str:
@@ -119,10 +133,13 @@ def contrast_cell(r: Mapping[str, Any], name: str, better: str) -> str:
         return f"{winner} {fmt_x(x)} {better} than {loser} (95% CI {band[0]:.2f}–{band[1]:.2f})"
     if kind == "no difference":
         return f"{fmt_x(ratio)}: {r[f'{name}_reason']}"
+    if no_interval(r[f"{name}_reason"]):  # why is said once under the table (contrasts_table)
+        return f"{fmt_x(ratio)}, not claimed (no interval)"
     return f"{fmt_x(ratio)}, not claimed ({r[f'{name}_reason']})"
 
 
 def contrasts_table(contrasts: pl.DataFrame) -> str:
+    """The pairs of policies, each contrast by the claim rule; why a contrast has no interval is said once, below."""
     rows = [
         {
             "point": where(r),
@@ -137,7 +154,11 @@ def contrasts_table(contrasts: pl.DataFrame) -> str:
         for r in rows_of(contrasts)
     ]
     df = pl.DataFrame(rows)
-    return markdown_table(df, df.columns)
+    reasons = dict.fromkeys(
+        str(r[f"{m}_reason"]) for r in rows_of(contrasts) for m in ("ttft", "tok_s") if no_interval(r[f"{m}_reason"])
+    )
+    notes = "".join(f'\n\n"No interval" above: {why.removeprefix("no interval: ")}.' for why in reasons)
+    return markdown_table(df, df.columns) + notes
 
 
 def more_hits(c: Mapping[str, Any], rate_a: float, rate_b: float) -> int:
@@ -196,6 +217,11 @@ def hits_and_speed(point: list[dict], pairs: list[dict]) -> str:
     return ""
 
 
+def and_list(items: list[str]) -> str:
+    """a, b and c."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def split_words(point: list[dict]) -> list[str]:
     """Where reuse was lost: in the routing (kept below the traffic) and in the KV capacity (predicted delivered
     below kept), each named only where the drop exceeds claims.NOISE of the rate above it."""
@@ -206,8 +232,9 @@ def split_words(point: list[dict]) -> list[str]:
     if lost:
         out.append(
             f"At {where(point[0])} the traffic offered {fmt_pct(lost[0]['traffic_hit_rate'])} of prompt tokens as hits; "
-            + "; ".join(f"`{r['policy']}` kept {fmt_pct(r['kept_hit_rate'])} by sending repeats of a prefix to another replica" for r in lost)
-            + (f", while {', '.join(f'`{p}`' for p in kept_all)} kept it all." if kept_all else ".")
+            + ", ".join(f"`{r['policy']}` kept {fmt_pct(r['kept_hit_rate'])}" for r in lost)
+            + " (the rest: repeats of a prefix the router sent to another replica than the one that had cached it)"
+            + (f", while {and_list([f'`{p}`' for p in kept_all])} kept it all." if kept_all else ".")
         )  # fmt: skip
     evicted = [r for r in point if r["kept_hit_rate"] and r["predicted_hit_rate"] is not None
                and r["kept_hit_rate"] - r["predicted_hit_rate"] > NOISE * r["kept_hit_rate"]]  # fmt: skip
@@ -272,20 +299,68 @@ def sim_table(sim: pl.DataFrame, points: pl.DataFrame) -> str:
     return markdown_table(df, df.columns)
 
 
-def sim_words(sim: pl.DataFrame, replicas: int) -> str:
-    """How many of the simulator's predictions lay inside the measured intervals, and which did not."""
+def same(a: float | None, b: float | None) -> bool:
+    """Two hit rates equal to the token (both are sums of tokens over the same prompt tokens)."""
+    return a is not None and b is not None and abs(float(a) - float(b)) < 1e-9
+
+
+def sim_words(sim: pl.DataFrame, points: pl.DataFrame, replicas: int) -> str:
+    """How the simulator's predictions compare with the measurement: inside the measured 95% intervals where there
+    are intervals; where there are none (one pass per policy), whether it predicted the measured hit rates to the
+    token; and whether it sent as many requests to each replica as the router did, naming every miss."""
+    measured = {(r["policy"], where(r)): r for r in rows_of(points)}
+    rows = [(s, measured.get((s["policy"], where(s)), {})) for s in rows_of(sim)]
     said = []
-    for col, what in (("predicted_within", "delivered"), ("kept_within", "kept")):
-        counts = {v: int((sim[col] == v).sum()) for v in ("yes", "no", "no interval")}
-        judged = counts["yes"] + counts["no"]
-        part = f"its {what} hit rate lay within the measured 95% interval for {counts['yes']} of {judged}" if judged else ""
-        if counts["no"]:
-            off = sim.filter(pl.col(col) == "no")
-            part += " (outside: " + ", ".join(f"`{r['policy']}` at {where(r)}" for r in rows_of(off)) + ")"
-        if counts["no interval"]:
-            part += (", and " if part else "") + f"{counts['no interval']} had no measured interval (one pass per policy)"
-        said.append(part)
-    return f"The policy simulator re-routed every measured pass at {replicas} replicas: " + "; ".join(p for p in said if p) + "."
+    for col, rate, mine, what in (
+        ("predicted_within", "measured_hit_rate", "sim_predicted_hit_rate", "delivered"),
+        ("kept_within", "kept_hit_rate", "sim_kept_hit_rate", "kept"),
+    ):
+        inside = [s for s, _ in rows if s[col] == "yes"]
+        outside = [s for s, _ in rows if s[col] == "no"]
+        bare = [(s, m) for s, m in rows if s[col] == "no interval"]
+        parts = []
+        if inside or outside:
+            parts.append(f"inside the measured 95% interval for {len(inside)} of {len(inside) + len(outside)}")
+            if outside:
+                parts[-1] += " (outside: " + ", ".join(f"`{s['policy']}` at {where(s)}" for s in outside) + ")"
+        if bare:
+            off = [(s, m) for s, m in bare if not same(s[mine], m.get(rate))]
+            parts.append(
+                (f"equal to the measured one in all {len(bare)}" if not off else f"equal to the measured one in {len(bare) - len(off)} of {len(bare)}")
+                + " without a measured interval (one pass per policy)"
+                + (
+                    " (different: "
+                    + ", ".join(f"`{s['policy']}` at {where(s)}: {fmt_pct(s[mine])} simulated, {fmt_pct(m.get(rate))} measured" for s, m in off)
+                    + ")"
+                    if off
+                    else ""
+                )
+            )  # fmt: skip
+        if parts:
+            said.append(f"its {what} hit rate was " + " and ".join(parts))
+    split = [(s, m) for s, m in rows if s["sim_requests_per_replica"] is not None and m.get("requests_per_replica")]
+    moved = [(s, m) for s, m in split if str(s["sim_requests_per_replica"]) != str(m["requests_per_replica"])]
+    if split:
+        said.append(
+            f"it sent as many requests to each replica as the router did for {len(split) - len(moved)} of {len(split)}"
+            + (
+                " (different: "
+                + ", ".join(f"`{s['policy']}` at {where(s)}: {s['sim_requests_per_replica']} simulated, {m['requests_per_replica']} measured" for s, m in moved)
+                + ")"
+                if moved
+                else ""
+            )
+        )  # fmt: skip
+    tail = ""
+    if {s["policy"] for s, _ in moved} & set(APPROXIMATED):
+        tail += (
+            " `cache_aware` is simulated by a stated approximation (docs/routing-simulator.md): request by request only "
+            "where requests never overlap; otherwise compare it by its hit rates and load."
+        )
+    drawn = sorted({s["policy"] for s, _ in rows if (s.get("seeds") or 1) > 1})
+    if drawn:
+        tail += f" {', '.join(f'`{p}`' for p in drawn)}: the mean over the simulator's draws, not one routing."
+    return f"The policy simulator re-routed every measured pass at {replicas} replicas: " + "; ".join(said) + "." + tail
 
 
 def curve_words(curve: pl.DataFrame) -> str:
@@ -294,20 +369,30 @@ def curve_words(curve: pl.DataFrame) -> str:
     if curve.is_empty():
         return ""
     lo, hi = int(curve["replicas"].min()), int(curve["replicas"].max())  # type: ignore[arg-type]
-    parts = []
+    parts: list[str] = []
+    caveats: list[str] = []  # an in-flight model that left nothing to balance
     for (policy,), grp in curve.group_by(["policy"], maintain_order=True):
         at = {int(r["replicas"]): r for r in rows_of(grp)}
         seeds = f", mean of {at[hi]['seeds']} draws" if (at[hi].get("seeds") or 1) > 1 else ""
+        one = at[hi]["load_imbalance"] is not None and float(at[hi]["load_imbalance"]) > hi - 1e-9  # all on one replica
         parts.append(
             f"`{policy}` {fmt_pct(at[lo]['kept_hit_rate'])} at {lo} → {fmt_pct(at[hi]['kept_hit_rate'])} at {hi} "
-            f"(busiest replica {fmt_x(at[hi]['load_imbalance'])} its share{seeds})"
+            f"(busiest replica {fmt_x(at[hi]['load_imbalance'])} its share{': every request on one replica' if one else ''}{seeds})"
         )
+        if one and at[hi].get("in_flight"):
+            caveats.append(
+                f"`{policy}` balances by the requests in flight, which the trace does not give; simulated as a "
+                f"{at[hi]['in_flight']}, it never sees a load to balance and sends every request to the first "
+                "replica (a hit to the replica holding its prefix, a miss to the least loaded, a tie to the first): "
+                "the router's behaviour when requests never overlap, not a prediction under load"
+            )
     first = curve.row(0, named=True)
     return (
         f"By simulation, not measurement: the {first['workload']}, all {first['requests']:,} requests, routed by each "
         f"policy to {lo}–{hi} replicas; the share of prompt tokens each replica's own unlimited cache keeps as hits: "
         + "; ".join(parts)
         + f". The trace itself offers {fmt_pct(first['traffic_hit_rate'])} (one cache)."
+        + "".join(f" {c}." for c in caveats)
     )
 
 
@@ -344,7 +429,7 @@ def replicas_section(
         words += split_words(rows_of(grp))
         words.append(hits_and_speed(rows_of(grp), here))
     words.append(imbalance_words(points))
-    words.append(sim_words(sim, int(points["replicas"][0])) if sim.height else NO_SIMULATOR)
+    words.append(sim_words(sim, points, int(points["replicas"][0])) if sim.height else NO_SIMULATOR)
     return ReplicaSection(
         True,
         intro(points, router),
