@@ -194,6 +194,9 @@ def pass_rows(req: pl.DataFrame, passes: pl.DataFrame, replicas: int) -> pl.Data
         .agg(
             pl.col("predicted_cached_tokens").is_not_null().sum().alias("predicted_requests"),
             (pl.col("predicted_cached_tokens") == pl.col("cached_tokens")).sum().alias("exact"),
+            (pl.col("cached_tokens") > pl.col("predicted_cached_tokens")).sum().alias("measured_above"),
+            (pl.col("cached_tokens") < pl.col("predicted_cached_tokens")).sum().alias("measured_below"),
+            (pl.col("cached_tokens") - pl.col("predicted_cached_tokens")).abs().max().alias("max_diff_tokens"),
         )
     )
     lat = main.filter(pl.col("in_window")).group_by(unit).agg(pl.col("ttft_s").mean().alias("ttft_mean_s"))
@@ -232,6 +235,10 @@ def point_row(grp: pl.DataFrame, req: pl.DataFrame, replicas: int) -> dict[str, 
         row[f"{r}_hit_lo"], row[f"{r}_hit_hi"] = mean_interval(grp[f"{r}_hit_rate"].to_list())
     row["predicted_requests"] = int(grp["predicted_requests"].fill_null(0).sum())
     row["exact"] = int(grp["exact"].fill_null(0).sum())
+    # The requests the model missed: which way, and by how much at most (0 where every one was exact).
+    row["measured_above"] = int(grp["measured_above"].fill_null(0).sum())
+    row["measured_below"] = int(grp["measured_below"].fill_null(0).sum())
+    row["max_diff_tokens"] = int(grp["max_diff_tokens"].fill_null(0).max() or 0)
     hits, queries = grp["hit_counter"].drop_nulls(), grp["query_counter"].drop_nulls()
     row["counter_hit_rate"] = float(hits.sum()) / float(queries.sum()) if queries.len() and queries.sum() else None
     window = req.filter(pl.col("in_window") & (pl.col("status") == "ok") & main_arm_filter())["ttft_s"].drop_nulls()

@@ -449,3 +449,27 @@ def test_peak_kv_usage_per_replica_or_the_highest_of_any():
     assert peak_kv({"peak_kv_per_replica": "0.1/0.2", "peak_kv_max": 0.2}) == "0.1/0.2"
     assert peak_kv({"peak_kv_per_replica": None, "peak_kv_max": 0.0138}) == "not recorded per replica (the highest of any: 1.4%)"
     assert peak_kv({}) == "not recorded"
+
+
+def test_kept_it_all_only_where_the_routing_kept_every_hit_token():
+    """A policy a hair below the traffic is not said to keep it all: it is named with its rate (the H200 run: 86.9%
+    against 88.2%)."""
+    from prefixbench.findings.replicas import split_words
+
+    row = {"regime": "chat", "workload": "multi_turn", "reuse_pct": 100, "concurrency": 8, "request_rate": 0.0,
+           "traffic_hit_rate": 0.882, "predicted_hit_rate": None}  # fmt: skip
+    point = [{**row, "policy": "round_robin", "kept_hit_rate": 0.827}, {**row, "policy": "cache_aware", "kept_hit_rate": 0.882},
+             {**row, "policy": "consistent_hash", "kept_hit_rate": 0.869}]  # fmt: skip
+    words = split_words(point)[0]
+    assert "`cache_aware` kept it all" in words and "`consistent_hash` kept 86.9%" in words
+    assert "`consistent_hash` kept it all" not in words
+
+
+def test_the_requests_the_model_missed_are_counted_by_direction_and_size():
+    from prefixbench.findings.replicas import prediction_words
+
+    pts = pl.DataFrame({"predicted_requests": [192, 480], "exact": [168, 480], "unattributed": [0, 0],
+                        "measured_above": [24, 0], "measured_below": [0, 0], "max_diff_tokens": [16, 0]})  # fmt: skip
+    words = prediction_words(pts)
+    assert "predicted 648 of the 672 requests" in words and "all 24 measured above the prediction, by at most 16 tokens" in words
+    assert "Of the other" not in prediction_words(pts.with_columns(pl.col("predicted_requests").alias("exact")))

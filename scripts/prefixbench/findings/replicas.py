@@ -228,13 +228,21 @@ def split_words(point: list[dict]) -> list[str]:
     out = []
     lost = [r for r in point if r["traffic_hit_rate"] and r["kept_hit_rate"] is not None
             and r["traffic_hit_rate"] - r["kept_hit_rate"] > NOISE * r["traffic_hit_rate"]]  # fmt: skip
-    kept_all = [r["policy"] for r in point if r not in lost and r["traffic_hit_rate"]]
+    rest = [r for r in point if r not in lost and r["traffic_hit_rate"]]
+    kept_all = [f"`{r['policy']}`" for r in rest if same(r["traffic_hit_rate"], r["kept_hit_rate"])]
+    near = [r for r in rest if not same(r["traffic_hit_rate"], r["kept_hit_rate"])]
+    kept_most = [f"`{r['policy']}` kept {r['kept_hit_rate']:.1%}" for r in near]
     if lost:
+        others = ([f"{and_list(kept_all)} kept it all"] if kept_all else []) + (
+            [f"{and_list(kept_most)} (within {NOISE:.0%} of the traffic's {near[0]['traffic_hit_rate']:.1%})"]
+            if kept_most
+            else []
+        )
         out.append(
             f"At {where(point[0])} the traffic offered {fmt_pct(lost[0]['traffic_hit_rate'])} of prompt tokens as hits; "
             + ", ".join(f"`{r['policy']}` kept {fmt_pct(r['kept_hit_rate'])}" for r in lost)
             + " (the rest: repeats of a prefix the router sent to another replica than the one that had cached it)"
-            + (f", while {and_list([f'`{p}`' for p in kept_all])} kept it all." if kept_all else ".")
+            + (f", while {' and '.join(others)}." if others else ".")
         )  # fmt: skip
     evicted = [r for r in point if r["kept_hit_rate"] and r["predicted_hit_rate"] is not None
                and r["kept_hit_rate"] - r["predicted_hit_rate"] > NOISE * r["kept_hit_rate"]]  # fmt: skip
@@ -263,6 +271,18 @@ def prediction_words(points: pl.DataFrame) -> str:
         else f"The cache model, replayed per replica over the requests the router sent it, predicted {exact} of the "
         f"{placed} requests it could place exactly."
     )
+    if exact < placed and {"measured_above", "measured_below", "max_diff_tokens"} <= set(points.columns):
+        above, below = int(points["measured_above"].sum()), int(points["measured_below"].sum())
+        ways = [
+            f"{'all ' if n == placed - exact else ''}{n} measured {way} the prediction"
+            for n, way in ((above, "above"), (below, "below"))
+            if n
+        ]
+        head += (
+            f" Of the other {placed - exact}, {' and '.join(ways)}, by at most {int(points['max_diff_tokens'].max())} "
+            "tokens (the model keys the blocks a request's own output completes as unique: it cannot know what the "
+            "server generated)."
+        )
     return head + (f" {unknown} requests had no known replica and are left out of the hit rates." if unknown else "")
 
 
