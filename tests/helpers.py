@@ -134,3 +134,13 @@ def measure_setting(
         extra_info={},
         journal_path=journal,
     )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (a killed child its parent has not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split()[2] != "Z"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import FAKE_VLLM, ROOT
+from helpers import pid_alive as alive
 
 from prefixbench.engines import engine_for
 from prefixbench.replicas import (
@@ -191,15 +192,6 @@ def fake_replica(tmp_path: Path, body: str = "") -> Path:
 
 def pids_in(path: Path) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split()[2] != "Z"
 
 
 def wait_gone(pids: list[int], timeout_s: float = 10) -> list[int]:

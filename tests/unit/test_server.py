@@ -13,6 +13,7 @@ import time
 
 import pytest
 from helpers import FAKE_VLLM
+from helpers import pid_alive as _alive
 
 from prefixbench.engines import engine_for
 from prefixbench.server import ManagedServer, ServerError, ServerSpec, group_alive, render_script, server_argv
@@ -124,15 +125,6 @@ def test_sigterm_to_the_owner_tears_the_server_down(tmp_path):
     while _alive(server_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(server_pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split()[2] != "Z"
 
 
 def test_port_taken_by_another_server_is_never_measured(tmp_path, monkeypatch, fake_vllm_port):
