@@ -424,7 +424,7 @@ def sampled_memory(sampler: Sampler, target: MeasuredTarget) -> dict:
         "peak_kv_cache_usage": sampler.peak_kv_usage,
         "memory_samples": sampler.samples,
     }
-    per_server = getattr(sampler, "peak_kv_usage_per_server", None)
+    per_server = sampler.peak_kv_usage_per_server
     return out | (
         {"peak_kv_cache_usage_per_replica": list(per_server)} if per_server is not None and len(target.servers) > 1 else {}
     )

@@ -132,6 +132,7 @@ class Sampler:
     peak_rss_bytes: int = 0
     peak_gpu_mem_mib: float | None = None
     peak_kv_usage: float | None = None
+    peak_kv_usage_per_server: list[float | None] | None = None  # each server's own peak, in the target's order
     samples: int = 0
     _gpu_reader: GpuMemory | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -151,7 +152,10 @@ class Sampler:
             self.peak_gpu_mem_mib = max(self.peak_gpu_mem_mib or 0.0, gpu)
         if target.capabilities.metrics:
             name = target.engine.metrics.kv_usage
-            kv = [v for r in target.servers if (v := gauge_value(r.base_url, name, self.api_key)) is not None]
+            each = [gauge_value(r.base_url, name, self.api_key) for r in target.servers]
+            peaks = self.peak_kv_usage_per_server or [None] * len(each)
+            self.peak_kv_usage_per_server = [p if v is None else max(p or 0.0, v) for p, v in zip(peaks, each, strict=True)]
+            kv = [v for v in each if v is not None]
             if kv:
                 self.peak_kv_usage = max(self.peak_kv_usage or 0.0, *kv)
 

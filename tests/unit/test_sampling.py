@@ -175,3 +175,20 @@ def test_gpu_memory_falls_back_to_nvidia_smi_without_nvml(monkeypatch):
     with Sampler(local_target(), interval_s=0.01, gpu=True) as s:
         time.sleep(0.05)
     assert s.peak_gpu_mem_mib == 350.0
+
+
+def test_each_replicas_kv_peak_is_kept_beside_the_fullest(monkeypatch):
+    """Behind a router the report shows every replica's own peak KV usage, not only the fullest one's."""
+    from types import SimpleNamespace
+
+    import prefixbench.sampling as sampling
+
+    readings = iter([{"a": 0.1, "b": 0.5}, {"a": 0.4, "b": None}, {"a": 0.2, "b": 0.3}])
+    current: dict = {}
+    monkeypatch.setattr(sampling, "gauge_value", lambda url, name, key: current[url])
+    servers = [SimpleNamespace(base_url="a", pid=None), SimpleNamespace(base_url="b", pid=None)]
+    target = SimpleNamespace(servers=servers, capabilities=SimpleNamespace(metrics=True), engine=engine_for("vllm"))
+    s = Sampler(target, interval_s=1.0, gpu=False)
+    for current in readings:  # noqa: B007  (the patched gauge reads it)
+        s.sample()
+    assert s.peak_kv_usage_per_server == [0.4, 0.5] and s.peak_kv_usage == 0.5
