@@ -167,6 +167,8 @@ def read_passes(meta_paths: Iterable[Path]) -> pl.DataFrame:
                     "wall_s": p.get("wall_s"),
                     "hit_counter": sum(c.get(names.prefix_hits, 0.0) for c in counters) if counters else None,
                     "query_counter": sum(c.get(names.prefix_queries, 0.0) for c in counters) if counters else None,
+                    # each replica's own hit counter: the attribution check compares it with its requests' cached tokens
+                    "hit_counter_per_replica": "/".join(f"{c.get(names.prefix_hits, 0.0):.0f}" for c in counters) or None,
                     "peak_kv": "/".join(f"{x:.3g}" for x in p.get("peak_kv_cache_usage_per_replica") or []) or None,
                     "peak_kv_max": p.get("peak_kv_cache_usage"),  # the highest any replica reached (the sampler's peak)
                     "worker_order": "/".join(map(str, order)) if order else None,  # the router's GET /workers order
@@ -208,14 +210,43 @@ def pass_rows(req: pl.DataFrame, passes: pl.DataFrame, replicas: int) -> pl.Data
         pl.col("start_s").min().alias("_start"),
         *(pl.col("replica").eq(r).sum().alias(f"_r{r}") for r in range(replicas)),
     )
-    out = load.join(sums, on=unit, how="left").join(checked, on=unit, how="left").join(lat, on=unit, how="left")
+    # Every request, every arm, by the replica it was attributed to: the cached tokens each replica's counter must show.
+    attributed = (
+        on.filter(pl.col("replica").is_not_null())
+        .group_by(unit)
+        .agg(
+            pl.concat_str(
+                [
+                    pl.col("cached_tokens").filter(pl.col("replica") == r).fill_null(0).sum().cast(pl.String)
+                    for r in range(replicas)
+                ],
+                separator="/",
+            ).alias("attributed_cached_per_replica")
+        )
+    )
+    out = (
+        load.join(sums, on=unit, how="left")
+        .join(checked, on=unit, how="left")
+        .join(lat, on=unit, how="left")
+        .join(attributed, on=unit, how="left")
+    )
     if passes.height:
         out = out.join(passes, on=PASS_KEYS, how="left")
     else:
         out = out.with_columns(
             pl.lit(None, dtype=pl.Float64).alias(c) for c in ("wall_s", "hit_counter", "query_counter", "peak_kv_max")
         )
-        out = out.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in ("peak_kv", "worker_order"))
+        out = out.with_columns(
+            pl.lit(None, dtype=pl.String).alias(c) for c in ("peak_kv", "worker_order", "hit_counter_per_replica")
+        )
+    if "hit_counter_per_replica" not in out.columns:  # metadata written before the per-replica counters were kept
+        out = out.with_columns(pl.lit(None, dtype=pl.String).alias("hit_counter_per_replica"))
+    out = out.with_columns(
+        pl.when(pl.col("hit_counter_per_replica").is_null())
+        .then(None)
+        .otherwise(pl.col("hit_counter_per_replica") == pl.col("attributed_cached_per_replica"))
+        .alias("attribution_matches_counters")
+    )
     wall = pl.coalesce(pl.col("wall_s").cast(pl.Float64), pl.col("_end") - pl.col("_start"))
     return out.sort(unit).with_columns(
         (pl.col("tokens") / wall).alias("tok_s"),
@@ -239,6 +270,10 @@ def point_row(grp: pl.DataFrame, req: pl.DataFrame, replicas: int) -> dict[str, 
     row["measured_above"] = int(grp["measured_above"].fill_null(0).sum())
     row["measured_below"] = int(grp["measured_below"].fill_null(0).sum())
     row["max_diff_tokens"] = int(max(grp["max_diff_tokens"].fill_null(0).to_list(), default=0))
+    # Passes where every replica's hit counter equalled the cached tokens of the requests attributed to it.
+    checks = grp["attribution_matches_counters"].drop_nulls() if "attribution_matches_counters" in grp.columns else None
+    row["attribution_checked_passes"] = int(checks.len()) if checks is not None else 0
+    row["attribution_matching_passes"] = int(checks.sum()) if checks is not None else 0
     hits, queries = grp["hit_counter"].drop_nulls(), grp["query_counter"].drop_nulls()
     row["counter_hit_rate"] = float(hits.sum()) / float(queries.sum()) if queries.len() and queries.sum() else None
     window = req.filter(pl.col("in_window") & (pl.col("status") == "ok") & main_arm_filter())["ttft_s"].drop_nulls()

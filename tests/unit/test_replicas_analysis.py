@@ -473,3 +473,12 @@ def test_the_requests_the_model_missed_are_counted_by_direction_and_size():
     words = prediction_words(pts)
     assert "predicted 648 of the 672 requests" in words and "all 24 measured above the prediction, by at most 16 tokens" in words
     assert "Of the other" not in prediction_words(pts.with_columns(pl.col("predicted_requests").alias("exact")))
+
+
+def test_the_attribution_check_is_stated_from_the_counted_passes():
+    from prefixbench.findings.replicas import prediction_words
+
+    pts = pl.DataFrame({"predicted_requests": [12], "exact": [12], "unattributed": [0],
+                        "attribution_checked_passes": [3], "attribution_matching_passes": [2]})  # fmt: skip
+    assert "in 2 of 3 passes every replica's prefix-cache hit counter equalled" in prediction_words(pts)
+    assert "checked against" not in prediction_words(pts.with_columns(pl.lit(0).alias("attribution_checked_passes")))

@@ -283,6 +283,13 @@ def prediction_words(points: pl.DataFrame) -> str:
             "tokens (the model keys the blocks a request's own output completes as unique: it cannot know what the "
             "server generated)."
         )
+    if "attribution_checked_passes" in points.columns and (checked := int(points["attribution_checked_passes"].sum())):
+        matching = int(points["attribution_matching_passes"].sum())
+        head += (
+            f" Which replica served each request (its X-Request-Id in that replica's request log) was checked against "
+            f"the replicas' own counters: in {matching} of {checked} passes every replica's prefix-cache hit counter "
+            "equalled the cached tokens of the requests attributed to it."
+        )
     return head + (f" {unknown} requests had no known replica and are left out of the hit rates." if unknown else "")
 
 
