@@ -482,3 +482,9 @@ def test_the_attribution_check_is_stated_from_the_counted_passes():
                         "attribution_checked_passes": [3], "attribution_matching_passes": [2]})  # fmt: skip
     assert "in 2 of 3 passes every replica's prefix-cache hit counter equalled" in prediction_words(pts)
     assert "checked against" not in prediction_words(pts.with_columns(pl.lit(0).alias("attribution_checked_passes")))
+
+
+def test_a_time_interval_reaching_below_zero_shows_only_its_high_end():
+    from prefixbench.findings.replicas import ms_ci
+
+    assert ms_ci(-0.003, 0.256) == "up to 256 ms" and ms_ci(0.0901, 0.128) == "90.1–128 ms" and ms_ci(None, 1.0) == "no interval"

@@ -50,7 +50,10 @@ def pct_ci(lo: float | None, hi: float | None) -> str:
 
 
 def ms_ci(lo: float | None, hi: float | None) -> str:
-    return "no interval" if lo is None or hi is None else f"{fmt_ms_value(lo * 1000)}–{fmt_ms(hi)}"
+    """A time's t interval; one whose low end falls below zero (few passes, a wide spread) gives only its high end."""
+    if lo is None or hi is None:
+        return "no interval"
+    return f"up to {fmt_ms(hi)}" if lo <= 0 else f"{fmt_ms_value(lo * 1000)}–{fmt_ms(hi)}"
 
 
 def diff_ci(lo: float | None, hi: float | None) -> str:
