@@ -446,7 +446,7 @@ def test_the_trace_curve_says_when_its_in_flight_model_left_nothing_to_balance()
 def test_peak_kv_usage_per_replica_or_the_highest_of_any():
     from prefixbench.findings.replicas import peak_kv
 
-    assert peak_kv({"peak_kv_per_replica": "0.1/0.2", "peak_kv_max": 0.2}) == "0.1/0.2"
+    assert peak_kv({"peak_kv_per_replica": "0.1/0.2", "peak_kv_max": 0.2}) == "10%/20%"
     assert peak_kv({"peak_kv_per_replica": None, "peak_kv_max": 0.0138}) == "not recorded per replica (the highest of any: 1.4%)"
     assert peak_kv({}) == "not recorded"
 

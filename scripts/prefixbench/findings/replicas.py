@@ -113,8 +113,8 @@ def load_table(points: pl.DataFrame) -> str:
 
 def peak_kv(r: Mapping[str, Any]) -> str:
     """Each replica's peak KV-cache usage, or where the run sampled only the highest of any replica, that one."""
-    if r.get("peak_kv_per_replica"):
-        return str(r["peak_kv_per_replica"])
+    if r.get("peak_kv_per_replica"):  # fractions of each pool, "a/b": shown in percent as the other column is
+        return "/".join(f"{float(x) * 100:.2g}%" for x in str(r["peak_kv_per_replica"]).split("/"))
     if r.get("peak_kv_max") is not None:
         return f"not recorded per replica (the highest of any: {float(r['peak_kv_max']) * 100:.2g}%)"
     return "not recorded"
