@@ -721,6 +721,12 @@ def test_a_regime_the_time_budget_dropped_whole_keeps_its_row_saying_so():
     assert "· 3 points, each with the cache off and on · 72 requests (0 failed)" in run_line(
         {"path": "m"}, hw, {}, "cpu", (3, 72, 0), 2
     )
+    # Behind a router the run line names the replicas and the policy the verdicts went through; one server: nothing.
+    routed = {**hw, "replicas": [{}, {}], "router": {"primary": "round_robin", "version": "0.1.17"}}
+    assert "· 2 replicas behind `vllm-router` 0.1.17, `round_robin` policy (the others: Across replicas) ·" in run_line(
+        {"path": "m"}, routed, {}, "cpu", (3, 72, 0), 2
+    )
+    assert "replicas" not in run_line({"path": "m"}, hw, {}, "cpu", (3, 72, 0), 2)
     # A reason other than the budget's is the plan's own words.
     small = {"budget_s": None, "points": [point("medium", 100, 4, "2 round(s) ... need 16 requests; the point has 12")]}
     assert verdicts(df, ["medium"], {}, {}, plan=small).rows[0].ttft_low == (
@@ -875,7 +881,7 @@ def test_a_replicated_run_shows_the_policies_three_hit_rates_and_re_renders_iden
     header = "| point | policy | requests | in the traffic | kept by the routing | delivered, predicted | delivered, measured (95% CI) |"
     assert header in section
     assert "| pool c=4 | `round_robin` | 48 (2 passes) | 67% | 56% | 31% | 31% (31%–31%) | 48/48 |" in section
-    assert "| pool c=1 | `consistent_hash` | 30/18 | 1.25× | 0.35/0.29 | 0 |" in section  # load per replica
+    assert "| pool c=1 | `consistent_hash` | 30/18 | 1.25× | 35%/29% | 0 |" in section  # load per replica
     assert "- At pool c=4, the policy with the most hits had the slowest first token: `cache_aware`" in section
     assert "The policy simulator re-routed every measured pass at 2 replicas" in section
     assert "![Hit rates, TTFT and load per routing policy](charts/replicas.png)" in section

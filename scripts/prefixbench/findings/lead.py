@@ -375,6 +375,12 @@ def run_line(
         name = model.get("served_name") or model.get("path", "?")
         weights = ", **random weights**" if model.get("source") == "dummy" else ", real weights"
     each = f"{points} point{'s' if points != 1 else ''}{of_planned}, each with the cache off and on"
+    router = info.get("router") or {}
+    if info.get("replicas") and router.get("primary"):  # the verdicts went through the router's first policy
+        where += (
+            f" · {len(info['replicas'])} replicas behind `vllm-router` {router.get('version', '')}".rstrip()
+            + f", `{router['primary']}` policy (the others: Across replicas)"
+        )
     return f"**Run:** `{name}`{weights} · {engine} · {where} · {each} · {requests} requests ({failed} failed), " + (
         f"{lifetimes} passes over the endpoint{'s' if len(urls) > 1 else ''}"
         if endpoints
