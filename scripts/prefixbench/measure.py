@@ -38,7 +38,7 @@ from .client import (
 from .corpus import text_of_at_least
 from .design import point_stem
 from .endpoint import Capabilities, Endpoint, probe, redact_url
-from .engines import Engine, engine_for
+from .engines import engine_for
 from .host import hardware
 from .paired import SALTED, Send, mixed_order, schedule
 from .plan import Eta, fmt_duration
@@ -268,11 +268,10 @@ class Fleet:
             found = attribution([r["request_id"] for r in records], logs, self.servers[0].engine, dead=dead)
         except OSError as exc:
             found = Attribution(unknown={r["request_id"]: f"replica logs unreadable ({exc})" for r in records})
-        seq = arrival_order(logs, self.servers[0].engine)
         for r in records:
             k = found.replica.get(r["request_id"])
             r["replica"] = k
-            r["replica_seq"] = seq[k].get(r["request_id"]) if k is not None else None
+            r["replica_seq"] = found.arrival[k].get(r["request_id"]) if k is not None else None
             r["kv_blocks"] = self.kv_pools[k] if k is not None and k < len(self.kv_pools) else None
             if k is not None:
                 r["replica_unknown"] = None
@@ -333,27 +332,6 @@ class Fleet:
             "startup_s": [s["startup_s"] for s in self.starts],
             "starts": list(self.starts),
         }
-
-
-def arrival_order(logs: Sequence[tuple[Path, int]], engine: Engine) -> list[dict[str, int]]:
-    """Per replica: request id -> its place among the requests the replica logged since the offset (0 first). The
-    order requests reach a replica is not the order they were sent: cache_aware asks every replica to tokenize each
-    request before it routes it, and two requests sent a millisecond apart can arrive the other way round, so which
-    of two requests sharing a prefix computes it and which hits follows this order, not the send times."""
-    out: list[dict[str, int]] = []
-    for path, offset in logs:
-        seen: dict[str, int] = {}
-        try:
-            with Path(path).open("rb") as fh:
-                fh.seek(offset)
-                for line in fh:
-                    rid = engine.logged_request_id(line)
-                    if rid is not None and rid not in seen:
-                        seen[rid] = len(seen)
-        except OSError:
-            pass
-        out.append(seen)
-    return out
 
 
 @contextlib.contextmanager

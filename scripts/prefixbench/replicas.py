@@ -440,6 +440,11 @@ class Attribution:
 
     replica: dict[str, int] = field(default_factory=dict)
     unknown: dict[str, str] = field(default_factory=dict)
+    # Per replica: request id -> its place among the requests that replica logged since the offset (0 first). The order
+    # requests reach a replica is not the order they were sent (cache_aware asks every replica to tokenize a request
+    # before routing it, so two sent a millisecond apart can arrive the other way round), and which of two requests
+    # sharing a prefix computes it and which hits follows this order.
+    arrival: list[dict[str, int]] = field(default_factory=list)
 
 
 def attribution(
@@ -457,16 +462,19 @@ def attribution(
     eng = engine or engine_for("vllm")
     wanted = set(request_ids)
     seen: dict[str, set[int]] = {}
+    out = Attribution()
     for index, (path, offset) in enumerate(logs):
+        order: dict[str, int] = {}
         with Path(path).open("rb") as fh:
             fh.seek(offset)
             for line in fh:
                 logged = eng.logged_request_id(line)
                 if logged is None:
                     continue
+                order.setdefault(logged, len(order))
                 if logged in wanted:
                     seen.setdefault(logged, set()).add(index)
-    out = Attribution()
+        out.arrival.append(order)
     for rid in request_ids:
         where = seen.get(rid, set())
         alive = where - set(dead)

