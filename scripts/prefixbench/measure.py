@@ -57,6 +57,7 @@ from .replicas import (
 )
 from .sampling import RecordWriter, Sampler
 from .server import ManagedServer, ServerError
+from .sessions import session_keys
 from .settings import BenchSettings, api_key
 from .shapes import Arrivals, Sessions, kind_of
 from .target import MeasuredTarget, Replica
@@ -572,27 +573,6 @@ async def measure_point(
                 f"{point.label} (error budget {settings.max_failed_fraction:.0%}); see {point.records_path}"
             )
     return meta
-
-
-def session_key(prompt: dict) -> str:
-    """A prompt's X-Session-ID: a trace request's conversation (as routing.trace_session_key, which the simulator
-    uses; not imported, so that editing the simulator does not rerun measurements), else its prefix group (a
-    multi-turn session, a pool's document, a regime's shared prefix or a unique one), else its first KV block's hash,
-    else the request itself. Every request behind a router carries one:
-    without it the router's consistent_hash keys on the X-Request-Id, unique per request (ROUTER_FACTS)."""
-    if prompt.get("trace_hash_ids"):  # every trace request starts with block 0: its conversation is its first two
-        return "trace-" + "-".join(str(h) for h in prompt["trace_hash_ids"][:2])
-    if prompt.get("prefix_group"):
-        return str(prompt["prefix_group"])
-    if prompt.get("block_hashes"):
-        return f"block-{prompt['block_hashes'][0]}"
-    return f"request-{prompt['request_index']}"
-
-
-def session_keys(prompts: Sequence[dict], sends: Sequence[Send]) -> dict[int, str]:
-    """Send index -> X-Session-ID (session_key), which a router's consistent_hash keeps on one replica."""
-    key = {p["request_index"]: session_key(p) for p in prompts}
-    return {k: key[s.request_index] for k, s in enumerate(sends)} if sends else key
 
 
 async def measure_pass(

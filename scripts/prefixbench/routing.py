@@ -40,6 +40,7 @@ from functools import lru_cache
 from typing import Any
 
 from .kvcache import cacheable_blocks
+from .sessions import trace_session_key
 
 # --- The router's constants (vllm-project/router src/policies/consistent_hash.rs, hash_key.rs): facts, not knobs ---
 VIRTUAL_NODES = 160  # ring points per worker
@@ -534,14 +535,6 @@ def expectation(
 
 
 # --- The Mooncake trace over 1..64 replicas ---
-
-
-def trace_session_key(hash_ids: Sequence[object]) -> str:
-    """The X-Session-ID standing for a trace request's conversation: its first two block ids. Every request of the
-    Mooncake conversation trace starts with the same block 0 (a shared system prompt), so keying on the first block
-    alone sends the whole trace to one replica; the second block is the conversation's own root (7,373 groups of up to
-    43 requests, whose later turns extend the earlier ones)."""
-    return "trace-" + "-".join(str(h) for h in hash_ids[:2])
 
 
 def trace_routed_requests(rows: Sequence[Mapping[str, Any]]) -> list[RoutedRequest]:
