@@ -237,7 +237,7 @@ class Fleet:
     @property
     def members(self) -> MeasuredTarget:
         """The replicas without a router: memory sampling, KV pools, warm-up."""
-        replicas = tuple(Replica(s.base_url, s.log_path, s.proc.pid if s.proc else None, s.check_alive) for s in self.servers)
+        replicas = tuple(Replica.of_server(s) for s in self.servers)
         return MeasuredTarget(self.servers[0].base_url, replicas, self.servers[0].engine, Capabilities.everything())
 
     def policies(self, mode: str, repeat: int, instance: int) -> list[str]:

@@ -38,6 +38,11 @@ class Replica:
     pid: int | None = None  # its process, whose tree's memory is sampled; None: not on this machine
     check_alive: Callable[[], None] = _nothing_to_poll  # raises ServerError once its process has died
 
+    @classmethod
+    def of_server(cls, server: ManagedServer) -> Replica:
+        """A server prefixbench started: its URL, log, process and liveness check."""
+        return cls(server.base_url, server.log_path, server.proc.pid if server.proc is not None else None, server.check_alive)
+
 
 @dataclass(frozen=True)
 class MeasuredTarget:
@@ -54,18 +59,15 @@ class MeasuredTarget:
     @classmethod
     def of_server(cls, server: ManagedServer) -> MeasuredTarget:
         """A server prefixbench started (it must be running): requests and metrics at the same URL."""
-        pid = server.proc.pid if server.proc is not None else None
-        replica = Replica(server.base_url, server.log_path, pid, server.check_alive)
-        return cls(server.base_url, (replica,), server.engine, Capabilities.everything())
+        return cls(server.base_url, (Replica.of_server(server),), server.engine, Capabilities.everything())
 
     @classmethod
     def of_replicas(cls, router: ManagedRouter, servers: Sequence[ManagedServer]) -> MeasuredTarget:
         """Replicas prefixbench started, behind a running router: requests to the router; metrics, cache resets, KV
         pools and memory from each replica, in the order of `servers` (the replica index everywhere)."""
-        replicas = tuple(Replica(s.base_url, s.log_path, s.proc.pid if s.proc else None, s.check_alive) for s in servers)
         return cls(
             router.base_url,
-            replicas,
+            tuple(Replica.of_server(s) for s in servers),
             servers[0].engine,
             Capabilities.everything(),
             router_metrics_url=router.metrics_url,
