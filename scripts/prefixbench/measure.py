@@ -57,7 +57,7 @@ from .replicas import (
 )
 from .sampling import RecordWriter, Sampler
 from .server import ManagedServer, ServerError
-from .sessions import session_keys
+from .sessions import session_key
 from .settings import BenchSettings, api_key
 from .shapes import Arrivals, Sessions, kind_of
 from .target import MeasuredTarget, Replica
@@ -573,6 +573,12 @@ async def measure_point(
                 f"{point.label} (error budget {settings.max_failed_fraction:.0%}); see {point.records_path}"
             )
     return meta
+
+
+def session_keys(prompts: Sequence[dict], sends: Sequence[Send]) -> dict[int, str]:
+    """Send index -> X-Session-ID (session_key), which a router's consistent_hash keeps on one replica."""
+    key = {p["request_index"]: session_key(p) for p in prompts}
+    return {k: key[s.request_index] for k, s in enumerate(sends)} if sends else key
 
 
 async def measure_pass(

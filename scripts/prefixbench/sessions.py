@@ -5,10 +5,6 @@ the measuring code and the simulator, in a module of its own so that editing the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .paired import Send
 
 
 def trace_session_key(hash_ids: Sequence[object]) -> str:
@@ -30,9 +26,3 @@ def session_key(prompt: dict) -> str:
     if prompt.get("block_hashes"):
         return f"block-{prompt['block_hashes'][0]}"
     return f"request-{prompt['request_index']}"
-
-
-def session_keys(prompts: Sequence[dict], sends: Sequence[Send]) -> dict[int, str]:
-    """Send index -> X-Session-ID (session_key), which a router's consistent_hash keeps on one replica."""
-    key = {p["request_index"]: session_key(p) for p in prompts}
-    return {k: key[s.request_index] for k, s in enumerate(sends)} if sends else key

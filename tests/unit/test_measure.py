@@ -222,9 +222,10 @@ def test_a_router_that_will_not_start_keeps_what_was_measured(tmp_path):
 
 
 def test_session_keys_never_leave_a_request_without_one():
+    from prefixbench.measure import session_keys
     from prefixbench.paired import Send
     from prefixbench.routing import trace_session_key
-    from prefixbench.sessions import session_key, session_keys
+    from prefixbench.sessions import session_key
 
     prompts = [
         {"request_index": 0, "prefix_group": "doc-003"},
